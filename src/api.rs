@@ -1,0 +1,218 @@
+//! Routing and the plain HTTP endpoints. A handler sees a parsed head, the
+//! body and the shared state, and answers with an [`Action`]; it never
+//! touches a socket. Streams are started by the reactor from
+//! [`Action::Stream`].
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::auth::Denied;
+use crate::config::Scope;
+use crate::hub::check_channel;
+use crate::limits::{client_ip, IpKey};
+use crate::metrics;
+use crate::proto::http::{self, query_param, Head, HttpError, Method};
+use crate::state::Shared;
+
+/// What the reactor should do with a request.
+#[derive(Debug)]
+pub enum Action {
+    /// Queue these bytes; close after them when `close`.
+    Respond { bytes: Vec<u8>, close: bool },
+    /// Turn the connection into an SSE stream. The stream holds a per-IP
+    /// slot that the reactor releases when it closes.
+    Stream {
+        channels: Vec<Arc<str>>,
+        ip_slot: IpKey,
+    },
+}
+
+/// Per-request context.
+pub struct Ctx<'a> {
+    pub shared: &'a Shared,
+    /// The TCP peer (not the forwarded client).
+    pub peer: IpAddr,
+}
+
+pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
+    let result = match head.path.as_str() {
+        "/api/stream" => only(head, Method::Get).and_then(|_| stream(head, ctx)),
+        "/api/publish" => only(head, Method::Post).and_then(|_| publish(head, body, ctx)),
+        "/healthz" => only(head, Method::Get).map(|_| json_ok(head, r#"{"status":"ok"}"#.into())),
+        "/metrics/prom" => only(head, Method::Get).map(|_| Action::Respond {
+            bytes: http::response(
+                200,
+                metrics::CONTENT_TYPE,
+                ctx.shared.render_metrics().as_bytes(),
+                head.keep_alive,
+                &[],
+            ),
+            close: !head.keep_alive,
+        }),
+        "/debug/fds" => only(head, Method::Get)
+            .and_then(|_| authorize(head, ctx, Scope::Admin))
+            .map(|_| {
+                json_ok(
+                    head,
+                    crate::diag::report(ctx.shared.owned_fds()).to_string(),
+                )
+            }),
+        _ => Err(Reject::new(
+            404,
+            "not_found",
+            format!("no route for {}", head.path),
+        )),
+    };
+    result.unwrap_or_else(|r| r.into_action(head))
+}
+
+/// An error answer, with any extra headers it needs.
+struct Reject {
+    err: HttpError,
+    extra: Vec<String>,
+}
+
+impl Reject {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Reject {
+        Reject {
+            err: HttpError::new(status, code, message),
+            extra: Vec::new(),
+        }
+    }
+
+    fn with_header(mut self, line: String) -> Reject {
+        self.extra.push(line);
+        self
+    }
+
+    fn into_action(self, head: &Head) -> Action {
+        Action::Respond {
+            bytes: http::error_response(&self.err, head.keep_alive, &self.extra),
+            close: !head.keep_alive,
+        }
+    }
+}
+
+fn only(head: &Head, method: Method) -> Result<(), Reject> {
+    if head.method() == method {
+        return Ok(());
+    }
+    let allow = match method {
+        Method::Post => "POST",
+        _ => "GET",
+    };
+    Err(Reject::new(
+        405,
+        "method_not_allowed",
+        format!("{} takes {allow}", head.path),
+    )
+    .with_header(format!("Allow: {allow}")))
+}
+
+fn json_ok(head: &Head, body: String) -> Action {
+    Action::Respond {
+        bytes: http::response(
+            200,
+            "application/json",
+            body.as_bytes(),
+            head.keep_alive,
+            &[],
+        ),
+        close: !head.keep_alive,
+    }
+}
+
+fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
+    match ctx.shared.keys.check(scope, head.credential(), ctx.peer) {
+        Ok(()) => Ok(()),
+        Err(Denied::Unauthenticated) => Err(Reject::new(
+            401,
+            "unauthorized",
+            "send an API key as `Authorization: Bearer KEY` or `X-API-Key`",
+        )
+        .with_header("WWW-Authenticate: Bearer".into())),
+        Err(Denied::Forbidden) => Err(Reject::new(
+            403,
+            "forbidden",
+            match ctx.shared.keys.any_configured() {
+                true => "this key lacks the scope for this endpoint",
+                false => "no API key is configured: only loopback clients may use this endpoint",
+            },
+        )),
+    }
+}
+
+fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
+    let shared = ctx.shared;
+    if shared.is_shutting_down() {
+        return Err(Reject::new(
+            503,
+            "shutting_down",
+            "this node is shutting down; reconnect",
+        )
+        .with_header("Retry-After: 1".into()));
+    }
+    let raw = query_param(&head.query, "channels").ok_or_else(|| {
+        Reject::new(
+            400,
+            "bad_request",
+            "give the channels to stream: ?channels=a,b",
+        )
+    })?;
+    let mut channels: Vec<Arc<str>> = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        check_channel(name).map_err(|m| Reject::new(400, "bad_channel", m))?;
+        if !channels.iter().any(|c| &**c == name) {
+            channels.push(Arc::from(name));
+        }
+    }
+    let max = shared.config.sse.max_channels;
+    if channels.is_empty() || channels.len() > max {
+        return Err(Reject::new(
+            400,
+            "bad_request",
+            format!("name 1 to {max} channels"),
+        ));
+    }
+    let ip = client_ip(
+        ctx.peer,
+        head.forwarded_for.as_deref(),
+        &shared.config.limits.trusted_proxies,
+    );
+    let key = IpKey::of(ip);
+    if !shared.sse_limiter.acquire(key) {
+        return Err(Reject::new(
+            429,
+            "too_many_streams",
+            format!(
+                "at most {} SSE streams per client IP",
+                shared.config.limits.sse_per_ip
+            ),
+        )
+        .with_header("Retry-After: 5".into()));
+    }
+    Ok(Action::Stream {
+        channels,
+        ip_slot: key,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: String,
+    data: serde_json::Value,
+}
+
+fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
+    authorize(head, ctx, Scope::Publish)?;
+    let req: PublishBody = serde_json::from_slice(body)
+        .map_err(|e| Reject::new(400, "bad_json", format!("publish body: {e}")))?;
+    check_channel(&req.channel).map_err(|m| Reject::new(400, "bad_channel", m))?;
+    let data = req.data.to_string();
+    let done = ctx.shared.hub.publish(&req.channel, &data);
+    let body = format!(r#"{{"id":"{}","channel":"{}"}}"#, done.id, req.channel);
+    Ok(json_ok(head, body))
+}

@@ -1,0 +1,509 @@
+//! Configuration: defaults < TOML file < environment < command line.
+//!
+//! Every key lives in [`Config`] with its default in a `DEFAULT_*` constant.
+//! The three sources are merged as TOML tables before one typed
+//! deserialisation, so an invalid value fails the same way wherever it came
+//! from: a message naming the key, and exit code 2 from `main`.
+//!
+//! Environment: `REDIX_<SECTION>_<KEY>` (e.g. `REDIX_LIMITS_SSE_PER_IP=40`)
+//! or `REDIX_<KEY>` for top-level keys (`REDIX_LISTEN`). `REDIX_API_KEY`
+//! adds comma-separated keys to `auth.keys`. The command line has flags for
+//! the common keys and `--set section.key=value` for any other.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default listen address: loopback only, so a fresh `cargo run` is not exposed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+/// Listen backlog passed to `listen(2)` (the kernel caps it at `somaxconn`).
+pub const DEFAULT_BACKLOG: i32 = 4096;
+/// Concurrent SSE streams per client IP (IPv6 counted per /64).
+pub const DEFAULT_SSE_PER_IP: u32 = 20;
+/// Time for a request's headers and body to arrive, and for an idle
+/// keep-alive connection to send its next request.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Largest request head (request line + headers); larger gets 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Largest request body; larger gets 413.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// SSE heartbeat (`: ping`) interval.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
+/// Base SSE `retry:` sent as a stream's first bytes.
+pub const DEFAULT_RETRY_MS: u64 = 2_000;
+/// Random extra added to `retry:` so reconnects spread out.
+pub const DEFAULT_RETRY_JITTER_MS: u64 = 3_000;
+/// Channels one SSE stream may name.
+pub const DEFAULT_MAX_CHANNELS: usize = 32;
+/// Data events a connection's write queue may hold.
+pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 500;
+/// Bytes a connection's write queue may hold.
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 256 * 1024;
+/// Overflow warnings after which a slow consumer is disconnected.
+pub const DEFAULT_SLOW_WARNINGS: u32 = 10;
+/// How long a shutdown waits for queued bytes to drain.
+pub const DEFAULT_DRAIN_MS: u64 = 10_000;
+/// How long a connection we are closing may take to read our last bytes.
+pub const DEFAULT_LINGER_MS: u64 = 2_000;
+
+/// The whole configuration of one redix process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every reactor listens on (`SO_REUSEPORT`). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Reactor threads; 0 means one per available core.
+    pub workers: usize,
+    /// `listen(2)` backlog.
+    pub backlog: i32,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub sse: SseConfig,
+    pub queue: QueueConfig,
+    pub tcp: TcpConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// API keys. With none configured, publish and admin endpoints accept
+/// loopback clients only.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Keys with every scope.
+    pub keys: Vec<String>,
+    /// Keys that may only publish.
+    pub publish_keys: Vec<String>,
+    /// Keys that may only read the admin/debug endpoints.
+    pub admin_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub sse_per_ip: u32,
+    /// Global connection cap; 0 derives it from `RLIMIT_NOFILE`.
+    pub max_connections: usize,
+    pub header_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    /// Peers whose `X-Forwarded-For` is trusted for the client IP.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseConfig {
+    pub heartbeat_ms: u64,
+    pub retry_ms: u64,
+    pub retry_jitter_ms: u64,
+    pub max_channels: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub slow_warnings: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TcpConfig {
+    /// `SO_SNDBUF` for accepted sockets in bytes; 0 keeps the kernel's autotuning.
+    pub send_buffer: usize,
+    /// `TCP_NODELAY` on accepted sockets.
+    pub nodelay: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub drain_ms: u64,
+    pub linger_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
+            workers: 0,
+            backlog: DEFAULT_BACKLOG,
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            sse: SseConfig::default(),
+            queue: QueueConfig::default(),
+            tcp: TcpConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            sse_per_ip: DEFAULT_SSE_PER_IP,
+            max_connections: 0,
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            retry_ms: DEFAULT_RETRY_MS,
+            retry_jitter_ms: DEFAULT_RETRY_JITTER_MS,
+            max_channels: DEFAULT_MAX_CHANNELS,
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_events: DEFAULT_QUEUE_MAX_EVENTS,
+            max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+            slow_warnings: DEFAULT_SLOW_WARNINGS,
+        }
+    }
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            send_buffer: 0,
+            nodelay: true,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_ms: DEFAULT_DRAIN_MS,
+            linger_ms: DEFAULT_LINGER_MS,
+        }
+    }
+}
+
+/// Command line. Flags left out fall back to the environment, then the file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "redix",
+    version,
+    about = "Real-time SSE/WebSocket fan-out gateway"
+)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, env = "REDIX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listen address (`listen`), e.g. 0.0.0.0:4000; port 0 picks a free port.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Reactor threads (`workers`); 0 = one per core.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// API key with every scope (`auth.keys`); repeatable.
+    #[arg(long = "api-key")]
+    pub api_keys: Vec<String>,
+    /// Concurrent SSE streams per client IP (`limits.sse_per_ip`).
+    #[arg(long)]
+    pub sse_per_ip: Option<u32>,
+    /// Any key: `--set section.key=value` (value in TOML syntax; bare strings allowed).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// A configuration problem, reported at start with the key it concerns.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+type Table = toml::Table;
+
+impl Config {
+    /// Builds the configuration from the command line, the process
+    /// environment and the file the command line or environment names.
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("REDIX_"))
+            .collect();
+        Self::from_sources(cli, &env)
+    }
+
+    /// [`Config::load`] with an explicit environment (for tests).
+    pub fn from_sources(cli: &Cli, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut table = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                text.parse::<Table>()
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+            }
+            None => Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        apply_cli(&mut table, cli)?;
+        let text = toml::to_string(&table).map_err(|e| ConfigError(format!("config: {e}")))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("config: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let checks: [(bool, &str); 10] = [
+            (self.workers <= 256, "workers must be at most 256"),
+            (self.backlog > 0, "backlog must be positive"),
+            (
+                self.limits.sse_per_ip > 0,
+                "limits.sse_per_ip must be at least 1",
+            ),
+            (
+                self.limits.header_timeout_ms > 0,
+                "limits.header_timeout_ms must be positive",
+            ),
+            (
+                self.limits.max_header_bytes >= 256,
+                "limits.max_header_bytes must be at least 256",
+            ),
+            (
+                self.sse.heartbeat_ms > 0,
+                "sse.heartbeat_ms must be positive",
+            ),
+            (
+                (1..=1024).contains(&self.sse.max_channels),
+                "sse.max_channels must be between 1 and 1024",
+            ),
+            (
+                self.queue.max_events > 0,
+                "queue.max_events must be at least 1",
+            ),
+            (
+                self.queue.max_bytes >= 1024,
+                "queue.max_bytes must be at least 1024",
+            ),
+            (
+                self.queue.slow_warnings > 0,
+                "queue.slow_warnings must be at least 1",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(ConfigError(format!("invalid config: {msg}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Reactor threads to start.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The keys allowed to publish and to read admin endpoints.
+    pub fn keys_for(&self, scope: Scope) -> Vec<String> {
+        let scoped = match scope {
+            Scope::Publish => &self.auth.publish_keys,
+            Scope::Admin => &self.auth.admin_keys,
+        };
+        self.auth.keys.iter().chain(scoped).cloned().collect()
+    }
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Publish,
+    Admin,
+}
+
+/// Parses a value the way TOML would; a bare word that is not TOML is a string.
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Sets `section.key` (or a top-level `key`) in the table.
+fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut parts = path.split('.');
+    let (first, rest) = (parts.next().unwrap_or(""), parts.next());
+    if first.is_empty() || parts.next().is_some() {
+        return Err(ConfigError(format!(
+            "config key `{path}`: expected `key` or `section.key`"
+        )));
+    }
+    match rest {
+        None => {
+            table.insert(first.to_string(), value);
+        }
+        Some(key) => {
+            let section = table
+                .entry(first.to_string())
+                .or_insert_with(|| toml::Value::Table(Table::new()));
+            match section {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_string(), value);
+                }
+                _ => {
+                    return Err(ConfigError(format!(
+                        "config key `{first}` is not a section"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+const SECTIONS: [&str; 6] = ["auth", "limits", "sse", "queue", "tcp", "shutdown"];
+
+fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let key = name["REDIX_".len()..].to_ascii_lowercase();
+        match key.as_str() {
+            "config" | "log" => continue,
+            "api_key" => {
+                let keys = raw.split(',').filter(|k| !k.is_empty());
+                push_keys(table, keys.map(str::to_string))?;
+                continue;
+            }
+            _ => {}
+        }
+        let path = match key.split_once('_') {
+            Some((section, rest)) if SECTIONS.contains(&section) => format!("{section}.{rest}"),
+            _ => key.clone(),
+        };
+        set_path(table, &path, parse_value(raw))
+            .map_err(|e| ConfigError(format!("{e} (from environment {name})")))?;
+    }
+    Ok(())
+}
+
+fn apply_cli(table: &mut Table, cli: &Cli) -> Result<(), ConfigError> {
+    if let Some(listen) = &cli.listen {
+        set_path(table, "listen", toml::Value::String(listen.clone()))?;
+    }
+    if let Some(workers) = cli.workers {
+        set_path(table, "workers", toml::Value::Integer(workers as i64))?;
+    }
+    if let Some(n) = cli.sse_per_ip {
+        set_path(
+            table,
+            "limits.sse_per_ip",
+            toml::Value::Integer(i64::from(n)),
+        )?;
+    }
+    push_keys(table, cli.api_keys.iter().cloned())?;
+    for item in &cli.set {
+        let (path, raw) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError(format!("--set {item}: expected KEY=VALUE")))?;
+        set_path(table, path.trim(), parse_value(raw.trim()))?;
+    }
+    Ok(())
+}
+
+fn push_keys(table: &mut Table, keys: impl Iterator<Item = String>) -> Result<(), ConfigError> {
+    let mut keys = keys.peekable();
+    if keys.peek().is_none() {
+        return Ok(());
+    }
+    let mut all: Vec<toml::Value> = match table.get("auth").and_then(|a| a.get("keys")) {
+        Some(toml::Value::Array(existing)) => existing.clone(),
+        _ => Vec::new(),
+    };
+    all.extend(keys.map(toml::Value::String));
+    set_path(table, "auth.keys", toml::Value::Array(all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["redix"];
+        argv.extend_from_slice(args);
+        Cli::parse_from(argv)
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_hold_without_sources() {
+        let c = Config::from_sources(&cli(&[]), &env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.limits.sse_per_ip, DEFAULT_SSE_PER_IP);
+        assert_eq!(c.queue.max_events, DEFAULT_QUEUE_MAX_EVENTS);
+    }
+
+    #[test]
+    fn cli_beats_env_beats_file() {
+        let dir = std::env::temp_dir().join(format!("redix-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.toml");
+        std::fs::write(
+            &path,
+            "workers = 3\n[limits]\nsse_per_ip = 7\nmax_body_bytes = 99\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let e = env(&[("REDIX_LIMITS_SSE_PER_IP", "8"), ("REDIX_WORKERS", "4")]);
+        let c = Config::from_sources(&cli(&["-c", p, "--workers", "5"]), &e).unwrap();
+        assert_eq!(c.workers, 5, "cli over env");
+        assert_eq!(c.limits.sse_per_ip, 8, "env over file");
+        assert_eq!(c.limits.max_body_bytes, 99, "file over default");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = env(&[("REDIX_LIMITS_SSE_PER_IP", "lots")]);
+        let err = Config::from_sources(&cli(&[]), &e).unwrap_err().0;
+        assert!(err.contains("sse_per_ip"), "{err}");
+        let err = Config::from_sources(&cli(&["--set", "queue.max_event=3"]), &env(&[]))
+            .unwrap_err()
+            .0;
+        assert!(err.contains("max_event"), "{err}");
+        let err = Config::from_sources(&cli(&["--set", "queue.max_events=0"]), &env(&[]))
+            .unwrap_err()
+            .0;
+        assert!(err.contains("queue.max_events"), "{err}");
+        let err = Config::from_sources(&cli(&["--listen", "nowhere"]), &env(&[]))
+            .unwrap_err()
+            .0;
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_merge_from_env_and_cli() {
+        let e = env(&[("REDIX_API_KEY", "a,b")]);
+        let c = Config::from_sources(&cli(&["--api-key", "c"]), &e).unwrap();
+        assert_eq!(c.auth.keys, vec!["a", "b", "c"]);
+        assert_eq!(c.keys_for(Scope::Publish).len(), 3);
+    }
+}

@@ -1,0 +1,73 @@
+//! Socket results in one vocabulary, with error kinds classified in one place.
+
+use std::io::{self, ErrorKind, Read};
+
+/// The outcome of one non-blocking read or write attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoStatus {
+    /// This many bytes moved.
+    Progress(usize),
+    /// Nothing more now; wait for readiness.
+    WouldBlock,
+    /// The peer closed or reset: an ordinary end, counted and logged at debug.
+    Closed,
+    /// Anything else: the connection is unusable.
+    Error(ErrorKind),
+}
+
+/// Maps an I/O error to a status; `None` means "interrupted, retry".
+pub fn classify(e: &io::Error) -> Option<IoStatus> {
+    match e.kind() {
+        ErrorKind::Interrupted => None,
+        ErrorKind::WouldBlock => Some(IoStatus::WouldBlock),
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof
+        | ErrorKind::NotConnected => Some(IoStatus::Closed),
+        kind => Some(IoStatus::Error(kind)),
+    }
+}
+
+/// Reads until `WouldBlock`, EOF, or `buf` holds `cap` bytes. Returns the
+/// last status: `Progress(total)` when it stopped at the cap, `WouldBlock`
+/// after draining the socket (bytes read are in `buf`), `Closed` on EOF/reset.
+pub fn read_into<R: Read>(src: &mut R, buf: &mut Vec<u8>, cap: usize) -> IoStatus {
+    let mut chunk = [0u8; 4096];
+    let mut total = 0;
+    loop {
+        let room = cap.saturating_sub(buf.len()).min(chunk.len());
+        if room == 0 {
+            return IoStatus::Progress(total);
+        }
+        match src.read(&mut chunk[..room]) {
+            Ok(0) => return IoStatus::Closed,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                total += n;
+            }
+            Err(e) => match classify(&e) {
+                None => continue,
+                Some(status) => return status,
+            },
+        }
+    }
+}
+
+/// Reads and throws away everything available (for streams whose clients
+/// have nothing more to say). `Closed` on EOF or reset.
+pub fn discard<R: Read>(src: &mut R) -> IoStatus {
+    let mut chunk = [0u8; 2048];
+    let mut total = 0;
+    loop {
+        match src.read(&mut chunk) {
+            Ok(0) => return IoStatus::Closed,
+            Ok(n) => total += n,
+            Err(e) => match classify(&e) {
+                None => continue,
+                Some(IoStatus::WouldBlock) => return IoStatus::Progress(total),
+                Some(status) => return status,
+            },
+        }
+    }
+}

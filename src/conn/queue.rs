@@ -1,0 +1,301 @@
+//! A connection's bounded write queue of shared frames.
+//!
+//! Data frames count against the caps (events and bytes); when either is
+//! reached the new data frame is dropped and the caller counts a warning.
+//! Control frames (heartbeats, final events, responses) never count and
+//! never drop. A partial write only advances `offset` into the front frame,
+//! and frames are flushed with vectored writes.
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, Write};
+
+use bytes::Bytes;
+
+use super::io::{classify, IoStatus};
+
+/// Frames handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+#[derive(Debug)]
+struct Frame {
+    bytes: Bytes,
+    /// The event id for data frames; `None` for control frames.
+    data_id: Option<u64>,
+}
+
+/// Caps of one queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_events: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    frames: VecDeque<Frame>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Data frames queued.
+    events: usize,
+    /// Bytes queued (data and control), minus `offset`.
+    bytes: usize,
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    pub status: IoStatus,
+    pub bytes: usize,
+    /// Data events completely written.
+    pub events: usize,
+    /// Id of the last data event completely written.
+    pub last_id: Option<u64>,
+}
+
+impl WriteQueue {
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn len_events(&self) -> usize {
+        self.events
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Queues a data frame unless a cap is reached; false means dropped.
+    pub fn push_data(&mut self, bytes: Bytes, id: u64, limits: QueueLimits) -> bool {
+        if self.events >= limits.max_events || self.bytes + bytes.len() > limits.max_bytes {
+            return false;
+        }
+        self.events += 1;
+        self.bytes += bytes.len();
+        self.frames.push_back(Frame {
+            bytes,
+            data_id: Some(id),
+        });
+        true
+    }
+
+    /// Queues a control frame; never dropped.
+    pub fn push_control(&mut self, bytes: Bytes) {
+        self.bytes += bytes.len();
+        self.frames.push_back(Frame {
+            bytes,
+            data_id: None,
+        });
+    }
+
+    /// Removes data frames whose writing has not started; the frame in
+    /// progress stays so the stream's framing survives.
+    pub fn discard_pending_data(&mut self) {
+        let keep_front = usize::from(self.offset > 0);
+        let mut index = 0;
+        let (events, bytes) = (&mut self.events, &mut self.bytes);
+        self.frames.retain(|f| {
+            let started = index < keep_front;
+            index += 1;
+            if started || f.data_id.is_none() {
+                return true;
+            }
+            *events -= 1;
+            *bytes -= f.bytes.len();
+            false
+        });
+    }
+
+    /// Writes until the queue is empty or the writer would block.
+    pub fn flush<W: Write>(&mut self, w: &mut W) -> Flushed {
+        let mut done = Flushed {
+            status: IoStatus::Progress(0),
+            bytes: 0,
+            events: 0,
+            last_id: None,
+        };
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
+                let start = if i == 0 { self.offset } else { 0 };
+                slices[n] = IoSlice::new(&f.bytes[start..]);
+                n += 1;
+            }
+            match w.write_vectored(&slices[..n]) {
+                Ok(0) => {
+                    done.status = IoStatus::Closed;
+                    return done;
+                }
+                Ok(written) => {
+                    done.bytes += written;
+                    self.advance(written, &mut done);
+                }
+                Err(e) => match classify(&e) {
+                    None => continue,
+                    Some(status) => {
+                        done.status = status;
+                        return done;
+                    }
+                },
+            }
+        }
+        done.status = IoStatus::Progress(done.bytes);
+        if self.frames.capacity() > 64 {
+            // A burst grew the ring; give the memory back while idle.
+            self.frames.shrink_to(8);
+        }
+        done
+    }
+
+    fn advance(&mut self, mut written: usize, done: &mut Flushed) {
+        self.bytes -= written;
+        while written > 0 {
+            let Some(front) = self.frames.front() else {
+                break;
+            };
+            let left = front.bytes.len() - self.offset;
+            if written < left {
+                self.offset += written;
+                return;
+            }
+            written -= left;
+            self.offset = 0;
+            if let Some(id) = front.data_id {
+                self.events -= 1;
+                done.events += 1;
+                done.last_id = Some(id);
+            }
+            self.frames.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    /// Accepts `budget` bytes, then says WouldBlock; counts write calls.
+    struct Throttled {
+        out: Vec<u8>,
+        budget: usize,
+        calls: usize,
+    }
+
+    impl Write for Throttled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.budget - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.budget {
+                    break;
+                }
+            }
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        max_events: 3,
+        max_bytes: 100,
+    };
+
+    #[test]
+    fn caps_drop_data_but_not_control() {
+        let mut q = WriteQueue::default();
+        for id in 0..3 {
+            assert!(q.push_data(Bytes::from_static(b"0123456789"), id, LIMITS));
+        }
+        assert!(
+            !q.push_data(Bytes::from_static(b"x"), 3, LIMITS),
+            "event cap"
+        );
+        q.push_control(Bytes::from(vec![b'c'; 200]));
+        assert_eq!((q.len_events(), q.len_bytes()), (3, 230));
+        let mut q = WriteQueue::default();
+        assert!(
+            !q.push_data(Bytes::from(vec![0; 101]), 0, LIMITS),
+            "byte cap"
+        );
+    }
+
+    #[test]
+    fn partial_writes_resume_at_the_offset() {
+        let mut q = WriteQueue::default();
+        q.push_data(Bytes::from_static(b"hello "), 1, LIMITS);
+        q.push_data(Bytes::from_static(b"world"), 2, LIMITS);
+        let mut w = Throttled {
+            out: vec![],
+            budget: 4,
+            calls: 0,
+        };
+        let f = q.flush(&mut w);
+        assert_eq!(
+            (f.status, f.events, f.last_id),
+            (IoStatus::WouldBlock, 0, None)
+        );
+        w.budget = 4;
+        let f = q.flush(&mut w);
+        assert_eq!((f.events, f.last_id), (1, Some(1)));
+        w.budget = 100;
+        let f = q.flush(&mut w);
+        assert_eq!(
+            (f.status, f.events, f.last_id),
+            (IoStatus::Progress(3), 1, Some(2))
+        );
+        assert_eq!(w.out, b"hello world");
+        assert!(q.is_empty() && q.len_bytes() == 0);
+    }
+
+    #[test]
+    fn a_burst_goes_out_in_one_vectored_write() {
+        let mut q = WriteQueue::default();
+        let limits = QueueLimits {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+        };
+        for id in 0..50 {
+            q.push_data(Bytes::from_static(b"event\n\n"), id, limits);
+        }
+        let mut w = Throttled {
+            out: vec![],
+            budget: 1 << 20,
+            calls: 0,
+        };
+        let f = q.flush(&mut w);
+        assert_eq!((f.events, w.calls), (50, 1));
+    }
+
+    #[test]
+    fn discard_keeps_the_frame_in_progress_and_control_frames() {
+        let mut q = WriteQueue::default();
+        q.push_data(Bytes::from_static(b"aaaa"), 1, LIMITS);
+        q.push_data(Bytes::from_static(b"bbbb"), 2, LIMITS);
+        q.push_control(Bytes::from_static(b"pp"));
+        let mut w = Throttled {
+            out: vec![],
+            budget: 2,
+            calls: 0,
+        };
+        q.flush(&mut w);
+        q.discard_pending_data();
+        w.budget = 100;
+        let f = q.flush(&mut w);
+        assert_eq!(w.out, b"aaaapp");
+        assert_eq!((f.last_id, q.len_events()), (Some(1), 0));
+    }
+}

@@ -1,0 +1,170 @@
+//! Connection limits: per client IP, and the process-wide cap that comes
+//! from `RLIMIT_NOFILE`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// The unit a per-IP limit counts: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's prefix; counting single v6 addresses would be no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IpKey {
+    V4([u8; 4]),
+    V6Prefix([u8; 8]),
+}
+
+impl IpKey {
+    pub fn of(ip: IpAddr) -> IpKey {
+        match ip {
+            IpAddr::V4(v4) => IpKey::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpKey::V4(v4.octets()),
+                None => {
+                    let mut prefix = [0u8; 8];
+                    prefix.copy_from_slice(&v6.octets()[..8]);
+                    IpKey::V6Prefix(prefix)
+                }
+            },
+        }
+    }
+}
+
+/// The client IP of a request: the peer, or, when the peer is a trusted
+/// proxy, the right-most `X-Forwarded-For` entry that is not one.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(list) = forwarded_for else {
+        return peer;
+    };
+    list.rsplit(',')
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .find(|ip| !trusted.contains(ip))
+        .unwrap_or(peer)
+}
+
+/// Concurrent connections per [`IpKey`]. An entry exists only while its
+/// count is above zero, so the map is bounded by the open connections.
+pub struct IpLimiter {
+    max: u32,
+    counts: Mutex<HashMap<IpKey, u32>>,
+}
+
+impl IpLimiter {
+    pub fn new(max: u32) -> IpLimiter {
+        IpLimiter {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a slot for `key`; false when it already holds `max`.
+    pub fn acquire(&self, key: IpKey) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn release(&self, key: IpKey) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&key);
+            }
+        }
+    }
+
+    /// Client keys holding at least one slot.
+    pub fn tracked(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// File descriptors redix keeps for itself (listeners, polls, wakers,
+/// Redis and upstream links, logs) beyond its client connections.
+pub const FD_RESERVE: u64 = 128;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns (soft, hard).
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read a plain struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// The global connection cap: the configured one, else what the fd limit allows.
+pub fn connection_cap(configured: usize, fd_soft_limit: u64) -> usize {
+    let from_fds = fd_soft_limit.saturating_sub(FD_RESERVE).max(16) as usize;
+    match configured {
+        0 => from_fds,
+        n => n.min(from_fds),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(IpKey::of(a), IpKey::of(b));
+        assert_ne!(IpKey::of(a), IpKey::of(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(IpKey::of(mapped), IpKey::V4([10, 0, 0, 1]));
+    }
+
+    #[test]
+    fn limiter_counts_and_forgets() {
+        let l = IpLimiter::new(2);
+        let k = IpKey::V4([1, 2, 3, 4]);
+        assert!(l.acquire(k) && l.acquire(k));
+        assert!(!l.acquire(k));
+        l.release(k);
+        assert!(l.acquire(k));
+        l.release(k);
+        l.release(k);
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let xff = Some("1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(client_ip(other, xff, &[proxy]), other);
+        assert_eq!(client_ip(proxy, xff, &[proxy]).to_string(), "2.2.2.2");
+        assert_eq!(client_ip(proxy, Some("junk"), &[proxy]), proxy);
+    }
+
+    #[test]
+    fn cap_follows_the_fd_limit() {
+        assert_eq!(connection_cap(0, 20_000), 20_000 - FD_RESERVE as usize);
+        assert_eq!(connection_cap(500, 20_000), 500);
+        assert_eq!(connection_cap(50_000, 20_000), 20_000 - FD_RESERVE as usize);
+    }
+}

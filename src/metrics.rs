@@ -1,0 +1,286 @@
+//! Counters and the Prometheus text exposition. Every metric name is here.
+//!
+//! Each reactor owns one [`WorkerStats`] and is its only writer (relaxed
+//! atomics on its own cache lines); a scrape sums them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters and gauges of one reactor thread.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerStats {
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    /// Open connections in the request/response phase.
+    pub conns_http: AtomicU64,
+    /// Open SSE streams.
+    pub conns_sse: AtomicU64,
+    /// Connections sending their last bytes before closing.
+    pub conns_closing: AtomicU64,
+    pub requests: AtomicU64,
+    pub rejected_ip_limit: AtomicU64,
+    pub rejected_conn_limit: AtomicU64,
+    pub rejected_bad_request: AtomicU64,
+    pub events_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub peer_resets: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub accept_pauses: AtomicU64,
+}
+
+impl WorkerStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    pub fn open(&self) -> u64 {
+        self.conns_http.load(Ordering::Relaxed)
+            + self.conns_sse.load(Ordering::Relaxed)
+            + self.conns_closing.load(Ordering::Relaxed)
+    }
+}
+
+/// Process-wide figures a scrape adds to the per-worker sums.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessFigures {
+    pub open_fds: u64,
+    pub fd_limit: u64,
+    pub max_connections: u64,
+    pub hub_channels: u64,
+    pub published: u64,
+    pub inbox_drops: u64,
+    pub ip_tracked: u64,
+}
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+type Field = fn(&WorkerStats) -> &AtomicU64;
+
+/// (name, type, help, label, field) for the summed per-worker metrics.
+const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
+    (
+        "redix_connections",
+        "gauge",
+        "Open client connections by transport.",
+        "transport=\"sse\"",
+        |s| &s.conns_sse,
+    ),
+    (
+        "redix_connections",
+        "gauge",
+        "",
+        "transport=\"http\"",
+        |s| &s.conns_http,
+    ),
+    (
+        "redix_connections",
+        "gauge",
+        "",
+        "transport=\"closing\"",
+        |s| &s.conns_closing,
+    ),
+    (
+        "redix_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        "",
+        |s| &s.accepted,
+    ),
+    (
+        "redix_connections_closed_total",
+        "counter",
+        "Connections closed.",
+        "",
+        |s| &s.closed,
+    ),
+    (
+        "redix_connections_rejected_total",
+        "counter",
+        "Connections or streams refused, by reason.",
+        "reason=\"ip_limit\"",
+        |s| &s.rejected_ip_limit,
+    ),
+    (
+        "redix_connections_rejected_total",
+        "counter",
+        "",
+        "reason=\"conn_limit\"",
+        |s| &s.rejected_conn_limit,
+    ),
+    (
+        "redix_connections_rejected_total",
+        "counter",
+        "",
+        "reason=\"bad_request\"",
+        |s| &s.rejected_bad_request,
+    ),
+    (
+        "redix_http_requests_total",
+        "counter",
+        "HTTP requests parsed.",
+        "",
+        |s| &s.requests,
+    ),
+    (
+        "redix_events_written_total",
+        "counter",
+        "Data events completely written to clients.",
+        "",
+        |s| &s.events_written,
+    ),
+    (
+        "redix_bytes_written_total",
+        "counter",
+        "Bytes written to clients.",
+        "",
+        |s| &s.bytes_written,
+    ),
+    (
+        "redix_events_dropped_total",
+        "counter",
+        "Data events dropped, by reason.",
+        "reason=\"queue_full\"",
+        |s| &s.dropped_queue_full,
+    ),
+    (
+        "redix_slow_disconnects_total",
+        "counter",
+        "Connections closed as slow consumers.",
+        "",
+        |s| &s.slow_disconnects,
+    ),
+    (
+        "redix_peer_resets_total",
+        "counter",
+        "Connections the peer reset or broke.",
+        "",
+        |s| &s.peer_resets,
+    ),
+    (
+        "redix_accept_errors_total",
+        "counter",
+        "accept(2) failures other than WouldBlock.",
+        "",
+        |s| &s.accept_errors,
+    ),
+    (
+        "redix_accept_pauses_total",
+        "counter",
+        "Times accepting paused (fd or connection cap).",
+        "",
+        |s| &s.accept_pauses,
+    ),
+];
+
+/// Renders the exposition text.
+pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
+    let mut out = String::with_capacity(4096);
+    let mut last_name = "";
+    for (name, kind, help, label, field) in SUMMED {
+        if *name != last_name {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            last_name = name;
+        }
+        let sum: u64 = workers
+            .iter()
+            .map(|w| field(w).load(Ordering::Relaxed))
+            .sum();
+        match label.is_empty() {
+            true => {
+                let _ = writeln!(out, "{name} {sum}");
+            }
+            false => {
+                let _ = writeln!(out, "{name}{{{label}}} {sum}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redix_worker_connections Open connections per reactor thread.\n# TYPE redix_worker_connections gauge"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "redix_worker_connections{{worker=\"{i}\"}} {}",
+            w.open()
+        );
+    }
+    let gauges: [(&str, &str, &str, u64); 7] = [
+        (
+            "redix_open_fds",
+            "gauge",
+            "Open file descriptors of the process.",
+            p.open_fds,
+        ),
+        ("redix_fd_limit", "gauge", "Soft RLIMIT_NOFILE.", p.fd_limit),
+        (
+            "redix_max_connections",
+            "gauge",
+            "Global connection cap.",
+            p.max_connections,
+        ),
+        (
+            "redix_hub_channels",
+            "gauge",
+            "Channels with subscribers.",
+            p.hub_channels,
+        ),
+        (
+            "redix_published_total",
+            "counter",
+            "Events published.",
+            p.published,
+        ),
+        (
+            "redix_inbox_dropped_total",
+            "counter",
+            "Events lost because a reactor inbox was full.",
+            p.inbox_drops,
+        ),
+        (
+            "redix_ip_limiter_clients",
+            "gauge",
+            "Client IPs (v6 /64s) holding SSE slots.",
+            p.ip_tracked,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_workers_and_declares_each_name_once() {
+        let w = [WorkerStats::default(), WorkerStats::default()];
+        WorkerStats::add(&w[0].conns_sse, 3);
+        WorkerStats::add(&w[1].conns_sse, 4);
+        WorkerStats::add(&w[1].dropped_queue_full, 2);
+        let text = render(
+            &w,
+            &ProcessFigures {
+                open_fds: 9,
+                ..Default::default()
+            },
+        );
+        assert!(text.contains("redix_connections{transport=\"sse\"} 7\n"));
+        assert!(text.contains("redix_events_dropped_total{reason=\"queue_full\"} 2\n"));
+        assert!(text.contains("redix_worker_connections{worker=\"1\"} 4\n"));
+        assert!(text.contains("redix_open_fds 9\n"));
+        assert_eq!(text.matches("# TYPE redix_connections gauge").count(), 1);
+    }
+}

@@ -1,0 +1,86 @@
+//! Server-Sent Events wire format (WHATWG HTML §9.2): pure byte builders.
+//!
+//! Every data event is one JSON line (compact JSON never contains a raw
+//! newline), so an event is exactly `id:`, `event:` and one `data:` line.
+
+use std::fmt::Write as _;
+
+/// Response head of an event stream. The body is close-delimited: no
+/// `Content-Length`, no chunking, so every byte after the head is events.
+pub const HEAD: &str = "HTTP/1.1 200 OK\r\n\
+Content-Type: text/event-stream\r\n\
+Cache-Control: no-cache\r\n\
+X-Accel-Buffering: no\r\n\r\n";
+
+/// Heartbeat comment; ignored by EventSource, keeps proxies from timing out.
+pub const PING: &[u8] = b": ping\n\n";
+
+/// The stream's head followed by its first `retry:` line.
+pub fn opening(retry_ms: u64) -> Vec<u8> {
+    let mut s = String::with_capacity(HEAD.len() + 24);
+    s.push_str(HEAD);
+    let _ = write!(s, "retry: {retry_ms}\n\n");
+    s.into_bytes()
+}
+
+/// One data event: `id`, event name and a single-line JSON payload.
+pub fn event(id: u64, name: &str, json: &str) -> Vec<u8> {
+    let mut s = String::with_capacity(json.len() + name.len() + 40);
+    let _ = write!(s, "id: {id}\nevent: {name}\ndata: {json}\n\n");
+    s.into_bytes()
+}
+
+/// The last event of a stream closed as too slow. It carries the id to
+/// resume from, also as `id:` so EventSource sends it back on reconnect.
+pub fn slow(last_id: Option<u64>) -> Vec<u8> {
+    let mut s = String::with_capacity(96);
+    if let Some(id) = last_id {
+        let _ = writeln!(s, "id: {id}");
+    }
+    let resume = last_id.map_or("null".to_string(), |id| format!("\"{id}\""));
+    let _ = write!(
+        s,
+        "event: slow\ndata: {{\"reason\":\"slow consumer\",\"lastEventId\":{resume}}}\n\n"
+    );
+    s.into_bytes()
+}
+
+/// The last event of a stream closed by a shutdown: reconnect after `retry_ms`.
+pub fn reconnect(retry_ms: u64) -> Vec<u8> {
+    format!("retry: {retry_ms}\nevent: reconnect\ndata: {{\"reason\":\"shutdown\"}}\n\n")
+        .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: Vec<u8>) -> String {
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn event_lines() {
+        assert_eq!(
+            text(event(7, "message", r#"{"a":1}"#)),
+            "id: 7\nevent: message\ndata: {\"a\":1}\n\n"
+        );
+    }
+
+    #[test]
+    fn opening_starts_with_head_and_retry() {
+        let o = text(opening(2500));
+        assert!(o.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
+        assert!(o.ends_with("\r\n\r\nretry: 2500\n\n"));
+    }
+
+    #[test]
+    fn slow_carries_resume_id() {
+        assert_eq!(
+            text(slow(Some(42))),
+            "id: 42\nevent: slow\ndata: {\"reason\":\"slow consumer\",\"lastEventId\":\"42\"}\n\n"
+        );
+        assert!(text(slow(None)).starts_with("event: slow\n"));
+        assert!(text(reconnect(1234)).starts_with("retry: 1234\nevent: reconnect\n"));
+    }
+}

@@ -1,0 +1,427 @@
+//! What a reactor does with one connection: read and route requests, start
+//! streams, fan events out, flush, time out and close.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mio::event::Event as MioEvent;
+
+use super::timer::TimerKind;
+use super::{Closed, Worker};
+use crate::api::{self, Action, Ctx};
+use crate::conn::io::{self, IoStatus};
+use crate::conn::{ConnState, Enqueued, Sse};
+use crate::hub::Event;
+use crate::limits::IpKey;
+use crate::metrics::WorkerStats;
+use crate::proto::http::{self, HttpError};
+use crate::proto::sse;
+
+fn gauge<'a>(stats: &'a WorkerStats, state: &ConnState) -> &'a AtomicU64 {
+    match state {
+        ConnState::Request(_) => &stats.conns_http,
+        ConnState::Sse(_) => &stats.conns_sse,
+        ConnState::Closing { .. } => &stats.conns_closing,
+    }
+}
+
+impl Worker {
+    pub(super) fn on_socket_event(&mut self, key: usize, ev: &MioEvent) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            conn.blocked = false;
+            let gen = conn.gen;
+            self.mark_dirty(key, gen);
+        }
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.on_readable(key);
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize, gen: u32) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push((key, gen));
+            }
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        let now = self.now_ms();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match &mut conn.state {
+            ConnState::Request(_) => self.read_requests(key, now),
+            ConnState::Sse(_) | ConnState::Closing { .. } => match io::discard(&mut conn.stream) {
+                IoStatus::Closed => self.close(key, Closed::Normal),
+                IoStatus::Error(_) => self.close(key, Closed::Error),
+                IoStatus::Progress(_) | IoStatus::WouldBlock => {}
+            },
+        }
+    }
+
+    /// Reads until the socket is drained, answering every complete request.
+    fn read_requests(&mut self, key: usize, now: u64) {
+        let limits = &self.shared.config.limits;
+        let cap = limits.max_header_bytes + limits.max_body_bytes;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let ConnState::Request(req) = &mut conn.state else {
+                return;
+            };
+            let status = io::read_into(&mut conn.stream, &mut req.buf, cap);
+            self.answer_requests(key, now);
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let in_request = matches!(conn.state, ConnState::Request(_));
+            match status {
+                // The buffer filled up: the answers made room, read on.
+                IoStatus::Progress(_) if in_request => continue,
+                IoStatus::Progress(_) | IoStatus::WouldBlock => return,
+                IoStatus::Closed if in_request && !conn.queue.is_empty() => {
+                    // Half-closed after its requests: answer, then close.
+                    self.close_gracefully(key, None, false, now);
+                    return;
+                }
+                IoStatus::Closed if in_request => return self.close(key, Closed::Normal),
+                IoStatus::Closed => return,
+                IoStatus::Error(_) => return self.close(key, Closed::Error),
+            }
+        }
+    }
+
+    /// Parses and answers the complete requests at the front of the buffer.
+    fn answer_requests(&mut self, key: usize, now: u64) {
+        let shared = self.shared.clone();
+        let limits = &shared.config.limits;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let gen = conn.gen;
+            let ConnState::Request(req) = &mut conn.state else {
+                return;
+            };
+            if req.buf.is_empty() {
+                return;
+            }
+            let head =
+                match http::parse_head(&req.buf, limits.max_header_bytes, limits.max_body_bytes) {
+                    Ok(Some(head)) => head,
+                    Ok(None) => return,
+                    Err(err) => return self.reject(key, &err, now),
+                };
+            let total = head.len + head.content_length;
+            if req.buf.len() < total {
+                return;
+            }
+            WorkerStats::add(&shared.stats[self.id].requests, 1);
+            let ctx = Ctx {
+                shared: &shared,
+                peer: conn.peer,
+            };
+            let action = api::handle(&head, &req.buf[head.len..total], &ctx);
+            req.buf.drain(..total);
+            if req.buf.is_empty() {
+                req.buf = Vec::new();
+            }
+            req.served += 1;
+            req.deadline_ms = now + limits.header_timeout_ms;
+            match action {
+                Action::Respond { bytes, close } => {
+                    conn.queue.push_control(Bytes::from(bytes));
+                    self.mark_dirty(key, gen);
+                    if close {
+                        return self.close_gracefully(key, None, false, now);
+                    }
+                }
+                Action::Stream { channels, ip_slot } => {
+                    return self.start_stream(key, channels, ip_slot, now);
+                }
+            }
+        }
+    }
+
+    /// Answers a request that cannot be served, then closes.
+    fn reject(&mut self, key: usize, err: &HttpError, now: u64) {
+        WorkerStats::add(&self.stats().rejected_bad_request, 1);
+        if let Some(conn) = self.conns.get(key) {
+            log::debug!(
+                "reactor {}: {} from {}: {}",
+                self.id,
+                err.status,
+                conn.peer,
+                err.message
+            );
+        }
+        let bytes = Bytes::from(http::error_response(err, false, &[]));
+        self.close_gracefully(key, Some(bytes), false, now);
+    }
+
+    fn start_stream(&mut self, key: usize, channels: Vec<Arc<str>>, ip_slot: IpKey, now: u64) {
+        let sse_cfg = &self.shared.config.sse;
+        let (heartbeat, retry_base, retry_jitter) = (
+            sse_cfg.heartbeat_ms,
+            sse_cfg.retry_ms,
+            sse_cfg.retry_jitter_ms,
+        );
+        let retry = retry_base + self.jitter(retry_jitter);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        conn.ip_slot = Some(ip_slot);
+        conn.queue.push_control(Bytes::from(sse::opening(retry)));
+        let stream = ConnState::Sse(Sse {
+            channels: channels.clone().into_boxed_slice(),
+            last_queued: None,
+            last_written: None,
+            before_gap: None,
+            warnings: 0,
+            next_ping_ms: now + heartbeat,
+        });
+        let old = std::mem::replace(&mut conn.state, stream);
+        let stats = &self.shared.stats[self.id];
+        WorkerStats::sub(gauge(stats, &old), 1);
+        WorkerStats::add(&stats.conns_sse, 1);
+        self.timers
+            .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
+        for ch in channels {
+            let subs = self.topics.entry(ch.clone()).or_default();
+            if subs.is_empty() {
+                self.shared.hub.attach(self.id, &ch);
+            }
+            subs.insert(key);
+        }
+        self.mark_dirty(key, gen);
+    }
+
+    fn unsubscribe(&mut self, key: usize, channels: &[Arc<str>]) {
+        for ch in channels {
+            if let Some(subs) = self.topics.get_mut(ch) {
+                subs.remove(&key);
+                if subs.is_empty() {
+                    self.topics.remove(ch);
+                    self.shared.hub.detach(self.id, ch);
+                }
+            }
+        }
+    }
+
+    /// Queues one event on every local subscriber of its channel.
+    pub(super) fn deliver(&mut self, ev: &Event) {
+        let Some(subs) = self.topics.get(&*ev.channel) else {
+            return;
+        };
+        let max_warnings = self.shared.config.queue.slow_warnings;
+        let stats = &self.shared.stats[self.id];
+        let mut too_slow = Vec::new();
+        for &key in subs {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            match conn.enqueue_event(ev.sse.clone(), ev.id, self.limits, max_warnings) {
+                Enqueued::Queued => {
+                    if !conn.dirty {
+                        conn.dirty = true;
+                        self.dirty.push((key, conn.gen));
+                    }
+                }
+                Enqueued::Dropped => WorkerStats::add(&stats.dropped_queue_full, 1),
+                Enqueued::TooSlow => {
+                    WorkerStats::add(&stats.dropped_queue_full, 1);
+                    too_slow.push(key);
+                }
+            }
+        }
+        let now = self.now_ms();
+        for key in too_slow {
+            self.disconnect_slow(key, now);
+        }
+    }
+
+    /// Ends a stream that kept overflowing: the data not yet started is
+    /// dropped and `event: slow` carries the id to resume from.
+    fn disconnect_slow(&mut self, key: usize, now: u64) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let ConnState::Sse(sse) = &conn.state else {
+            return;
+        };
+        let (resume, peer) = (sse.resume_id(), conn.peer);
+        WorkerStats::add(&self.stats().slow_disconnects, 1);
+        log::info!(
+            "reactor {}: disconnecting slow consumer {peer} (resume from {resume:?}, {} bytes queued)",
+            self.id,
+            conn.queue.len_bytes()
+        );
+        self.close_gracefully(key, Some(Bytes::from(sse::slow(resume))), true, now);
+    }
+
+    /// Sends `last` after what is queued (or instead of pending data), then
+    /// shuts the write side; the linger timer bounds how long that may take.
+    pub(super) fn close_gracefully(
+        &mut self,
+        key: usize,
+        last: Option<Bytes>,
+        drop_pending: bool,
+        now: u64,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if matches!(conn.state, ConnState::Closing { .. }) {
+            return;
+        }
+        let gen = conn.gen;
+        let old = conn.start_closing(last, drop_pending);
+        let stats = &self.shared.stats[self.id];
+        WorkerStats::sub(gauge(stats, &old), 1);
+        WorkerStats::add(&stats.conns_closing, 1);
+        if let ConnState::Sse(sse) = old {
+            self.unsubscribe(key, &sse.channels);
+        }
+        let linger = self.shared.config.shutdown.linger_ms;
+        self.timers
+            .schedule(now + linger, key, gen, TimerKind::Linger);
+        self.mark_dirty(key, gen);
+    }
+
+    /// Shutdown: streams get `event: reconnect` with a jittered retry, idle
+    /// connections close, requests in flight finish within the drain window.
+    pub(super) fn shutdown_conn(&mut self, key: usize, now: u64) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        match &conn.state {
+            ConnState::Sse(_) => {
+                let sse_cfg = &self.shared.config.sse;
+                let (base, jitter) = (sse_cfg.retry_ms, sse_cfg.retry_jitter_ms);
+                let retry = base + self.jitter(jitter);
+                self.close_gracefully(key, Some(Bytes::from(sse::reconnect(retry))), false, now);
+            }
+            ConnState::Request(req) if req.buf.is_empty() && conn.queue.is_empty() => {
+                self.close(key, Closed::Shutdown);
+            }
+            ConnState::Request(_) | ConnState::Closing { .. } => {}
+        }
+    }
+
+    /// The one way out: deregister, unsubscribe, give back limits, free the slot.
+    pub(super) fn close(&mut self, key: usize, why: Closed) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        let stats = &self.shared.stats[self.id];
+        WorkerStats::sub(gauge(stats, &conn.state), 1);
+        WorkerStats::add(&stats.closed, 1);
+        if why == Closed::PeerReset {
+            WorkerStats::add(&stats.peer_resets, 1);
+        }
+        if let ConnState::Sse(sse) = &conn.state {
+            let channels = sse.channels.clone();
+            self.unsubscribe(key, &channels);
+        }
+        if let Some(slot) = conn.ip_slot.take() {
+            self.shared.sse_limiter.release(slot);
+        }
+        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        log::trace!("reactor {}: closed {} ({why:?})", self.id, conn.peer);
+    }
+
+    /// Writes every connection that got bytes this turn.
+    pub(super) fn flush_dirty(&mut self, _now: u64) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &(key, gen) in &dirty {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.gen != gen {
+                continue;
+            }
+            conn.dirty = false;
+            if conn.blocked
+                || conn.queue.is_empty() && !matches!(conn.state, ConnState::Closing { .. })
+            {
+                continue;
+            }
+            let done = conn.flush();
+            let stats = &self.shared.stats[self.id];
+            WorkerStats::add(&stats.bytes_written, done.bytes as u64);
+            WorkerStats::add(&stats.events_written, done.events as u64);
+            match done.status {
+                IoStatus::Closed => self.close(key, Closed::PeerReset),
+                IoStatus::Error(_) => self.close(key, Closed::Error),
+                IoStatus::WouldBlock => {}
+                IoStatus::Progress(_) => {
+                    conn.shut_when_drained();
+                }
+            }
+        }
+        // Keep the allocation for the next turn.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    pub(super) fn run_timers(&mut self, now: u64) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(now, &mut fired);
+        for entry in fired.drain(..) {
+            let Some(conn) = self.conns.get_mut(entry.key) else {
+                continue;
+            };
+            if conn.gen != entry.gen {
+                continue;
+            }
+            let (key, gen) = (entry.key, entry.gen);
+            match (entry.kind, &mut conn.state) {
+                (TimerKind::Request, ConnState::Request(req)) => {
+                    if now < req.deadline_ms {
+                        let at = req.deadline_ms;
+                        self.timers.schedule(at, key, gen, TimerKind::Request);
+                    } else if req.buf.is_empty() && req.served > 0 {
+                        // An idle keep-alive connection: just close it.
+                        self.close(key, Closed::Timeout);
+                    } else {
+                        let err = HttpError::new(
+                            408,
+                            "request_timeout",
+                            "the request did not arrive in time",
+                        );
+                        self.reject(key, &err, now);
+                    }
+                }
+                (TimerKind::Heartbeat, ConnState::Sse(sse)) => {
+                    if now >= sse.next_ping_ms {
+                        sse.next_ping_ms = now + self.shared.config.sse.heartbeat_ms;
+                        if conn.queue.is_empty() {
+                            conn.queue.push_control(Bytes::from_static(sse::PING));
+                            self.mark_dirty(key, gen);
+                        }
+                    }
+                    let Some(ConnState::Sse(sse)) = self.conns.get(key).map(|c| &c.state) else {
+                        continue;
+                    };
+                    let at = sse.next_ping_ms;
+                    self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+                }
+                (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
+                _ => {}
+            }
+        }
+        self.fired = fired;
+    }
+}

@@ -1,0 +1,176 @@
+//! A hashed timer wheel for connection deadlines and heartbeats.
+//!
+//! Time is passed in as milliseconds since the reactor started; the wheel
+//! never reads the clock. An entry names a connection by `(key, gen)` and a
+//! [`TimerKind`]; it is not removed when its deadline stops mattering: the
+//! handler re-checks the connection when the entry fires (a stale
+//! generation or a changed state makes it a no-op, a deadline that moved
+//! re-arms it). The reactor keeps at most one live entry per kind per
+//! connection, so the wheel holds O(connections) entries.
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// A request (head and body), or the next request on a keep-alive
+    /// connection, must have arrived.
+    Request,
+    /// SSE heartbeat.
+    Heartbeat,
+    /// A closing connection gets this long to take its last bytes.
+    Linger,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub key: usize,
+    pub gen: u32,
+    pub kind: TimerKind,
+    at_tick: u64,
+}
+
+pub struct TimerWheel {
+    slots: Vec<Vec<Entry>>,
+    tick_ms: u64,
+    /// Last tick whose slot has been expired.
+    done_tick: u64,
+    len: usize,
+}
+
+impl TimerWheel {
+    /// `slots` buckets of `tick_ms` each; deadlines further away than one
+    /// turn wait in their bucket for later turns.
+    pub fn new(slots: usize, tick_ms: u64) -> TimerWheel {
+        TimerWheel {
+            slots: (0..slots.max(1)).map(|_| Vec::new()).collect(),
+            tick_ms: tick_ms.max(1),
+            done_tick: 0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Fires at or after `at_ms` (rounded up to the next tick).
+    pub fn schedule(&mut self, at_ms: u64, key: usize, gen: u32, kind: TimerKind) {
+        let at_tick = at_ms.div_ceil(self.tick_ms).max(self.done_tick + 1);
+        let n = self.slots.len() as u64;
+        self.slots[(at_tick % n) as usize].push(Entry {
+            key,
+            gen,
+            kind,
+            at_tick,
+        });
+        self.len += 1;
+    }
+
+    /// Moves every entry due at `now_ms` into `out`.
+    pub fn expire(&mut self, now_ms: u64, out: &mut Vec<Entry>) {
+        let now_tick = now_ms / self.tick_ms;
+        if now_tick <= self.done_tick {
+            return;
+        }
+        let n = self.slots.len() as u64;
+        // One pass over the wheel visits every bucket, so a long stall
+        // costs at most one turn.
+        let first = self.done_tick + 1;
+        let last = now_tick.min(self.done_tick + n);
+        for tick in first..=last {
+            let slot = &mut self.slots[(tick % n) as usize];
+            let before = slot.len();
+            slot.retain(|e| {
+                if e.at_tick <= now_tick {
+                    out.push(*e);
+                    false
+                } else {
+                    true
+                }
+            });
+            self.len -= before - slot.len();
+        }
+        self.done_tick = now_tick;
+    }
+
+    /// Milliseconds from `now_ms` until the next non-empty bucket comes due
+    /// (an entry there may belong to a later turn: waking early is harmless).
+    pub fn next_timeout_ms(&self, now_ms: u64) -> Option<u64> {
+        if self.len == 0 {
+            return None;
+        }
+        let n = self.slots.len() as u64;
+        (1..=n)
+            .map(|i| self.done_tick + i)
+            .find(|t| !self.slots[(t % n) as usize].is_empty())
+            .map(|t| (t * self.tick_ms).saturating_sub(now_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(out: &[Entry]) -> Vec<usize> {
+        out.iter().map(|e| e.key).collect()
+    }
+
+    #[test]
+    fn fires_in_the_right_tick_and_not_before() {
+        let mut w = TimerWheel::new(8, 10);
+        w.schedule(25, 1, 0, TimerKind::Request);
+        w.schedule(10, 2, 0, TimerKind::Heartbeat);
+        let mut out = vec![];
+        w.expire(9, &mut out);
+        assert!(out.is_empty());
+        w.expire(10, &mut out);
+        assert_eq!(keys(&out), vec![2]);
+        out.clear();
+        w.expire(29, &mut out);
+        assert!(out.is_empty(), "25 rounds up to tick 3 = 30 ms");
+        w.expire(30, &mut out);
+        assert_eq!(keys(&out), vec![1]);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn deadlines_beyond_one_turn_wait_their_turn() {
+        let mut w = TimerWheel::new(4, 10);
+        w.schedule(100, 7, 3, TimerKind::Linger);
+        let mut out = vec![];
+        for now in (0..100).step_by(10) {
+            w.expire(now, &mut out);
+        }
+        assert!(out.is_empty());
+        w.expire(100, &mut out);
+        assert_eq!(out[0].gen, 3);
+    }
+
+    #[test]
+    fn a_long_stall_fires_everything_once() {
+        let mut w = TimerWheel::new(4, 10);
+        for k in 0..10 {
+            w.schedule(k * 7, k as usize, 0, TimerKind::Request);
+        }
+        let mut out = vec![];
+        w.expire(10_000, &mut out);
+        assert_eq!(out.len(), 10);
+        assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn next_timeout_points_at_the_first_busy_bucket() {
+        let mut w = TimerWheel::new(16, 10);
+        assert_eq!(w.next_timeout_ms(0), None);
+        w.schedule(55, 1, 0, TimerKind::Request);
+        assert_eq!(w.next_timeout_ms(0), Some(60));
+        assert_eq!(w.next_timeout_ms(58), Some(2));
+        let mut out = vec![];
+        w.expire(0, &mut out);
+        w.schedule(5, 1, 0, TimerKind::Request);
+        assert_eq!(w.next_timeout_ms(3), Some(7));
+    }
+}

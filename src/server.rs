@@ -1,0 +1,151 @@
+//! Start-up and shutdown: limits, listeners, reactors, signals, systemd.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mio::Poll;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::hub::{Hub, Outbox, MAX_REACTORS};
+use crate::limits::{connection_cap, raise_nofile_limit};
+use crate::reactor::{Mailbox, Worker};
+use crate::state::Shared;
+
+/// Below this many file descriptors redix warns that it cannot hold many clients.
+const LOW_FD_LIMIT: u64 = 4096;
+
+/// Binds one `SO_REUSEPORT` listener.
+fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+/// Runs redix until a signal has drained it. Errors are start-up failures.
+pub fn run(config: Config) -> Result<(), String> {
+    let (soft, hard) = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
+    if soft < LOW_FD_LIMIT {
+        log::warn!("open-file limit is {soft} (hard {hard}): redix can hold few connections; raise LimitNOFILE");
+    }
+    let max_conns = connection_cap(config.limits.max_connections, soft);
+    let workers = config.worker_count().min(MAX_REACTORS);
+    if config.auth.keys.is_empty()
+        && config.auth.publish_keys.is_empty()
+        && config.auth.admin_keys.is_empty()
+    {
+        log::warn!(
+            "no API key configured: publish and admin endpoints accept loopback clients only"
+        );
+    }
+
+    let mut addr = config.listen;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let l = bind(addr, config.backlog).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        // With port 0 the first bind picks the port; the others share it.
+        addr = l
+            .local_addr()
+            .map_err(|e| format!("listener address: {e}"))?;
+        listeners.push(l);
+    }
+    let mut polls = Vec::with_capacity(workers);
+    let mut mailboxes = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+        mailboxes.push(Mailbox::new(&poll).map_err(|e| format!("waker: {e}"))?);
+        polls.push(poll);
+    }
+    let outboxes: Vec<Arc<dyn Outbox>> = mailboxes
+        .iter()
+        .map(|(m, _)| m.clone() as Arc<dyn Outbox>)
+        .collect();
+    let wakers: Vec<Arc<Mailbox>> = mailboxes.iter().map(|(m, _)| m.clone()).collect();
+    let first_id = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let hub = Hub::new(outboxes, first_id);
+    let shared = Shared::new(config, hub, workers, soft, max_conns);
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+
+    let per_worker = max_conns / workers + 1;
+    let mut threads = Vec::with_capacity(workers);
+    for (id, ((poll, listener), mailbox)) in
+        polls.into_iter().zip(listeners).zip(mailboxes).enumerate()
+    {
+        let worker = Worker::new(
+            id,
+            poll,
+            listener,
+            mailbox,
+            shared.clone(),
+            per_worker.min(65_536),
+        )
+        .map_err(|e| format!("reactor {id}: {e}"))?;
+        let handle = std::thread::Builder::new()
+            .name(format!("redix-reactor-{id}"))
+            .spawn(move || worker.run())
+            .map_err(|e| format!("spawn reactor {id}: {e}"))?;
+        threads.push(handle);
+    }
+    shared.record_fd_baseline();
+
+    let stop = {
+        let (shared, wakers) = (shared.clone(), wakers.clone());
+        move || {
+            shared.shutting_down.store(true, Ordering::SeqCst);
+            wakers.iter().for_each(|w| w.wake());
+        }
+    };
+    let on_signal = stop.clone();
+    let drain_ms = shared.config.shutdown.drain_ms;
+    std::thread::Builder::new()
+        .name("redix-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    log::warn!("second signal {sig}: exiting now");
+                    std::process::exit(1);
+                }
+                log::info!("signal {sig}: draining connections (up to {drain_ms} ms); a second signal exits at once");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                on_signal();
+            }
+        })
+        .map_err(|e| format!("spawn signal thread: {e}"))?;
+
+    log::info!(
+        "{workers} reactors, connection cap {max_conns} (RLIMIT_NOFILE {soft}/{hard}), fd baseline {}",
+        shared.internal_fds.load(Ordering::Relaxed)
+    );
+    println!("redix listening on {addr}");
+    let _ = std::io::stdout().flush();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    let mut failed = false;
+    for (id, t) in threads.into_iter().enumerate() {
+        if t.join().is_err() {
+            log::error!("reactor {id} panicked; shutting the others down");
+            failed = true;
+            stop();
+        }
+    }
+    match failed {
+        true => Err("a reactor thread failed".into()),
+        false => {
+            log::info!("drained; exiting");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! What every reactor thread shares: configuration, the hub, limits,
+//! keys, per-thread statistics and process-wide figures.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::diag::{self, Owned};
+use crate::hub::Hub;
+use crate::limits::IpLimiter;
+use crate::metrics::{self, ProcessFigures, WorkerStats};
+
+pub struct Shared {
+    pub config: Config,
+    pub hub: Hub,
+    pub keys: Keys,
+    pub sse_limiter: IpLimiter,
+    /// One entry per reactor thread; each thread writes only its own.
+    pub stats: Box<[WorkerStats]>,
+    /// Open client connections over all reactors (for the global cap).
+    pub open_conns: AtomicUsize,
+    pub max_conns: usize,
+    pub fd_limit: u64,
+    /// Listening sockets (one per reactor).
+    pub listeners: usize,
+    /// Fds that are neither connections nor listeners, counted once every
+    /// reactor is up and before the first accept.
+    pub internal_fds: AtomicU64,
+    /// Set by the first SIGTERM/SIGINT.
+    pub shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        hub: Hub,
+        workers: usize,
+        fd_limit: u64,
+        max_conns: usize,
+    ) -> Arc<Shared> {
+        Arc::new(Shared {
+            keys: Keys::from_config(&config),
+            sse_limiter: IpLimiter::new(config.limits.sse_per_ip),
+            config,
+            hub,
+            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
+            open_conns: AtomicUsize::new(0),
+            max_conns,
+            fd_limit,
+            listeners: workers,
+            internal_fds: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Records the fd baseline: whatever is open now that is not a listener.
+    pub fn record_fd_baseline(&self) {
+        let open = diag::open_fd_count();
+        let internal = open.saturating_sub(self.listeners as u64);
+        self.internal_fds.store(internal, Ordering::Relaxed);
+    }
+
+    pub fn owned_fds(&self) -> Owned {
+        Owned {
+            connections: self.open_conns.load(Ordering::Relaxed) as u64,
+            listeners: self.listeners as u64,
+            internal: self.internal_fds.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn render_metrics(&self) -> String {
+        let figures = ProcessFigures {
+            open_fds: diag::open_fd_count(),
+            fd_limit: self.fd_limit,
+            max_connections: self.max_conns as u64,
+            hub_channels: self.hub.channel_count() as u64,
+            published: self.hub.stats.published.load(Ordering::Relaxed),
+            inbox_drops: self.hub.stats.inbox_drops.load(Ordering::Relaxed),
+            ip_tracked: self.sse_limiter.tracked() as u64,
+        };
+        metrics::render(&self.stats, &figures)
+    }
+}
