@@ -12,7 +12,7 @@ use crate::auth::Denied;
 use crate::config::Scope;
 use crate::hub::check_channel;
 use crate::limits::{client_ip, IpKey};
-use crate::metrics;
+use crate::metrics::{self, WorkerStats};
 use crate::proto::http::{self, query_param, Head, HttpError, Method};
 use crate::state::Shared;
 
@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub shared: &'a Shared,
     /// The TCP peer (not the forwarded client).
     pub peer: IpAddr,
+    /// Counters of the reactor handling the request.
+    pub stats: &'a WorkerStats,
 }
 
 pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
@@ -183,6 +185,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
     );
     let key = IpKey::of(ip);
     if !shared.sse_limiter.acquire(key) {
+        WorkerStats::add(&ctx.stats.rejected_ip_limit, 1);
         return Err(Reject::new(
             429,
             "too_many_streams",

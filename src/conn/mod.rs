@@ -44,11 +44,13 @@ pub struct Sse {
 }
 
 impl Sse {
-    /// The id from which this client can resume without losing anything.
-    pub fn resume_id(&self) -> Option<u64> {
-        match (self.before_gap, self.last_written) {
-            (Some(gap), Some(written)) => Some(gap.min(written)),
-            (gap, written) => gap.or(written),
+    /// The id from which this client can resume without losing anything,
+    /// when its stream ends after the frame now being written (`in_progress`).
+    pub fn resume_id(&self, in_progress: Option<u64>) -> Option<u64> {
+        let delivered = in_progress.max(self.last_written);
+        match (self.before_gap, delivered) {
+            (Some(gap), Some(d)) => Some(gap.min(d)),
+            (gap, d) => gap.or(d),
         }
     }
 }

@@ -65,6 +65,15 @@ impl WriteQueue {
         self.bytes
     }
 
+    /// The id of the data frame partly written, if any: it will complete
+    /// whatever else is dropped.
+    pub fn in_progress_id(&self) -> Option<u64> {
+        self.frames
+            .front()
+            .filter(|_| self.offset > 0)
+            .and_then(|f| f.data_id)
+    }
+
     /// Queues a data frame unless a cap is reached; false means dropped.
     pub fn push_data(&mut self, bytes: Bytes, id: u64, limits: QueueLimits) -> bool {
         if self.events >= limits.max_events || self.bytes + bytes.len() > limits.max_bytes {

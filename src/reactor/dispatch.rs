@@ -127,6 +127,7 @@ impl Worker {
             let ctx = Ctx {
                 shared: &shared,
                 peer: conn.peer,
+                stats: &shared.stats[self.id],
             };
             let action = api::handle(&head, &req.buf[head.len..total], &ctx);
             req.buf.drain(..total);
@@ -257,7 +258,7 @@ impl Worker {
         let ConnState::Sse(sse) = &conn.state else {
             return;
         };
-        let (resume, peer) = (sse.resume_id(), conn.peer);
+        let (resume, peer) = (sse.resume_id(conn.queue.in_progress_id()), conn.peer);
         WorkerStats::add(&self.stats().slow_disconnects, 1);
         log::info!(
             "reactor {}: disconnecting slow consumer {peer} (resume from {resume:?}, {} bytes queued)",

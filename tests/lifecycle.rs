@@ -1,0 +1,47 @@
+//! Process lifecycle: graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn sigterm_sends_reconnect_to_every_stream_and_exits_zero() {
+    let mut server = Server::start(&[
+        "--set",
+        "sse.retry_ms=500",
+        "--set",
+        "sse.retry_jitter_ms=1000",
+    ]);
+    let mut clients: Vec<SseClient> = (0..6)
+        .map(|_| SseClient::connect(server.addr, "bye"))
+        .collect();
+    wait_until("streams", || {
+        server.metric("redix_connections{transport=\"sse\"}") == 6.0
+    });
+    server.signal(libc::SIGTERM);
+    for c in clients.iter_mut() {
+        let ev = c.next_message().expect("reconnect event");
+        assert_eq!(ev.event.as_deref(), Some("reconnect"));
+        let retry = ev.retry.expect("retry with the reconnect");
+        assert!((500..=1500).contains(&retry), "retry {retry}");
+        assert!(c.next_event().is_none(), "stream closed after reconnect");
+    }
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", server.logs());
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&["--set", "shutdown.drain_ms=60000"]);
+    // A stream that never reads keeps the drain busy.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let _stuck = SseClient::connect_with(server.addr, "stuck", Some(sock));
+    server.signal(libc::SIGTERM);
+    wait_until("draining", || server.logs().contains("draining"));
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+}
