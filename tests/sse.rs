@@ -222,3 +222,23 @@ fn a_stalled_client_is_cut_off_with_its_resume_id_while_fast_ones_get_everything
     assert!(slow.next_event().is_none(), "closed after event: slow");
     assert!(server.metric("redix_events_dropped_total{reason=\"queue_full\"}") >= 10.0);
 }
+
+#[test]
+fn at_the_connection_cap_accepting_pauses_and_resumes_below_ninety_percent() {
+    let server = Server::start(&["--set", "limits.max_connections=10"]);
+    let mut held: Vec<SseClient> = (0..10)
+        .map(|_| SseClient::connect(server.addr, "cap"))
+        .collect();
+    assert!(held.iter().all(|c| c.status == 200));
+    // The kernel completes the handshake; redix does not accept it yet.
+    let waiting = std::thread::spawn({
+        let addr = server.addr;
+        move || SseClient::connect(addr, "cap").status
+    });
+    wait_until("cap log line", || {
+        server.logs().contains("connection cap 10 reached")
+    });
+    assert!(!waiting.is_finished(), "served while at the cap");
+    held.truncate(8);
+    assert_eq!(waiting.join().unwrap(), 200);
+}

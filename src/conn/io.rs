@@ -9,8 +9,10 @@ pub enum IoStatus {
     Progress(usize),
     /// Nothing more now; wait for readiness.
     WouldBlock,
-    /// The peer closed or reset: an ordinary end, counted and logged at debug.
+    /// The peer closed (EOF): an ordinary end.
     Closed,
+    /// The peer reset or the pipe broke: also ordinary, counted apart.
+    Reset,
     /// Anything else: the connection is unusable.
     Error(ErrorKind),
 }
@@ -20,18 +22,18 @@ pub fn classify(e: &io::Error) -> Option<IoStatus> {
     match e.kind() {
         ErrorKind::Interrupted => None,
         ErrorKind::WouldBlock => Some(IoStatus::WouldBlock),
+        ErrorKind::UnexpectedEof => Some(IoStatus::Closed),
         ErrorKind::ConnectionReset
         | ErrorKind::ConnectionAborted
         | ErrorKind::BrokenPipe
-        | ErrorKind::UnexpectedEof
-        | ErrorKind::NotConnected => Some(IoStatus::Closed),
+        | ErrorKind::NotConnected => Some(IoStatus::Reset),
         kind => Some(IoStatus::Error(kind)),
     }
 }
 
 /// Reads until `WouldBlock`, EOF, or `buf` holds `cap` bytes. Returns the
 /// last status: `Progress(total)` when it stopped at the cap, `WouldBlock`
-/// after draining the socket (bytes read are in `buf`), `Closed` on EOF/reset.
+/// after draining the socket (bytes read are in `buf`), `Closed` on EOF, `Reset` on reset.
 pub fn read_into<R: Read>(src: &mut R, buf: &mut Vec<u8>, cap: usize) -> IoStatus {
     let mut chunk = [0u8; 4096];
     let mut total = 0;
@@ -55,7 +57,7 @@ pub fn read_into<R: Read>(src: &mut R, buf: &mut Vec<u8>, cap: usize) -> IoStatu
 }
 
 /// Reads and throws away everything available (for streams whose clients
-/// have nothing more to say). `Closed` on EOF or reset.
+/// have nothing more to say). `Closed` on EOF, `Reset` on reset.
 pub fn discard<R: Read>(src: &mut R) -> IoStatus {
     let mut chunk = [0u8; 2048];
     let mut total = 0;

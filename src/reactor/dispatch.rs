@@ -59,6 +59,7 @@ impl Worker {
             ConnState::Request(_) => self.read_requests(key, now),
             ConnState::Sse(_) | ConnState::Closing { .. } => match io::discard(&mut conn.stream) {
                 IoStatus::Closed => self.close(key, Closed::Normal),
+                IoStatus::Reset => self.close(key, Closed::PeerReset),
                 IoStatus::Error(_) => self.close(key, Closed::Error),
                 IoStatus::Progress(_) | IoStatus::WouldBlock => {}
             },
@@ -93,6 +94,7 @@ impl Worker {
                 }
                 IoStatus::Closed if in_request => return self.close(key, Closed::Normal),
                 IoStatus::Closed => return,
+                IoStatus::Reset => return self.close(key, Closed::PeerReset),
                 IoStatus::Error(_) => return self.close(key, Closed::Error),
             }
         }
@@ -361,7 +363,7 @@ impl Worker {
             WorkerStats::add(&stats.bytes_written, done.bytes as u64);
             WorkerStats::add(&stats.events_written, done.events as u64);
             match done.status {
-                IoStatus::Closed => self.close(key, Closed::PeerReset),
+                IoStatus::Closed | IoStatus::Reset => self.close(key, Closed::PeerReset),
                 IoStatus::Error(_) => self.close(key, Closed::Error),
                 IoStatus::WouldBlock => {}
                 IoStatus::Progress(_) => {
