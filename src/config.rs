@@ -37,6 +37,18 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
 pub const DEFAULT_RETRY_MS: u64 = 2_000;
 /// Random extra added to `retry:` so reconnects spread out.
 pub const DEFAULT_RETRY_JITTER_MS: u64 = 3_000;
+/// Concurrent WebSocket connections per client IP.
+pub const DEFAULT_WS_PER_IP: u32 = 50;
+/// Server ping interval on WebSocket connections.
+pub const DEFAULT_WS_PING_MS: u64 = 30_000;
+/// A WebSocket silent this long (no frame at all) is closed.
+pub const DEFAULT_WS_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Largest WebSocket message a client may send (inflated size); larger closes with 1009.
+pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Subscriptions one WebSocket connection may hold.
+pub const DEFAULT_WS_MAX_SUBSCRIPTIONS: usize = 128;
+/// Events smaller than this go uncompressed even to permessage-deflate clients.
+pub const DEFAULT_WS_DEFLATE_MIN_BYTES: usize = 256;
 /// Channels one SSE stream may name.
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
 /// Data events a connection's write queue may hold.
@@ -63,9 +75,11 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub sse: SseConfig,
+    pub ws: WsConfig,
     pub queue: QueueConfig,
     pub tcp: TcpConfig,
     pub shutdown: ShutdownConfig,
+    pub debug: DebugConfig,
 }
 
 /// API keys. With none configured, publish and admin endpoints accept
@@ -85,6 +99,7 @@ pub struct AuthConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub sse_per_ip: u32,
+    pub ws_per_ip: u32,
     /// Global connection cap; 0 derives it from `RLIMIT_NOFILE`.
     pub max_connections: usize,
     pub header_timeout_ms: u64,
@@ -101,6 +116,28 @@ pub struct SseConfig {
     pub retry_ms: u64,
     pub retry_jitter_ms: u64,
     pub max_channels: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    pub ping_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_message_bytes: usize,
+    pub max_subscriptions: usize,
+    /// Offer permessage-deflate to clients that ask for it.
+    pub deflate: bool,
+    pub deflate_min_bytes: usize,
+    /// Allowed `Origin` values; empty allows any (and requests without one).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Diagnostics that are off in production.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Serve `/ws/echo`, which echoes every message (for conformance suites).
+    pub ws_echo: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,9 +173,25 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             sse: SseConfig::default(),
+            ws: WsConfig::default(),
             queue: QueueConfig::default(),
             tcp: TcpConfig::default(),
             shutdown: ShutdownConfig::default(),
+            debug: DebugConfig::default(),
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            ping_ms: DEFAULT_WS_PING_MS,
+            idle_timeout_ms: DEFAULT_WS_IDLE_TIMEOUT_MS,
+            max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
+            max_subscriptions: DEFAULT_WS_MAX_SUBSCRIPTIONS,
+            deflate: true,
+            deflate_min_bytes: DEFAULT_WS_DEFLATE_MIN_BYTES,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -147,6 +200,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             sse_per_ip: DEFAULT_SSE_PER_IP,
+            ws_per_ip: DEFAULT_WS_PER_IP,
             max_connections: 0,
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
@@ -268,7 +322,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let checks: [(bool, &str); 10] = [
+        let checks: &[(bool, &str)] = &[
             (self.workers <= 256, "workers must be at most 256"),
             (self.backlog > 0, "backlog must be positive"),
             (
@@ -302,6 +356,23 @@ impl Config {
             (
                 self.queue.slow_warnings > 0,
                 "queue.slow_warnings must be at least 1",
+            ),
+            (
+                self.limits.ws_per_ip > 0,
+                "limits.ws_per_ip must be at least 1",
+            ),
+            (self.ws.ping_ms > 0, "ws.ping_ms must be positive"),
+            (
+                self.ws.idle_timeout_ms >= self.ws.ping_ms,
+                "ws.idle_timeout_ms must be at least ws.ping_ms",
+            ),
+            (
+                (125..=64 << 20).contains(&self.ws.max_message_bytes),
+                "ws.max_message_bytes must be between 125 and 64 MiB",
+            ),
+            (
+                (1..=4096).contains(&self.ws.max_subscriptions),
+                "ws.max_subscriptions must be between 1 and 4096",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
@@ -376,7 +447,9 @@ fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), Con
     Ok(())
 }
 
-const SECTIONS: [&str; 6] = ["auth", "limits", "sse", "queue", "tcp", "shutdown"];
+const SECTIONS: [&str; 8] = [
+    "auth", "limits", "sse", "ws", "queue", "tcp", "shutdown", "debug",
+];
 
 fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, raw) in env {
