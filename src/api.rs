@@ -13,7 +13,9 @@ use crate::config::Scope;
 use crate::hub::check_channel;
 use crate::limits::{client_ip, IpKey};
 use crate::metrics::{self, WorkerStats};
+use crate::proto::deflate::{self, Agreement};
 use crate::proto::http::{self, query_param, Head, HttpError, Method};
+use crate::proto::ws;
 use crate::state::Shared;
 
 /// What the reactor should do with a request.
@@ -27,6 +29,18 @@ pub enum Action {
         channels: Vec<Arc<str>>,
         ip_slot: IpKey,
     },
+    /// Send `response` (the 101) and speak WebSocket from then on. Holds a
+    /// per-IP WebSocket slot.
+    Upgrade(Upgrade),
+}
+
+#[derive(Debug)]
+pub struct Upgrade {
+    pub response: Vec<u8>,
+    pub deflate: Option<Agreement>,
+    pub ip_slot: IpKey,
+    /// `/ws/echo`: echo every message instead of speaking the JSON protocol.
+    pub echo: bool,
 }
 
 /// Per-request context.
@@ -41,6 +55,8 @@ pub struct Ctx<'a> {
 pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
     let result = match head.path.as_str() {
         "/api/stream" => only(head, Method::Get).and_then(|_| stream(head, ctx)),
+        "/ws" => upgrade(head, ctx, false),
+        "/ws/echo" if ctx.shared.config.debug.ws_echo => upgrade(head, ctx, true),
         "/api/publish" => only(head, Method::Post).and_then(|_| publish(head, body, ctx)),
         "/healthz" => only(head, Method::Get).map(|_| json_ok(head, r#"{"status":"ok"}"#.into())),
         "/metrics/prom" => only(head, Method::Get).map(|_| Action::Respond {
@@ -200,6 +216,57 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
         channels,
         ip_slot: key,
     })
+}
+
+fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
+    let shared = ctx.shared;
+    let accept = ws::check_upgrade(
+        head.method() == Method::Get,
+        head.upgrade.as_deref(),
+        head.connection_upgrade,
+        head.ws_version.as_deref(),
+        head.ws_key.as_deref(),
+    )
+    .map_err(|e| {
+        let mut r = Reject::new(e.status(), "bad_upgrade", e.to_string());
+        r.extra = e.headers().iter().map(|h| h.to_string()).collect();
+        r
+    })?;
+    let origins = &shared.config.ws.allowed_origins;
+    if !origins.is_empty() && !head.origin.as_ref().is_some_and(|o| origins.contains(o)) {
+        WorkerStats::add(&ctx.stats.rejected_origin, 1);
+        return Err(Reject::new(403, "origin_not_allowed", "this Origin may not open WebSockets here"));
+    }
+    if shared.is_shutting_down() {
+        return Err(Reject::new(503, "shutting_down", "this node is shutting down; reconnect")
+            .with_header("Retry-After: 1".into()));
+    }
+    let key = client_key(head, ctx);
+    if !shared.ws_limiter.acquire(key) {
+        WorkerStats::add(&ctx.stats.rejected_ip_limit, 1);
+        return Err(Reject::new(
+            429,
+            "too_many_websockets",
+            format!("at most {} WebSockets per client IP", shared.config.limits.ws_per_ip),
+        )
+        .with_header("Retry-After: 5".into()));
+    }
+    let deflate = match shared.config.ws.deflate {
+        true => deflate::negotiate(head.ws_extensions.as_deref()),
+        false => None,
+    };
+    let ext = deflate.map(|a| a.response_header());
+    Ok(Action::Upgrade(Upgrade {
+        response: ws::accept_response(&accept, ext.as_deref()),
+        deflate,
+        ip_slot: key,
+        echo,
+    }))
+}
+
+fn client_key(head: &Head, ctx: &Ctx<'_>) -> IpKey {
+    let trusted = &ctx.shared.config.limits.trusted_proxies;
+    IpKey::of(client_ip(ctx.peer, head.forwarded_for.as_deref(), trusted))
 }
 
 #[derive(Deserialize)]

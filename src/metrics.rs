@@ -16,12 +16,19 @@ pub struct WorkerStats {
     pub conns_http: AtomicU64,
     /// Open SSE streams.
     pub conns_sse: AtomicU64,
+    /// Open WebSocket connections.
+    pub conns_ws: AtomicU64,
     /// Connections sending their last bytes before closing.
     pub conns_closing: AtomicU64,
     pub requests: AtomicU64,
     pub rejected_ip_limit: AtomicU64,
     pub rejected_conn_limit: AtomicU64,
     pub rejected_bad_request: AtomicU64,
+    pub rejected_origin: AtomicU64,
+    /// WebSocket connections closed for a protocol violation.
+    pub ws_protocol_errors: AtomicU64,
+    /// JSON protocol errors answered on WebSocket connections.
+    pub ws_command_errors: AtomicU64,
     pub events_written: AtomicU64,
     pub bytes_written: AtomicU64,
     pub dropped_queue_full: AtomicU64,
@@ -43,6 +50,7 @@ impl WorkerStats {
     pub fn open(&self) -> u64 {
         self.conns_http.load(Ordering::Relaxed)
             + self.conns_sse.load(Ordering::Relaxed)
+            + self.conns_ws.load(Ordering::Relaxed)
             + self.conns_closing.load(Ordering::Relaxed)
     }
 }
@@ -57,6 +65,7 @@ pub struct ProcessFigures {
     pub published: u64,
     pub inbox_drops: u64,
     pub ip_tracked: u64,
+    pub ws_compressions: u64,
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -64,119 +73,28 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 type Field = fn(&WorkerStats) -> &AtomicU64;
 
 /// (name, type, help, label, field) for the summed per-worker metrics.
+#[rustfmt::skip]
 const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
-    (
-        "redix_connections",
-        "gauge",
-        "Open client connections by transport.",
-        "transport=\"sse\"",
-        |s| &s.conns_sse,
-    ),
-    (
-        "redix_connections",
-        "gauge",
-        "",
-        "transport=\"http\"",
-        |s| &s.conns_http,
-    ),
-    (
-        "redix_connections",
-        "gauge",
-        "",
-        "transport=\"closing\"",
-        |s| &s.conns_closing,
-    ),
-    (
-        "redix_connections_accepted_total",
-        "counter",
-        "Connections accepted.",
-        "",
-        |s| &s.accepted,
-    ),
-    (
-        "redix_connections_closed_total",
-        "counter",
-        "Connections closed.",
-        "",
-        |s| &s.closed,
-    ),
-    (
-        "redix_connections_rejected_total",
-        "counter",
-        "Connections or streams refused, by reason.",
-        "reason=\"ip_limit\"",
-        |s| &s.rejected_ip_limit,
-    ),
-    (
-        "redix_connections_rejected_total",
-        "counter",
-        "",
-        "reason=\"conn_limit\"",
-        |s| &s.rejected_conn_limit,
-    ),
-    (
-        "redix_connections_rejected_total",
-        "counter",
-        "",
-        "reason=\"bad_request\"",
-        |s| &s.rejected_bad_request,
-    ),
-    (
-        "redix_http_requests_total",
-        "counter",
-        "HTTP requests parsed.",
-        "",
-        |s| &s.requests,
-    ),
-    (
-        "redix_events_written_total",
-        "counter",
-        "Data events completely written to clients.",
-        "",
-        |s| &s.events_written,
-    ),
-    (
-        "redix_bytes_written_total",
-        "counter",
-        "Bytes written to clients.",
-        "",
-        |s| &s.bytes_written,
-    ),
-    (
-        "redix_events_dropped_total",
-        "counter",
-        "Data events dropped, by reason.",
-        "reason=\"queue_full\"",
-        |s| &s.dropped_queue_full,
-    ),
-    (
-        "redix_slow_disconnects_total",
-        "counter",
-        "Connections closed as slow consumers.",
-        "",
-        |s| &s.slow_disconnects,
-    ),
-    (
-        "redix_peer_resets_total",
-        "counter",
-        "Connections the peer reset or broke.",
-        "",
-        |s| &s.peer_resets,
-    ),
-    (
-        "redix_accept_errors_total",
-        "counter",
-        "accept(2) failures other than WouldBlock.",
-        "",
-        |s| &s.accept_errors,
-    ),
-    (
-        "redix_accept_pauses_total",
-        "counter",
-        "Times accepting paused (fd or connection cap).",
-        "",
-        |s| &s.accept_pauses,
-    ),
+    ("redix_connections", "gauge", "Open client connections by transport.", "transport=\"sse\"", |s| &s.conns_sse),
+    ("redix_connections", "gauge", "", "transport=\"ws\"", |s| &s.conns_ws),
+    ("redix_connections", "gauge", "", "transport=\"http\"", |s| &s.conns_http),
+    ("redix_connections", "gauge", "", "transport=\"closing\"", |s| &s.conns_closing),
+    ("redix_connections_accepted_total", "counter", "Connections accepted.", "", |s| &s.accepted),
+    ("redix_connections_closed_total", "counter", "Connections closed.", "", |s| &s.closed),
+    ("redix_connections_rejected_total", "counter", "Connections, streams or requests refused, by reason.", "reason=\"ip_limit\"", |s| &s.rejected_ip_limit),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"conn_limit\"", |s| &s.rejected_conn_limit),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"bad_request\"", |s| &s.rejected_bad_request),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"origin\"", |s| &s.rejected_origin),
+    ("redix_http_requests_total", "counter", "HTTP requests parsed.", "", |s| &s.requests),
+    ("redix_events_written_total", "counter", "Data events completely written to clients.", "", |s| &s.events_written),
+    ("redix_bytes_written_total", "counter", "Bytes written to clients.", "", |s| &s.bytes_written),
+    ("redix_events_dropped_total", "counter", "Data events dropped, by reason.", "reason=\"queue_full\"", |s| &s.dropped_queue_full),
+    ("redix_slow_disconnects_total", "counter", "Connections closed as slow consumers.", "", |s| &s.slow_disconnects),
+    ("redix_peer_resets_total", "counter", "Connections the peer reset or broke.", "", |s| &s.peer_resets),
+    ("redix_ws_protocol_errors_total", "counter", "WebSocket connections closed for a protocol violation.", "", |s| &s.ws_protocol_errors),
+    ("redix_ws_command_errors_total", "counter", "WebSocket JSON commands answered with an error.", "", |s| &s.ws_command_errors),
+    ("redix_accept_errors_total", "counter", "accept(2) failures other than WouldBlock.", "", |s| &s.accept_errors),
+    ("redix_accept_pauses_total", "counter", "Times accepting paused (fd or connection cap).", "", |s| &s.accept_pauses),
 ];
 
 /// Renders the exposition text.
@@ -212,44 +130,16 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
             w.open()
         );
     }
-    let gauges: [(&str, &str, &str, u64); 7] = [
-        (
-            "redix_open_fds",
-            "gauge",
-            "Open file descriptors of the process.",
-            p.open_fds,
-        ),
+    #[rustfmt::skip]
+    let gauges: [(&str, &str, &str, u64); 8] = [
+        ("redix_open_fds", "gauge", "Open file descriptors of the process.", p.open_fds),
         ("redix_fd_limit", "gauge", "Soft RLIMIT_NOFILE.", p.fd_limit),
-        (
-            "redix_max_connections",
-            "gauge",
-            "Global connection cap.",
-            p.max_connections,
-        ),
-        (
-            "redix_hub_channels",
-            "gauge",
-            "Channels with subscribers.",
-            p.hub_channels,
-        ),
-        (
-            "redix_published_total",
-            "counter",
-            "Events published.",
-            p.published,
-        ),
-        (
-            "redix_inbox_dropped_total",
-            "counter",
-            "Events lost because a reactor inbox was full.",
-            p.inbox_drops,
-        ),
-        (
-            "redix_ip_limiter_clients",
-            "gauge",
-            "Client IPs (v6 /64s) holding SSE slots.",
-            p.ip_tracked,
-        ),
+        ("redix_max_connections", "gauge", "Global connection cap.", p.max_connections),
+        ("redix_hub_channels", "gauge", "Channels with subscribers.", p.hub_channels),
+        ("redix_published_total", "counter", "Events published.", p.published),
+        ("redix_inbox_dropped_total", "counter", "Events lost because a reactor inbox was full.", p.inbox_drops),
+        ("redix_ip_limiter_clients", "gauge", "Client IPs (v6 /64s) holding SSE or WebSocket slots.", p.ip_tracked),
+        ("redix_ws_compressions_total", "counter", "Events compressed for permessage-deflate (once per event).", p.ws_compressions),
     ];
     for (name, kind, help, value) in gauges {
         let _ = writeln!(

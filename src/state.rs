@@ -16,6 +16,7 @@ pub struct Shared {
     pub hub: Hub,
     pub keys: Keys,
     pub sse_limiter: IpLimiter,
+    pub ws_limiter: IpLimiter,
     /// One entry per reactor thread; each thread writes only its own.
     pub stats: Box<[WorkerStats]>,
     /// Open client connections over all reactors (for the global cap).
@@ -42,6 +43,7 @@ impl Shared {
         Arc::new(Shared {
             keys: Keys::from_config(&config),
             sse_limiter: IpLimiter::new(config.limits.sse_per_ip),
+            ws_limiter: IpLimiter::new(config.limits.ws_per_ip),
             config,
             hub,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
@@ -81,7 +83,8 @@ impl Shared {
             hub_channels: self.hub.channel_count() as u64,
             published: self.hub.stats.published.load(Ordering::Relaxed),
             inbox_drops: self.hub.stats.inbox_drops.load(Ordering::Relaxed),
-            ip_tracked: self.sse_limiter.tracked() as u64,
+            ip_tracked: (self.sse_limiter.tracked() + self.ws_limiter.tracked()) as u64,
+            ws_compressions: self.hub.stats.ws_compressions.load(Ordering::Relaxed),
         };
         metrics::render(&self.stats, &figures)
     }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 
 use crate::limits::IpKey;
+use crate::proto::ws::Reassembler;
 use io::IoStatus;
 use queue::{Flushed, QueueLimits, WriteQueue};
 
@@ -29,21 +30,20 @@ pub struct Request {
     pub served: u32,
 }
 
-/// An SSE subscriber.
-#[derive(Debug)]
-pub struct Sse {
-    pub channels: Box<[Arc<str>]>,
+/// What a subscriber connection (SSE or WebSocket) has been sent.
+#[derive(Debug, Default)]
+pub struct Delivery {
     /// Last data event queued.
     pub last_queued: Option<u64>,
     /// Last data event completely written.
     pub last_written: Option<u64>,
     /// Last event queued before the first drop: a resume point with no gap.
     pub before_gap: Option<u64>,
+    /// Data events dropped because the queue was full.
     pub warnings: u32,
-    pub next_ping_ms: u64,
 }
 
-impl Sse {
+impl Delivery {
     /// The id from which this client can resume without losing anything,
     /// when its stream ends after the frame now being written (`in_progress`).
     pub fn resume_id(&self, in_progress: Option<u64>) -> Option<u64> {
@@ -55,10 +55,52 @@ impl Sse {
     }
 }
 
+/// An SSE subscriber.
+#[derive(Debug)]
+pub struct Sse {
+    pub channels: Box<[Arc<str>]>,
+    pub delivery: Delivery,
+    pub next_ping_ms: u64,
+}
+
+/// A WebSocket client (boxed in [`ConnState`]: SSE connections, the
+/// majority, should not pay for its size).
+#[derive(Debug)]
+pub struct Ws {
+    /// Subscribed channels (at most `ws.max_subscriptions`).
+    pub channels: Vec<Arc<str>>,
+    pub delivery: Delivery,
+    /// Frames in, messages out.
+    pub rx: Reassembler,
+    /// Received bytes not yet decoded: a partial frame header or control
+    /// frame; empty (unallocated) when idle.
+    pub rbuf: Vec<u8>,
+    /// `/ws/echo`: echo messages instead of reading commands.
+    pub echo: bool,
+    /// Last time any byte arrived from the client.
+    pub last_seen_ms: u64,
+    pub next_ping_ms: u64,
+}
+
+impl Ws {
+    /// The client agreed to permessage-deflate.
+    pub fn deflate(&self) -> bool {
+        self.rx.deflate().is_some()
+    }
+}
+
+/// Which per-IP limit a connection's slot belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    Sse,
+    Ws,
+}
+
 #[derive(Debug)]
 pub enum ConnState {
     Request(Request),
     Sse(Sse),
+    Ws(Box<Ws>),
     /// Draining the final bytes; `shut` once the write side is shut down.
     Closing {
         shut: bool,
@@ -76,8 +118,8 @@ pub struct Conn {
     pub blocked: bool,
     /// Queued in the reactor's flush list this turn.
     pub dirty: bool,
-    /// A per-IP stream slot this connection must give back.
-    pub ip_slot: Option<IpKey>,
+    /// A per-IP slot this connection must give back.
+    pub ip_slot: Option<(SlotKind, IpKey)>,
     pub opened_ms: u64,
 }
 
@@ -88,6 +130,17 @@ pub enum Enqueued {
     Dropped,
     /// Dropped, and the connection has used up its warnings.
     TooSlow,
+}
+
+impl ConnState {
+    /// Delivery bookkeeping, for states that receive events.
+    pub fn delivery_mut(&mut self) -> Option<&mut Delivery> {
+        match self {
+            ConnState::Sse(sse) => Some(&mut sse.delivery),
+            ConnState::Ws(ws) => Some(&mut ws.delivery),
+            ConnState::Request(_) | ConnState::Closing { .. } => None,
+        }
+    }
 }
 
 impl Conn {
@@ -108,11 +161,7 @@ impl Conn {
         }
     }
 
-    pub fn is_stream(&self) -> bool {
-        matches!(self.state, ConnState::Sse(_))
-    }
-
-    /// Queues a data event for an SSE stream, counting a warning on overflow.
+    /// Queues a data event for a subscriber, counting a warning on overflow.
     pub fn enqueue_event(
         &mut self,
         bytes: Bytes,
@@ -120,18 +169,18 @@ impl Conn {
         limits: QueueLimits,
         max_warnings: u32,
     ) -> Enqueued {
-        let ConnState::Sse(sse) = &mut self.state else {
+        let Some(d) = self.state.delivery_mut() else {
             return Enqueued::Dropped;
         };
         if self.queue.push_data(bytes, id, limits) {
-            sse.last_queued = Some(id);
+            d.last_queued = Some(id);
             return Enqueued::Queued;
         }
-        if sse.before_gap.is_none() {
-            sse.before_gap = Some(sse.last_queued.unwrap_or(id.saturating_sub(1)));
+        if d.before_gap.is_none() {
+            d.before_gap = Some(d.last_queued.unwrap_or(id.saturating_sub(1)));
         }
-        sse.warnings += 1;
-        match sse.warnings >= max_warnings {
+        d.warnings += 1;
+        match d.warnings >= max_warnings {
             true => Enqueued::TooSlow,
             false => Enqueued::Dropped,
         }
@@ -141,8 +190,8 @@ impl Conn {
     pub fn flush(&mut self) -> Flushed {
         let done = self.queue.flush(&mut self.stream);
         self.blocked = done.status == IoStatus::WouldBlock;
-        if let (ConnState::Sse(sse), Some(id)) = (&mut self.state, done.last_id) {
-            sse.last_written = Some(id);
+        if let (Some(d), Some(id)) = (self.state.delivery_mut(), done.last_id) {
+            d.last_written = Some(id);
         }
         done
     }

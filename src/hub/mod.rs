@@ -16,9 +16,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
+
+use crate::proto::{deflate, ws};
 
 /// Longest channel name.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -30,6 +32,49 @@ pub struct Event {
     pub channel: Arc<str>,
     /// The complete SSE event (`id:`, `event:`, `data:`).
     pub sse: Bytes,
+    /// The WebSocket text frame of the same JSON.
+    pub ws: Bytes,
+    /// Where the JSON starts in `ws` (after the frame header).
+    ws_header_len: usize,
+    /// The permessage-deflate frame, made by the first subscriber that
+    /// needs it and shared by all the others.
+    ws_deflated: OnceLock<Bytes>,
+}
+
+impl Event {
+    /// Encodes the event once for every wire format.
+    pub fn new(id: u64, channel: Arc<str>, data_json: &str) -> Event {
+        let json = message_json(id, &channel, data_json);
+        let (header, header_len) = ws::frame_header(ws::OpCode::Text, true, false, json.len() as u64);
+        let mut frame = Vec::with_capacity(header_len + json.len());
+        frame.extend_from_slice(&header[..header_len]);
+        frame.extend_from_slice(json.as_bytes());
+        Event {
+            id,
+            sse: Bytes::from(crate::proto::sse::event(id, "message", &json)),
+            ws: Bytes::from(frame),
+            ws_header_len: header_len,
+            ws_deflated: OnceLock::new(),
+            channel,
+        }
+    }
+
+    /// The WebSocket frame for a client: compressed when it agreed to
+    /// permessage-deflate and the JSON is at least `min_bytes` long.
+    /// Compression happens at most once per event; `compressions` counts it.
+    pub fn ws_frame(&self, deflate: bool, min_bytes: usize, compressions: &AtomicU64) -> Bytes {
+        let json = &self.ws[self.ws_header_len..];
+        if !deflate || json.len() < min_bytes {
+            return self.ws.clone();
+        }
+        self.ws_deflated
+            .get_or_init(|| {
+                compressions.fetch_add(1, Ordering::Relaxed);
+                let packed = deflate::compress(json);
+                Bytes::from(ws::encode_frame(ws::OpCode::Text, &packed, true))
+            })
+            .clone()
+    }
 }
 
 /// Where the hub hands events for one reactor thread. Must not block.
@@ -74,6 +119,8 @@ struct Inner {
 pub struct HubStats {
     pub published: AtomicU64,
     pub inbox_drops: AtomicU64,
+    /// Events compressed for permessage-deflate subscribers (once each).
+    pub ws_compressions: AtomicU64,
 }
 
 pub struct Hub {
@@ -147,11 +194,7 @@ impl Hub {
         let Some((name, &mask)) = inner.channels.get_key_value(channel) else {
             return done;
         };
-        let event = Arc::new(Event {
-            id,
-            channel: name.clone(),
-            sse: Bytes::from(encode_sse(id, channel, data_json)),
-        });
+        let event = Arc::new(Event::new(id, name.clone(), data_json));
         for (i, outbox) in self.outboxes.iter().enumerate() {
             if mask & (1 << i) == 0 {
                 continue;
@@ -177,10 +220,6 @@ impl Hub {
 pub fn message_json(id: u64, channel: &str, data_json: &str) -> String {
     // Channel names are checked to need no escaping.
     format!(r#"{{"type":"message","channel":"{channel}","id":"{id}","data":{data_json}}}"#)
-}
-
-fn encode_sse(id: u64, channel: &str, data_json: &str) -> Vec<u8> {
-    crate::proto::sse::event(id, "message", &message_json(id, channel, data_json))
 }
 
 #[cfg(test)]
@@ -255,11 +294,31 @@ mod tests {
     fn encoding_is_one_sse_event_with_the_envelope() {
         let (hub, _) = hub(1);
         hub.attach(0, &Arc::from("c"));
-        let bytes = encode_sse(9, "c", r#"{"k":"v"}"#);
+        let ev = Event::new(9, Arc::from("c"), r#"{"k":"v"}"#);
+        let json = r#"{"type":"message","channel":"c","id":"9","data":{"k":"v"}}"#;
+        assert_eq!(&ev.ws[..2], &[0x81, json.len() as u8]);
+        assert_eq!(&ev.ws[2..], json.as_bytes());
         assert_eq!(
-            std::str::from_utf8(&bytes).unwrap(),
+            std::str::from_utf8(&ev.sse).unwrap(),
             "id: 9\nevent: message\ndata: {\"type\":\"message\",\"channel\":\"c\",\"id\":\"9\",\"data\":{\"k\":\"v\"}}\n\n"
         );
+    }
+
+    #[test]
+    fn the_deflated_frame_is_made_once_and_only_when_worth_it() {
+        let big = format!("\"{}\"", "abc".repeat(200));
+        let ev = Event::new(1, Arc::from("c"), &big);
+        let count = AtomicU64::new(0);
+        let a = ev.ws_frame(true, 256, &count);
+        let b = ev.ws_frame(true, 256, &count);
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        assert_eq!(a, b);
+        assert_eq!(a[0], 0xc1, "FIN + RSV1 + text");
+        assert!(a.len() < ev.ws.len());
+        assert_eq!(ev.ws_frame(false, 256, &count), ev.ws);
+        let small = Event::new(2, Arc::from("c"), "1");
+        assert_eq!(small.ws_frame(true, 256, &count), small.ws);
+        assert_eq!(count.load(Ordering::Relaxed), 1);
     }
 
     #[test]

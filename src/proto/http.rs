@@ -166,6 +166,15 @@ pub fn parse_head(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option
                     head.connection_upgrade = true;
                 }
             }
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            // Several headers are one comma-separated list (RFC 9110 §5.3).
+            match &mut head.ws_extensions {
+                Some(list) => {
+                    list.push_str(", ");
+                    list.push_str(value);
+                }
+                None => head.ws_extensions = Some(value.to_string()),
+            }
         } else {
             let slot = match_header(&mut head, name);
             if let Some(slot) = slot {
@@ -192,7 +201,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option
 }
 
 fn match_header<'a>(head: &'a mut Head, name: &str) -> Option<&'a mut Option<String>> {
-    let table: [(&str, &mut Option<String>); 10] = [
+    let table: [(&str, &mut Option<String>); 9] = [
         ("upgrade", &mut head.upgrade),
         ("last-event-id", &mut head.last_event_id),
         ("authorization", &mut head.authorization),
@@ -202,7 +211,6 @@ fn match_header<'a>(head: &'a mut Head, name: &str) -> Option<&'a mut Option<Str
         ("origin", &mut head.origin),
         ("sec-websocket-key", &mut head.ws_key),
         ("sec-websocket-version", &mut head.ws_version),
-        ("sec-websocket-extensions", &mut head.ws_extensions),
     ];
     table
         .into_iter()
@@ -405,6 +413,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn repeated_extension_headers_join() {
+        let raw = "GET /ws HTTP/1.1\r\nSec-WebSocket-Extensions: a\r\nSec-WebSocket-Extensions: b; x=1\r\n\r\n";
+        let h = parse(raw).unwrap().unwrap();
+        assert_eq!(h.ws_extensions.as_deref(), Some("a, b; x=1"));
     }
 
     #[test]

@@ -11,17 +11,21 @@ use super::timer::TimerKind;
 use super::{Closed, Worker};
 use crate::api::{self, Action, Ctx};
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Enqueued, Sse};
+use crate::conn::{ConnState, Delivery, Enqueued, SlotKind, Sse};
 use crate::hub::Event;
 use crate::limits::IpKey;
 use crate::metrics::WorkerStats;
 use crate::proto::http::{self, HttpError};
 use crate::proto::sse;
+use crate::proto::ws::close_code;
 
-fn gauge<'a>(stats: &'a WorkerStats, state: &ConnState) -> &'a AtomicU64 {
+use super::websocket::CLOSE_SLOW;
+
+pub(super) fn gauge<'a>(stats: &'a WorkerStats, state: &ConnState) -> &'a AtomicU64 {
     match state {
         ConnState::Request(_) => &stats.conns_http,
         ConnState::Sse(_) => &stats.conns_sse,
+        ConnState::Ws(_) => &stats.conns_ws,
         ConnState::Closing { .. } => &stats.conns_closing,
     }
 }
@@ -41,7 +45,7 @@ impl Worker {
         }
     }
 
-    fn mark_dirty(&mut self, key: usize, gen: u32) {
+    pub(super) fn mark_dirty(&mut self, key: usize, gen: u32) {
         if let Some(conn) = self.conns.get_mut(key) {
             if !conn.dirty {
                 conn.dirty = true;
@@ -57,6 +61,7 @@ impl Worker {
         };
         match &mut conn.state {
             ConnState::Request(_) => self.read_requests(key, now),
+            ConnState::Ws(_) => self.read_ws(key, now),
             ConnState::Sse(_) | ConnState::Closing { .. } => match io::discard(&mut conn.stream) {
                 IoStatus::Closed => self.close(key, Closed::Normal),
                 IoStatus::Reset => self.close(key, Closed::PeerReset),
@@ -149,6 +154,11 @@ impl Worker {
                 Action::Stream { channels, ip_slot } => {
                     return self.start_stream(key, channels, ip_slot, now);
                 }
+                Action::Upgrade(up) => {
+                    // Frames the client sent right behind its request.
+                    let early = std::mem::take(&mut req.buf);
+                    return self.start_ws(key, up, early, now);
+                }
             }
         }
     }
@@ -181,14 +191,11 @@ impl Worker {
             return;
         };
         let gen = conn.gen;
-        conn.ip_slot = Some(ip_slot);
+        conn.ip_slot = Some((SlotKind::Sse, ip_slot));
         conn.queue.push_control(Bytes::from(sse::opening(retry)));
         let stream = ConnState::Sse(Sse {
             channels: channels.clone().into_boxed_slice(),
-            last_queued: None,
-            last_written: None,
-            before_gap: None,
-            warnings: 0,
+            delivery: Delivery::default(),
             next_ping_ms: now + heartbeat,
         });
         let old = std::mem::replace(&mut conn.state, stream);
@@ -198,16 +205,20 @@ impl Worker {
         self.timers
             .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
         for ch in channels {
-            let subs = self.topics.entry(ch.clone()).or_default();
-            if subs.is_empty() {
-                self.shared.hub.attach(self.id, &ch);
-            }
-            subs.insert(key);
+            self.subscribe(key, ch);
         }
         self.mark_dirty(key, gen);
     }
 
-    fn unsubscribe(&mut self, key: usize, channels: &[Arc<str>]) {
+    pub(super) fn subscribe(&mut self, key: usize, channel: Arc<str>) {
+        let subs = self.topics.entry(channel.clone()).or_default();
+        if subs.is_empty() {
+            self.shared.hub.attach(self.id, &channel);
+        }
+        subs.insert(key);
+    }
+
+    pub(super) fn unsubscribe(&mut self, key: usize, channels: &[Arc<str>]) {
         for ch in channels {
             if let Some(subs) = self.topics.get_mut(ch) {
                 subs.remove(&key);
@@ -225,13 +236,19 @@ impl Worker {
             return;
         };
         let max_warnings = self.shared.config.queue.slow_warnings;
+        let deflate_min = self.shared.config.ws.deflate_min_bytes;
+        let compressions = &self.shared.hub.stats.ws_compressions;
         let stats = &self.shared.stats[self.id];
         let mut too_slow = Vec::new();
         for &key in subs {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            match conn.enqueue_event(ev.sse.clone(), ev.id, self.limits, max_warnings) {
+            let bytes = match &conn.state {
+                ConnState::Ws(ws) => ev.ws_frame(ws.deflate(), deflate_min, compressions),
+                _ => ev.sse.clone(),
+            };
+            match conn.enqueue_event(bytes, ev.id, self.limits, max_warnings) {
                 Enqueued::Queued => {
                     if !conn.dirty {
                         conn.dirty = true;
@@ -254,19 +271,25 @@ impl Worker {
     /// Ends a stream that kept overflowing: the data not yet started is
     /// dropped and `event: slow` carries the id to resume from.
     fn disconnect_slow(&mut self, key: usize, now: u64) {
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let ConnState::Sse(sse) = &conn.state else {
+        let in_progress = conn.queue.in_progress_id();
+        let Some(delivery) = conn.state.delivery_mut() else {
             return;
         };
-        let (resume, peer) = (sse.resume_id(conn.queue.in_progress_id()), conn.peer);
+        let resume = delivery.resume_id(in_progress);
+        let (is_ws, peer) = (matches!(conn.state, ConnState::Ws(_)), conn.peer);
+        let queued = conn.queue.len_bytes();
         WorkerStats::add(&self.stats().slow_disconnects, 1);
         log::info!(
-            "reactor {}: disconnecting slow consumer {peer} (resume from {resume:?}, {} bytes queued)",
+            "reactor {}: disconnecting slow consumer {peer} (resume from {resume:?}, {queued} bytes queued)",
             self.id,
-            conn.queue.len_bytes()
         );
+        if is_ws {
+            let reason = resume.map_or(String::new(), |id| id.to_string());
+            return self.close_ws(key, CLOSE_SLOW, &reason, now);
+        }
         self.close_gracefully(key, Some(Bytes::from(sse::slow(resume))), true, now);
     }
 
@@ -290,8 +313,10 @@ impl Worker {
         let stats = &self.shared.stats[self.id];
         WorkerStats::sub(gauge(stats, &old), 1);
         WorkerStats::add(&stats.conns_closing, 1);
-        if let ConnState::Sse(sse) = old {
-            self.unsubscribe(key, &sse.channels);
+        match old {
+            ConnState::Sse(sse) => self.unsubscribe(key, &sse.channels),
+            ConnState::Ws(ws) => self.unsubscribe(key, &ws.channels),
+            ConnState::Request(_) | ConnState::Closing { .. } => {}
         }
         let linger = self.shared.config.shutdown.linger_ms;
         self.timers
@@ -312,6 +337,7 @@ impl Worker {
                 let retry = base + self.jitter(jitter);
                 self.close_gracefully(key, Some(Bytes::from(sse::reconnect(retry))), false, now);
             }
+            ConnState::Ws(_) => self.close_ws(key, close_code::RESTART, "server restart", now),
             ConnState::Request(req) if req.buf.is_empty() && conn.queue.is_empty() => {
                 self.close(key, Closed::Shutdown);
             }
@@ -331,12 +357,15 @@ impl Worker {
         if why == Closed::PeerReset {
             WorkerStats::add(&stats.peer_resets, 1);
         }
-        if let ConnState::Sse(sse) = &conn.state {
-            let channels = sse.channels.clone();
-            self.unsubscribe(key, &channels);
+        match &conn.state {
+            ConnState::Sse(sse) => self.unsubscribe(key, &sse.channels),
+            ConnState::Ws(ws) => self.unsubscribe(key, &ws.channels),
+            ConnState::Request(_) | ConnState::Closing { .. } => {}
         }
-        if let Some(slot) = conn.ip_slot.take() {
-            self.shared.sse_limiter.release(slot);
+        match conn.ip_slot.take() {
+            Some((SlotKind::Sse, ip)) => self.shared.sse_limiter.release(ip),
+            Some((SlotKind::Ws, ip)) => self.shared.ws_limiter.release(ip),
+            None => {}
         }
         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         log::trace!("reactor {}: closed {} ({why:?})", self.id, conn.peer);
@@ -421,6 +450,7 @@ impl Worker {
                     let at = sse.next_ping_ms;
                     self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
                 }
+                (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now),
                 (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
                 _ => {}
             }

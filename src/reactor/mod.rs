@@ -17,6 +17,7 @@
 
 mod dispatch;
 pub mod timer;
+mod websocket;
 
 use std::collections::{HashMap, HashSet};
 use std::io;

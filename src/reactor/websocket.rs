@@ -1,0 +1,270 @@
+//! What a reactor does with a WebSocket connection: the upgrade, reading
+//! frames into messages, the JSON protocol, heartbeats and close codes.
+//!
+//! Replies (pongs, acks, errors, close frames) are control frames: they are
+//! never dropped, but a client that makes them pile up without reading is
+//! closed once the queue passes its control budget.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::timer::TimerKind;
+use super::{Closed, Worker};
+use crate::api::Upgrade;
+use crate::conn::io::{self, IoStatus};
+use crate::conn::{ConnState, Delivery, SlotKind, Ws};
+use crate::hub::check_channel;
+use crate::metrics::WorkerStats;
+use crate::proto::ws::{self, close_code, Message, OpCode, Reassembler};
+
+/// Bytes read from a WebSocket per read call batch before decoding.
+const READ_CAP: usize = 64 * 1024;
+/// Close code for a slow consumer; the reason is the id to resume from.
+pub const CLOSE_SLOW: u16 = 4008;
+
+#[derive(Deserialize)]
+struct Command {
+    #[serde(rename = "type")]
+    kind: String,
+    channel: Option<String>,
+    symbol: Option<String>,
+    /// Resume point; honoured once channels keep history.
+    #[allow(dead_code)]
+    since: Option<String>,
+}
+
+/// Longest market symbol (`BINANCE:BTCUSDT` and the like).
+const MAX_SYMBOL_LEN: usize = 32;
+
+fn json_frame(value: serde_json::Value) -> Bytes {
+    Bytes::from(ws::text(&value.to_string()))
+}
+
+fn error_frame(code: &str, message: &str) -> Bytes {
+    json_frame(serde_json::json!({ "type": "error", "code": code, "message": message }))
+}
+
+/// The channel a subscribe/unsubscribe command names.
+fn target_channel(cmd: &Command) -> Result<String, String> {
+    match (&cmd.channel, &cmd.symbol) {
+        (Some(ch), None) => check_channel(ch).map(|_| ch.clone()),
+        (None, Some(sym)) => {
+            let ok = |c: char| c.is_ascii_alphanumeric() || ".:-_".contains(c);
+            if sym.is_empty() || sym.len() > MAX_SYMBOL_LEN || !sym.chars().all(ok) {
+                return Err(format!("symbols are 1 to {MAX_SYMBOL_LEN} of A-Z a-z 0-9 . : - _"));
+            }
+            Ok(format!("trades:{sym}"))
+        }
+        _ => Err("name exactly one of \"channel\" or \"symbol\"".into()),
+    }
+}
+
+impl Worker {
+    /// Sends the 101 and turns the connection into a WebSocket; `early`
+    /// holds bytes the client sent right after its request.
+    pub(super) fn start_ws(&mut self, key: usize, up: Upgrade, early: Vec<u8>, now: u64) {
+        let cfg = &self.shared.config.ws;
+        let (ping_ms, max_message) = (cfg.ping_ms, cfg.max_message_bytes);
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let gen = conn.gen;
+        conn.ip_slot = Some((SlotKind::Ws, up.ip_slot));
+        conn.queue.push_control(Bytes::from(up.response));
+        let ws = Ws {
+            channels: Vec::new(),
+            delivery: Delivery::default(),
+            rx: Reassembler::new(max_message, up.deflate),
+            rbuf: early,
+            echo: up.echo,
+            last_seen_ms: now,
+            next_ping_ms: now + ping_ms,
+        };
+        let old = std::mem::replace(&mut conn.state, ConnState::Ws(Box::new(ws)));
+        let stats = &self.shared.stats[self.id];
+        WorkerStats::sub(super::dispatch::gauge(stats, &old), 1);
+        WorkerStats::add(&stats.conns_ws, 1);
+        self.timers.schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
+        self.mark_dirty(key, gen);
+        self.decode_ws(key, now);
+    }
+
+    /// Reads until the socket would block, decoding as it goes.
+    pub(super) fn read_ws(&mut self, key: usize, now: u64) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            let ConnState::Ws(ws) = &mut conn.state else { return };
+            let before = ws.rbuf.len();
+            let status = io::read_into(&mut conn.stream, &mut ws.rbuf, READ_CAP);
+            if ws.rbuf.len() > before {
+                ws.last_seen_ms = now;
+            }
+            self.decode_ws(key, now);
+            let still_ws = matches!(self.conns.get(key).map(|c| &c.state), Some(ConnState::Ws(_)));
+            match status {
+                IoStatus::Progress(_) if still_ws => continue,
+                IoStatus::Progress(_) | IoStatus::WouldBlock => return,
+                IoStatus::Closed if still_ws => return self.close(key, Closed::Normal),
+                IoStatus::Closed => return,
+                IoStatus::Reset => return self.close(key, Closed::PeerReset),
+                IoStatus::Error(_) => return self.close(key, Closed::Error),
+            }
+        }
+    }
+
+    /// Decodes buffered bytes into messages and handles them.
+    fn decode_ws(&mut self, key: usize, now: u64) {
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else { return };
+        let mut buf = std::mem::take(&mut ws.rbuf);
+        let mut off = 0;
+        let failure = loop {
+            let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else { break None };
+            match ws.rx.decode(&mut buf[off..]) {
+                Err(e) => break Some(e),
+                Ok((0, None)) => break None,
+                Ok((n, msg)) => {
+                    off += n;
+                    if let Some(msg) = msg {
+                        if !self.on_ws_message(key, msg, now) {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
+            buf.drain(..off);
+            if !buf.is_empty() {
+                ws.rbuf = buf;
+            }
+        }
+        if let Some(e) = failure {
+            WorkerStats::add(&self.stats().ws_protocol_errors, 1);
+            log::debug!("reactor {}: websocket protocol error {}: {}", self.id, e.code, e.reason);
+            self.close_ws(key, e.code, e.reason, now);
+        }
+    }
+
+    /// Handles one message; false when the connection stops reading.
+    fn on_ws_message(&mut self, key: usize, msg: Message, now: u64) -> bool {
+        let Some(ConnState::Ws(ws)) = self.conns.get(key).map(|c| &c.state) else { return false };
+        let (echo, deflate) = (ws.echo, ws.deflate());
+        let reply = match msg {
+            Message::Ping(payload) => Bytes::from(ws::pong(&payload)),
+            Message::Pong(_) => return true,
+            Message::Close(frame) => {
+                // Answer the close handshake, echoing the code.
+                let reply = match frame {
+                    Some(f) => ws::close_frame(f.code, ""),
+                    None => ws::encode_frame(OpCode::Close, &[], false),
+                };
+                self.close_gracefully(key, Some(Bytes::from(reply)), false, now);
+                return false;
+            }
+            Message::Text(text) if echo => Bytes::from(match deflate {
+                true => ws::compressed_text(&text),
+                false => ws::text(&text),
+            }),
+            Message::Binary(data) if echo => Bytes::from(ws::encode_frame(OpCode::Binary, &data, false)),
+            Message::Text(text) => match self.ws_command(key, &text) {
+                Some(reply) => reply,
+                None => return true,
+            },
+            Message::Binary(_) => {
+                WorkerStats::add(&self.stats().ws_command_errors, 1);
+                error_frame("unsupported", "binary messages are not part of the protocol; send JSON text")
+            }
+        };
+        self.reply(key, reply, now)
+    }
+
+    /// Queues a control reply; false (and the connection closed as slow)
+    /// when replies pile up past the control budget.
+    fn reply(&mut self, key: usize, bytes: Bytes, now: u64) -> bool {
+        let budget = self.shared.config.queue.max_bytes + self.shared.config.ws.max_message_bytes + 4096;
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let gen = conn.gen;
+        conn.queue.push_control(bytes);
+        self.mark_dirty(key, gen);
+        let Some(conn) = self.conns.get(key) else { return false };
+        if conn.queue.len_bytes() <= budget {
+            return true;
+        }
+        log::info!("reactor {}: {} does not read its replies; closing", self.id, conn.peer);
+        self.close_ws(key, close_code::POLICY, "replies not read", now);
+        false
+    }
+
+    /// Runs one JSON command; the reply to queue, if any.
+    fn ws_command(&mut self, key: usize, text: &str) -> Option<Bytes> {
+        let reply = match serde_json::from_str::<Command>(text) {
+            Err(e) => Err(("bad_json", e.to_string())),
+            Ok(cmd) => match cmd.kind.as_str() {
+                "ping" => Ok(json_frame(serde_json::json!({"type": "pong"}))),
+                "subscribe" | "unsubscribe" => target_channel(&cmd)
+                    .map_err(|m| ("bad_request", m))
+                    .and_then(|ch| self.ws_subscription(key, &cmd.kind, ch)),
+                other => Err(("unknown_type", format!("unknown message type {other:?}"))),
+            },
+        };
+        Some(reply.unwrap_or_else(|(code, message)| {
+            WorkerStats::add(&self.stats().ws_command_errors, 1);
+            error_frame(code, &message)
+        }))
+    }
+
+    fn ws_subscription(&mut self, key: usize, kind: &str, channel: String) -> Result<Bytes, (&'static str, String)> {
+        let max = self.shared.config.ws.max_subscriptions;
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return Err(("closing", "connection is closing".into()));
+        };
+        let pos = ws.channels.iter().position(|c| **c == *channel);
+        if kind == "unsubscribe" {
+            let Some(pos) = pos else {
+                return Err(("not_subscribed", format!("not subscribed to {channel}")));
+            };
+            let ch = ws.channels.swap_remove(pos);
+            self.unsubscribe(key, std::slice::from_ref(&ch));
+            return Ok(json_frame(serde_json::json!({"type": "unsubscribed", "channel": channel})));
+        }
+        if pos.is_none() {
+            if ws.channels.len() >= max {
+                return Err(("too_many_subscriptions", format!("at most {max} subscriptions per connection")));
+            }
+            let ch: Arc<str> = Arc::from(channel.as_str());
+            ws.channels.push(ch.clone());
+            self.subscribe(key, ch);
+        }
+        Ok(json_frame(serde_json::json!({"type": "subscribed", "channel": channel})))
+    }
+
+    /// Heartbeat timer: close a silent client, else ping on schedule.
+    pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
+        let cfg = &self.shared.config.ws;
+        let (ping_ms, idle_ms) = (cfg.ping_ms, cfg.idle_timeout_ms);
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else { return };
+        let idle_deadline = ws.last_seen_ms + idle_ms;
+        if now >= idle_deadline {
+            return self.close_ws(key, close_code::GOING_AWAY, "idle timeout", now);
+        }
+        let mut ping = false;
+        if now >= ws.next_ping_ms {
+            ws.next_ping_ms = now + ping_ms;
+            ping = true;
+        }
+        let at = ws.next_ping_ms.min(idle_deadline);
+        self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+        if ping {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.queue.push_control(Bytes::from(ws::ping(b"")));
+                self.mark_dirty(key, gen);
+            }
+        }
+    }
+
+    /// Starts the closing handshake with `code`; pending data is dropped.
+    pub(super) fn close_ws(&mut self, key: usize, code: u16, reason: &str, now: u64) {
+        let frame = Bytes::from(ws::close_frame(code, reason));
+        self.close_gracefully(key, Some(frame), true, now);
+    }
+}
