@@ -106,9 +106,11 @@ impl Reject {
     }
 
     fn into_action(self, head: &Head) -> Action {
+        // A refused upgrade ends the connection: the client meant to leave HTTP.
+        let keep_alive = head.keep_alive && !head.connection_upgrade;
         Action::Respond {
-            bytes: http::error_response(&self.err, head.keep_alive, &self.extra),
-            close: !head.keep_alive,
+            bytes: http::error_response(&self.err, keep_alive, &self.extra),
+            close: !keep_alive,
         }
     }
 }
@@ -235,11 +237,19 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
     let origins = &shared.config.ws.allowed_origins;
     if !origins.is_empty() && !head.origin.as_ref().is_some_and(|o| origins.contains(o)) {
         WorkerStats::add(&ctx.stats.rejected_origin, 1);
-        return Err(Reject::new(403, "origin_not_allowed", "this Origin may not open WebSockets here"));
+        return Err(Reject::new(
+            403,
+            "origin_not_allowed",
+            "this Origin may not open WebSockets here",
+        ));
     }
     if shared.is_shutting_down() {
-        return Err(Reject::new(503, "shutting_down", "this node is shutting down; reconnect")
-            .with_header("Retry-After: 1".into()));
+        return Err(Reject::new(
+            503,
+            "shutting_down",
+            "this node is shutting down; reconnect",
+        )
+        .with_header("Retry-After: 1".into()));
     }
     let key = client_key(head, ctx);
     if !shared.ws_limiter.acquire(key) {
@@ -247,7 +257,10 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
         return Err(Reject::new(
             429,
             "too_many_websockets",
-            format!("at most {} WebSockets per client IP", shared.config.limits.ws_per_ip),
+            format!(
+                "at most {} WebSockets per client IP",
+                shared.config.limits.ws_per_ip
+            ),
         )
         .with_header("Retry-After: 5".into()));
     }

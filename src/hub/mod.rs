@@ -45,7 +45,8 @@ impl Event {
     /// Encodes the event once for every wire format.
     pub fn new(id: u64, channel: Arc<str>, data_json: &str) -> Event {
         let json = message_json(id, &channel, data_json);
-        let (header, header_len) = ws::frame_header(ws::OpCode::Text, true, false, json.len() as u64);
+        let (header, header_len) =
+            ws::frame_header(ws::OpCode::Text, true, false, json.len() as u64);
         let mut frame = Vec::with_capacity(header_len + json.len());
         frame.extend_from_slice(&header[..header_len]);
         frame.extend_from_slice(json.as_bytes());

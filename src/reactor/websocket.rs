@@ -53,7 +53,9 @@ fn target_channel(cmd: &Command) -> Result<String, String> {
         (None, Some(sym)) => {
             let ok = |c: char| c.is_ascii_alphanumeric() || ".:-_".contains(c);
             if sym.is_empty() || sym.len() > MAX_SYMBOL_LEN || !sym.chars().all(ok) {
-                return Err(format!("symbols are 1 to {MAX_SYMBOL_LEN} of A-Z a-z 0-9 . : - _"));
+                return Err(format!(
+                    "symbols are 1 to {MAX_SYMBOL_LEN} of A-Z a-z 0-9 . : - _"
+                ));
             }
             Ok(format!("trades:{sym}"))
         }
@@ -67,7 +69,9 @@ impl Worker {
     pub(super) fn start_ws(&mut self, key: usize, up: Upgrade, early: Vec<u8>, now: u64) {
         let cfg = &self.shared.config.ws;
         let (ping_ms, max_message) = (cfg.ping_ms, cfg.max_message_bytes);
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let gen = conn.gen;
         conn.ip_slot = Some((SlotKind::Ws, up.ip_slot));
         conn.queue.push_control(Bytes::from(up.response));
@@ -84,7 +88,8 @@ impl Worker {
         let stats = &self.shared.stats[self.id];
         WorkerStats::sub(super::dispatch::gauge(stats, &old), 1);
         WorkerStats::add(&stats.conns_ws, 1);
-        self.timers.schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
+        self.timers
+            .schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
         self.mark_dirty(key, gen);
         self.decode_ws(key, now);
     }
@@ -92,15 +97,22 @@ impl Worker {
     /// Reads until the socket would block, decoding as it goes.
     pub(super) fn read_ws(&mut self, key: usize, now: u64) {
         loop {
-            let Some(conn) = self.conns.get_mut(key) else { return };
-            let ConnState::Ws(ws) = &mut conn.state else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let ConnState::Ws(ws) = &mut conn.state else {
+                return;
+            };
             let before = ws.rbuf.len();
             let status = io::read_into(&mut conn.stream, &mut ws.rbuf, READ_CAP);
             if ws.rbuf.len() > before {
                 ws.last_seen_ms = now;
             }
             self.decode_ws(key, now);
-            let still_ws = matches!(self.conns.get(key).map(|c| &c.state), Some(ConnState::Ws(_)));
+            let still_ws = matches!(
+                self.conns.get(key).map(|c| &c.state),
+                Some(ConnState::Ws(_))
+            );
             match status {
                 IoStatus::Progress(_) if still_ws => continue,
                 IoStatus::Progress(_) | IoStatus::WouldBlock => return,
@@ -114,11 +126,15 @@ impl Worker {
 
     /// Decodes buffered bytes into messages and handles them.
     fn decode_ws(&mut self, key: usize, now: u64) {
-        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else { return };
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return;
+        };
         let mut buf = std::mem::take(&mut ws.rbuf);
         let mut off = 0;
         let failure = loop {
-            let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else { break None };
+            let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+                break None;
+            };
             match ws.rx.decode(&mut buf[off..]) {
                 Err(e) => break Some(e),
                 Ok((0, None)) => break None,
@@ -140,14 +156,21 @@ impl Worker {
         }
         if let Some(e) = failure {
             WorkerStats::add(&self.stats().ws_protocol_errors, 1);
-            log::debug!("reactor {}: websocket protocol error {}: {}", self.id, e.code, e.reason);
+            log::debug!(
+                "reactor {}: websocket protocol error {}: {}",
+                self.id,
+                e.code,
+                e.reason
+            );
             self.close_ws(key, e.code, e.reason, now);
         }
     }
 
     /// Handles one message; false when the connection stops reading.
     fn on_ws_message(&mut self, key: usize, msg: Message, now: u64) -> bool {
-        let Some(ConnState::Ws(ws)) = self.conns.get(key).map(|c| &c.state) else { return false };
+        let Some(ConnState::Ws(ws)) = self.conns.get(key).map(|c| &c.state) else {
+            return false;
+        };
         let (echo, deflate) = (ws.echo, ws.deflate());
         let reply = match msg {
             Message::Ping(payload) => Bytes::from(ws::pong(&payload)),
@@ -165,14 +188,19 @@ impl Worker {
                 true => ws::compressed_text(&text),
                 false => ws::text(&text),
             }),
-            Message::Binary(data) if echo => Bytes::from(ws::encode_frame(OpCode::Binary, &data, false)),
+            Message::Binary(data) if echo => {
+                Bytes::from(ws::encode_frame(OpCode::Binary, &data, false))
+            }
             Message::Text(text) => match self.ws_command(key, &text) {
                 Some(reply) => reply,
                 None => return true,
             },
             Message::Binary(_) => {
                 WorkerStats::add(&self.stats().ws_command_errors, 1);
-                error_frame("unsupported", "binary messages are not part of the protocol; send JSON text")
+                error_frame(
+                    "unsupported",
+                    "binary messages are not part of the protocol; send JSON text",
+                )
             }
         };
         self.reply(key, reply, now)
@@ -181,16 +209,25 @@ impl Worker {
     /// Queues a control reply; false (and the connection closed as slow)
     /// when replies pile up past the control budget.
     fn reply(&mut self, key: usize, bytes: Bytes, now: u64) -> bool {
-        let budget = self.shared.config.queue.max_bytes + self.shared.config.ws.max_message_bytes + 4096;
-        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let budget =
+            self.shared.config.queue.max_bytes + self.shared.config.ws.max_message_bytes + 4096;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
         let gen = conn.gen;
         conn.queue.push_control(bytes);
         self.mark_dirty(key, gen);
-        let Some(conn) = self.conns.get(key) else { return false };
+        let Some(conn) = self.conns.get(key) else {
+            return false;
+        };
         if conn.queue.len_bytes() <= budget {
             return true;
         }
-        log::info!("reactor {}: {} does not read its replies; closing", self.id, conn.peer);
+        log::info!(
+            "reactor {}: {} does not read its replies; closing",
+            self.id,
+            conn.peer
+        );
         self.close_ws(key, close_code::POLICY, "replies not read", now);
         false
     }
@@ -213,7 +250,12 @@ impl Worker {
         }))
     }
 
-    fn ws_subscription(&mut self, key: usize, kind: &str, channel: String) -> Result<Bytes, (&'static str, String)> {
+    fn ws_subscription(
+        &mut self,
+        key: usize,
+        kind: &str,
+        channel: String,
+    ) -> Result<Bytes, (&'static str, String)> {
         let max = self.shared.config.ws.max_subscriptions;
         let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
             return Err(("closing", "connection is closing".into()));
@@ -225,24 +267,33 @@ impl Worker {
             };
             let ch = ws.channels.swap_remove(pos);
             self.unsubscribe(key, std::slice::from_ref(&ch));
-            return Ok(json_frame(serde_json::json!({"type": "unsubscribed", "channel": channel})));
+            return Ok(json_frame(
+                serde_json::json!({"type": "unsubscribed", "channel": channel}),
+            ));
         }
         if pos.is_none() {
             if ws.channels.len() >= max {
-                return Err(("too_many_subscriptions", format!("at most {max} subscriptions per connection")));
+                return Err((
+                    "too_many_subscriptions",
+                    format!("at most {max} subscriptions per connection"),
+                ));
             }
             let ch: Arc<str> = Arc::from(channel.as_str());
             ws.channels.push(ch.clone());
             self.subscribe(key, ch);
         }
-        Ok(json_frame(serde_json::json!({"type": "subscribed", "channel": channel})))
+        Ok(json_frame(
+            serde_json::json!({"type": "subscribed", "channel": channel}),
+        ))
     }
 
     /// Heartbeat timer: close a silent client, else ping on schedule.
     pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
         let cfg = &self.shared.config.ws;
         let (ping_ms, idle_ms) = (cfg.ping_ms, cfg.idle_timeout_ms);
-        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else { return };
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return;
+        };
         let idle_deadline = ws.last_seen_ms + idle_ms;
         if now >= idle_deadline {
             return self.close_ws(key, close_code::GOING_AWAY, "idle timeout", now);
