@@ -17,10 +17,23 @@ fn sigterm_sends_reconnect_to_every_stream_and_exits_zero() {
     let mut clients: Vec<SseClient> = (0..6)
         .map(|_| SseClient::connect(server.addr, "bye"))
         .collect();
+    let mut sockets: Vec<RawWs> = (0..4)
+        .map(|_| RawWs::connect(server.addr, "/ws", &[]))
+        .collect();
     wait_until("streams", || {
         server.metric("redix_connections{transport=\"sse\"}") == 6.0
     });
+    wait_until("websockets", || {
+        server.metric("redix_connections{transport=\"ws\"}") == 4.0
+    });
     server.signal(libc::SIGTERM);
+    for ws in sockets.iter_mut() {
+        let close = ws.read_non_ping().expect("close frame");
+        assert_eq!(close.close_code().0, 1012, "service restart");
+        // Answer the closing handshake, as a client does.
+        ws.send_frame(0x88, &[0x03, 0xf4], true);
+        assert!(ws.read_frame().is_none(), "closed after the handshake");
+    }
     for c in clients.iter_mut() {
         let ev = c.next_message().expect("reconnect event");
         assert_eq!(ev.event.as_deref(), Some("reconnect"));
