@@ -28,6 +28,8 @@ pub enum Action {
     Stream {
         channels: Vec<Arc<str>>,
         ip_slot: IpKey,
+        /// Resume after this event id (`Last-Event-ID` or `lastEventId`).
+        cursor: Option<u64>,
     },
     /// Send `response` (the 101) and speak WebSocket from then on. Holds a
     /// per-IP WebSocket slot.
@@ -188,6 +190,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             channels.push(Arc::from(name));
         }
     }
+    let cursor = stream_cursor(head)?;
     let max = shared.config.sse.max_channels;
     if channels.is_empty() || channels.len() > max {
         return Err(Reject::new(
@@ -217,6 +220,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
     Ok(Action::Stream {
         channels,
         ip_slot: key,
+        cursor,
     })
 }
 
@@ -287,6 +291,31 @@ fn client_key(head: &Head, ctx: &Ctx<'_>) -> IpKey {
 struct PublishBody {
     channel: String,
     data: serde_json::Value,
+    /// Publisher-chosen id: a second publish with it inside the dedupe
+    /// window is acknowledged as a duplicate and not delivered.
+    id: Option<String>,
+}
+
+/// Longest publisher id.
+const MAX_PUBLISH_ID_LEN: usize = 256;
+
+/// The resume point of a stream: the `Last-Event-ID` header (what
+/// EventSource sends on reconnect) or the `lastEventId` query parameter.
+fn stream_cursor(head: &Head) -> Result<Option<u64>, Reject> {
+    let raw = match &head.last_event_id {
+        Some(v) => Some(v.clone()),
+        None => query_param(&head.query, "lastEventId"),
+    };
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Reject::new(
+                400,
+                "bad_cursor",
+                format!("Last-Event-ID {v:?} is not an event id redix gave out"),
+            )
+        }),
+    }
 }
 
 fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
@@ -294,8 +323,24 @@ fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
     let req: PublishBody = serde_json::from_slice(body)
         .map_err(|e| Reject::new(400, "bad_json", format!("publish body: {e}")))?;
     check_channel(&req.channel).map_err(|m| Reject::new(400, "bad_channel", m))?;
+    if let Some(id) = &req.id {
+        if id.is_empty() || id.len() > MAX_PUBLISH_ID_LEN {
+            return Err(Reject::new(
+                400,
+                "bad_id",
+                format!("publish ids are 1 to {MAX_PUBLISH_ID_LEN} bytes"),
+            ));
+        }
+    }
     let data = req.data.to_string();
-    let done = ctx.shared.hub.publish(&req.channel, &data);
-    let body = format!(r#"{{"id":"{}","channel":"{}"}}"#, done.id, req.channel);
-    Ok(json_ok(head, body))
+    let shared = ctx.shared;
+    let done = shared
+        .hub
+        .publish(&req.channel, &data, req.id.as_deref(), shared.now_ms());
+    let body = serde_json::json!({
+        "id": done.id.to_string(),
+        "channel": req.channel,
+        "duplicate": done.duplicate,
+    });
+    Ok(json_ok(head, body.to_string()))
 }

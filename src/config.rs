@@ -49,6 +49,18 @@ pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_WS_MAX_SUBSCRIPTIONS: usize = 128;
 /// Events smaller than this go uncompressed even to permessage-deflate clients.
 pub const DEFAULT_WS_DEFLATE_MIN_BYTES: usize = 256;
+/// Events each channel keeps for resuming clients.
+pub const DEFAULT_HISTORY_MAX_EVENTS: usize = 100;
+/// How long an event stays in its channel's history.
+pub const DEFAULT_HISTORY_MAX_AGE_MS: u64 = 300_000;
+/// How often expired history and idle channels are swept.
+pub const DEFAULT_HISTORY_SWEEP_MS: u64 = 60_000;
+/// Channels the hub tracks at most (with history or subscribers).
+pub const DEFAULT_HISTORY_MAX_CHANNELS: usize = 100_000;
+/// How long a publisher's `id` is remembered for deduplication.
+pub const DEFAULT_DEDUPE_TTL_MS: u64 = 300_000;
+/// Publisher ids remembered at most.
+pub const DEFAULT_DEDUPE_MAX: usize = 100_000;
 /// Channels one SSE stream may name.
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
 /// Data events a connection's write queue may hold.
@@ -77,6 +89,8 @@ pub struct Config {
     pub sse: SseConfig,
     pub ws: WsConfig,
     pub queue: QueueConfig,
+    pub history: HistoryConfig,
+    pub publish: PublishConfig,
     pub tcp: TcpConfig,
     pub shutdown: ShutdownConfig,
     pub debug: DebugConfig,
@@ -132,6 +146,45 @@ pub struct WsConfig {
     pub allowed_origins: Vec<String>,
 }
 
+/// Per-channel history for resuming clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per channel; 0 keeps none (every resume is a reset).
+    pub max_events: usize,
+    pub max_age_ms: u64,
+    pub sweep_ms: u64,
+    pub max_channels: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            max_events: DEFAULT_HISTORY_MAX_EVENTS,
+            max_age_ms: DEFAULT_HISTORY_MAX_AGE_MS,
+            sweep_ms: DEFAULT_HISTORY_SWEEP_MS,
+            max_channels: DEFAULT_HISTORY_MAX_CHANNELS,
+        }
+    }
+}
+
+/// Publishing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublishConfig {
+    pub dedupe_ttl_ms: u64,
+    pub dedupe_max: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            dedupe_ttl_ms: DEFAULT_DEDUPE_TTL_MS,
+            dedupe_max: DEFAULT_DEDUPE_MAX,
+        }
+    }
+}
+
 /// Diagnostics that are off in production.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -175,6 +228,8 @@ impl Default for Config {
             sse: SseConfig::default(),
             ws: WsConfig::default(),
             queue: QueueConfig::default(),
+            history: HistoryConfig::default(),
+            publish: PublishConfig::default(),
             tcp: TcpConfig::default(),
             shutdown: ShutdownConfig::default(),
             debug: DebugConfig::default(),
@@ -374,6 +429,22 @@ impl Config {
                 (1..=4096).contains(&self.ws.max_subscriptions),
                 "ws.max_subscriptions must be between 1 and 4096",
             ),
+            (
+                self.history.max_age_ms > 0,
+                "history.max_age_ms must be positive",
+            ),
+            (
+                self.history.sweep_ms > 0,
+                "history.sweep_ms must be positive",
+            ),
+            (
+                self.history.max_channels > 0,
+                "history.max_channels must be at least 1",
+            ),
+            (
+                self.publish.dedupe_ttl_ms > 0,
+                "publish.dedupe_ttl_ms must be positive",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(ConfigError(format!("invalid config: {msg}"))),
@@ -447,8 +518,8 @@ fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), Con
     Ok(())
 }
 
-const SECTIONS: [&str; 8] = [
-    "auth", "limits", "sse", "ws", "queue", "tcp", "shutdown", "debug",
+const SECTIONS: [&str; 10] = [
+    "auth", "limits", "sse", "ws", "queue", "history", "publish", "tcp", "shutdown", "debug",
 ];
 
 fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {

@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::hub::HubFigures;
+
 /// Counters and gauges of one reactor thread.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -61,8 +63,12 @@ pub struct ProcessFigures {
     pub open_fds: u64,
     pub fd_limit: u64,
     pub max_connections: u64,
-    pub hub_channels: u64,
+    pub hub: HubFigures,
     pub published: u64,
+    pub duplicates: u64,
+    pub untracked: u64,
+    pub replayed: u64,
+    pub resets: u64,
     pub inbox_drops: u64,
     pub ip_tracked: u64,
     pub ws_compressions: u64,
@@ -131,15 +137,93 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
         );
     }
     #[rustfmt::skip]
-    let gauges: [(&str, &str, &str, u64); 8] = [
-        ("redix_open_fds", "gauge", "Open file descriptors of the process.", p.open_fds),
+    let h = &p.hub;
+    let gauges: [(&str, &str, &str, u64); 15] = [
+        (
+            "redix_open_fds",
+            "gauge",
+            "Open file descriptors of the process.",
+            p.open_fds,
+        ),
         ("redix_fd_limit", "gauge", "Soft RLIMIT_NOFILE.", p.fd_limit),
-        ("redix_max_connections", "gauge", "Global connection cap.", p.max_connections),
-        ("redix_hub_channels", "gauge", "Channels with subscribers.", p.hub_channels),
-        ("redix_published_total", "counter", "Events published.", p.published),
-        ("redix_inbox_dropped_total", "counter", "Events lost because a reactor inbox was full.", p.inbox_drops),
-        ("redix_ip_limiter_clients", "gauge", "Client IPs (v6 /64s) holding SSE or WebSocket slots.", p.ip_tracked),
-        ("redix_ws_compressions_total", "counter", "Events compressed for permessage-deflate (once per event).", p.ws_compressions),
+        (
+            "redix_max_connections",
+            "gauge",
+            "Global connection cap.",
+            p.max_connections,
+        ),
+        (
+            "redix_hub_channels",
+            "gauge",
+            "Channels with subscribers or history.",
+            h.channels as u64,
+        ),
+        (
+            "redix_history_events",
+            "gauge",
+            "Events held in channel histories.",
+            h.history_events as u64,
+        ),
+        (
+            "redix_history_bytes",
+            "gauge",
+            "Bytes held in channel histories.",
+            h.history_bytes as u64,
+        ),
+        (
+            "redix_dedupe_keys",
+            "gauge",
+            "Publisher ids remembered for deduplication.",
+            h.dedupe_keys as u64,
+        ),
+        (
+            "redix_published_total",
+            "counter",
+            "Events published.",
+            p.published,
+        ),
+        (
+            "redix_publish_duplicates_total",
+            "counter",
+            "Publishes recognised as duplicates by their id.",
+            p.duplicates,
+        ),
+        (
+            "redix_history_untracked_total",
+            "counter",
+            "Events kept in no history because the channel cap was reached.",
+            p.untracked,
+        ),
+        (
+            "redix_replayed_total",
+            "counter",
+            "Events replayed to resuming subscribers.",
+            p.replayed,
+        ),
+        (
+            "redix_resets_total",
+            "counter",
+            "Resumes from a point older than the history.",
+            p.resets,
+        ),
+        (
+            "redix_inbox_dropped_total",
+            "counter",
+            "Events lost because a reactor inbox was full.",
+            p.inbox_drops,
+        ),
+        (
+            "redix_ip_limiter_clients",
+            "gauge",
+            "Client IPs (v6 /64s) holding SSE or WebSocket slots.",
+            p.ip_tracked,
+        ),
+        (
+            "redix_ws_compressions_total",
+            "counter",
+            "Events compressed for permessage-deflate (once per event).",
+            p.ws_compressions,
+        ),
     ];
     for (name, kind, help, value) in gauges {
         let _ = writeln!(

@@ -12,7 +12,8 @@ use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::hub::{Hub, Outbox, MAX_REACTORS};
+use crate::hub::history::HistoryLimits;
+use crate::hub::{Hub, HubConfig, Outbox, MAX_REACTORS};
 use crate::limits::{connection_cap, raise_nofile_limit};
 use crate::reactor::{Mailbox, Worker};
 use crate::state::Shared;
@@ -29,6 +30,18 @@ fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<mio::net::TcpListener
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+fn hub_config(config: &Config) -> HubConfig {
+    HubConfig {
+        history: HistoryLimits {
+            max_events: config.history.max_events,
+            max_age_ms: config.history.max_age_ms,
+        },
+        max_channels: config.history.max_channels,
+        dedupe_ttl_ms: config.publish.dedupe_ttl_ms,
+        dedupe_max: config.publish.dedupe_max,
+    }
 }
 
 /// Runs redix until a signal has drained it. Errors are start-up failures.
@@ -73,7 +86,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let first_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64);
-    let hub = Hub::new(outboxes, first_id);
+    let hub = Hub::new(outboxes, first_id, hub_config(&config));
     let shared = Shared::new(config, hub, workers, soft, max_conns);
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
 

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::auth::Keys;
 use crate::config::Config;
@@ -30,6 +31,8 @@ pub struct Shared {
     pub internal_fds: AtomicU64,
     /// Set by the first SIGTERM/SIGINT.
     pub shutting_down: AtomicBool,
+    /// The hub's clock: history ages and dedupe windows count from here.
+    pub epoch: Instant,
 }
 
 impl Shared {
@@ -53,7 +56,13 @@ impl Shared {
             listeners: workers,
             internal_fds: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
+            epoch: Instant::now(),
         })
+    }
+
+    /// Milliseconds on the hub's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -80,8 +89,12 @@ impl Shared {
             open_fds: diag::open_fd_count(),
             fd_limit: self.fd_limit,
             max_connections: self.max_conns as u64,
-            hub_channels: self.hub.channel_count() as u64,
+            hub: self.hub.figures(),
             published: self.hub.stats.published.load(Ordering::Relaxed),
+            duplicates: self.hub.stats.duplicates.load(Ordering::Relaxed),
+            untracked: self.hub.stats.untracked.load(Ordering::Relaxed),
+            replayed: self.hub.stats.replayed.load(Ordering::Relaxed),
+            resets: self.hub.stats.resets.load(Ordering::Relaxed),
             inbox_drops: self.hub.stats.inbox_drops.load(Ordering::Relaxed),
             ip_tracked: (self.sse_limiter.tracked() + self.ws_limiter.tracked()) as u64,
             ws_compressions: self.hub.stats.ws_compressions.load(Ordering::Relaxed),

@@ -41,6 +41,8 @@ pub struct Delivery {
     pub before_gap: Option<u64>,
     /// Data events dropped because the queue was full.
     pub warnings: u32,
+    /// The highest `Sub::live_from`: events above it are always wanted.
+    pub live_from_max: u64,
 }
 
 impl Delivery {
@@ -55,10 +57,18 @@ impl Delivery {
     }
 }
 
+/// One channel a connection listens to, and where its live delivery
+/// starts (events up to `live_from` came by replay, or not at all).
+#[derive(Debug, Clone)]
+pub struct Sub {
+    pub channel: Arc<str>,
+    pub live_from: u64,
+}
+
 /// An SSE subscriber.
 #[derive(Debug)]
 pub struct Sse {
-    pub channels: Box<[Arc<str>]>,
+    pub channels: Box<[Sub]>,
     pub delivery: Delivery,
     pub next_ping_ms: u64,
 }
@@ -68,7 +78,7 @@ pub struct Sse {
 #[derive(Debug)]
 pub struct Ws {
     /// Subscribed channels (at most `ws.max_subscriptions`).
-    pub channels: Vec<Arc<str>>,
+    pub channels: Vec<Sub>,
     pub delivery: Delivery,
     /// Frames in, messages out.
     pub rx: Reassembler,
@@ -133,6 +143,36 @@ pub enum Enqueued {
 }
 
 impl ConnState {
+    /// The channels of a subscriber connection.
+    pub fn subs(&self) -> &[Sub] {
+        match self {
+            ConnState::Sse(sse) => &sse.channels,
+            ConnState::Ws(ws) => &ws.channels,
+            ConnState::Request(_) | ConnState::Closing { .. } => &[],
+        }
+    }
+
+    fn delivery(&self) -> Option<&Delivery> {
+        match self {
+            ConnState::Sse(sse) => Some(&sse.delivery),
+            ConnState::Ws(ws) => Some(&ws.delivery),
+            ConnState::Request(_) | ConnState::Closing { .. } => None,
+        }
+    }
+
+    /// Whether a live event is for this connection: not one it already got
+    /// by replay when it subscribed.
+    pub fn wants(&self, id: u64, channel: &str) -> bool {
+        let Some(d) = self.delivery() else {
+            return false;
+        };
+        id > d.live_from_max
+            || self
+                .subs()
+                .iter()
+                .any(|s| &*s.channel == channel && id > s.live_from)
+    }
+
     /// Delivery bookkeeping, for states that receive events.
     pub fn delivery_mut(&mut self) -> Option<&mut Delivery> {
         match self {

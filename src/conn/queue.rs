@@ -88,6 +88,17 @@ impl WriteQueue {
         true
     }
 
+    /// Queues a replayed data frame. Replays are bounded by the history,
+    /// not by the caps; live events after them meet the caps as usual.
+    pub fn push_replay(&mut self, bytes: Bytes, id: u64) {
+        self.events += 1;
+        self.bytes += bytes.len();
+        self.frames.push_back(Frame {
+            bytes,
+            data_id: Some(id),
+        });
+    }
+
     /// Queues a control frame; never dropped.
     pub fn push_control(&mut self, bytes: Bytes) {
         self.bytes += bytes.len();

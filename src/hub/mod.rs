@@ -21,6 +21,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use bytes::Bytes;
 
 use crate::proto::{deflate, ws};
+use dedupe::Dedupe;
+use history::{Delta, History, HistoryLimits};
+
+pub mod dedupe;
+pub mod history;
 
 /// Longest channel name.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -106,27 +111,102 @@ pub struct Published {
     pub reactors: usize,
     /// Reactor threads whose inbox was full (the event is lost for them).
     pub dropped: usize,
+    /// The publisher's id was seen within the dedupe window: nothing was
+    /// published and `id` is the event the first publish produced.
+    pub duplicate: bool,
+}
+
+/// What the hub keeps, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    pub history: HistoryLimits,
+    /// Channels the hub tracks at most; past it, events for channels nobody
+    /// subscribes to are delivered to no one and kept nowhere.
+    pub max_channels: usize,
+    pub dedupe_ttl_ms: u64,
+    pub dedupe_max: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history: HistoryLimits {
+                max_events: 100,
+                max_age_ms: 300_000,
+            },
+            max_channels: 100_000,
+            dedupe_ttl_ms: 300_000,
+            dedupe_max: 100_000,
+        }
+    }
 }
 
 #[derive(Default)]
+struct Channel {
+    /// Bit per reactor thread with local subscribers.
+    reactors: u64,
+    history: History,
+}
+
 struct Inner {
     next_id: u64,
-    /// Channel → bit per reactor thread with local subscribers.
-    channels: HashMap<Arc<str>, u64>,
+    channels: HashMap<Arc<str>, Channel>,
+    /// Highest `trimmed_to` among channels the sweep removed: a cursor
+    /// older than this on an unknown channel may have missed events.
+    forgotten_to: u64,
+    history_events: usize,
+    history_bytes: usize,
+    dedupe: Dedupe,
+}
+
+impl Inner {
+    fn account(&mut self, d: Delta) {
+        self.history_events = self.history_events.saturating_add_signed(d.events);
+        self.history_bytes = self.history_bytes.saturating_add_signed(d.bytes);
+    }
 }
 
 /// Counters read by the metrics endpoint.
 #[derive(Debug, Default)]
 pub struct HubStats {
     pub published: AtomicU64,
+    pub duplicates: AtomicU64,
     pub inbox_drops: AtomicU64,
+    /// Events kept out of history because the channel cap was reached.
+    pub untracked: AtomicU64,
     /// Events compressed for permessage-deflate subscribers (once each).
     pub ws_compressions: AtomicU64,
+    /// Events replayed to resuming subscribers.
+    pub replayed: AtomicU64,
+    /// Resumes from a point older than the history.
+    pub resets: AtomicU64,
+}
+
+/// Sizes the metrics endpoint reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HubFigures {
+    pub channels: usize,
+    pub history_events: usize,
+    pub history_bytes: usize,
+    pub dedupe_keys: usize,
+}
+
+/// A subscription's starting point.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Events with ids up to this one are in `replay` or not for this
+    /// subscriber; live delivery starts after it.
+    pub live_from: u64,
+    /// Events after the cursor, oldest first, over all channels.
+    pub replay: Vec<Arc<Event>>,
+    /// Channels whose history no longer reaches back to the cursor.
+    pub resets: Vec<Arc<str>>,
 }
 
 pub struct Hub {
     inner: Mutex<Inner>,
     outboxes: Vec<Arc<dyn Outbox>>,
+    config: HubConfig,
     pub stats: HubStats,
 }
 
@@ -137,7 +217,7 @@ impl Hub {
     /// `first_id` seeds the id counter; pass something that grows across
     /// restarts (the caller uses the wall clock in microseconds) so a client
     /// resuming after a restart never holds an id from the future.
-    pub fn new(outboxes: Vec<Arc<dyn Outbox>>, first_id: u64) -> Hub {
+    pub fn new(outboxes: Vec<Arc<dyn Outbox>>, first_id: u64, config: HubConfig) -> Hub {
         assert!(
             outboxes.len() <= MAX_REACTORS,
             "at most {MAX_REACTORS} reactors"
@@ -146,55 +226,140 @@ impl Hub {
             inner: Mutex::new(Inner {
                 next_id: first_id.max(1),
                 channels: HashMap::new(),
+                forgotten_to: 0,
+                history_events: 0,
+                history_bytes: 0,
+                dedupe: Dedupe::new(config.dedupe_ttl_ms, config.dedupe_max),
             }),
             outboxes,
+            config,
             stats: HubStats::default(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain counters and bitmasks:
-        // still consistent, so keep serving.
+        // A panic while holding the lock leaves counters, masks and queues
+        // that are each consistent: keep serving.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reactor `reactor` now has local subscribers of `channel`.
-    pub fn attach(&self, reactor: usize, channel: &Arc<str>) {
+    /// Reactor `reactor` has (more) local subscribers of `channels`: from
+    /// now on it gets their events. With a cursor, the snapshot holds what
+    /// came after it. Attaching and reading history happen under one lock,
+    /// so between replay and live delivery nothing is lost or doubled.
+    pub fn subscribe(
+        &self,
+        reactor: usize,
+        channels: &[Arc<str>],
+        cursor: Option<u64>,
+    ) -> Snapshot {
         let mut inner = self.lock();
-        *inner.channels.entry(channel.clone()).or_insert(0) |= 1 << reactor;
+        let mut snap = Snapshot {
+            live_from: inner.next_id - 1,
+            ..Snapshot::default()
+        };
+        let forgotten_to = inner.forgotten_to;
+        for name in channels {
+            let known = inner.channels.contains_key(name);
+            let ch = inner.channels.entry(name.clone()).or_default();
+            ch.reactors |= 1 << reactor;
+            let Some(cursor) = cursor else { continue };
+            let complete = match known {
+                true => ch.history.since(cursor, &mut snap.replay),
+                false => cursor >= forgotten_to,
+            };
+            if !complete && cursor < snap.live_from {
+                snap.resets.push(name.clone());
+            }
+        }
+        drop(inner);
+        if channels.len() > 1 {
+            snap.replay.sort_unstable_by_key(|ev| ev.id);
+        }
+        self.stats
+            .replayed
+            .fetch_add(snap.replay.len() as u64, Ordering::Relaxed);
+        self.stats
+            .resets
+            .fetch_add(snap.resets.len() as u64, Ordering::Relaxed);
+        snap
     }
 
     /// Reactor `reactor` has no local subscribers of `channel` any more.
+    /// The channel stays while it has history; the sweep removes it later.
     pub fn detach(&self, reactor: usize, channel: &str) {
         let mut inner = self.lock();
-        if let Some(mask) = inner.channels.get_mut(channel) {
-            *mask &= !(1 << reactor);
-            if *mask == 0 {
-                inner.channels.remove(channel);
-            }
+        let Some(ch) = inner.channels.get_mut(channel) else {
+            return;
+        };
+        ch.reactors &= !(1 << reactor);
+        if ch.reactors == 0 && ch.history.is_empty() {
+            let trimmed = ch.history.trimmed_to();
+            inner.channels.remove(channel);
+            inner.forgotten_to = inner.forgotten_to.max(trimmed);
         }
     }
 
-    /// Channels with at least one subscriber somewhere.
-    pub fn channel_count(&self) -> usize {
-        self.lock().channels.len()
+    pub fn figures(&self) -> HubFigures {
+        let inner = self.lock();
+        HubFigures {
+            channels: inner.channels.len(),
+            history_events: inner.history_events,
+            history_bytes: inner.history_bytes,
+            dedupe_keys: inner.dedupe.len(),
+        }
     }
 
-    /// Gives the event an id, encodes it once and hands it to every reactor
-    /// with subscribers. `data_json` must be compact JSON.
-    pub fn publish(&self, channel: &str, data_json: &str) -> Published {
+    /// Gives the event an id, encodes it once, keeps it in the channel's
+    /// history and hands it to every reactor with subscribers. `data_json`
+    /// must be compact JSON; `publish_id` makes the publish idempotent.
+    pub fn publish(
+        &self,
+        channel: &str,
+        data_json: &str,
+        publish_id: Option<&str>,
+        now_ms: u64,
+    ) -> Published {
         let mut inner = self.lock();
+        if let Some(key) = publish_id {
+            if let Some(id) = inner.dedupe.get(key, now_ms) {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return Published {
+                    id,
+                    reactors: 0,
+                    dropped: 0,
+                    duplicate: true,
+                };
+            }
+        }
         let id = inner.next_id;
         inner.next_id += 1;
+        if let Some(key) = publish_id {
+            inner.dedupe.insert(key, id, now_ms);
+        }
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         let mut done = Published {
             id,
             reactors: 0,
             dropped: 0,
+            duplicate: false,
         };
-        let Some((name, &mask)) = inner.channels.get_key_value(channel) else {
+        let limits = self.config.history;
+        if !inner.channels.contains_key(channel) {
+            if limits.max_events == 0 || inner.channels.len() >= self.config.max_channels {
+                if limits.max_events > 0 {
+                    self.stats.untracked.fetch_add(1, Ordering::Relaxed);
+                }
+                return done;
+            }
+            inner
+                .channels
+                .insert(Arc::from(channel), Channel::default());
+        }
+        let Some((name, ch)) = inner.channels.get_key_value(channel) else {
             return done;
         };
+        let (name, mask) = (name.clone(), ch.reactors);
         let event = Arc::new(Event::new(id, name.clone(), data_json));
         for (i, outbox) in self.outboxes.iter().enumerate() {
             if mask & (1 << i) == 0 {
@@ -206,6 +371,11 @@ impl Hub {
                 done.dropped += 1;
             }
         }
+        let delta = match inner.channels.get_mut(&name) {
+            Some(ch) => ch.history.push(event, now_ms, limits),
+            None => Delta::default(),
+        };
+        inner.account(delta);
         drop(inner);
         if done.dropped > 0 {
             self.stats
@@ -213,6 +383,33 @@ impl Hub {
                 .fetch_add(done.dropped as u64, Ordering::Relaxed);
         }
         done
+    }
+
+    /// Removes expired history and the channels left with neither history
+    /// nor subscribers, and forgets expired publish ids. Returns the number
+    /// of channels removed.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        let mut inner = self.lock();
+        let limits = self.config.history;
+        let mut delta = Delta::default();
+        let mut forgotten = inner.forgotten_to;
+        let before = inner.channels.len();
+        inner.channels.retain(|_, ch| {
+            delta.add(ch.history.expire(now_ms, limits));
+            let keep = ch.reactors != 0 || !ch.history.is_empty();
+            if !keep {
+                forgotten = forgotten.max(ch.history.trimmed_to());
+            }
+            keep
+        });
+        let removed = before - inner.channels.len();
+        if inner.channels.capacity() > 4 * inner.channels.len().max(1024) {
+            inner.channels.shrink_to_fit();
+        }
+        inner.forgotten_to = forgotten;
+        inner.account(delta);
+        inner.dedupe.expire(now_ms);
+        removed
     }
 }
 
@@ -244,19 +441,40 @@ mod tests {
         }
     }
 
-    fn hub(n: usize) -> (Hub, Vec<Arc<Recorder>>) {
+    fn config(max_events: usize) -> HubConfig {
+        HubConfig {
+            history: HistoryLimits {
+                max_events,
+                max_age_ms: 1000,
+            },
+            max_channels: 10,
+            dedupe_ttl_ms: 500,
+            dedupe_max: 100,
+        }
+    }
+
+    fn hub(n: usize, max_events: usize) -> (Hub, Vec<Arc<Recorder>>) {
         let recs: Vec<Arc<Recorder>> = (0..n).map(|_| Arc::new(Recorder::default())).collect();
         let outs = recs.iter().map(|r| r.clone() as Arc<dyn Outbox>).collect();
-        (Hub::new(outs, 100), recs)
+        (Hub::new(outs, 100, config(max_events)), recs)
+    }
+
+    fn chans(names: &[&str]) -> Vec<Arc<str>> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    fn ids(evs: &[Arc<Event>]) -> Vec<u64> {
+        evs.iter().map(|e| e.id).collect()
     }
 
     #[test]
-    fn events_reach_only_attached_reactors_in_id_order() {
-        let (hub, recs) = hub(3);
-        let ch: Arc<str> = Arc::from("news");
-        hub.attach(0, &ch);
-        hub.attach(2, &ch);
-        let ids: Vec<u64> = (0..5).map(|_| hub.publish("news", "1").id).collect();
+    fn events_reach_only_subscribed_reactors_in_id_order() {
+        let (hub, recs) = hub(3, 0);
+        hub.subscribe(0, &chans(&["news"]), None);
+        hub.subscribe(2, &chans(&["news"]), None);
+        let ids: Vec<u64> = (0..5)
+            .map(|_| hub.publish("news", "1", None, 0).id)
+            .collect();
         assert_eq!(ids, vec![100, 101, 102, 103, 104]);
         assert_eq!(*recs[0].got.lock().unwrap(), ids);
         assert!(recs[1].got.lock().unwrap().is_empty());
@@ -264,18 +482,77 @@ mod tests {
     }
 
     #[test]
-    fn detach_of_last_reactor_forgets_the_channel() {
-        let (hub, recs) = hub(2);
-        let ch: Arc<str> = Arc::from("a");
-        hub.attach(0, &ch);
-        hub.attach(1, &ch);
+    fn resume_replays_after_the_cursor_over_several_channels_in_id_order() {
+        let (hub, _) = hub(1, 10);
+        for (i, ch) in ["a", "b", "a", "c", "b"].iter().enumerate() {
+            assert_eq!(hub.publish(ch, "1", None, i as u64).id, 100 + i as u64);
+        }
+        let snap = hub.subscribe(0, &chans(&["a", "b"]), Some(100));
+        assert_eq!(ids(&snap.replay), vec![101, 102, 104]);
+        assert!(snap.resets.is_empty());
+        assert_eq!(snap.live_from, 104);
+        let snap = hub.subscribe(0, &chans(&["c"]), None);
+        assert!(snap.replay.is_empty(), "no cursor, no replay");
+    }
+
+    #[test]
+    fn a_cursor_older_than_the_history_gets_a_reset() {
+        let (hub, _) = hub(1, 2);
+        for _ in 0..4 {
+            hub.publish("a", "1", None, 0);
+        }
+        let snap = hub.subscribe(0, &chans(&["a"]), Some(100));
+        assert_eq!(snap.resets, chans(&["a"]));
+        assert_eq!(
+            ids(&snap.replay),
+            vec![102, 103],
+            "what is left still comes"
+        );
+        let snap = hub.subscribe(0, &chans(&["a"]), Some(101));
+        assert!(snap.resets.is_empty());
+        // A channel swept away entirely still answers a reset.
         hub.detach(0, "a");
-        assert_eq!(hub.channel_count(), 1);
-        hub.detach(1, "a");
-        assert_eq!(hub.channel_count(), 0);
-        let p = hub.publish("a", "null");
-        assert_eq!((p.reactors, p.dropped), (0, 0));
-        assert!(recs[0].got.lock().unwrap().is_empty());
+        assert_eq!(hub.sweep(5000), 1);
+        let snap = hub.subscribe(0, &chans(&["a"]), Some(101));
+        assert_eq!(snap.resets, chans(&["a"]));
+    }
+
+    #[test]
+    fn duplicates_within_the_window_are_not_published_again() {
+        let (hub, recs) = hub(1, 10);
+        hub.subscribe(0, &chans(&["x"]), None);
+        let first = hub.publish("x", "1", Some("k"), 0);
+        let again = hub.publish("x", "1", Some("k"), 499);
+        assert_eq!((again.id, again.duplicate), (first.id, true));
+        let later = hub.publish("x", "1", Some("k"), 500);
+        assert!(!later.duplicate && later.id > first.id);
+        assert_eq!(recs[0].got.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_sweep_bounds_channels_without_subscribers() {
+        let (hub, _) = hub(1, 10);
+        for i in 0..50 {
+            hub.publish(&format!("one-shot-{i}"), "1", None, 0);
+        }
+        let f = hub.figures();
+        assert_eq!((f.channels, f.history_events), (10, 10), "channel cap");
+        assert_eq!(hub.stats.untracked.load(Ordering::Relaxed), 40);
+        assert_eq!(hub.sweep(999), 0, "not expired yet");
+        assert_eq!(hub.sweep(1000), 10);
+        let f = hub.figures();
+        assert_eq!((f.channels, f.history_events, f.history_bytes), (0, 0, 0));
+    }
+
+    #[test]
+    fn subscribed_channels_survive_the_sweep() {
+        let (hub, _) = hub(1, 10);
+        hub.subscribe(0, &chans(&["kept"]), None);
+        hub.publish("kept", "1", None, 0);
+        hub.sweep(5000);
+        assert_eq!(hub.figures().channels, 1);
+        hub.detach(0, "kept");
+        assert_eq!(hub.figures().channels, 0, "no history left, no subscriber");
     }
 
     #[test]
@@ -284,24 +561,22 @@ mod tests {
             full: true,
             ..Recorder::default()
         });
-        let hub = Hub::new(vec![full as Arc<dyn Outbox>], 1);
-        hub.attach(0, &Arc::from("x"));
-        let p = hub.publish("x", "1");
+        let hub = Hub::new(vec![full as Arc<dyn Outbox>], 1, config(0));
+        hub.subscribe(0, &chans(&["x"]), None);
+        let p = hub.publish("x", "1", None, 0);
         assert_eq!(p.dropped, 1);
         assert_eq!(hub.stats.inbox_drops.load(Ordering::Relaxed), 1);
     }
 
     #[test]
     fn encoding_is_one_sse_event_with_the_envelope() {
-        let (hub, _) = hub(1);
-        hub.attach(0, &Arc::from("c"));
         let ev = Event::new(9, Arc::from("c"), r#"{"k":"v"}"#);
         let json = r#"{"type":"message","channel":"c","id":"9","data":{"k":"v"}}"#;
         assert_eq!(&ev.ws[..2], &[0x81, json.len() as u8]);
         assert_eq!(&ev.ws[2..], json.as_bytes());
         assert_eq!(
             std::str::from_utf8(&ev.sse).unwrap(),
-            "id: 9\nevent: message\ndata: {\"type\":\"message\",\"channel\":\"c\",\"id\":\"9\",\"data\":{\"k\":\"v\"}}\n\n"
+            format!("id: 9\nevent: message\ndata: {json}\n\n")
         );
     }
 

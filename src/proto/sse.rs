@@ -45,6 +45,14 @@ pub fn slow(last_id: Option<u64>) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// Tells a resuming client that events of `channel` after its cursor are
+/// gone from history: it should reload that channel's state. No `id:`, so
+/// the client's resume point stays where it was.
+pub fn reset(channel: &str) -> Vec<u8> {
+    format!("event: reset\ndata: {{\"channel\":\"{channel}\",\"reason\":\"history\"}}\n\n")
+        .into_bytes()
+}
+
 /// The last event of a stream closed by a shutdown: reconnect after `retry_ms`.
 pub fn reconnect(retry_ms: u64) -> Vec<u8> {
     format!("retry: {retry_ms}\nevent: reconnect\ndata: {{\"reason\":\"shutdown\"}}\n\n")

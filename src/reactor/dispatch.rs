@@ -11,7 +11,7 @@ use super::timer::TimerKind;
 use super::{Closed, Worker};
 use crate::api::{self, Action, Ctx};
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Delivery, Enqueued, SlotKind, Sse};
+use crate::conn::{ConnState, Delivery, Enqueued, SlotKind, Sse, Sub};
 use crate::hub::Event;
 use crate::limits::IpKey;
 use crate::metrics::WorkerStats;
@@ -151,8 +151,12 @@ impl Worker {
                         return self.close_gracefully(key, None, false, now);
                     }
                 }
-                Action::Stream { channels, ip_slot } => {
-                    return self.start_stream(key, channels, ip_slot, now);
+                Action::Stream {
+                    channels,
+                    ip_slot,
+                    cursor,
+                } => {
+                    return self.start_stream(key, channels, ip_slot, cursor, now);
                 }
                 Action::Upgrade(up) => {
                     // Frames the client sent right behind its request.
@@ -179,7 +183,14 @@ impl Worker {
         self.close_gracefully(key, Some(bytes), false, now);
     }
 
-    fn start_stream(&mut self, key: usize, channels: Vec<Arc<str>>, ip_slot: IpKey, now: u64) {
+    fn start_stream(
+        &mut self,
+        key: usize,
+        channels: Vec<Arc<str>>,
+        ip_slot: IpKey,
+        cursor: Option<u64>,
+        now: u64,
+    ) {
         let sse_cfg = &self.shared.config.sse;
         let (heartbeat, retry_base, retry_jitter) = (
             sse_cfg.heartbeat_ms,
@@ -187,15 +198,34 @@ impl Worker {
             sse_cfg.retry_jitter_ms,
         );
         let retry = retry_base + self.jitter(retry_jitter);
+        // Attach and read history first: the snapshot and live delivery
+        // meet at `live_from` without a gap or a double.
+        let snap = self.shared.hub.subscribe(self.id, &channels, cursor);
         let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            // Gone meanwhile: undo the attach through the normal path.
+            return self.release_channels(&channels);
         };
         let gen = conn.gen;
         conn.ip_slot = Some((SlotKind::Sse, ip_slot));
         conn.queue.push_control(Bytes::from(sse::opening(retry)));
+        for ch in &snap.resets {
+            conn.queue.push_control(Bytes::from(sse::reset(ch)));
+        }
+        let mut delivery = Delivery {
+            live_from_max: snap.live_from,
+            ..Delivery::default()
+        };
+        for ev in &snap.replay {
+            conn.queue.push_replay(ev.sse.clone(), ev.id);
+            delivery.last_queued = Some(ev.id);
+        }
+        let subs = channels.iter().map(|c| Sub {
+            channel: c.clone(),
+            live_from: snap.live_from,
+        });
         let stream = ConnState::Sse(Sse {
-            channels: channels.clone().into_boxed_slice(),
-            delivery: Delivery::default(),
+            channels: subs.collect(),
+            delivery,
             next_ping_ms: now + heartbeat,
         });
         let old = std::mem::replace(&mut conn.state, stream);
@@ -205,21 +235,28 @@ impl Worker {
         self.timers
             .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
         for ch in channels {
-            self.subscribe(key, ch);
+            self.topics.entry(ch).or_default().insert(key);
         }
         self.mark_dirty(key, gen);
     }
 
-    pub(super) fn subscribe(&mut self, key: usize, channel: Arc<str>) {
-        let subs = self.topics.entry(channel.clone()).or_default();
-        if subs.is_empty() {
-            self.shared.hub.attach(self.id, &channel);
-        }
-        subs.insert(key);
+    /// Puts `key` in the local index of `channel` (the hub side is done by
+    /// `Hub::subscribe`).
+    pub(super) fn index(&mut self, key: usize, channel: Arc<str>) {
+        self.topics.entry(channel).or_default().insert(key);
     }
 
-    pub(super) fn unsubscribe(&mut self, key: usize, channels: &[Arc<str>]) {
+    /// Detaches channels that have no local subscriber.
+    fn release_channels(&mut self, channels: &[Arc<str>]) {
         for ch in channels {
+            if !self.topics.contains_key(ch) {
+                self.shared.hub.detach(self.id, ch);
+            }
+        }
+    }
+
+    pub(super) fn unsubscribe(&mut self, key: usize, channels: &[Sub]) {
+        for Sub { channel: ch, .. } in channels {
             if let Some(subs) = self.topics.get_mut(ch) {
                 subs.remove(&key);
                 if subs.is_empty() {
@@ -244,6 +281,9 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
+            if !conn.state.wants(ev.id, &ev.channel) {
+                continue;
+            }
             let bytes = match &conn.state {
                 ConnState::Ws(ws) => ev.ws_frame(ws.deflate(), deflate_min, compressions),
                 _ => ev.sse.clone(),

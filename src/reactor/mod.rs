@@ -134,6 +134,8 @@ pub struct Worker {
     accept: AcceptState,
     inbox_ready: bool,
     drain_deadline: Option<u64>,
+    /// Reactor 0 sweeps the hub (expired history, idle channels) on this schedule.
+    next_sweep_ms: Option<u64>,
     limits: QueueLimits,
     rng: u64,
 }
@@ -154,6 +156,7 @@ impl Worker {
             max_events: q.max_events,
             max_bytes: q.max_bytes,
         };
+        let sweep_ms = shared.config.history.sweep_ms;
         let seed = Instant::now().elapsed().as_nanos() as u64
             ^ ((id as u64 + 1) << 40)
             ^ u64::from(std::process::id());
@@ -178,6 +181,7 @@ impl Worker {
             },
             inbox_ready: true,
             drain_deadline: None,
+            next_sweep_ms: (id == 0).then_some(sweep_ms),
             limits,
             rng: seed | 1,
         })
@@ -236,6 +240,7 @@ impl Worker {
             }
             self.accept_batch(now);
             self.run_timers(now);
+            self.sweep_hub(now);
             self.flush_dirty(now);
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
@@ -260,10 +265,29 @@ impl Worker {
         if let Some(at) = self.accept.paused_until {
             t = t.min(at.saturating_sub(now));
         }
-        if let Some(at) = self.drain_deadline {
+        for at in [self.drain_deadline, self.next_sweep_ms]
+            .into_iter()
+            .flatten()
+        {
             t = t.min(at.saturating_sub(now));
         }
         t
+    }
+
+    fn sweep_hub(&mut self, now: u64) {
+        let Some(at) = self.next_sweep_ms else { return };
+        if now < at {
+            return;
+        }
+        let removed = self.shared.hub.sweep(self.shared.now_ms());
+        let figures = self.shared.hub.figures();
+        log::debug!(
+            "hub sweep: {removed} channels removed; {} channels, {} events ({} bytes) in history",
+            figures.channels,
+            figures.history_events,
+            figures.history_bytes
+        );
+        self.next_sweep_ms = Some(now + self.shared.config.history.sweep_ms);
     }
 
     fn drain_inbox(&mut self) {

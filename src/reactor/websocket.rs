@@ -14,7 +14,7 @@ use super::timer::TimerKind;
 use super::{Closed, Worker};
 use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Delivery, SlotKind, Ws};
+use crate::conn::{ConnState, Delivery, SlotKind, Sub, Ws};
 use crate::hub::check_channel;
 use crate::metrics::WorkerStats;
 use crate::proto::ws::{self, close_code, Message, OpCode, Reassembler};
@@ -30,9 +30,24 @@ struct Command {
     kind: String,
     channel: Option<String>,
     symbol: Option<String>,
-    /// Resume point; honoured once channels keep history.
-    #[allow(dead_code)]
+    /// Resume point: replay the channel's events after this id.
     since: Option<String>,
+}
+
+/// A command's error: code and message.
+type CommandError = (&'static str, String);
+
+/// The `since` of a subscribe: an event id redix gave out.
+fn parse_since(since: Option<&str>) -> Result<Option<u64>, CommandError> {
+    match since.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            (
+                "bad_cursor",
+                format!("since {v:?} is not an event id redix gave out"),
+            )
+        }),
+    }
 }
 
 /// Longest market symbol (`BINANCE:BTCUSDT` and the like).
@@ -237,54 +252,101 @@ impl Worker {
         let reply = match serde_json::from_str::<Command>(text) {
             Err(e) => Err(("bad_json", e.to_string())),
             Ok(cmd) => match cmd.kind.as_str() {
-                "ping" => Ok(json_frame(serde_json::json!({"type": "pong"}))),
-                "subscribe" | "unsubscribe" => target_channel(&cmd)
+                "ping" => Ok(Some(json_frame(serde_json::json!({"type": "pong"})))),
+                "subscribe" => target_channel(&cmd)
                     .map_err(|m| ("bad_request", m))
-                    .and_then(|ch| self.ws_subscription(key, &cmd.kind, ch)),
+                    .and_then(|ch| Ok((ch, parse_since(cmd.since.as_deref())?)))
+                    .and_then(|(ch, since)| self.ws_subscribe(key, ch, since))
+                    .map(|()| None),
+                "unsubscribe" => target_channel(&cmd)
+                    .map_err(|m| ("bad_request", m))
+                    .and_then(|ch| self.ws_unsubscribe(key, ch))
+                    .map(Some),
                 other => Err(("unknown_type", format!("unknown message type {other:?}"))),
             },
         };
-        Some(reply.unwrap_or_else(|(code, message)| {
+        reply.unwrap_or_else(|(code, message)| {
             WorkerStats::add(&self.stats().ws_command_errors, 1);
-            error_frame(code, &message)
-        }))
+            Some(error_frame(code, &message))
+        })
     }
 
-    fn ws_subscription(
-        &mut self,
-        key: usize,
-        kind: &str,
-        channel: String,
-    ) -> Result<Bytes, (&'static str, String)> {
-        let max = self.shared.config.ws.max_subscriptions;
+    fn ws_unsubscribe(&mut self, key: usize, channel: String) -> Result<Bytes, CommandError> {
         let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
             return Err(("closing", "connection is closing".into()));
         };
-        let pos = ws.channels.iter().position(|c| **c == *channel);
-        if kind == "unsubscribe" {
-            let Some(pos) = pos else {
-                return Err(("not_subscribed", format!("not subscribed to {channel}")));
-            };
-            let ch = ws.channels.swap_remove(pos);
-            self.unsubscribe(key, std::slice::from_ref(&ch));
-            return Ok(json_frame(
-                serde_json::json!({"type": "unsubscribed", "channel": channel}),
+        let Some(pos) = ws.channels.iter().position(|s| *s.channel == *channel) else {
+            return Err(("not_subscribed", format!("not subscribed to {channel}")));
+        };
+        let sub = ws.channels.swap_remove(pos);
+        self.unsubscribe(key, std::slice::from_ref(&sub));
+        Ok(json_frame(
+            serde_json::json!({"type": "unsubscribed", "channel": channel}),
+        ))
+    }
+
+    /// Subscribes and queues, in order: the ack, a reset when the history
+    /// no longer reaches back to `since`, the replay, then live events.
+    fn ws_subscribe(
+        &mut self,
+        key: usize,
+        channel: String,
+        since: Option<u64>,
+    ) -> Result<(), CommandError> {
+        let max = self.shared.config.ws.max_subscriptions;
+        let deflate_min = self.shared.config.ws.deflate_min_bytes;
+        let Some(ConnState::Ws(ws)) = self.conns.get(key).map(|c| &c.state) else {
+            return Err(("closing", "connection is closing".into()));
+        };
+        let ack = json_frame(serde_json::json!({"type": "subscribed", "channel": channel}));
+        let (already, full) = (
+            ws.channels.iter().any(|s| *s.channel == *channel),
+            ws.channels.len() >= max,
+        );
+        if !already && full {
+            return Err((
+                "too_many_subscriptions",
+                format!("at most {max} subscriptions per connection"),
             ));
         }
-        if pos.is_none() {
-            if ws.channels.len() >= max {
-                return Err((
-                    "too_many_subscriptions",
-                    format!("at most {max} subscriptions per connection"),
+        let ch: Arc<str> = Arc::from(channel.as_str());
+        let snap = match already {
+            true => Default::default(),
+            false => self
+                .shared
+                .hub
+                .subscribe(self.id, std::slice::from_ref(&ch), since),
+        };
+        let compressions = &self.shared.hub.stats.ws_compressions;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        let gen = conn.gen;
+        let ConnState::Ws(ws) = &mut conn.state else {
+            return Ok(());
+        };
+        conn.queue.push_control(ack);
+        if !already {
+            for reset in &snap.resets {
+                conn.queue.push_control(json_frame(
+                    serde_json::json!({"type": "reset", "channel": &**reset}),
                 ));
             }
-            let ch: Arc<str> = Arc::from(channel.as_str());
-            ws.channels.push(ch.clone());
-            self.subscribe(key, ch);
+            let deflate = ws.deflate();
+            for ev in &snap.replay {
+                conn.queue
+                    .push_replay(ev.ws_frame(deflate, deflate_min, compressions), ev.id);
+                ws.delivery.last_queued = Some(ev.id);
+            }
+            ws.delivery.live_from_max = ws.delivery.live_from_max.max(snap.live_from);
+            ws.channels.push(Sub {
+                channel: ch.clone(),
+                live_from: snap.live_from,
+            });
+            self.index(key, ch);
         }
-        Ok(json_frame(
-            serde_json::json!({"type": "subscribed", "channel": channel}),
-        ))
+        self.mark_dirty(key, gen);
+        Ok(())
     }
 
     /// Heartbeat timer: close a silent client, else ping on schedule.
