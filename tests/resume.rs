@@ -37,7 +37,7 @@ fn channels_of(i: usize) -> Vec<&'static str> {
 /// `{"end":true}` event of each of its channels. Returns (channel, id) in
 /// order.
 fn churning_sse(addr: SocketAddr, i: usize) -> Vec<(String, u64)> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1) * 0x1000_0001);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0001));
     let chans = channels_of(i).join(",");
     let mut got: Vec<(String, u64)> = Vec::new();
     let mut ended = 0;
@@ -69,7 +69,7 @@ fn churning_sse(addr: SocketAddr, i: usize) -> Vec<(String, u64)> {
 /// A WebSocket client that churns the same way, resuming each channel from
 /// the last id it got on that channel.
 fn churning_ws(addr: SocketAddr, i: usize) -> Vec<(String, u64)> {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (i as u64 + 7) * 0x3000_0001);
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((i as u64 + 7) * 0x3000_0001));
     let chans = channels_of(i);
     let mut got: Vec<(String, u64)> = Vec::new();
     let mut ended = 0;
