@@ -15,7 +15,7 @@ use crate::limits::{client_ip, IpKey};
 use crate::metrics::{self, WorkerStats};
 use crate::proto::deflate::{self, Agreement};
 use crate::proto::http::{self, query_param, Head, HttpError, Method};
-use crate::proto::ws;
+use crate::proto::{gzip, ws};
 use crate::state::Shared;
 
 /// What the reactor should do with a request.
@@ -25,15 +25,20 @@ pub enum Action {
     Respond { bytes: Vec<u8>, close: bool },
     /// Turn the connection into an SSE stream. The stream holds a per-IP
     /// slot that the reactor releases when it closes.
-    Stream {
-        channels: Vec<Arc<str>>,
-        ip_slot: IpKey,
-        /// Resume after this event id (`Last-Event-ID` or `lastEventId`).
-        cursor: Option<u64>,
-    },
+    Stream(StreamStart),
     /// Send `response` (the 101) and speak WebSocket from then on. Holds a
     /// per-IP WebSocket slot.
     Upgrade(Upgrade),
+}
+
+#[derive(Debug)]
+pub struct StreamStart {
+    pub channels: Vec<Arc<str>>,
+    pub ip_slot: IpKey,
+    /// Resume after this event id (`Last-Event-ID` or `lastEventId`).
+    pub cursor: Option<u64>,
+    /// The client accepts gzip: encode the stream.
+    pub gzip: bool,
 }
 
 #[derive(Debug)]
@@ -217,11 +222,12 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
         )
         .with_header("Retry-After: 5".into()));
     }
-    Ok(Action::Stream {
+    Ok(Action::Stream(StreamStart {
         channels,
         ip_slot: key,
         cursor,
-    })
+        gzip: gzip::accepts(head.accept_encoding.as_deref()),
+    }))
 }
 
 fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {

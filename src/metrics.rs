@@ -72,6 +72,7 @@ pub struct ProcessFigures {
     pub inbox_drops: u64,
     pub ip_tracked: u64,
     pub ws_compressions: u64,
+    pub sse_gzip_compressions: u64,
 }
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -138,7 +139,7 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
     }
     #[rustfmt::skip]
     let h = &p.hub;
-    let gauges: [(&str, &str, &str, u64); 15] = [
+    let gauges: [(&str, &str, &str, u64); 16] = [
         (
             "redix_open_fds",
             "gauge",
@@ -223,6 +224,12 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
             "counter",
             "Events compressed for permessage-deflate (once per event).",
             p.ws_compressions,
+        ),
+        (
+            "redix_sse_gzip_compressions_total",
+            "counter",
+            "Events compressed for gzip SSE streams (once per event).",
+            p.sse_gzip_compressions,
         ),
     ];
     for (name, kind, help, value) in gauges {

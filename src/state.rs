@@ -98,6 +98,7 @@ impl Shared {
             inbox_drops: self.hub.stats.inbox_drops.load(Ordering::Relaxed),
             ip_tracked: (self.sse_limiter.tracked() + self.ws_limiter.tracked()) as u64,
             ws_compressions: self.hub.stats.ws_compressions.load(Ordering::Relaxed),
+            sse_gzip_compressions: self.hub.stats.sse_gzip_compressions.load(Ordering::Relaxed),
         };
         metrics::render(&self.stats, &figures)
     }

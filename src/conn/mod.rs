@@ -10,12 +10,15 @@ pub mod io;
 pub mod queue;
 
 use std::net::{IpAddr, Shutdown};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use mio::net::TcpStream;
 
+use crate::hub::Event;
 use crate::limits::IpKey;
+use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
 use io::IoStatus;
 use queue::{Flushed, QueueLimits, WriteQueue};
@@ -71,6 +74,50 @@ pub struct Sse {
     pub channels: Box<[Sub]>,
     pub delivery: Delivery,
     pub next_ping_ms: u64,
+    /// Set for a gzip-encoded stream: what it has carried so far.
+    pub gzip: Option<Trail>,
+}
+
+impl Sse {
+    /// A control chunk (retry, ping, reset) in this stream's encoding.
+    pub fn control(&mut self, raw: &[u8]) -> Bytes {
+        match &mut self.gzip {
+            None => Bytes::copy_from_slice(raw),
+            Some(trail) => {
+                trail.update(raw);
+                Bytes::from(gzip::chunk(raw))
+            }
+        }
+    }
+
+    /// The stream's last chunk; a gzip stream ends with its trailer.
+    pub fn last(&mut self, raw: &[u8]) -> Bytes {
+        match &mut self.gzip {
+            None => Bytes::copy_from_slice(raw),
+            Some(trail) => {
+                trail.update(raw);
+                let mut out = gzip::chunk(raw);
+                out.extend_from_slice(&trail.finish());
+                Bytes::from(out)
+            }
+        }
+    }
+
+    /// An event in this stream's encoding; the caller records it with
+    /// [`Sse::sent`] once it is queued.
+    pub fn event(&self, ev: &Event, gzip_compressions: &AtomicU64) -> Bytes {
+        match self.gzip {
+            None => ev.sse.clone(),
+            Some(_) => ev.sse_gzip(gzip_compressions),
+        }
+    }
+
+    /// Counts a queued event into the gzip trailer.
+    pub fn sent(&mut self, ev: &Event) {
+        if let Some(trail) = &mut self.gzip {
+            trail.update(&ev.sse);
+        }
+    }
 }
 
 /// A WebSocket client (boxed in [`ConnState`]: SSE connections, the

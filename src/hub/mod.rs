@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 
-use crate::proto::{deflate, ws};
+use crate::proto::{deflate, gzip, ws};
 use dedupe::Dedupe;
 use history::{Delta, History, HistoryLimits};
 
@@ -44,6 +44,8 @@ pub struct Event {
     /// The permessage-deflate frame, made by the first subscriber that
     /// needs it and shared by all the others.
     ws_deflated: OnceLock<Bytes>,
+    /// The SSE event as a flushed gzip chunk, made on first need.
+    sse_gzip: OnceLock<Bytes>,
 }
 
 impl Event {
@@ -61,8 +63,19 @@ impl Event {
             ws: Bytes::from(frame),
             ws_header_len: header_len,
             ws_deflated: OnceLock::new(),
+            sse_gzip: OnceLock::new(),
             channel,
         }
+    }
+
+    /// The SSE event as a gzip chunk, compressed at most once per event.
+    pub fn sse_gzip(&self, compressions: &AtomicU64) -> Bytes {
+        self.sse_gzip
+            .get_or_init(|| {
+                compressions.fetch_add(1, Ordering::Relaxed);
+                Bytes::from(gzip::chunk(&self.sse))
+            })
+            .clone()
     }
 
     /// The WebSocket frame for a client: compressed when it agreed to
@@ -176,6 +189,8 @@ pub struct HubStats {
     pub untracked: AtomicU64,
     /// Events compressed for permessage-deflate subscribers (once each).
     pub ws_compressions: AtomicU64,
+    /// Events compressed for gzip SSE subscribers (once each).
+    pub sse_gzip_compressions: AtomicU64,
     /// Events replayed to resuming subscribers.
     pub replayed: AtomicU64,
     /// Resumes from a point older than the history.

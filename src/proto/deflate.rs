@@ -30,7 +30,7 @@ pub const EXTENSION: &str = "permessage-deflate";
 
 /// The empty stored block a sync flush ends with; RFC 7692 §7.2.1 strips it
 /// from every message on the wire and the receiver appends it back.
-const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+pub const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// Smallest history kept for a client that takes over context. zlib
 /// silently widens a requested 8-bit window to 9 bits, so a client told 8

@@ -2,6 +2,7 @@
 //! socket or reads the clock, so every rule is tested on its own.
 
 pub mod deflate;
+pub mod gzip;
 pub mod http;
 pub mod sse;
 pub mod ws;

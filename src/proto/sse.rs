@@ -12,15 +12,20 @@ Content-Type: text/event-stream\r\n\
 Cache-Control: no-cache\r\n\
 X-Accel-Buffering: no\r\n\r\n";
 
+/// The same head for a gzip-encoded stream.
+pub const HEAD_GZIP: &str = "HTTP/1.1 200 OK\r\n\
+Content-Type: text/event-stream\r\n\
+Cache-Control: no-cache\r\n\
+X-Accel-Buffering: no\r\n\
+Content-Encoding: gzip\r\n\
+Vary: Accept-Encoding\r\n\r\n";
+
 /// Heartbeat comment; ignored by EventSource, keeps proxies from timing out.
 pub const PING: &[u8] = b": ping\n\n";
 
-/// The stream's head followed by its first `retry:` line.
-pub fn opening(retry_ms: u64) -> Vec<u8> {
-    let mut s = String::with_capacity(HEAD.len() + 24);
-    s.push_str(HEAD);
-    let _ = write!(s, "retry: {retry_ms}\n\n");
-    s.into_bytes()
+/// The first bytes of a stream's body: the reconnect delay.
+pub fn retry(retry_ms: u64) -> Vec<u8> {
+    format!("retry: {retry_ms}\n\n").into_bytes()
 }
 
 /// One data event: `id`, event name and a single-line JSON payload.
@@ -76,10 +81,12 @@ mod tests {
     }
 
     #[test]
-    fn opening_starts_with_head_and_retry() {
-        let o = text(opening(2500));
-        assert!(o.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
-        assert!(o.ends_with("\r\n\r\nretry: 2500\n\n"));
+    fn heads_and_retry() {
+        assert!(HEAD.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"));
+        assert!(
+            HEAD_GZIP.contains("Content-Encoding: gzip\r\n") && HEAD_GZIP.ends_with("\r\n\r\n")
+        );
+        assert_eq!(text(retry(2500)), "retry: 2500\n\n");
     }
 
     #[test]

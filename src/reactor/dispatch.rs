@@ -9,12 +9,12 @@ use mio::event::Event as MioEvent;
 
 use super::timer::TimerKind;
 use super::{Closed, Worker};
-use crate::api::{self, Action, Ctx};
+use crate::api::{self, Action, Ctx, StreamStart};
 use crate::conn::io::{self, IoStatus};
 use crate::conn::{ConnState, Delivery, Enqueued, SlotKind, Sse, Sub};
 use crate::hub::Event;
-use crate::limits::IpKey;
 use crate::metrics::WorkerStats;
+use crate::proto::gzip::{self as gz, Trail};
 use crate::proto::http::{self, HttpError};
 use crate::proto::sse;
 use crate::proto::ws::close_code;
@@ -151,13 +151,7 @@ impl Worker {
                         return self.close_gracefully(key, None, false, now);
                     }
                 }
-                Action::Stream {
-                    channels,
-                    ip_slot,
-                    cursor,
-                } => {
-                    return self.start_stream(key, channels, ip_slot, cursor, now);
-                }
+                Action::Stream(start) => return self.start_stream(key, start, now),
                 Action::Upgrade(up) => {
                     // Frames the client sent right behind its request.
                     let early = std::mem::take(&mut req.buf);
@@ -183,14 +177,14 @@ impl Worker {
         self.close_gracefully(key, Some(bytes), false, now);
     }
 
-    fn start_stream(
-        &mut self,
-        key: usize,
-        channels: Vec<Arc<str>>,
-        ip_slot: IpKey,
-        cursor: Option<u64>,
-        now: u64,
-    ) {
+    #[allow(clippy::too_many_arguments)]
+    fn start_stream(&mut self, key: usize, start: StreamStart, now: u64) {
+        let StreamStart {
+            channels,
+            ip_slot,
+            cursor,
+            gzip,
+        } = start;
         let sse_cfg = &self.shared.config.sse;
         let (heartbeat, retry_base, retry_jitter) = (
             sse_cfg.heartbeat_ms,
@@ -207,27 +201,35 @@ impl Worker {
         };
         let gen = conn.gen;
         conn.ip_slot = Some((SlotKind::Sse, ip_slot));
-        conn.queue.push_control(Bytes::from(sse::opening(retry)));
-        for ch in &snap.resets {
-            conn.queue.push_control(Bytes::from(sse::reset(ch)));
-        }
-        let mut delivery = Delivery {
-            live_from_max: snap.live_from,
-            ..Delivery::default()
-        };
-        for ev in &snap.replay {
-            conn.queue.push_replay(ev.sse.clone(), ev.id);
-            delivery.last_queued = Some(ev.id);
-        }
         let subs = channels.iter().map(|c| Sub {
             channel: c.clone(),
             live_from: snap.live_from,
         });
-        let stream = ConnState::Sse(Sse {
+        let mut sse = Sse {
             channels: subs.collect(),
-            delivery,
+            delivery: Delivery {
+                live_from_max: snap.live_from,
+                ..Delivery::default()
+            },
             next_ping_ms: now + heartbeat,
-        });
+            gzip: gzip.then(Trail::default),
+        };
+        let mut head = match gzip {
+            true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
+            false => sse::HEAD.as_bytes().to_vec(),
+        };
+        head.extend_from_slice(&sse.control(&sse::retry(retry)));
+        conn.queue.push_control(Bytes::from(head));
+        for ch in &snap.resets {
+            conn.queue.push_control(sse.control(&sse::reset(ch)));
+        }
+        let gz_count = &self.shared.hub.stats.sse_gzip_compressions;
+        for ev in &snap.replay {
+            conn.queue.push_replay(sse.event(ev, gz_count), ev.id);
+            sse.sent(ev);
+            sse.delivery.last_queued = Some(ev.id);
+        }
+        let stream = ConnState::Sse(sse);
         let old = std::mem::replace(&mut conn.state, stream);
         let stats = &self.shared.stats[self.id];
         WorkerStats::sub(gauge(stats, &old), 1);
@@ -275,6 +277,7 @@ impl Worker {
         let max_warnings = self.shared.config.queue.slow_warnings;
         let deflate_min = self.shared.config.ws.deflate_min_bytes;
         let compressions = &self.shared.hub.stats.ws_compressions;
+        let gz_count = &self.shared.hub.stats.sse_gzip_compressions;
         let stats = &self.shared.stats[self.id];
         let mut too_slow = Vec::new();
         for &key in subs {
@@ -286,10 +289,14 @@ impl Worker {
             }
             let bytes = match &conn.state {
                 ConnState::Ws(ws) => ev.ws_frame(ws.deflate(), deflate_min, compressions),
-                _ => ev.sse.clone(),
+                ConnState::Sse(sse) => sse.event(ev, gz_count),
+                ConnState::Request(_) | ConnState::Closing { .. } => continue,
             };
             match conn.enqueue_event(bytes, ev.id, self.limits, max_warnings) {
                 Enqueued::Queued => {
+                    if let ConnState::Sse(sse) = &mut conn.state {
+                        sse.sent(ev);
+                    }
                     if !conn.dirty {
                         conn.dirty = true;
                         self.dirty.push((key, conn.gen));
@@ -330,7 +337,14 @@ impl Worker {
             let reason = resume.map_or(String::new(), |id| id.to_string());
             return self.close_ws(key, CLOSE_SLOW, &reason, now);
         }
-        self.close_gracefully(key, Some(Bytes::from(sse::slow(resume))), true, now);
+        let Some(ConnState::Sse(sse)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return;
+        };
+        // A gzip trailer covers every byte queued, so a gzip stream keeps
+        // its queue and sends `slow` after it.
+        let keep_queue = sse.gzip.is_some();
+        let last = sse.last(&sse::slow(resume));
+        self.close_gracefully(key, Some(last), !keep_queue, now);
     }
 
     /// Sends `last` after what is queued (or instead of pending data), then
@@ -375,7 +389,12 @@ impl Worker {
                 let sse_cfg = &self.shared.config.sse;
                 let (base, jitter) = (sse_cfg.retry_ms, sse_cfg.retry_jitter_ms);
                 let retry = base + self.jitter(jitter);
-                self.close_gracefully(key, Some(Bytes::from(sse::reconnect(retry))), false, now);
+                let Some(ConnState::Sse(sse)) = self.conns.get_mut(key).map(|c| &mut c.state)
+                else {
+                    return;
+                };
+                let last = sse.last(&sse::reconnect(retry));
+                self.close_gracefully(key, Some(last), false, now);
             }
             ConnState::Ws(_) => self.close_ws(key, close_code::RESTART, "server restart", now),
             ConnState::Request(req) if req.buf.is_empty() && conn.queue.is_empty() => {
@@ -480,7 +499,8 @@ impl Worker {
                     if now >= sse.next_ping_ms {
                         sse.next_ping_ms = now + self.shared.config.sse.heartbeat_ms;
                         if conn.queue.is_empty() {
-                            conn.queue.push_control(Bytes::from_static(sse::PING));
+                            let ping = sse.control(sse::PING);
+                            conn.queue.push_control(ping);
                             self.mark_dirty(key, gen);
                         }
                     }
