@@ -92,6 +92,11 @@ impl TimerWheel {
                 }
             });
             self.len -= before - slot.len();
+            // A burst of connections grows a bucket; give the memory back,
+            // or every bucket keeps the largest burst it ever saw.
+            if slot.capacity() > 32 && slot.len() < slot.capacity() / 4 {
+                slot.shrink_to(slot.len().max(8));
+            }
         }
         self.done_tick = now_tick;
     }
@@ -159,6 +164,18 @@ mod tests {
         w.expire(10_000, &mut out);
         assert_eq!(out.len(), 10);
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn buckets_give_back_what_a_burst_took() {
+        let mut w = TimerWheel::new(4, 10);
+        for k in 0..10_000 {
+            w.schedule(10, k, 0, TimerKind::Request);
+        }
+        let mut out = vec![];
+        w.expire(10, &mut out);
+        assert_eq!(out.len(), 10_000);
+        assert!(w.slots.iter().all(|s| s.capacity() <= 8), "bucket memory returned");
     }
 
     #[test]
