@@ -39,6 +39,8 @@ pub struct StreamStart {
     pub cursor: Option<u64>,
     /// The client accepts gzip: encode the stream.
     pub gzip: bool,
+    /// `?batch=1`: hold writes for the batch window.
+    pub batch: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +50,8 @@ pub struct Upgrade {
     pub ip_slot: IpKey,
     /// `/ws/echo`: echo every message instead of speaking the JSON protocol.
     pub echo: bool,
+    /// `?batch=1`: events arrive in `{"type":"batch"}` frames.
+    pub batch: bool,
 }
 
 /// Per-request context.
@@ -227,6 +231,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
         ip_slot: key,
         cursor,
         gzip: gzip::accepts(head.accept_encoding.as_deref()),
+        batch: wants_batch(head, ctx),
     }))
 }
 
@@ -284,7 +289,17 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
         deflate,
         ip_slot: key,
         echo,
+        batch: wants_batch(head, ctx),
     }))
+}
+
+/// `?batch=1` (or `true`), honoured while a batch window is configured.
+fn wants_batch(head: &Head, ctx: &Ctx<'_>) -> bool {
+    ctx.shared.config.batch.window_ms > 0
+        && matches!(
+            query_param(&head.query, "batch").as_deref(),
+            Some("1") | Some("true")
+        )
 }
 
 fn client_key(head: &Head, ctx: &Ctx<'_>) -> IpKey {

@@ -61,6 +61,8 @@ pub const DEFAULT_HISTORY_MAX_CHANNELS: usize = 100_000;
 pub const DEFAULT_DEDUPE_TTL_MS: u64 = 300_000;
 /// Publisher ids remembered at most.
 pub const DEFAULT_DEDUPE_MAX: usize = 100_000;
+/// Events a batch holds at most before it goes out early.
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 100;
 /// Channels one SSE stream may name.
 pub const DEFAULT_MAX_CHANNELS: usize = 32;
 /// Data events a connection's write queue may hold.
@@ -91,6 +93,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub history: HistoryConfig,
     pub publish: PublishConfig,
+    pub batch: BatchConfig,
     pub tcp: TcpConfig,
     pub shutdown: ShutdownConfig,
     pub debug: DebugConfig,
@@ -168,6 +171,24 @@ impl Default for HistoryConfig {
     }
 }
 
+/// Batching for clients that ask for it (`?batch=1`). Off while
+/// `window_ms` is 0; 50 is a good first value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    pub window_ms: u64,
+    pub max_events: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            window_ms: 0,
+            max_events: DEFAULT_BATCH_MAX_EVENTS,
+        }
+    }
+}
+
 /// Publishing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -230,6 +251,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             history: HistoryConfig::default(),
             publish: PublishConfig::default(),
+            batch: BatchConfig::default(),
             tcp: TcpConfig::default(),
             shutdown: ShutdownConfig::default(),
             debug: DebugConfig::default(),
@@ -445,6 +467,14 @@ impl Config {
                 self.publish.dedupe_ttl_ms > 0,
                 "publish.dedupe_ttl_ms must be positive",
             ),
+            (
+                (1..=10_000).contains(&self.batch.max_events),
+                "batch.max_events must be between 1 and 10000",
+            ),
+            (
+                self.batch.window_ms <= 10_000,
+                "batch.window_ms must be at most 10000",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(ConfigError(format!("invalid config: {msg}"))),
@@ -518,8 +548,9 @@ fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), Con
     Ok(())
 }
 
-const SECTIONS: [&str; 10] = [
-    "auth", "limits", "sse", "ws", "queue", "history", "publish", "tcp", "shutdown", "debug",
+const SECTIONS: [&str; 11] = [
+    "auth", "limits", "sse", "ws", "queue", "history", "publish", "batch", "tcp", "shutdown",
+    "debug",
 ];
 
 fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {

@@ -33,6 +33,8 @@ pub struct WorkerStats {
     pub ws_command_errors: AtomicU64,
     pub events_written: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// `writev` calls to clients.
+    pub write_calls: AtomicU64,
     pub dropped_queue_full: AtomicU64,
     pub slow_disconnects: AtomicU64,
     pub peer_resets: AtomicU64,
@@ -95,6 +97,7 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_http_requests_total", "counter", "HTTP requests parsed.", "", |s| &s.requests),
     ("redix_events_written_total", "counter", "Data events completely written to clients.", "", |s| &s.events_written),
     ("redix_bytes_written_total", "counter", "Bytes written to clients.", "", |s| &s.bytes_written),
+    ("redix_write_calls_total", "counter", "writev calls to clients (events coalesce into fewer).", "", |s| &s.write_calls),
     ("redix_events_dropped_total", "counter", "Data events dropped, by reason.", "reason=\"queue_full\"", |s| &s.dropped_queue_full),
     ("redix_slow_disconnects_total", "counter", "Connections closed as slow consumers.", "", |s| &s.slow_disconnects),
     ("redix_peer_resets_total", "counter", "Connections the peer reset or broke.", "", |s| &s.peer_resets),

@@ -76,6 +76,10 @@ pub struct Sse {
     pub next_ping_ms: u64,
     /// Set for a gzip-encoded stream: what it has carried so far.
     pub gzip: Option<Trail>,
+    /// The client asked for batching: writes wait for the batch window.
+    pub batch: bool,
+    /// Writes are held until then (a batch window is open).
+    pub hold_until: Option<u64>,
 }
 
 impl Sse {
@@ -134,6 +138,8 @@ pub struct Ws {
     pub rbuf: Vec<u8>,
     /// `/ws/echo`: echo messages instead of reading commands.
     pub echo: bool,
+    /// The client asked for `{"type":"batch"}` frames.
+    pub batch: bool,
     /// Last time any byte arrived from the client.
     pub last_seen_ms: u64,
     pub next_ping_ms: u64,

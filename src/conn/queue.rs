@@ -50,6 +50,8 @@ pub struct Flushed {
     pub events: usize,
     /// Id of the last data event completely written.
     pub last_id: Option<u64>,
+    /// `writev` calls made.
+    pub calls: usize,
 }
 
 impl WriteQueue {
@@ -133,6 +135,7 @@ impl WriteQueue {
             bytes: 0,
             events: 0,
             last_id: None,
+            calls: 0,
         };
         while !self.frames.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
@@ -142,6 +145,7 @@ impl WriteQueue {
                 slices[n] = IoSlice::new(&f.bytes[start..]);
                 n += 1;
             }
+            done.calls += 1;
             match w.write_vectored(&slices[..n]) {
                 Ok(0) => {
                     done.status = IoStatus::Closed;

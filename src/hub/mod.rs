@@ -68,6 +68,11 @@ impl Event {
         }
     }
 
+    /// The message JSON (the WebSocket frame's payload).
+    pub fn json(&self) -> &[u8] {
+        &self.ws[self.ws_header_len..]
+    }
+
     /// The SSE event as a gzip chunk, compressed at most once per event.
     pub fn sse_gzip(&self, compressions: &AtomicU64) -> Bytes {
         self.sse_gzip

@@ -11,7 +11,7 @@ use super::timer::TimerKind;
 use super::{Closed, Worker};
 use crate::api::{self, Action, Ctx, StreamStart};
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Delivery, Enqueued, SlotKind, Sse, Sub};
+use crate::conn::{Conn, ConnState, Delivery, Enqueued, SlotKind, Sse, Sub};
 use crate::hub::Event;
 use crate::metrics::WorkerStats;
 use crate::proto::gzip::{self as gz, Trail};
@@ -20,6 +20,35 @@ use crate::proto::sse;
 use crate::proto::ws::close_code;
 
 use super::websocket::CLOSE_SLOW;
+
+/// Books what queueing one data event did; true when it was queued.
+pub(super) fn settle(
+    outcome: Enqueued,
+    key: usize,
+    conn: &mut Conn,
+    dirty: &mut Vec<(usize, u32)>,
+    stats: &WorkerStats,
+    too_slow: &mut Vec<usize>,
+) -> bool {
+    match outcome {
+        Enqueued::Queued => {
+            if !conn.dirty {
+                conn.dirty = true;
+                dirty.push((key, conn.gen));
+            }
+            true
+        }
+        Enqueued::Dropped => {
+            WorkerStats::add(&stats.dropped_queue_full, 1);
+            false
+        }
+        Enqueued::TooSlow => {
+            WorkerStats::add(&stats.dropped_queue_full, 1);
+            too_slow.push(key);
+            false
+        }
+    }
+}
 
 pub(super) fn gauge<'a>(stats: &'a WorkerStats, state: &ConnState) -> &'a AtomicU64 {
     match state {
@@ -184,6 +213,7 @@ impl Worker {
             ip_slot,
             cursor,
             gzip,
+            batch,
         } = start;
         let sse_cfg = &self.shared.config.sse;
         let (heartbeat, retry_base, retry_jitter) = (
@@ -213,6 +243,8 @@ impl Worker {
             },
             next_ping_ms: now + heartbeat,
             gzip: gzip.then(Trail::default),
+            batch,
+            hold_until: None,
         };
         let mut head = match gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
@@ -270,7 +302,7 @@ impl Worker {
     }
 
     /// Queues one event on every local subscriber of its channel.
-    pub(super) fn deliver(&mut self, ev: &Event) {
+    pub(super) fn deliver(&mut self, ev: &Arc<Event>) {
         let Some(subs) = self.topics.get(&*ev.channel) else {
             return;
         };
@@ -280,6 +312,7 @@ impl Worker {
         let gz_count = &self.shared.hub.stats.sse_gzip_compressions;
         let stats = &self.shared.stats[self.id];
         let mut too_slow = Vec::new();
+        let mut batch_wanted = false;
         for &key in subs {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -288,29 +321,30 @@ impl Worker {
                 continue;
             }
             let bytes = match &conn.state {
+                ConnState::Ws(ws) if ws.batch => {
+                    batch_wanted = true;
+                    continue;
+                }
                 ConnState::Ws(ws) => ev.ws_frame(ws.deflate(), deflate_min, compressions),
                 ConnState::Sse(sse) => sse.event(ev, gz_count),
                 ConnState::Request(_) | ConnState::Closing { .. } => continue,
             };
-            match conn.enqueue_event(bytes, ev.id, self.limits, max_warnings) {
-                Enqueued::Queued => {
-                    if let ConnState::Sse(sse) = &mut conn.state {
-                        sse.sent(ev);
-                    }
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push((key, conn.gen));
-                    }
-                }
-                Enqueued::Dropped => WorkerStats::add(&stats.dropped_queue_full, 1),
-                Enqueued::TooSlow => {
-                    WorkerStats::add(&stats.dropped_queue_full, 1);
-                    too_slow.push(key);
+            let outcome = conn.enqueue_event(bytes, ev.id, self.limits, max_warnings);
+            if settle(outcome, key, conn, &mut self.dirty, stats, &mut too_slow) {
+                if let ConnState::Sse(sse) = &mut conn.state {
+                    sse.sent(ev);
                 }
             }
         }
         let now = self.now_ms();
-        for key in too_slow {
+        if batch_wanted {
+            self.add_to_batch(ev, now);
+        }
+        self.disconnect_all_slow(too_slow, now);
+    }
+
+    pub(super) fn disconnect_all_slow(&mut self, keys: Vec<usize>, now: u64) {
+        for key in keys {
             self.disconnect_slow(key, now);
         }
     }
@@ -431,7 +465,7 @@ impl Worker {
     }
 
     /// Writes every connection that got bytes this turn.
-    pub(super) fn flush_dirty(&mut self, _now: u64) {
+    pub(super) fn flush_dirty(&mut self, now: u64) {
         let dirty = std::mem::take(&mut self.dirty);
         for &(key, gen) in &dirty {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -446,10 +480,17 @@ impl Worker {
             {
                 continue;
             }
+            if self.hold_sse(key, now) {
+                continue;
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             let done = conn.flush();
             let stats = &self.shared.stats[self.id];
             WorkerStats::add(&stats.bytes_written, done.bytes as u64);
             WorkerStats::add(&stats.events_written, done.events as u64);
+            WorkerStats::add(&stats.write_calls, done.calls as u64);
             match done.status {
                 IoStatus::Closed | IoStatus::Reset => self.close(key, Closed::PeerReset),
                 IoStatus::Error(_) => self.close(key, Closed::Error),
@@ -512,6 +553,7 @@ impl Worker {
                 }
                 (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now),
                 (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
+                (TimerKind::Batch, ConnState::Sse(_)) => self.mark_dirty(key, gen),
                 _ => {}
             }
         }

@@ -15,6 +15,7 @@
 //!   unsubscribes, gives back limits and frees the slot. Anything that names
 //!   a connection from outside the current call carries `(key, gen)`.
 
+mod batch;
 mod dispatch;
 pub mod timer;
 mod websocket;
@@ -134,6 +135,10 @@ pub struct Worker {
     accept: AcceptState,
     inbox_ready: bool,
     drain_deadline: Option<u64>,
+    /// WebSocket batches being collected, per channel.
+    ws_batches: HashMap<Arc<str>, Vec<Arc<Event>>>,
+    /// When the open batch window closes.
+    batch_due: Option<u64>,
     /// Reactor 0 sweeps the hub (expired history, idle channels) on this schedule.
     next_sweep_ms: Option<u64>,
     limits: QueueLimits,
@@ -181,6 +186,8 @@ impl Worker {
             },
             inbox_ready: true,
             drain_deadline: None,
+            ws_batches: HashMap::new(),
+            batch_due: None,
             next_sweep_ms: (id == 0).then_some(sweep_ms),
             limits,
             rng: seed | 1,
@@ -241,6 +248,7 @@ impl Worker {
             self.accept_batch(now);
             self.run_timers(now);
             self.sweep_hub(now);
+            self.flush_due_batches(now);
             self.flush_dirty(now);
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
@@ -265,7 +273,7 @@ impl Worker {
         if let Some(at) = self.accept.paused_until {
             t = t.min(at.saturating_sub(now));
         }
-        for at in [self.drain_deadline, self.next_sweep_ms]
+        for at in [self.drain_deadline, self.next_sweep_ms, self.batch_due]
             .into_iter()
             .flatten()
         {

@@ -18,6 +18,8 @@ pub enum TimerKind {
     Heartbeat,
     /// A closing connection gets this long to take its last bytes.
     Linger,
+    /// An SSE batch window closes: write what it collected.
+    Batch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +177,10 @@ mod tests {
         let mut out = vec![];
         w.expire(10, &mut out);
         assert_eq!(out.len(), 10_000);
-        assert!(w.slots.iter().all(|s| s.capacity() <= 8), "bucket memory returned");
+        assert!(
+            w.slots.iter().all(|s| s.capacity() <= 8),
+            "bucket memory returned"
+        );
     }
 
     #[test]

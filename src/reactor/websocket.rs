@@ -96,6 +96,7 @@ impl Worker {
             rx: Reassembler::new(max_message, up.deflate),
             rbuf: early,
             echo: up.echo,
+            batch: up.batch,
             last_seen_ms: now,
             next_ping_ms: now + ping_ms,
         };

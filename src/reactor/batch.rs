@@ -1,0 +1,172 @@
+//! Batching for clients that ask for it (`?batch=1`, while
+//! `batch.window_ms` > 0).
+//!
+//! - SSE: a stream's writes wait until its window closes (or
+//!   `batch.max_events` are queued), so the events of a window leave in
+//!   one write. The events themselves are the shared per-event bytes.
+//! - WebSocket: per reactor and channel, the events of a window become one
+//!   `{"type":"batch","events":[…]}` frame, built (and compressed) once and
+//!   queued on every batching subscriber of the channel. A subscriber that
+//!   joined in the middle of a window (its replay already holds the first
+//!   events) gets the rest one by one instead.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::dispatch::settle;
+use super::timer::TimerKind;
+use super::Worker;
+use crate::conn::ConnState;
+use crate::hub::Event;
+use crate::proto::{deflate, ws};
+
+/// One window's events of one channel, encoded once per wire variant.
+struct BatchFrames {
+    json: Vec<u8>,
+    plain: Bytes,
+    deflated: Option<Bytes>,
+}
+
+impl BatchFrames {
+    fn new(events: &[Arc<Event>]) -> BatchFrames {
+        let size: usize = events.iter().map(|e| e.json().len() + 1).sum();
+        let mut json = Vec::with_capacity(size + 32);
+        json.extend_from_slice(br#"{"type":"batch","events":["#);
+        for (i, ev) in events.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(ev.json());
+        }
+        json.extend_from_slice(b"]}");
+        let plain = Bytes::from(ws::encode_frame(ws::OpCode::Text, &json, false));
+        BatchFrames {
+            json,
+            plain,
+            deflated: None,
+        }
+    }
+
+    fn frame(&mut self, deflate: bool, min_bytes: usize, compressions: &AtomicU64) -> Bytes {
+        if !deflate || self.json.len() < min_bytes {
+            return self.plain.clone();
+        }
+        self.deflated
+            .get_or_insert_with(|| {
+                compressions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let packed = deflate::compress(&self.json);
+                Bytes::from(ws::encode_frame(ws::OpCode::Text, &packed, true))
+            })
+            .clone()
+    }
+}
+
+impl Worker {
+    /// Collects an event for the batching WebSocket subscribers of its channel.
+    pub(super) fn add_to_batch(&mut self, ev: &Arc<Event>, now: u64) {
+        let max = self.shared.config.batch.max_events;
+        let pending = self.ws_batches.entry(ev.channel.clone()).or_default();
+        pending.push(ev.clone());
+        let full = pending.len() >= max;
+        if self.batch_due.is_none() {
+            self.batch_due = Some(now + self.shared.config.batch.window_ms);
+        }
+        if full {
+            if let Some(events) = self.ws_batches.remove(&ev.channel) {
+                self.flush_ws_batch(&ev.channel, events, now);
+            }
+        }
+    }
+
+    /// Sends every pending WebSocket batch once the window has closed.
+    pub(super) fn flush_due_batches(&mut self, now: u64) {
+        match self.batch_due {
+            Some(due) if now >= due => {}
+            _ => return,
+        }
+        self.batch_due = None;
+        let pending = std::mem::take(&mut self.ws_batches);
+        for (channel, events) in pending {
+            self.flush_ws_batch(&channel, events, now);
+        }
+    }
+
+    fn flush_ws_batch(&mut self, channel: &Arc<str>, events: Vec<Arc<Event>>, now: u64) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let (first_id, last_id) = (first.id, last.id);
+        let Some(subs) = self.topics.get(channel) else {
+            return;
+        };
+        let cfg = &self.shared.config;
+        let (max_warnings, deflate_min) = (cfg.queue.slow_warnings, cfg.ws.deflate_min_bytes);
+        let compressions = &self.shared.hub.stats.ws_compressions;
+        let stats = &self.shared.stats[self.id];
+        let mut frames = BatchFrames::new(&events);
+        let mut too_slow = Vec::new();
+        for &key in subs {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let ConnState::Ws(ws) = &conn.state else {
+                continue;
+            };
+            if !ws.batch {
+                continue;
+            }
+            let deflate = ws.deflate();
+            if conn.state.wants(first_id, channel) {
+                let bytes = frames.frame(deflate, deflate_min, compressions);
+                let outcome = conn.enqueue_event(bytes, last_id, self.limits, max_warnings);
+                settle(outcome, key, conn, &mut self.dirty, stats, &mut too_slow);
+                continue;
+            }
+            // Joined mid-window: only what its replay did not carry.
+            for ev in &events {
+                if !conn.state.wants(ev.id, channel) {
+                    continue;
+                }
+                let bytes = ev.ws_frame(deflate, deflate_min, compressions);
+                let outcome = conn.enqueue_event(bytes, ev.id, self.limits, max_warnings);
+                if !settle(outcome, key, conn, &mut self.dirty, stats, &mut too_slow) {
+                    break;
+                }
+            }
+        }
+        self.disconnect_all_slow(too_slow, now);
+    }
+
+    /// For a batching SSE stream with events queued: whether its writes
+    /// wait (a window is open, or opens now).
+    pub(super) fn hold_sse(&mut self, key: usize, now: u64) -> bool {
+        let window = self.shared.config.batch.window_ms;
+        let max = self.shared.config.batch.max_events;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let (gen, events) = (conn.gen, conn.queue.len_events());
+        let ConnState::Sse(sse) = &mut conn.state else {
+            return false;
+        };
+        if !sse.batch || events == 0 || events >= max {
+            sse.hold_until = None;
+            return false;
+        }
+        match sse.hold_until {
+            None => {
+                sse.hold_until = Some(now + window);
+                self.timers
+                    .schedule(now + window, key, gen, TimerKind::Batch);
+                true
+            }
+            Some(until) if now < until => true,
+            Some(_) => {
+                sse.hold_until = None;
+                false
+            }
+        }
+    }
+}
