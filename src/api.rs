@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::auth::Denied;
 use crate::config::Scope;
 use crate::hub::check_channel;
-use crate::limits::{client_ip, IpKey};
+use crate::limits::{client_ip, IpKey, IpLimiter};
 use crate::metrics::{self, WorkerStats};
 use crate::proto::deflate::{self, Agreement};
 use crate::proto::http::{self, query_param, Head, HttpError, Method};
@@ -177,14 +177,6 @@ fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
 
 fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
     let shared = ctx.shared;
-    if shared.is_shutting_down() {
-        return Err(Reject::new(
-            503,
-            "shutting_down",
-            "this node is shutting down; reconnect",
-        )
-        .with_header("Retry-After: 1".into()));
-    }
     let raw = query_param(&head.query, "channels").ok_or_else(|| {
         Reject::new(
             400,
@@ -208,24 +200,8 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             format!("name 1 to {max} channels"),
         ));
     }
-    let ip = client_ip(
-        ctx.peer,
-        head.forwarded_for.as_deref(),
-        &shared.config.limits.trusted_proxies,
-    );
-    let key = IpKey::of(ip);
-    if !shared.sse_limiter.acquire(key) {
-        WorkerStats::add(&ctx.stats.rejected_ip_limit, 1);
-        return Err(Reject::new(
-            429,
-            "too_many_streams",
-            format!(
-                "at most {} SSE streams per client IP",
-                shared.config.limits.sse_per_ip
-            ),
-        )
-        .with_header("Retry-After: 5".into()));
-    }
+    let limit = shared.config.limits.sse_per_ip;
+    let key = take_slot(head, ctx, &shared.sse_limiter, limit, "SSE streams")?;
     Ok(Action::Stream(StreamStart {
         channels,
         ip_slot: key,
@@ -258,27 +234,8 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
             "this Origin may not open WebSockets here",
         ));
     }
-    if shared.is_shutting_down() {
-        return Err(Reject::new(
-            503,
-            "shutting_down",
-            "this node is shutting down; reconnect",
-        )
-        .with_header("Retry-After: 1".into()));
-    }
-    let key = client_key(head, ctx);
-    if !shared.ws_limiter.acquire(key) {
-        WorkerStats::add(&ctx.stats.rejected_ip_limit, 1);
-        return Err(Reject::new(
-            429,
-            "too_many_websockets",
-            format!(
-                "at most {} WebSockets per client IP",
-                shared.config.limits.ws_per_ip
-            ),
-        )
-        .with_header("Retry-After: 5".into()));
-    }
+    let limit = shared.config.limits.ws_per_ip;
+    let key = take_slot(head, ctx, &shared.ws_limiter, limit, "WebSockets")?;
     let deflate = match shared.config.ws.deflate {
         true => deflate::negotiate(head.ws_extensions.as_deref()),
         false => None,
@@ -291,6 +248,22 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
         echo,
         batch: wants_batch(head, ctx),
     }))
+}
+
+/// Takes a per-client-IP slot for a long-lived connection; refused (503)
+/// while shutting down and (429) at the limit.
+fn take_slot(head: &Head, ctx: &Ctx<'_>, limiter: &IpLimiter, limit: u32, what: &str) -> Result<IpKey, Reject> {
+    if ctx.shared.is_shutting_down() {
+        return Err(Reject::new(503, "shutting_down", "this node is shutting down; reconnect")
+            .with_header("Retry-After: 1".into()));
+    }
+    let key = client_key(head, ctx);
+    if !limiter.acquire(key) {
+        WorkerStats::add(&ctx.stats.rejected_ip_limit, 1);
+        return Err(Reject::new(429, "too_many_connections", format!("at most {limit} {what} per client IP"))
+            .with_header("Retry-After: 5".into()));
+    }
+    Ok(key)
 }
 
 /// `?batch=1` (or `true`), honoured while a batch window is configured.

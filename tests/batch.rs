@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use common::*;
@@ -27,21 +27,11 @@ fn burst(addr: SocketAddr, channel: &str, n: usize, data: &str) -> Vec<u64> {
     let mut r = BufReader::new(s);
     (0..n)
         .map(|_| {
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.strip_prefix("Content-Length: ") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            v["id"].as_str().unwrap().parse().unwrap()
+            read_json_response(&mut r)["id"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
         })
         .collect()
 }

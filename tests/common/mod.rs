@@ -193,6 +193,27 @@ pub fn publish(addr: SocketAddr, channel: &str, data: &str) -> u64 {
     v["id"].as_str().expect("id").parse().expect("numeric id")
 }
 
+/// Reads one `200` response off a keep-alive connection; returns its JSON body.
+pub fn read_json_response(reader: &mut BufReader<TcpStream>) -> serde_json::Value {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let mut len = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("Content-Length: ") {
+            len = v.trim().parse().expect("length");
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).expect("body");
+    serde_json::from_slice(&body).expect("json body")
+}
+
 /// A keep-alive publisher: one connection for many publishes.
 pub struct Publisher {
     stream: BufReader<TcpStream>,
