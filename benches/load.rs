@@ -1,1 +1,2910 @@
-fn main() {}
+//! Load benchmark for redix (and nchan, its peer), as described in BENCHMARKS.md.
+//!
+//! `cargo bench --bench load -- [--target redix|nchan|both] [--scenario idle|fanout|all] ...`
+//!
+//! * idle: N SSE connections to one channel; server RSS per idle connection
+//!   ((VmRSS after − VmRSS before) / N, from /proc/PID/status) and the client-side
+//!   connection setup rate (TCP connect + request + response headers, plus redix's
+//!   first `retry:` line).
+//! * fanout: S subscribers on one channel, a publisher at E events/s for D seconds with
+//!   ~100-byte payloads carrying `"t":<ns since epoch>`; publish→receive latency
+//!   histogram, deliveries/s, loss, and server CPU per delivery
+//!   (Δ utime+stime from /proc/PID/stat / deliveries received).
+//!
+//! The generator runs one mio event loop per thread (2 threads by default), non-blocking
+//! sockets bound to source addresses 127.0.0.2, 127.0.0.3, … (so the ephemeral port range
+//! is per source address), latencies go into a fixed log-linear histogram. The publisher is a
+//! keep-alive HTTP/1.1 client on its own thread with deadline-based pacing. Everything is
+//! bounded in time; servers it starts are stopped on exit (and get PR_SET_PDEATHSIG).
+//! Load only ever goes to 127.0.0.0/8.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream as StdTcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Registry, Token};
+use serde_json::{json, Value};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+type Res<T> = Result<T, String>;
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TargetSel {
+    Redix,
+    Nchan,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ScenarioSel {
+    Idle,
+    Fanout,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NchanStart {
+    /// use nchan if something already listens on --nchan-addr, else start it
+    Auto,
+    /// always start our own nginx (fails if --nchan-addr is taken)
+    Always,
+    /// never start it; it must already be running
+    Never,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "load",
+    about = "redix / nchan SSE load benchmark (loopback only)"
+)]
+struct Args {
+    /// which server(s) to measure; `both` runs the same scenarios against each in turn
+    #[arg(long, value_enum, default_value = "both")]
+    target: TargetSel,
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: ScenarioSel,
+    /// redix binary to start; default: the one cargo built alongside this bench
+    /// (CARGO_BIN_EXE_redix), else target/release/redix (cargo bench runs in the crate root)
+    #[arg(long, env = "REDIX_BIN", default_value_os_t = default_redix_bin())]
+    redix_bin: PathBuf,
+    /// value of redix --workers
+    #[arg(long, default_value_t = 2)]
+    redix_workers: usize,
+    /// extra argument passed to redix (repeatable)
+    #[arg(long = "redix-arg", allow_hyphen_values = true)]
+    redix_args: Vec<String>,
+    /// where nchan listens (the peers' nchan.conf says 127.0.0.1:8801)
+    #[arg(long, default_value = "127.0.0.1:8801")]
+    nchan_addr: SocketAddrV4,
+    #[arg(long, value_enum, default_value = "auto")]
+    nchan_start: NchanStart,
+    /// nchan.conf template (@WORKERS@ / @NOFILE@); default ../shared/peers/nchan.conf or /work/shared/peers/nchan.conf
+    #[arg(long)]
+    nchan_conf: Option<PathBuf>,
+    #[arg(long, default_value = "nginx")]
+    nginx_bin: PathBuf,
+    /// idle: number of SSE connections
+    #[arg(long, default_value_t = 10_000)]
+    conns: usize,
+    /// fanout: number of subscribers
+    #[arg(long, default_value_t = 1_000)]
+    subs: usize,
+    /// fanout: publish rates (events/s), one run each
+    #[arg(long, value_delimiter = ',', default_value = "20,1000")]
+    rates: Vec<f64>,
+    /// fanout: most keep-alive connections the publisher keeps requests in flight on
+    #[arg(long, default_value_t = 16)]
+    pub_conns: usize,
+    /// fanout: seconds of publishing per rate
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// size of the published JSON object {"t":…,"pad":"…"} in bytes
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    #[arg(long, default_value = "bench")]
+    channel: String,
+    /// generator event-loop threads (the publisher has its own)
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// client connections per source address (127.0.0.2, 127.0.0.3, …)
+    #[arg(long, default_value_t = 2_000)]
+    per_source: usize,
+    /// connections being set up at once (all threads together)
+    #[arg(long, default_value_t = 512)]
+    connect_concurrency: usize,
+    /// attempts per connection before it counts as failed
+    #[arg(long, default_value_t = 3)]
+    connect_attempts: u32,
+    /// seconds an attempt may take from connect() to a ready stream
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// idle: seconds to wait for the server RSS to stop changing
+    #[arg(long, default_value_t = 30.0)]
+    settle_timeout: f64,
+    /// fanout: seconds to wait after the last publish for deliveries to arrive
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// hard deadline per scenario (seconds)
+    #[arg(long, default_value_t = 240.0)]
+    deadline: f64,
+    /// also append the JSON result lines to this file
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+    /// run the whole scenario list this many times against the same server (shows RSS growth)
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// check the parsers and the histogram, then exit (no network)
+    #[arg(long)]
+    self_test: bool,
+    /// passed by `cargo bench`; ignored
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn default_redix_bin() -> PathBuf {
+    PathBuf::from(option_env!("CARGO_BIN_EXE_redix").unwrap_or("target/release/redix"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Relaxed);
+}
+
+fn install_signal_handlers() {
+    let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    unsafe {
+        libc::signal(libc::SIGINT, h);
+        libc::signal(libc::SIGTERM, h);
+        libc::signal(libc::SIGHUP, h);
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Relaxed)
+}
+
+fn raise_nofile() -> u64 {
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            if r.rlim_cur < r.rlim_max {
+                r.rlim_cur = r.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+            }
+            return r.rlim_cur as u64;
+        }
+    }
+    0
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    let last = hay.len() - needle.len();
+    let mut i = 0;
+    while i <= last {
+        match hay[i..=last].iter().position(|&b| b == first) {
+            None => return None,
+            Some(p) => {
+                i += p;
+                if &hay[i..i + needle.len()] == needle {
+                    return Some(i);
+                }
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+/// Position of the first `byte`, a word (8 bytes) at a time.
+#[inline]
+fn find_byte(s: &[u8], byte: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pat = LO * byte as u64;
+    let mut i = 0;
+    while i + 8 <= s.len() {
+        let w = u64::from_le_bytes(s[i..i + 8].try_into().unwrap()) ^ pat;
+        let z = w.wrapping_sub(LO) & !w & HI;
+        if z != 0 {
+            return Some(i + (z.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    s[i..].iter().position(|&b| b == byte).map(|p| i + p)
+}
+
+#[inline]
+fn find_nl(s: &[u8]) -> Option<usize> {
+    find_byte(s, b'\n')
+}
+
+/// The value of `"t":<digits>` in a data line (hops from colon to colon).
+#[inline]
+fn parse_t(line: &[u8]) -> Option<u64> {
+    let mut i = 0;
+    let p = loop {
+        let j = i + find_byte(&line[i..], b':')?;
+        if j >= 3 && &line[j - 3..j] == b"\"t\"" {
+            break j + 1;
+        }
+        i = j + 1;
+    };
+    let mut v: u64 = 0;
+    let mut any = false;
+    for &b in &line[p..] {
+        match b {
+            b'0'..=b'9' => {
+                v = v.wrapping_mul(10).wrapping_add((b - b'0') as u64);
+                any = true;
+            }
+            b' ' if !any => {}
+            _ => break,
+        }
+    }
+    any.then_some(v)
+}
+
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn thousands(v: f64) -> String {
+    let neg = v < 0.0;
+    let s = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if neg {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+// ---------------------------------------------------------------------------------------------
+
+fn rss_kib(pid: i32) -> Res<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("read /proc/{pid}/status: {e}"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status (the process has exited)"))
+}
+
+/// Fields after the `(comm)` of /proc/PID/stat; index 0 is field 3 (state).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// utime + stime of the whole process (all threads), in clock ticks.
+fn cpu_ticks(pid: i32) -> Res<u64> {
+    let f = stat_fields(pid).ok_or_else(|| format!("cannot read /proc/{pid}/stat"))?;
+    let u: u64 = f.get(11).and_then(|v| v.parse().ok()).ok_or("bad utime")?;
+    let s: u64 = f.get(12).and_then(|v| v.parse().ok()).ok_or("bad stime")?;
+    Ok(u + s)
+}
+
+/// (busy, total) jiffies of the whole box, from the `cpu` line of /proc/stat.
+fn box_cpu() -> (u64, u64) {
+    let s = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn box_busy_pct(a: (u64, u64), b: (u64, u64)) -> f64 {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    if b.1 > a.1 {
+        (b.0 - a.0) as f64 / (b.1 - a.1) as f64 * 100.0 * cores
+    } else {
+        0.0
+    }
+}
+
+fn clk_tck() -> f64 {
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    match stat_fields(pid) {
+        Some(f) => f.first().map(|s| s != "Z" && s != "X").unwrap_or(false),
+        None => false,
+    }
+}
+
+fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn children_of(ppid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat_fields(p).and_then(|f| f.get(1)?.parse::<i32>().ok()) == Some(ppid))
+        .collect()
+}
+
+/// Processes holding a listening TCP socket bound to `addr`.
+fn listening_pids(addr: SocketAddrV4) -> Vec<i32> {
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from(*addr.ip()).swap_bytes(),
+        addr.port()
+    );
+    let mut inodes = Vec::new();
+    if let Ok(t) = fs::read_to_string("/proc/net/tcp") {
+        for l in t.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 9 && f[1] == want && f[3] == "0A" {
+                inodes.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    let mut pids = Vec::new();
+    if inodes.is_empty() {
+        return pids;
+    }
+    for p in all_pids() {
+        if let Ok(d) = fs::read_dir(format!("/proc/{p}/fd")) {
+            let hit = d.filter_map(|e| e.ok()).any(|e| {
+                fs::read_link(e.path())
+                    .map(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+                    .unwrap_or(false)
+            });
+            if hit {
+                pids.push(p);
+            }
+        }
+    }
+    pids
+}
+
+fn nginx_worker_of(master: i32) -> Vec<i32> {
+    children_of(master)
+        .into_iter()
+        .filter(|&p| cmdline(p).contains("worker process"))
+        .collect()
+}
+
+fn tail_file(p: &Path, lines: usize) -> String {
+    let s = fs::read_to_string(p).unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Latency histogram: log-linear, 32 sub-buckets per power of two (≤ 3.2 % bucket width), in µs
+// ---------------------------------------------------------------------------------------------
+
+const SUB_BITS: u32 = 5;
+const SUB: u64 = 1 << SUB_BITS;
+const NBUCKETS: usize = 64 * SUB as usize;
+
+#[derive(Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    n: u64,
+    sum: u128,
+    max: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            counts: vec![0; NBUCKETS],
+            n: 0,
+            sum: 0,
+            max: 0,
+        }
+    }
+    #[inline]
+    fn index(v: u64) -> usize {
+        if v < 2 * SUB {
+            v as usize
+        } else {
+            let msb = 63 - v.leading_zeros();
+            let e = msb - SUB_BITS;
+            ((e as u64 * SUB + (v >> e)) as usize).min(NBUCKETS - 1)
+        }
+    }
+    /// Highest value that falls into bucket `i`.
+    fn upper(i: usize) -> u64 {
+        let i = i as u64;
+        if i < 2 * SUB {
+            i
+        } else {
+            let e = i / SUB - 1;
+            let top = i % SUB + SUB;
+            ((top + 1) << e) - 1
+        }
+    }
+    #[inline]
+    fn record(&mut self, v: u64) {
+        self.counts[Self::index(v)] += 1;
+        self.n += 1;
+        self.sum += v as u128;
+        if v > self.max {
+            self.max = v;
+        }
+    }
+    fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a += b;
+        }
+        self.n += o.n;
+        self.sum += o.sum;
+        self.max = self.max.max(o.max);
+    }
+    fn percentile(&self, p: f64) -> u64 {
+        if self.n == 0 {
+            return 0;
+        }
+        let target = ((p / 100.0) * self.n as f64).ceil().max(1.0) as u64;
+        let mut c = 0;
+        for (i, &k) in self.counts.iter().enumerate() {
+            c += k;
+            if c >= target {
+                return Self::upper(i).min(self.max);
+            }
+        }
+        self.max
+    }
+    fn mean(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.n as f64
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Redix,
+    Nchan,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Redix => "redix",
+            Kind::Nchan => "nchan",
+        }
+    }
+}
+
+struct Server {
+    kind: Kind,
+    addr: SocketAddr,
+    /// the process measured (redix itself, or the nginx worker)
+    pid: i32,
+    /// what we started: redix, or the nginx master (run with `daemon off`)
+    child: Option<Child>,
+    extra_pids: Vec<i32>,
+    dir: Option<PathBuf>,
+    log: Option<PathBuf>,
+    note: String,
+    stopped: bool,
+}
+
+fn pdeathsig(cmd: &mut Command) {
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+impl Server {
+    fn start(kind: Kind, a: &Args) -> Res<Server> {
+        match kind {
+            Kind::Redix => Self::start_redix(a),
+            Kind::Nchan => Self::start_nchan(a),
+        }
+    }
+
+    fn start_redix(a: &Args) -> Res<Server> {
+        let bin = &a.redix_bin;
+        if !bin.exists() {
+            return Err(format!(
+                "redix binary {} not found (cwd {}); build it first: cargo build --release",
+                bin.display(),
+                std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default()
+            ));
+        }
+        // Next to the binary (target/release/redix-load.stderr), overwritten by each run.
+        let log = bin
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("redix-load.stderr");
+        let errf = fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            &a.redix_workers.to_string(),
+            "--sse-per-ip",
+            "1000000",
+        ])
+        .args(&a.redix_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(errf));
+        // Quiet logs (redix reads REDIX_LOG) unless the caller chose a level.
+        for var in ["REDIX_LOG", "RUST_LOG"] {
+            if std::env::var_os(var).is_none() {
+                cmd.env(var, "warn");
+            }
+        }
+        pdeathsig(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let pid = child.id() as i32;
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = crossbeam_channel::bounded::<SocketAddr>(1);
+        // Reads the "listening" line, then keeps draining stdout so the pipe never fills.
+        thread::Builder::new()
+            .name("redix-stdout".into())
+            .spawn(move || {
+                let mut sent = false;
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if !sent {
+                        if let Some(rest) = line.trim().strip_prefix("redix listening on ") {
+                            if let Ok(addr) = rest.trim().parse::<SocketAddr>() {
+                                let _ = tx.send(addr);
+                                sent = true;
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let mut srv = Server {
+            kind: Kind::Redix,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            pid,
+            child: Some(child),
+            extra_pids: vec![],
+            dir: None,
+            log: Some(log.clone()),
+            note: format!(
+                "started {} (pid {pid}), stderr in {}",
+                bin.display(),
+                log.display()
+            ),
+            stopped: false,
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(addr) => {
+                    srv.addr = addr;
+                    break;
+                }
+                Err(_) => {
+                    srv.check_alive()?;
+                    if Instant::now() > until || interrupted() {
+                        return Err(format!(
+                            "redix did not print 'redix listening on ADDR' within 20 s; stderr tail:\n{}",
+                            tail_file(&log, 20)
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(srv)
+    }
+
+    fn nchan_conf_template(a: &Args) -> Res<PathBuf> {
+        if let Some(p) = &a.nchan_conf {
+            return Ok(p.clone());
+        }
+        for c in [
+            "../shared/peers/nchan.conf",
+            "shared/peers/nchan.conf",
+            "/work/shared/peers/nchan.conf",
+        ] {
+            if Path::new(c).exists() {
+                return Ok(PathBuf::from(c));
+            }
+        }
+        Err("nchan.conf template not found; pass --nchan-conf".into())
+    }
+
+    fn start_nchan(a: &Args) -> Res<Server> {
+        let addr = a.nchan_addr;
+        let up = StdTcpStream::connect_timeout(&addr.into(), Duration::from_millis(500)).is_ok();
+        if up && a.nchan_start != NchanStart::Always {
+            let pids = listening_pids(addr);
+            let workers: Vec<i32> = pids
+                .iter()
+                .copied()
+                .filter(|&p| cmdline(p).contains("worker process"))
+                .collect();
+            if workers.len() != 1 {
+                return Err(format!(
+                    "{addr} is up but I need exactly one nginx worker to measure; found processes {pids:?} \
+                     (workers {workers:?}); run nchan with worker_processes 1 or use --nchan-start always on another --nchan-addr"
+                ));
+            }
+            return Ok(Server {
+                kind: Kind::Nchan,
+                addr: addr.into(),
+                pid: workers[0],
+                child: None,
+                extra_pids: vec![],
+                dir: None,
+                log: None,
+                note: format!("using the nchan already on {addr} (worker pid {}; not started or stopped by me)", workers[0]),
+                stopped: false,
+            });
+        }
+        if up {
+            return Err(format!("--nchan-start always but {addr} is already taken"));
+        }
+        if a.nchan_start == NchanStart::Never {
+            return Err(format!("nothing listens on {addr} and --nchan-start never"));
+        }
+        let tpl = Self::nchan_conf_template(a)?;
+        let text = fs::read_to_string(&tpl).map_err(|e| format!("read {}: {e}", tpl.display()))?;
+        let conf = text
+            .replace("@WORKERS@", "1")
+            .replace("@NOFILE@", "19000")
+            .replace("127.0.0.1:8801", &addr.to_string());
+        let dir = std::env::temp_dir().join(format!("redix-load-nchan-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("tmp")).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        std::os::unix::fs::symlink("/usr/lib/nginx/modules", dir.join("modules"))
+            .map_err(|e| format!("symlink modules: {e}"))?;
+        fs::write(dir.join("nginx.conf"), conf).map_err(|e| format!("write nginx.conf: {e}"))?;
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&dir)
+            .status();
+        let log = dir.join("error.log");
+        let errf = fs::File::create(dir.join("nginx.stderr")).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&a.nginx_bin);
+        cmd.arg("-p")
+            .arg(&dir)
+            .args(["-e", "error.log", "-c", "nginx.conf", "-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(errf));
+        pdeathsig(&mut cmd);
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "spawn {}: {e} (apt-get install -y nginx-light libnginx-mod-nchan)",
+                a.nginx_bin.display()
+            )
+        })?;
+        let master = child.id() as i32;
+        let mut srv = Server {
+            kind: Kind::Nchan,
+            addr: addr.into(),
+            pid: master,
+            child: Some(child),
+            extra_pids: vec![],
+            dir: Some(dir.clone()),
+            log: Some(log.clone()),
+            note: String::new(),
+            stopped: false,
+        };
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            srv.check_alive().map_err(|e| {
+                format!(
+                    "{e}\nnginx stderr: {}",
+                    tail_file(&dir.join("nginx.stderr"), 10)
+                )
+            })?;
+            let workers = nginx_worker_of(master);
+            if workers.len() == 1
+                && StdTcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok()
+            {
+                srv.pid = workers[0];
+                srv.extra_pids = workers.clone();
+                srv.note = format!(
+                    "started nginx+nchan master {master}, worker {} in {}",
+                    workers[0],
+                    dir.display()
+                );
+                return Ok(srv);
+            }
+            if Instant::now() > until || interrupted() {
+                return Err(format!(
+                    "nginx did not come up on {addr} within 15 s; error.log:\n{}",
+                    tail_file(&log, 10)
+                ));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn check_alive(&mut self) -> Res<()> {
+        let dead = !alive(self.pid);
+        if let Some(c) = &mut self.child {
+            for _ in 0..if dead { 10 } else { 1 } {
+                if let Ok(Some(st)) = c.try_wait() {
+                    let tail = self
+                        .log
+                        .as_deref()
+                        .map(|p| tail_file(p, 30))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "{} exited unexpectedly ({st}); log tail:\n{tail}",
+                        self.kind.name()
+                    ));
+                }
+                if dead {
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        if dead {
+            return Err(format!("{} process {} is gone", self.kind.name(), self.pid));
+        }
+        Ok(())
+    }
+
+    fn sse_request(&self, channel: &str) -> Vec<u8> {
+        let path = match self.kind {
+            Kind::Redix => format!("/api/stream?channels={channel}"),
+            Kind::Nchan => format!("/sub/{channel}"),
+        };
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+            self.addr
+        )
+        .into_bytes()
+    }
+
+    /// Stops what we started. Returns how it ended.
+    fn stop(&mut self) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.stopped = true;
+        let mut msg = String::from("left running (not started by the generator)");
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id() as i32;
+            msg = match c.try_wait() {
+                Ok(Some(st)) => {
+                    format!("had already exited ({st}) before the generator stopped it")
+                }
+                _ => {
+                    let t0 = Instant::now();
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                    loop {
+                        if let Ok(Some(st)) = c.try_wait() {
+                            break format!(
+                                "SIGTERM → exited ({st}) in {} ms",
+                                t0.elapsed().as_millis()
+                            );
+                        }
+                        if t0.elapsed() > Duration::from_secs(10) {
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                            let st = c.wait().map(|s| s.to_string()).unwrap_or_default();
+                            break format!("did not exit within 10 s of SIGTERM; SIGKILLed ({st})");
+                        }
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            };
+        }
+        for &p in &self.extra_pids {
+            let t0 = Instant::now();
+            while alive(p) && t0.elapsed() < Duration::from_secs(3) {
+                thread::sleep(Duration::from_millis(20));
+            }
+            if alive(p) {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        if let Some(d) = self.dir.take() {
+            let _ = fs::remove_dir_all(d);
+        }
+        msg
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client connections: one mio loop per generator thread
+// ---------------------------------------------------------------------------------------------
+
+/// Hands out loopback source addresses 127.0.0.2, 127.0.0.3, …, never reusing one within a run
+/// (so TIME_WAIT from an earlier scenario never gets in the way).
+struct SrcAlloc {
+    next: u32,
+}
+
+impl SrcAlloc {
+    fn take(&mut self) -> Ipv4Addr {
+        loop {
+            let v = 0x7f00_0000u32 + self.next;
+            self.next += 1;
+            let low = v & 0xff;
+            if low != 0 && low != 255 && v != 0x7f00_0001 {
+                return Ipv4Addr::from(v);
+            }
+        }
+    }
+}
+
+struct Shared {
+    stop: AtomicBool,
+    base: Instant,
+    ready: AtomicUsize,
+    failed: AtomicUsize,
+    dropped: AtomicUsize,
+    retries: AtomicUsize,
+    events: AtomicU64,
+    stale: AtomicU64,
+    bytes: AtomicU64,
+    /// ns since `base` when the last connection became ready
+    last_ready_ns: AtomicU64,
+    /// unix ns of the last counted delivery
+    last_recv_ns: AtomicU64,
+    /// events whose "t" is older than this are counted as stale, not as deliveries
+    pub_start_ns: AtomicU64,
+    first_err: Mutex<Option<String>>,
+    errors: AtomicUsize,
+}
+
+impl Shared {
+    fn err(&self, e: String) {
+        self.errors.fetch_add(1, Relaxed);
+        let mut g = self.first_err.lock().unwrap();
+        if g.is_none() {
+            *g = Some(e);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct WorkerCfg {
+    server: SocketAddr,
+    req: Arc<Vec<u8>>,
+    srcs: Vec<Ipv4Addr>,
+    need_retry: bool,
+    concurrency: usize,
+    attempts: u32,
+    connect_timeout: Duration,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum St {
+    Idle,
+    Connecting,
+    Sending(usize),
+    Headers,
+    Body,
+}
+
+#[derive(Clone, Copy)]
+enum ChSt {
+    Size,
+    Ext,
+    Data(u64),
+    DataCr,
+    DataLf,
+    Done,
+}
+
+/// Transfer-Encoding: chunked decoder (neither server is expected to use it; handled anyway).
+struct Chunked {
+    st: ChSt,
+    size: u64,
+}
+
+impl Chunked {
+    fn decode<'a>(&mut self, data: &'a [u8], mut out: impl FnMut(&'a [u8])) -> Result<(), String> {
+        let mut i = 0;
+        while i < data.len() {
+            match self.st {
+                ChSt::Size => {
+                    let b = data[i];
+                    i += 1;
+                    match b {
+                        b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                            self.size = self.size * 16 + (b as char).to_digit(16).unwrap() as u64;
+                        }
+                        b';' | b' ' | b'\r' => self.st = ChSt::Ext,
+                        b'\n' => self.end_size(),
+                        _ => return Err("bad chunk size".into()),
+                    }
+                }
+                ChSt::Ext => {
+                    if data[i] == b'\n' {
+                        self.end_size();
+                    }
+                    i += 1;
+                }
+                ChSt::Data(rem) => {
+                    let take = (rem as usize).min(data.len() - i);
+                    out(&data[i..i + take]);
+                    i += take;
+                    let rem = rem - take as u64;
+                    self.st = if rem == 0 {
+                        ChSt::DataCr
+                    } else {
+                        ChSt::Data(rem)
+                    };
+                }
+                ChSt::DataCr => {
+                    self.st = if data[i] == b'\n' {
+                        ChSt::Size
+                    } else {
+                        ChSt::DataLf
+                    };
+                    i += 1;
+                }
+                ChSt::DataLf => {
+                    if data[i] != b'\n' {
+                        return Err("bad chunk trailer".into());
+                    }
+                    self.st = ChSt::Size;
+                    i += 1;
+                }
+                ChSt::Done => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+    fn end_size(&mut self) {
+        self.st = if self.size == 0 {
+            ChSt::Done
+        } else {
+            ChSt::Data(self.size)
+        };
+        self.size = 0;
+    }
+}
+
+struct Conn {
+    sock: Option<TcpStream>,
+    st: St,
+    src: Ipv4Addr,
+    attempts: u32,
+    started: Instant,
+    hdr: Vec<u8>,
+    chunked: Option<Chunked>,
+    line: Vec<u8>,
+    pending_t: Option<u64>,
+    got_retry: bool,
+    ready: bool,
+}
+
+/// Per-thread counters, flushed to `Shared` once per loop iteration.
+struct Local {
+    hist: Histogram,
+    /// connect() → ready, per successful attempt, µs
+    setup: Histogram,
+    events: u64,
+    stale: u64,
+    bytes: u64,
+    last_recv: u64,
+    pub_start: u64,
+    now_ns: u64,
+}
+
+impl Local {
+    #[inline]
+    fn delivery(&mut self, t: u64) {
+        if t < self.pub_start {
+            self.stale += 1;
+        } else {
+            self.events += 1;
+            self.hist.record(self.now_ns.saturating_sub(t) / 1000);
+            self.last_recv = self.now_ns;
+        }
+    }
+}
+
+enum Outcome {
+    Continue,
+    /// (message, retryable)
+    Fail(String, bool),
+}
+
+impl Conn {
+    fn new(src: Ipv4Addr) -> Conn {
+        Conn {
+            sock: None,
+            st: St::Idle,
+            src,
+            attempts: 0,
+            started: Instant::now(),
+            hdr: Vec::new(),
+            chunked: None,
+            line: Vec::new(),
+            pending_t: None,
+            got_retry: false,
+            ready: false,
+        }
+    }
+
+    fn start(&mut self, tok: usize, server: SocketAddr, reg: &Registry) -> io::Result<()> {
+        let s = Socket::new(
+            Domain::IPV4,
+            Type::STREAM.nonblocking(),
+            Some(Protocol::TCP),
+        )?;
+        s.set_tcp_nodelay(true)?;
+        s.bind(&SockAddr::from(SocketAddrV4::new(self.src, 0)))?;
+        match s.connect(&SockAddr::from(server)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let mut ms = TcpStream::from_std(s.into());
+        reg.register(&mut ms, Token(tok), Interest::READABLE | Interest::WRITABLE)?;
+        self.sock = Some(ms);
+        self.st = St::Connecting;
+        self.started = Instant::now();
+        self.hdr.clear();
+        self.line.clear();
+        self.chunked = None;
+        self.pending_t = None;
+        self.got_retry = false;
+        Ok(())
+    }
+
+    fn close(&mut self, reg: &Registry, rst: bool) {
+        if let Some(mut s) = self.sock.take() {
+            let _ = reg.deregister(&mut s);
+            if rst {
+                let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            }
+        }
+        self.st = St::Idle;
+    }
+
+    /// `drain`: read until EOF/EAGAIN even after a short read (the event reported a hang-up or
+    /// an error, which no later edge would report again).
+    fn on_event(&mut self, req: &[u8], rbuf: &mut [u8], loc: &mut Local, drain: bool) -> Outcome {
+        loop {
+            let Some(sock) = self.sock.as_mut() else {
+                return Outcome::Continue;
+            };
+            match self.st {
+                St::Idle => return Outcome::Continue,
+                St::Connecting => {
+                    match sock.take_error() {
+                        Ok(Some(e)) | Err(e) => {
+                            return Outcome::Fail(format!("connect: {e}"), true)
+                        }
+                        Ok(None) => {}
+                    }
+                    match sock.peer_addr() {
+                        Ok(_) => self.st = St::Sending(0),
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                            return Outcome::Continue
+                        }
+                        Err(e) => return Outcome::Fail(format!("connect: {e}"), true),
+                    }
+                }
+                St::Sending(off) => match sock.write(&req[off..]) {
+                    Ok(n) if off + n == req.len() => self.st = St::Headers,
+                    Ok(n) => self.st = St::Sending(off + n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Outcome::Fail(format!("write request: {e}"), true),
+                },
+                St::Headers | St::Body => {
+                    return match sock.read(rbuf) {
+                        Ok(0) => Outcome::Fail("closed by server".into(), true),
+                        Ok(n) => {
+                            loc.bytes += n as u64;
+                            loc.now_ns = now_ns();
+                            if let Err(e) = self.feed(&rbuf[..n], loc) {
+                                return Outcome::Fail(e, false);
+                            }
+                            if n < rbuf.len() && !drain {
+                                // Short read: the receive queue is empty and edge-triggered epoll
+                                // reports the next arrival (data or FIN) as a new event, so skip the
+                                // read that would return EAGAIN. A FIN that had already arrived
+                                // shows in this event as read-closed, and then `drain` is set.
+                                Outcome::Continue
+                            } else {
+                                continue;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Outcome::Continue,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => Outcome::Fail(format!("read: {e}"), true),
+                    };
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, data: &[u8], loc: &mut Local) -> Result<(), String> {
+        if self.st == St::Headers {
+            self.hdr.extend_from_slice(data);
+            let Some(end) = find(&self.hdr, b"\r\n\r\n") else {
+                if self.hdr.len() > 16 * 1024 {
+                    return Err("response headers over 16 KiB".into());
+                }
+                return Ok(());
+            };
+            let head = String::from_utf8_lossy(&self.hdr[..end]).into_owned();
+            let status = head.lines().next().unwrap_or("");
+            if !(status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200")) {
+                return Err(format!("unexpected response: {status}"));
+            }
+            if header_value(&head, "transfer-encoding")
+                .map(|v| v.to_ascii_lowercase().contains("chunked"))
+                .unwrap_or(false)
+            {
+                self.chunked = Some(Chunked {
+                    st: ChSt::Size,
+                    size: 0,
+                });
+            }
+            let rest = self.hdr.split_off(end + 4);
+            self.hdr = Vec::new();
+            self.st = St::Body;
+            return self.feed_body(&rest, loc);
+        }
+        self.feed_body(data, loc)
+    }
+
+    fn feed_body(&mut self, data: &[u8], loc: &mut Local) -> Result<(), String> {
+        if let Some(mut ch) = self.chunked.take() {
+            let mut res = Ok(());
+            let r = ch.decode(data, |piece| {
+                if res.is_ok() {
+                    res = self.feed_sse(piece, loc);
+                }
+            });
+            self.chunked = Some(ch);
+            r?;
+            return res;
+        }
+        self.feed_sse(data, loc)
+    }
+
+    /// Incremental SSE parser: lines end in \n (optional \r), an event ends at a blank line.
+    fn feed_sse(&mut self, data: &[u8], loc: &mut Local) -> Result<(), String> {
+        let mut start = 0;
+        while start < data.len() {
+            match find_nl(&data[start..]) {
+                Some(p) => {
+                    let end = start + p;
+                    if self.line.is_empty() {
+                        self.line_done(&data[start..end], loc);
+                    } else {
+                        self.line.extend_from_slice(&data[start..end]);
+                        let l = std::mem::take(&mut self.line);
+                        self.line_done(&l, loc);
+                        self.line = l;
+                        self.line.clear();
+                    }
+                    start = end + 1;
+                }
+                None => {
+                    self.line.extend_from_slice(&data[start..]);
+                    if self.line.len() > 1 << 20 {
+                        return Err("SSE line over 1 MiB".into());
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn line_done(&mut self, line: &[u8], loc: &mut Local) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if let Some(t) = self.pending_t.take() {
+                loc.delivery(t);
+            }
+            return;
+        }
+        match line[0] {
+            b'd' if self.pending_t.is_none() && line.starts_with(b"data:") => {
+                self.pending_t = parse_t(line)
+            }
+            b'r' if line.starts_with(b"retry:") => self.got_retry = true,
+            _ => {}
+        }
+    }
+}
+
+fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
+    let mut loc = Local {
+        hist: Histogram::new(),
+        setup: Histogram::new(),
+        events: 0,
+        stale: 0,
+        bytes: 0,
+        last_recv: 0,
+        pub_start: u64::MAX,
+        now_ns: 0,
+    };
+    let n = cfg.srcs.len();
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            sh.err(format!("epoll: {e}"));
+            sh.failed.fetch_add(n, Relaxed);
+            return (loc.hist, loc.setup);
+        }
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut conns: Vec<Conn> = cfg.srcs.iter().map(|&s| Conn::new(s)).collect();
+    let mut queue: VecDeque<usize> = (0..n).collect();
+    let mut in_flight = 0usize;
+    let mut rbuf = vec![0u8; 64 * 1024];
+    let mut last_scan = Instant::now();
+    let (mut ready, mut failed, mut dropped, mut retries) = (0usize, 0usize, 0usize, 0usize);
+    let mut last_ready = 0u64;
+
+    // A connection attempt went wrong: retry it (bounded) or count it as failed.
+    macro_rules! attempt_failed {
+        ($i:expr, $msg:expr, $retryable:expr) => {{
+            let i = $i;
+            let c = &mut conns[i];
+            c.close(poll.registry(), true);
+            c.attempts += 1;
+            if $retryable && c.attempts < cfg.attempts {
+                retries += 1;
+                queue.push_back(i);
+            } else {
+                failed += 1;
+                sh.err(format!(
+                    "connection from {} failed after {} attempt(s): {}",
+                    c.src, c.attempts, $msg
+                ));
+            }
+        }};
+    }
+
+    while !sh.stop.load(Relaxed) && !interrupted() {
+        while in_flight < cfg.concurrency {
+            let Some(i) = queue.pop_front() else { break };
+            match conns[i].start(i, cfg.server, poll.registry()) {
+                Ok(()) => in_flight += 1,
+                Err(e) => attempt_failed!(i, format!("socket/bind/connect: {e}"), true),
+            }
+        }
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                sh.err(format!("poll: {e}"));
+                break;
+            }
+        }
+        loc.pub_start = sh.pub_start_ns.load(Relaxed);
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let c = &mut conns[i];
+            if c.sock.is_none() {
+                continue;
+            }
+            let drain = ev.is_read_closed() || ev.is_error();
+            match c.on_event(&cfg.req, &mut rbuf, &mut loc, drain) {
+                Outcome::Continue => {
+                    if !c.ready && c.st == St::Body && (!cfg.need_retry || c.got_retry) {
+                        c.ready = true;
+                        loc.setup.record(c.started.elapsed().as_micros() as u64);
+                        in_flight -= 1;
+                        ready += 1;
+                        last_ready = sh.base.elapsed().as_nanos() as u64;
+                    }
+                }
+                Outcome::Fail(msg, retryable) => {
+                    if c.ready {
+                        c.close(poll.registry(), true);
+                        dropped += 1;
+                        sh.err(format!(
+                            "stream from {} ended after it was ready: {msg}",
+                            c.src
+                        ));
+                    } else {
+                        in_flight -= 1;
+                        attempt_failed!(i, msg, retryable);
+                    }
+                }
+            }
+        }
+        if last_scan.elapsed() > Duration::from_millis(250) {
+            last_scan = Instant::now();
+            for i in 0..n {
+                let c = &conns[i];
+                if c.sock.is_some() && !c.ready && c.started.elapsed() > cfg.connect_timeout {
+                    let what = match c.st {
+                        St::Connecting => "TCP connect",
+                        St::Sending(_) => "sending the request",
+                        St::Headers => "response headers",
+                        _ => "the first `retry:` line",
+                    };
+                    in_flight -= 1;
+                    attempt_failed!(
+                        i,
+                        format!(
+                            "timed out after {:?} waiting for {what}",
+                            cfg.connect_timeout
+                        ),
+                        true
+                    );
+                }
+            }
+        }
+        // flush counters
+        if ready > 0 {
+            sh.ready.fetch_add(ready, Relaxed);
+            sh.last_ready_ns.fetch_max(last_ready, Relaxed);
+            ready = 0;
+        }
+        if failed > 0 {
+            sh.failed.fetch_add(failed, Relaxed);
+            failed = 0;
+        }
+        if dropped > 0 {
+            sh.dropped.fetch_add(dropped, Relaxed);
+            dropped = 0;
+        }
+        if retries > 0 {
+            sh.retries.fetch_add(retries, Relaxed);
+            retries = 0;
+        }
+        if loc.events > 0 {
+            sh.events.fetch_add(loc.events, Relaxed);
+            sh.last_recv_ns.fetch_max(loc.last_recv, Relaxed);
+            loc.events = 0;
+        }
+        if loc.stale > 0 {
+            sh.stale.fetch_add(loc.stale, Relaxed);
+            loc.stale = 0;
+        }
+        if loc.bytes > 0 {
+            sh.bytes.fetch_add(loc.bytes, Relaxed);
+            loc.bytes = 0;
+        }
+    }
+    // Reset rather than FIN: no TIME_WAIT left behind on either side.
+    for c in conns.iter_mut() {
+        c.close(poll.registry(), true);
+    }
+    (loc.hist, loc.setup)
+}
+
+/// A set of SSE connections spread over the generator threads.
+struct ConnSet {
+    sh: Arc<Shared>,
+    handles: Vec<JoinHandle<(Histogram, Histogram)>>,
+    n: usize,
+}
+
+impl ConnSet {
+    fn start(srv: &Server, a: &Args, n: usize, srcs: &mut SrcAlloc) -> Res<ConnSet> {
+        let threads = a.threads.max(1);
+        let per_source = a.per_source.max(1);
+        let sh = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            base: Instant::now(),
+            ready: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+            events: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last_ready_ns: AtomicU64::new(0),
+            last_recv_ns: AtomicU64::new(0),
+            pub_start_ns: AtomicU64::new(u64::MAX),
+            first_err: Mutex::new(None),
+            errors: AtomicUsize::new(0),
+        });
+        let mut per_thread: Vec<Vec<Ipv4Addr>> = vec![Vec::new(); threads];
+        let mut src = srcs.take();
+        for i in 0..n {
+            if i > 0 && i % per_source == 0 {
+                src = srcs.take();
+            }
+            per_thread[i % threads].push(src);
+        }
+        let req = Arc::new(srv.sse_request(&a.channel));
+        let mut handles = Vec::new();
+        for (t, list) in per_thread.into_iter().enumerate() {
+            let cfg = WorkerCfg {
+                server: srv.addr,
+                req: req.clone(),
+                srcs: list,
+                need_retry: srv.kind == Kind::Redix,
+                concurrency: (a.connect_concurrency / threads).max(1),
+                attempts: a.connect_attempts.max(1),
+                connect_timeout: Duration::from_secs_f64(a.connect_timeout),
+            };
+            let sh2 = sh.clone();
+            let h = thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || worker(cfg, sh2))
+                .map_err(|e| format!("spawn thread: {e}"))?;
+            handles.push(h);
+        }
+        Ok(ConnSet { sh, handles, n })
+    }
+
+    fn settled(&self) -> usize {
+        self.sh.ready.load(Relaxed) + self.sh.failed.load(Relaxed)
+    }
+
+    /// Waits until every connection is ready or has failed for good.
+    fn wait_ready(&self, srv: &mut Server, deadline: Instant) -> Res<()> {
+        loop {
+            if self.settled() >= self.n {
+                return Ok(());
+            }
+            srv.check_alive()?;
+            if interrupted() {
+                return Err("interrupted".into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "scenario deadline: only {} of {} connections ready",
+                    self.sh.ready.load(Relaxed),
+                    self.n
+                ));
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Stops the threads (closing every connection); returns the latency and setup histograms.
+    fn finish(mut self) -> (Histogram, Histogram) {
+        self.sh.stop.store(true, Relaxed);
+        let (mut h, mut su) = (Histogram::new(), Histogram::new());
+        for j in self.handles.drain(..) {
+            if let Ok((x, y)) = j.join() {
+                h.merge(&x);
+                su.merge(&y);
+            }
+        }
+        (h, su)
+    }
+
+    fn first_err(&self) -> Option<String> {
+        self.sh.first_err.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ConnSet {
+    fn drop(&mut self) {
+        self.sh.stop.store(true, Relaxed);
+        for j in self.handles.drain(..) {
+            let _ = j.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publisher: keep-alive HTTP/1.1 client on its own thread, deadline-based (open-loop) pacing
+// ---------------------------------------------------------------------------------------------
+//
+// Event i is due at start + i/rate. It goes out on an idle keep-alive connection; when every
+// open connection still waits for its response, another is opened (up to --pub-conns), so a
+// server that answers publishes slowly still gets the requested rate offered. When all
+// --pub-conns are busy the event waits (reported as pacing lag); whatever is not sent within
+// the run's duration is reported as unsent.
+
+struct PubCfg {
+    kind: Kind,
+    addr: SocketAddr,
+    channel: String,
+    rate: f64,
+    duration: Duration,
+    payload_bytes: usize,
+    max_conns: usize,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+struct PubOut {
+    planned: u64,
+    sent: u64,
+    ok: u64,
+    errors: u64,
+    first_err: Option<String>,
+    elapsed: Duration,
+    max_lag: Duration,
+    rtt: Histogram,
+    connects: u64,
+    max_in_flight: usize,
+}
+
+fn publish_request(c: &PubCfg, t: u64) -> Vec<u8> {
+    // {"t":<19 digits>,"pad":"…"} sized to payload_bytes
+    let fixed = format!("{{\"t\":{t},\"pad\":\"\"}}").len();
+    let pad = "x".repeat(c.payload_bytes.saturating_sub(fixed));
+    let inner = format!("{{\"t\":{t},\"pad\":\"{pad}\"}}");
+    let (path, body) = match c.kind {
+        Kind::Redix => (
+            "/api/publish".to_string(),
+            format!("{{\"channel\":{},\"data\":{inner}}}", json!(c.channel)),
+        ),
+        Kind::Nchan => (format!("/pub?id={}", c.channel), inner),
+    };
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        c.addr,
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// One complete response at the start of `buf`: Some(Ok((bytes consumed, status, must close))).
+/// Bodies framed by Content-Length or chunked; anything else is read until EOF (`eof`).
+fn parse_response(buf: &[u8], eof: bool) -> Option<Result<(usize, u16, bool), String>> {
+    let end = match find(buf, b"\r\n\r\n") {
+        Some(e) => e,
+        None if buf.len() > 64 * 1024 => return Some(Err("response headers over 64 KiB".into())),
+        None => return None,
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let Some(status) = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u16>().ok())
+    else {
+        return Some(Err(format!(
+            "bad status line: {}",
+            head.lines().next().unwrap_or("")
+        )));
+    };
+    let close = header_value(&head, "connection")
+        .map(|v| v.eq_ignore_ascii_case("close"))
+        .unwrap_or(false)
+        || head.starts_with("HTTP/1.0");
+    let body = end + 4;
+    if let Some(cl) = header_value(&head, "content-length") {
+        let Ok(cl) = cl.parse::<usize>() else {
+            return Some(Err("bad content-length".into()));
+        };
+        return (buf.len() >= body + cl).then_some(Ok((body + cl, status, close)));
+    }
+    if header_value(&head, "transfer-encoding")
+        .map(|v| v.to_ascii_lowercase().contains("chunked"))
+        .unwrap_or(false)
+    {
+        return find(&buf[body..], b"0\r\n\r\n").map(|e| Ok((body + e + 5, status, close)));
+    }
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        return Some(Ok((body, status, close)));
+    }
+    eof.then_some(Ok((buf.len(), status, true)))
+}
+
+struct PubConn {
+    sock: TcpStream,
+    connected: bool,
+    /// request bytes not yet written
+    out: Vec<u8>,
+    inbuf: Vec<u8>,
+    /// a request is outstanding, sent at this instant
+    busy: Option<Instant>,
+}
+
+fn publisher(c: PubCfg) -> PubOut {
+    let planned = (c.rate * c.duration.as_secs_f64()).round() as u64;
+    let mut out = PubOut {
+        planned,
+        sent: 0,
+        ok: 0,
+        errors: 0,
+        first_err: None,
+        elapsed: Duration::ZERO,
+        max_lag: Duration::ZERO,
+        rtt: Histogram::new(),
+        connects: 0,
+        max_in_flight: 0,
+    };
+    fn note(out: &mut PubOut, e: String) {
+        out.errors += 1;
+        if out.first_err.is_none() {
+            out.first_err = Some(e);
+        }
+    }
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            note(&mut out, format!("epoll: {e}"));
+            return out;
+        }
+    };
+    let mut events = Events::with_capacity(64);
+    let mut conns: Vec<Option<PubConn>> = (0..c.max_conns.max(1)).map(|_| None).collect();
+    let mut rbuf = vec![0u8; 16 * 1024];
+    let start = Instant::now();
+    let end = start + c.duration;
+    let mut next: u64 = 0;
+    // Outstanding responses are waited for this long after the publishing window.
+    let response_grace = Duration::from_secs(10);
+
+    // Pushes pending bytes; reads and completes responses. Returns false if the conn must go.
+    fn service(pc: &mut PubConn, rbuf: &mut [u8], out: &mut PubOut) -> Result<bool, String> {
+        if !pc.connected {
+            if let Ok(Some(e)) | Err(e) = pc.sock.take_error() {
+                return Err(format!("publish connect: {e}"));
+            }
+            match pc.sock.peer_addr() {
+                Ok(_) => pc.connected = true,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(true),
+                Err(e) => return Err(format!("publish connect: {e}")),
+            }
+        }
+        while !pc.out.is_empty() {
+            match pc.sock.write(&pc.out) {
+                Ok(n) => {
+                    pc.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("publish write: {e}")),
+            }
+        }
+        let mut eof = false;
+        loop {
+            match pc.sock.read(rbuf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => pc.inbuf.extend_from_slice(&rbuf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("publish read: {e}")),
+            }
+        }
+        let mut keep = !eof;
+        while !pc.inbuf.is_empty() {
+            match parse_response(&pc.inbuf, eof) {
+                None => break,
+                Some(Err(e)) => return Err(e),
+                Some(Ok((used, status, close))) => {
+                    pc.inbuf.drain(..used);
+                    if let Some(t0) = pc.busy.take() {
+                        out.rtt.record(t0.elapsed().as_micros() as u64);
+                        if (200..300).contains(&status) {
+                            out.ok += 1;
+                        } else {
+                            note(out, format!("publish answered HTTP {status}"));
+                        }
+                    }
+                    if close {
+                        keep = false;
+                    }
+                }
+            }
+        }
+        if eof && pc.busy.is_some() {
+            return Err("server closed the publish connection before answering".into());
+        }
+        Ok(keep)
+    }
+
+    loop {
+        let now = Instant::now();
+        let stopping = c.stop.load(Relaxed) || interrupted() || now > c.deadline;
+        // Send every event that is due, while a connection is free.
+        while !stopping && next < planned && now < end {
+            let due = start + Duration::from_nanos((next as f64 * 1e9 / c.rate) as u64);
+            if due > now {
+                break;
+            }
+            let slot = conns
+                .iter()
+                .position(|x| matches!(x, Some(pc) if pc.busy.is_none()))
+                .or_else(|| conns.iter().position(|x| x.is_none()));
+            let Some(k) = slot else { break };
+            if conns[k].is_none() {
+                out.connects += 1;
+                if out.connects > 20 * c.max_conns as u64 + 20 {
+                    note(
+                        &mut out,
+                        "too many publish connections failed; giving up".into(),
+                    );
+                    next = planned;
+                    break;
+                }
+                match StdTcpStream::connect_timeout(&c.addr, Duration::from_secs(2)) {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        let _ = s.set_nonblocking(true);
+                        let mut sock = TcpStream::from_std(s);
+                        if let Err(e) = poll.registry().register(
+                            &mut sock,
+                            Token(k),
+                            Interest::READABLE | Interest::WRITABLE,
+                        ) {
+                            note(&mut out, format!("register: {e}"));
+                            break;
+                        }
+                        conns[k] = Some(PubConn {
+                            sock,
+                            connected: true,
+                            out: Vec::new(),
+                            inbuf: Vec::new(),
+                            busy: None,
+                        });
+                    }
+                    Err(e) => {
+                        note(&mut out, format!("publish connect: {e}"));
+                        next += 1;
+                        continue;
+                    }
+                }
+            }
+            let pc = conns[k].as_mut().unwrap();
+            out.max_lag = out.max_lag.max(now.saturating_duration_since(due));
+            pc.out = publish_request(&c, now_ns());
+            pc.busy = Some(Instant::now());
+            out.sent += 1;
+            next += 1;
+            match service(pc, &mut rbuf, &mut out) {
+                Ok(true) => {}
+                Ok(false) => conns[k] = None,
+                Err(e) => {
+                    note(&mut out, e);
+                    conns[k] = None;
+                }
+            }
+        }
+        let in_flight = conns
+            .iter()
+            .filter(|x| matches!(x, Some(pc) if pc.busy.is_some()))
+            .count();
+        out.max_in_flight = out.max_in_flight.max(in_flight);
+        let now = Instant::now();
+        let sending_done = stopping || next >= planned || now >= end;
+        if sending_done && (in_flight == 0 || now >= end + response_grace || stopping) {
+            if in_flight > 0 {
+                note(
+                    &mut out,
+                    format!("{in_flight} publish request(s) unanswered at the end"),
+                );
+            }
+            break;
+        }
+        let mut timeout = Duration::from_millis(20);
+        if !sending_done && in_flight < conns.len() {
+            // A connection is free: sleep until the next event is due. (When every connection
+            // is busy, only a response can free one: wait for it instead of spinning.)
+            let due = start + Duration::from_nanos((next as f64 * 1e9 / c.rate) as u64);
+            timeout = timeout.min(due.saturating_duration_since(now));
+        }
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                note(&mut out, format!("poll: {e}"));
+                break;
+            }
+        }
+        for ev in events.iter() {
+            let k = ev.token().0;
+            let Some(pc) = conns[k].as_mut() else {
+                continue;
+            };
+            match service(pc, &mut rbuf, &mut out) {
+                Ok(true) => {}
+                Ok(false) => conns[k] = None,
+                Err(e) => {
+                    note(&mut out, e);
+                    conns[k] = None;
+                }
+            }
+        }
+    }
+    out.elapsed = c.duration;
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+fn wait_rss_stable(pid: i32, timeout: Duration) -> Res<(u64, f64, bool)> {
+    let t0 = Instant::now();
+    let mut window: VecDeque<u64> = VecDeque::new();
+    loop {
+        let r = rss_kib(pid)?;
+        window.push_back(r);
+        if window.len() > 5 {
+            window.pop_front();
+        }
+        // stable: 5 samples over 2 s within 64 KiB of each other
+        if window.len() == 5 {
+            let (lo, hi) = (window.iter().min().unwrap(), window.iter().max().unwrap());
+            if hi - lo <= 64 {
+                return Ok((r, t0.elapsed().as_secs_f64(), true));
+            }
+        }
+        if t0.elapsed() > timeout || interrupted() {
+            return Ok((r, t0.elapsed().as_secs_f64(), false));
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+}
+
+struct IdleResult {
+    round: usize,
+    conns: usize,
+    ready: usize,
+    failed: usize,
+    dropped: usize,
+    retries: usize,
+    setup_s: f64,
+    handshakes_per_s: f64,
+    rss_before: u64,
+    rss_after: u64,
+    settle_s: f64,
+    settled: bool,
+    per_conn_bytes: f64,
+    rss_closed: u64,
+    server_cpu_setup_ms: f64,
+    loadgen_cpu_setup_pct: f64,
+    setup_hist: Histogram,
+    concurrency: usize,
+    first_err: Option<String>,
+}
+
+fn run_idle(srv: &mut Server, a: &Args, srcs: &mut SrcAlloc, round: usize) -> Res<IdleResult> {
+    let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
+    let n = a.conns;
+    let pid = srv.pid;
+    eprintln!("[{}] idle: opening {n} SSE connections…", srv.kind.name());
+    let (rss_before, _, _) = wait_rss_stable(pid, Duration::from_secs(5))?;
+    let self_pid = std::process::id() as i32;
+    let (cpu0, self0, w0) = (cpu_ticks(pid)?, cpu_ticks(self_pid)?, Instant::now());
+    let set = ConnSet::start(srv, a, n, srcs)?;
+    set.wait_ready(srv, deadline)?;
+    let (cpu1, self1, wall) = (
+        cpu_ticks(pid)?,
+        cpu_ticks(self_pid)?,
+        w0.elapsed().as_secs_f64(),
+    );
+    let tck = clk_tck();
+    let sh = set.sh.clone();
+    let ready = sh.ready.load(Relaxed);
+    let failed = sh.failed.load(Relaxed);
+    let setup_s = sh.last_ready_ns.load(Relaxed) as f64 / 1e9;
+    eprintln!(
+        "[{}] idle: {ready} ready, {failed} failed in {setup_s:.3} s; waiting for RSS to settle…",
+        srv.kind.name()
+    );
+    let settle = Duration::from_secs_f64(a.settle_timeout)
+        .min(deadline.saturating_duration_since(Instant::now()));
+    let (rss_after, settle_s, settled) = wait_rss_stable(pid, settle)?;
+    srv.check_alive()?;
+    let dropped = sh.dropped.load(Relaxed);
+    let retries = sh.retries.load(Relaxed);
+    let first_err = set.first_err();
+    let (_, setup) = set.finish();
+    let settle = Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()));
+    let (rss_closed, _, _) = wait_rss_stable(pid, settle)?;
+    srv.check_alive()?;
+    if ready == 0 {
+        return Err(format!(
+            "no connection became ready: {}",
+            first_err.unwrap_or_default()
+        ));
+    }
+    Ok(IdleResult {
+        round,
+        conns: n,
+        ready,
+        failed,
+        dropped,
+        retries,
+        setup_s,
+        handshakes_per_s: if setup_s > 0.0 {
+            ready as f64 / setup_s
+        } else {
+            0.0
+        },
+        rss_before,
+        rss_after,
+        settle_s,
+        settled,
+        per_conn_bytes: (rss_after as f64 - rss_before as f64) * 1024.0 / ready as f64,
+        rss_closed,
+        server_cpu_setup_ms: (cpu1 - cpu0) as f64 * 1000.0 / tck,
+        loadgen_cpu_setup_pct: (self1 - self0) as f64 / tck / wall * 100.0,
+        setup_hist: setup,
+        concurrency: a.connect_concurrency,
+        first_err,
+    })
+}
+
+struct FanoutResult {
+    round: usize,
+    subs: usize,
+    ready: usize,
+    rate: f64,
+    duration: f64,
+    planned: u64,
+    sent: u64,
+    published_ok: u64,
+    publish_errors: u64,
+    publish_rate: f64,
+    pub_max_lag_us: u64,
+    pub_max_in_flight: usize,
+    pub_rtt_p50_us: u64,
+    pub_rtt_p99_us: u64,
+    expected: u64,
+    received: u64,
+    lost: u64,
+    extra: u64,
+    stale: u64,
+    dropped: usize,
+    deliveries_per_s: f64,
+    hist: Histogram,
+    cpu_ms: f64,
+    cpu_per_delivery_us: f64,
+    quiet_cpu_ms_per_s: f64,
+    window_s: f64,
+    rss_before: u64,
+    rss_end: u64,
+    loadgen_cpu_pct: f64,
+    /// whole box, in % of one core (200 % = both cores busy)
+    box_busy_pct: f64,
+    drain_s: f64,
+    first_err: Option<String>,
+}
+
+fn run_fanout(
+    srv: &mut Server,
+    a: &Args,
+    srcs: &mut SrcAlloc,
+    rate: f64,
+    round: usize,
+) -> Res<FanoutResult> {
+    let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
+    let name = srv.kind.name();
+    let pid = srv.pid;
+    let tck = clk_tck();
+    eprintln!("[{name}] fanout {rate}/s: opening {} subscribers…", a.subs);
+    let set = ConnSet::start(srv, a, a.subs, srcs)?;
+    set.wait_ready(srv, deadline)?;
+    let sh = set.sh.clone();
+    let ready = sh.ready.load(Relaxed);
+    if ready == 0 {
+        return Err(format!(
+            "no subscriber became ready: {}",
+            set.first_err().unwrap_or_default()
+        ));
+    }
+    thread::sleep(Duration::from_millis(500));
+    // Quiet baseline: server CPU with the subscribers connected and nothing published.
+    let q0 = (cpu_ticks(pid)?, Instant::now());
+    thread::sleep(Duration::from_secs(2));
+    let quiet_ms_per_s =
+        (cpu_ticks(pid)? - q0.0) as f64 * 1000.0 / tck / q0.1.elapsed().as_secs_f64();
+    let rss_before = rss_kib(pid)?;
+    let self_pid = std::process::id() as i32;
+    let cpu0 = cpu_ticks(pid)?;
+    let self0 = cpu_ticks(self_pid)?;
+    let box0 = box_cpu();
+    let w0 = Instant::now();
+    let pub_start = now_ns();
+    sh.pub_start_ns.store(pub_start, Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = PubCfg {
+        kind: srv.kind,
+        addr: srv.addr,
+        channel: a.channel.clone(),
+        rate,
+        duration: Duration::from_secs_f64(a.duration),
+        payload_bytes: a.payload_bytes,
+        max_conns: a.pub_conns,
+        deadline,
+        stop: stop.clone(),
+    };
+    eprintln!(
+        "[{name}] fanout {rate}/s: {ready} subscribers ready; publishing for {} s…",
+        a.duration
+    );
+    let ph = thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || publisher(cfg))
+        .map_err(|e| e.to_string())?;
+    while !ph.is_finished() {
+        if let Err(e) = srv.check_alive() {
+            stop.store(true, Relaxed);
+            let _ = ph.join();
+            return Err(e);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let p = ph
+        .join()
+        .map_err(|_| "publisher thread panicked".to_string())?;
+    let expected = p.ok * ready as u64;
+    // drain: until every delivery arrived, or no progress for 3 s, or the drain timeout
+    let d0 = Instant::now();
+    let drain_until = (d0 + Duration::from_secs_f64(a.drain_timeout)).min(deadline);
+    let (mut last, mut last_change) = (sh.events.load(Relaxed), Instant::now());
+    loop {
+        let ev = sh.events.load(Relaxed);
+        if ev >= expected || Instant::now() > drain_until || interrupted() {
+            break;
+        }
+        if ev != last {
+            last = ev;
+            last_change = Instant::now();
+        } else if last_change.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        srv.check_alive()?;
+        thread::sleep(Duration::from_millis(5));
+    }
+    let drain_s = d0.elapsed().as_secs_f64();
+    let cpu1 = cpu_ticks(pid)?;
+    let self1 = cpu_ticks(self_pid)?;
+    let box1 = box_cpu();
+    let wall = w0.elapsed().as_secs_f64();
+    let rss_end = rss_kib(pid)?;
+    srv.check_alive()?;
+    let first_err = set.first_err().or(p.first_err.clone());
+    let dropped = sh.dropped.load(Relaxed);
+    let stale = sh.stale.load(Relaxed);
+    let last_recv = sh.last_recv_ns.load(Relaxed);
+    let (hist, _) = set.finish();
+    let received = hist.n;
+    let cpu_ms = (cpu1 - cpu0) as f64 * 1000.0 / tck;
+    let span = (last_recv.saturating_sub(pub_start)) as f64 / 1e9;
+    Ok(FanoutResult {
+        round,
+        subs: a.subs,
+        ready,
+        rate,
+        duration: a.duration,
+        planned: p.planned,
+        sent: p.sent,
+        published_ok: p.ok,
+        publish_errors: p.errors,
+        publish_rate: p.sent as f64 / p.elapsed.as_secs_f64().max(1e-9),
+        pub_max_lag_us: p.max_lag.as_micros() as u64,
+        pub_max_in_flight: p.max_in_flight,
+        pub_rtt_p50_us: p.rtt.percentile(50.0),
+        pub_rtt_p99_us: p.rtt.percentile(99.0),
+        expected,
+        received,
+        lost: expected.saturating_sub(received),
+        extra: received.saturating_sub(expected),
+        stale,
+        dropped,
+        deliveries_per_s: if span > 0.0 {
+            received as f64 / span
+        } else {
+            0.0
+        },
+        cpu_ms,
+        cpu_per_delivery_us: if received > 0 {
+            cpu_ms * 1000.0 / received as f64
+        } else {
+            0.0
+        },
+        quiet_cpu_ms_per_s: quiet_ms_per_s,
+        window_s: wall,
+        rss_before,
+        rss_end,
+        loadgen_cpu_pct: (self1 - self0) as f64 / tck / wall * 100.0,
+        box_busy_pct: box_busy_pct(box0, box1),
+        drain_s,
+        hist,
+        first_err,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting
+// ---------------------------------------------------------------------------------------------
+
+fn idle_json(kind: Kind, r: &IdleResult) -> Value {
+    json!({
+        "bench": "load", "target": kind.name(), "scenario": "idle", "round": r.round,
+        "conns": r.conns, "ready": r.ready, "failed": r.failed, "dropped": r.dropped, "retries": r.retries,
+        "setup_s": round(r.setup_s, 4), "handshakes_per_s": r.handshakes_per_s.round(),
+        "rss_before_kib": r.rss_before, "rss_after_kib": r.rss_after, "rss_settled": r.settled,
+        "settle_s": round(r.settle_s, 1),
+        "rss_per_conn_bytes": r.per_conn_bytes.round(), "rss_per_conn_kib": round(r.per_conn_bytes / 1024.0, 3),
+        "rss_after_close_kib": r.rss_closed,
+        "server_cpu_setup_ms": round(r.server_cpu_setup_ms, 1),
+        "setup_latency_us": {"p50": r.setup_hist.percentile(50.0), "p99": r.setup_hist.percentile(99.0), "max": r.setup_hist.max}, "loadgen_cpu_setup_pct": r.loadgen_cpu_setup_pct.round(), "first_error": r.first_err,
+    })
+}
+
+fn fanout_json(kind: Kind, r: &FanoutResult) -> Value {
+    json!({
+        "bench": "load", "target": kind.name(), "scenario": "fanout", "round": r.round,
+        "subs": r.subs, "subs_ready": r.ready, "rate": r.rate, "duration_s": r.duration,
+        "planned": r.planned, "sent": r.sent, "published_ok": r.published_ok, "publish_errors": r.publish_errors,
+        "publish_rate": round(r.publish_rate, 1), "publish_max_lag_us": r.pub_max_lag_us, "publish_max_in_flight": r.pub_max_in_flight,
+        "publish_rtt_p50_us": r.pub_rtt_p50_us, "publish_rtt_p99_us": r.pub_rtt_p99_us,
+        "expected": r.expected, "received": r.received, "lost": r.lost, "extra": r.extra, "stale": r.stale,
+        "dropped_streams": r.dropped,
+        "deliveries_per_s": r.deliveries_per_s.round(),
+        "latency_us": {"p50": r.hist.percentile(50.0), "p90": r.hist.percentile(90.0),
+                       "p99": r.hist.percentile(99.0), "max": r.hist.max, "mean": r.hist.mean().round()},
+        "server_cpu_ms": round(r.cpu_ms, 1), "cpu_window_s": round(r.window_s, 2), "cpu_per_delivery_us": round(r.cpu_per_delivery_us, 3),
+        "server_quiet_cpu_ms_per_s": round(r.quiet_cpu_ms_per_s, 1),
+        "rss_before_kib": r.rss_before, "rss_end_kib": r.rss_end,
+        "loadgen_cpu_pct": r.loadgen_cpu_pct.round(), "box_busy_pct": r.box_busy_pct.round(),
+        "other_cpu_pct": (r.box_busy_pct - r.cpu_ms / r.window_s / 10.0 - r.loadgen_cpu_pct).max(0.0).round(), "drain_s": round(r.drain_s, 2),
+        "first_error": r.first_err,
+    })
+}
+
+fn round(v: f64, d: i32) -> f64 {
+    let m = 10f64.powi(d);
+    (v * m).round() / m
+}
+
+fn print_idle(kind: Kind, r: &IdleResult) {
+    let mut s = String::new();
+    let round = if r.round > 1 {
+        format!(" (round {})", r.round)
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "\n== {} idle: {} SSE connections to one channel{round} ==",
+        kind.name(),
+        r.conns
+    );
+    let _ = writeln!(
+        s,
+        "  ready               {} / {}   (failed {}, dropped later {}, retried attempts {})",
+        r.ready, r.conns, r.failed, r.dropped, r.retries
+    );
+    let _ = writeln!(
+        s,
+        "  setup               {:.3} s  →  {} handshakes/s (server CPU {:.0} ms, load generator {:.0} % of one core)",
+        r.setup_s,
+        thousands(r.handshakes_per_s),
+        r.server_cpu_setup_ms,
+        r.loadgen_cpu_setup_pct
+    );
+    let _ = writeln!(
+        s,
+        "  per connection      connect → ready p50 {} ms, p99 {} ms, max {} ms ({} at once)",
+        ms(r.setup_hist.percentile(50.0)),
+        ms(r.setup_hist.percentile(99.0)),
+        ms(r.setup_hist.max),
+        r.concurrency
+    );
+    let _ = writeln!(
+        s,
+        "  server RSS          before {} KiB, after {} KiB ({}settled after {:.1} s)",
+        thousands(r.rss_before as f64),
+        thousands(r.rss_after as f64),
+        if r.settled { "" } else { "NOT " },
+        r.settle_s
+    );
+    let _ = writeln!(
+        s,
+        "  RSS per idle conn   {} bytes = {:.2} KiB",
+        thousands(r.per_conn_bytes),
+        r.per_conn_bytes / 1024.0
+    );
+    let _ = writeln!(
+        s,
+        "  RSS after closing   {} KiB",
+        thousands(r.rss_closed as f64)
+    );
+    if let Some(e) = &r.first_err {
+        let _ = writeln!(s, "  first error         {e}");
+    }
+    print!("{s}");
+}
+
+fn print_fanout(kind: Kind, r: &FanoutResult) {
+    let mut s = String::new();
+    let h = &r.hist;
+    let _ = writeln!(
+        s,
+        "\n== {} fanout: {} subscribers × {} events/s × {} s{} ==",
+        kind.name(),
+        r.subs,
+        r.rate,
+        r.duration,
+        if r.round > 1 {
+            format!(" (round {})", r.round)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(s, "  subscribers ready   {} / {}", r.ready, r.subs);
+    let _ = writeln!(
+        s,
+        "  published           {} ok of {} planned ({} not sent within the {} s), {} errors; {:.1} events/s achieved; max pacing lag {} ms; publish RTT p50/p99 {}/{} ms; up to {} in flight",
+        r.published_ok,
+        r.planned,
+        r.planned - r.sent,
+        r.duration,
+        r.publish_errors,
+        r.publish_rate,
+        ms(r.pub_max_lag_us),
+        ms(r.pub_rtt_p50_us),
+        ms(r.pub_rtt_p99_us),
+        r.pub_max_in_flight
+    );
+    let lost_pct = if r.expected > 0 {
+        r.lost as f64 * 100.0 / r.expected as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        s,
+        "  deliveries          expected {}, received {}, lost {} ({:.3} %), extra {}, stale {}, streams dropped {}",
+        thousands(r.expected as f64),
+        thousands(r.received as f64),
+        thousands(r.lost as f64),
+        lost_pct,
+        r.extra,
+        r.stale,
+        r.dropped
+    );
+    let _ = writeln!(
+        s,
+        "  delivery rate       {} deliveries/s (drain {:.2} s after the last publish)",
+        thousands(r.deliveries_per_s),
+        r.drain_s
+    );
+    let _ = writeln!(
+        s,
+        "  latency (ms)        p50 {}  p90 {}  p99 {}  max {}  mean {}",
+        ms(h.percentile(50.0)),
+        ms(h.percentile(90.0)),
+        ms(h.percentile(99.0)),
+        ms(h.max),
+        ms(h.mean() as u64)
+    );
+    let _ = writeln!(
+        s,
+        "  server CPU          {:.0} ms over {:.1} s  →  {:.3} µs per delivery (quiet baseline before publishing: {:.1} ms/s)",
+        r.cpu_ms, r.window_s, r.cpu_per_delivery_us, r.quiet_cpu_ms_per_s
+    );
+    let _ = writeln!(
+        s,
+        "  server RSS          {} KiB before publishing, {} KiB at the end",
+        thousands(r.rss_before as f64),
+        thousands(r.rss_end as f64)
+    );
+    let _ = writeln!(
+        s,
+        "  load generator CPU  {:.0} % of one core; whole box busy {:.0} % of one core ({} cores): server {:.0} %, generator {:.0} %, everything else {:.0} %",
+        r.loadgen_cpu_pct,
+        r.box_busy_pct,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        r.cpu_ms / r.window_s / 10.0,
+        r.loadgen_cpu_pct,
+        (r.box_busy_pct - r.cpu_ms / r.window_s / 10.0 - r.loadgen_cpu_pct).max(0.0)
+    );
+    if let Some(e) = &r.first_err {
+        let _ = writeln!(s, "  first error         {e}");
+    }
+    print!("{s}");
+}
+
+struct TargetResult {
+    kind: Kind,
+    /// one per round; the comparison table shows round 1 (a fresh server)
+    idle: Vec<IdleResult>,
+    fanout: Vec<FanoutResult>,
+    errors: Vec<String>,
+    note: String,
+    exit: String,
+}
+
+fn comparison_table(results: &[TargetResult], a: &Args) -> String {
+    let mut rows: Vec<(String, String, Vec<String>)> = Vec::new();
+    let cell = |f: &dyn Fn(&TargetResult) -> Option<String>| -> Vec<String> {
+        results
+            .iter()
+            .map(|r| f(r).unwrap_or_else(|| "—".into()))
+            .collect()
+    };
+    if a.scenario != ScenarioSel::Fanout {
+        rows.push((
+            format!("idle: RSS per idle SSE conn ({} conns)", a.conns),
+            "≤ 1 KiB".into(),
+            cell(&|r| {
+                r.idle.first().map(|i| {
+                    format!(
+                        "{:.2} KiB ({} B)",
+                        i.per_conn_bytes / 1024.0,
+                        thousands(i.per_conn_bytes)
+                    )
+                })
+            }),
+        ));
+        rows.push((
+            "idle: connection setup".into(),
+            "≥ 20k handshakes/s".into(),
+            cell(&|r| {
+                r.idle
+                    .first()
+                    .map(|i| format!("{}/s", thousands(i.handshakes_per_s)))
+            }),
+        ));
+        rows.push((
+            "idle: connections ready / failed".into(),
+            "".into(),
+            cell(&|r| {
+                r.idle
+                    .first()
+                    .map(|i| format!("{} / {}", i.ready, i.failed))
+            }),
+        ));
+    }
+    if a.scenario != ScenarioSel::Idle {
+        for &rate in &a.rates {
+            let tag = format!("fanout {}×{}/s", a.subs, rate);
+            let std1k = a.subs == 1000;
+            let (t_lat, t_cpu, t_rate) = match (std1k, rate as u64) {
+                (true, 20) => ("≤ 3 ms", "≤ 1.5 µs", ""),
+                (true, 1000) => ("≤ 100 ms", "≤ 0.5 µs", "≥ 900k/s"),
+                _ => ("", "", ""),
+            };
+            let g = |f: &dyn Fn(&FanoutResult) -> String| -> Vec<String> {
+                results
+                    .iter()
+                    .map(|r| {
+                        r.fanout
+                            .iter()
+                            .find(|x| x.rate == rate && x.round == 1)
+                            .map(f)
+                            .unwrap_or_else(|| "—".into())
+                    })
+                    .collect()
+            };
+            rows.push((
+                format!("{tag}: deliveries/s received"),
+                t_rate.into(),
+                g(&|f| format!("{}/s", thousands(f.deliveries_per_s))),
+            ));
+            rows.push((
+                format!("{tag}: received / expected (lost)"),
+                "no loss".into(),
+                g(&|f| {
+                    format!(
+                        "{} / {} ({})",
+                        thousands(f.received as f64),
+                        thousands(f.expected as f64),
+                        thousands(f.lost as f64)
+                    )
+                }),
+            ));
+            rows.push((
+                format!("{tag}: events published/s"),
+                format!("{rate}/s"),
+                g(&|f| format!("{:.1}/s", f.publish_rate)),
+            ));
+            rows.push((
+                format!("{tag}: latency p50 / p90 / p99 / max"),
+                if t_lat.is_empty() {
+                    String::new()
+                } else {
+                    format!("p99 {t_lat}")
+                },
+                g(&|f| {
+                    format!(
+                        "{} / {} / {} / {} ms",
+                        ms(f.hist.percentile(50.0)),
+                        ms(f.hist.percentile(90.0)),
+                        ms(f.hist.percentile(99.0)),
+                        ms(f.hist.max)
+                    )
+                }),
+            ));
+            rows.push((
+                format!("{tag}: server CPU per delivery"),
+                t_cpu.into(),
+                g(&|f| format!("{:.3} µs", f.cpu_per_delivery_us)),
+            ));
+            rows.push((
+                format!("{tag}: server RSS at end"),
+                "".into(),
+                g(&|f| format!("{} KiB", thousands(f.rss_end as f64))),
+            ));
+            rows.push((
+                format!("{tag}: load generator CPU / whole box busy"),
+                "".into(),
+                g(&|f| format!("{:.0} % / {:.0} %", f.loadgen_cpu_pct, f.box_busy_pct)),
+            ));
+        }
+    }
+    let mut s = String::from("\n| figure | target |");
+    for r in results {
+        let _ = write!(s, " {} |", r.kind.name());
+    }
+    s.push_str("\n|---|---|");
+    for _ in results {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for (f, t, cells) in rows {
+        let _ = write!(s, "| {f} | {t} |");
+        for c in cells {
+            let _ = write!(s, " {c} |");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// With --rounds > 1: one row per target and round, to show the spread.
+fn rounds_table(results: &[TargetResult], a: &Args) -> String {
+    let mut s = String::from("\n| target | round | idle RSS/conn | idle setup |");
+    for r in &a.rates {
+        let _ = write!(
+            s,
+            " {}×{r}/s: deliveries/s, p50 / p99, CPU/delivery, other CPU |",
+            a.subs
+        );
+    }
+    s.push_str("\n|---|---|---|---|");
+    for _ in &a.rates {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for t in results {
+        for round in 1..=a.rounds.max(1) {
+            let idle = t.idle.iter().find(|i| i.round == round);
+            let _ = write!(
+                s,
+                "| {} | {round} | {} | {} |",
+                t.kind.name(),
+                idle.map(|i| format!("{} B", thousands(i.per_conn_bytes)))
+                    .unwrap_or_else(|| "—".into()),
+                idle.map(|i| format!("{}/s", thousands(i.handshakes_per_s)))
+                    .unwrap_or_else(|| "—".into())
+            );
+            for &rate in &a.rates {
+                let cell = t
+                    .fanout
+                    .iter()
+                    .find(|f| f.round == round && f.rate == rate)
+                    .map(|f| {
+                        format!(
+                            "{}/s, {} / {} ms, {:.2} µs, {:.0} %",
+                            thousands(f.deliveries_per_s),
+                            ms(f.hist.percentile(50.0)),
+                            ms(f.hist.percentile(99.0)),
+                            f.cpu_per_delivery_us,
+                            (f.box_busy_pct - f.cpu_ms / f.window_s / 10.0 - f.loadgen_cpu_pct)
+                                .max(0.0)
+                        )
+                    });
+                let _ = write!(s, " {} |", cell.unwrap_or_else(|| "—".into()));
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+fn emit_json(v: &Value, a: &Args) {
+    let line = v.to_string();
+    println!("{line}");
+    if let Some(p) = &a.json_out {
+        if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(p) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn run(a: &Args) -> Res<bool> {
+    let kinds = match a.target {
+        TargetSel::Redix => vec![Kind::Redix],
+        TargetSel::Nchan => vec![Kind::Nchan],
+        TargetSel::Both => vec![Kind::Redix, Kind::Nchan],
+    };
+    let nofile = raise_nofile();
+    let need = a.conns.max(a.subs) + 64;
+    if nofile < need as u64 {
+        return Err(format!(
+            "open-file limit {nofile} is below the {need} this run needs; lower --conns/--subs"
+        ));
+    }
+    let mut srcs = SrcAlloc { next: 2 };
+    let mut results = Vec::new();
+    let mut all_ok = true;
+    for kind in kinds {
+        let mut tr = TargetResult {
+            kind,
+            idle: vec![],
+            fanout: vec![],
+            errors: vec![],
+            note: String::new(),
+            exit: String::new(),
+        };
+        let mut srv = match Server::start(kind, a) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("[{}] cannot start: {e}", kind.name());
+                tr.errors.push(format!("start: {e}"));
+                results.push(tr);
+                all_ok = false;
+                continue;
+            }
+        };
+        tr.note = srv.note.clone();
+        // Is anything else busy on the box? (The figures assume it is not.)
+        let b0 = box_cpu();
+        thread::sleep(Duration::from_secs(1));
+        let busy = box_busy_pct(b0, box_cpu());
+        if busy > 15.0 {
+            eprintln!("[{}] WARNING: the box is already {busy:.0} % of one core busy before any load; figures will be noisy", kind.name());
+        }
+        tr.note
+            .push_str(&format!("; box busy before load: {busy:.0} % of one core"));
+        eprintln!(
+            "[{}] {} — listening on {}, measuring pid {}",
+            kind.name(),
+            srv.note,
+            srv.addr,
+            srv.pid
+        );
+        for round in 1..=a.rounds.max(1) {
+            if a.rounds > 1 {
+                eprintln!("[{}] round {round} of {}", kind.name(), a.rounds);
+            }
+            if a.scenario != ScenarioSel::Fanout && !interrupted() {
+                match run_idle(&mut srv, a, &mut srcs, round) {
+                    Ok(r) => {
+                        print_idle(kind, &r);
+                        emit_json(&idle_json(kind, &r), a);
+                        tr.idle.push(r);
+                    }
+                    Err(e) => {
+                        eprintln!("[{}] idle failed: {e}", kind.name());
+                        tr.errors.push(format!("idle: {e}"));
+                        if let Err(e) = srv.check_alive() {
+                            tr.errors.push(format!("remaining scenarios skipped: {e}"));
+                            break;
+                        }
+                    }
+                }
+                thread::sleep(Duration::from_secs(1));
+            }
+            if a.scenario != ScenarioSel::Idle && srv.check_alive().is_ok() {
+                for &rate in &a.rates {
+                    if interrupted() {
+                        break;
+                    }
+                    match run_fanout(&mut srv, a, &mut srcs, rate, round) {
+                        Ok(r) => {
+                            print_fanout(kind, &r);
+                            emit_json(&fanout_json(kind, &r), a);
+                            tr.fanout.push(r);
+                        }
+                        Err(e) => {
+                            eprintln!("[{}] fanout {rate}/s failed: {e}", kind.name());
+                            tr.errors.push(format!("fanout {rate}/s: {e}"));
+                            if srv.check_alive().is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        tr.exit = srv.stop();
+        eprintln!("[{}] server: {}", kind.name(), tr.exit);
+        all_ok &= tr.errors.is_empty();
+        results.push(tr);
+        if interrupted() {
+            break;
+        }
+    }
+    println!("{}", comparison_table(&results, a));
+    if a.rounds > 1 {
+        println!("{}", rounds_table(&results, a));
+    }
+    for r in &results {
+        println!(
+            "{}: {}; {}",
+            r.kind.name(),
+            r.note,
+            if r.exit.is_empty() { "-" } else { &r.exit }
+        );
+        for e in &r.errors {
+            println!("{} ERROR {e}", r.kind.name());
+        }
+    }
+    if interrupted() {
+        return Err("interrupted".into());
+    }
+    Ok(all_ok)
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.self_test {
+        std::process::exit(if self_test() { 0 } else { 1 });
+    }
+    install_signal_handlers();
+    let code = match run(&args) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("load: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+// ---------------------------------------------------------------------------------------------
+// --self-test: the parsers and the histogram, without a network
+// ---------------------------------------------------------------------------------------------
+
+fn self_test() -> bool {
+    let mut failures = 0;
+    let mut check = |name: &str, ok: bool| {
+        println!("{} {name}", if ok { "ok  " } else { "FAIL" });
+        if !ok {
+            failures += 1;
+        }
+    };
+
+    // histogram: buckets contiguous and monotonic, relative width ≤ 1/32
+    let mut ok = true;
+    for v in (0..200_000u64).chain((1..40).map(|k| (1u64 << k) + 12345)) {
+        let i = Histogram::index(v);
+        let up = Histogram::upper(i);
+        let lo = if i == 0 {
+            0
+        } else {
+            Histogram::upper(i - 1) + 1
+        };
+        ok &= lo <= v && v <= up && (up - lo) as f64 <= (lo as f64 / 32.0).max(0.0) + 1.0;
+    }
+    check("histogram buckets", ok);
+    let mut h = Histogram::new();
+    for v in 1..=10_000u64 {
+        h.record(v);
+    }
+    let p50 = h.percentile(50.0);
+    let p99 = h.percentile(99.0);
+    check(
+        "histogram percentiles",
+        (5000..=5160).contains(&p50) && (9900..=10_000).contains(&p99) && h.max == 10_000,
+    );
+
+    check(
+        "parse_t",
+        parse_t(
+            br#"data: {"type":"message","channel":"bench","id":"17","data":{"t":123,"pad":"xx"}}"#,
+        ) == Some(123),
+    );
+    check(
+        "parse_t missing",
+        parse_t(br#"data: {"type":"x"}"#).is_none() && parse_t(b"data:").is_none(),
+    );
+    check(
+        "parse_t nchan",
+        parse_t(br#"data: {"t": 42,"pad":"x:y"}"#) == Some(42)
+            && parse_t(br#"data:{"a":1,"t":7}"#) == Some(7),
+    );
+    check(
+        "find_nl",
+        (0..40).all(|k| {
+            let mut v = vec![b'a'; 40];
+            v[k] = b'\n';
+            find_nl(&v) == Some(k)
+        }) && find_nl(b"abcdefghijklmnop").is_none(),
+    );
+
+    // SSE stream split at every position, plain and chunked
+    let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n".to_vec();
+    let mut body = b"retry: 3000\n\n: ping\n\n".to_vec();
+    for (id, t) in [(1u64, 1_000_000u64), (2, 2_000_000), (3, 3_000_000)] {
+        body.extend_from_slice(
+            format!("id: {id}\nevent: message\ndata: {{\"type\":\"message\",\"channel\":\"bench\",\"id\":\"{id}\",\"data\":{{\"t\":{t},\"pad\":\"xx\"}}}}\n\n").as_bytes(),
+        );
+    }
+    body.extend_from_slice(b"id: 4\r\ndata: {\"t\":4000000}\r\n\r\n");
+    let mut chunked_body = Vec::new();
+    for part in body.chunks(7) {
+        chunked_body.extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
+        chunked_body.extend_from_slice(part);
+        chunked_body.extend_from_slice(b"\r\n");
+    }
+    chunked_body.extend_from_slice(b"0\r\n\r\n");
+    let chunked_head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for (name, stream) in [
+        ("plain", [head, body].concat()),
+        ("chunked", [chunked_head, chunked_body].concat()),
+    ] {
+        let mut ok = true;
+        for split in 1..stream.len() {
+            let mut c = Conn::new(Ipv4Addr::LOCALHOST);
+            c.st = St::Headers;
+            let mut loc = Local {
+                hist: Histogram::new(),
+                setup: Histogram::new(),
+                events: 0,
+                stale: 0,
+                bytes: 0,
+                last_recv: 0,
+                pub_start: 1_500_000,
+                now_ns: 5_000_000,
+            };
+            for piece in [&stream[..split], &stream[split..]] {
+                for tiny in piece.chunks(if split % 3 == 0 { 1 } else { 4096 }) {
+                    ok &= c.feed(tiny, &mut loc).is_ok();
+                }
+            }
+            // t=1e6 is before pub_start → stale; 2e6, 3e6, 4e6 → latencies 3000, 2000, 1000 µs
+            ok &= c.got_retry
+                && loc.stale == 1
+                && loc.events == 3
+                && loc.hist.max == 3000
+                && loc.hist.sum == 6000;
+        }
+        check(&format!("SSE parser, {name}, every split"), ok);
+    }
+    let mut c = Conn::new(Ipv4Addr::LOCALHOST);
+    c.st = St::Headers;
+    let mut loc = Local {
+        hist: Histogram::new(),
+        setup: Histogram::new(),
+        events: 0,
+        stale: 0,
+        bytes: 0,
+        last_recv: 0,
+        pub_start: 0,
+        now_ns: 0,
+    };
+    check(
+        "non-200 rejected",
+        c.feed(b"HTTP/1.1 429 Too Many Requests\r\n\r\n", &mut loc)
+            .is_err(),
+    );
+
+    // publish responses
+    let r = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let first = parse_response(r, false);
+    let ok1 = matches!(first, Some(Ok((n, 200, false))) if n == 50);
+    let second = parse_response(&r[50..], false);
+    let ok2 = matches!(second, Some(Ok((n, 201, false))) if n == r.len() - 50);
+    check(
+        "publish response framing",
+        ok1 && ok2 && parse_response(&r[..49], false).is_none(),
+    );
+    check(
+        "publish response close",
+        matches!(
+            parse_response(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                false
+            ),
+            Some(Ok((_, 200, true)))
+        ),
+    );
+
+    let cfg = PubCfg {
+        kind: Kind::Redix,
+        addr: "127.0.0.1:1".parse().unwrap(),
+        channel: "bench".into(),
+        rate: 1.0,
+        duration: Duration::from_secs(1),
+        payload_bytes: 100,
+        max_conns: 1,
+        deadline: Instant::now(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let req = publish_request(&cfg, 1_763_000_000_000_000_000);
+    let text = String::from_utf8_lossy(&req).into_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    check(
+        "redix publish body",
+        v["channel"] == "bench"
+            && v["data"]["t"] == 1_763_000_000_000_000_000u64
+            && v["data"].to_string().len() == 100,
+    );
+    println!("{failures} failed");
+    failures == 0
+}
