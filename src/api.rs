@@ -252,16 +252,30 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
 
 /// Takes a per-client-IP slot for a long-lived connection; refused (503)
 /// while shutting down and (429) at the limit.
-fn take_slot(head: &Head, ctx: &Ctx<'_>, limiter: &IpLimiter, limit: u32, what: &str) -> Result<IpKey, Reject> {
+fn take_slot(
+    head: &Head,
+    ctx: &Ctx<'_>,
+    limiter: &IpLimiter,
+    limit: u32,
+    what: &str,
+) -> Result<IpKey, Reject> {
     if ctx.shared.is_shutting_down() {
-        return Err(Reject::new(503, "shutting_down", "this node is shutting down; reconnect")
-            .with_header("Retry-After: 1".into()));
+        return Err(Reject::new(
+            503,
+            "shutting_down",
+            "this node is shutting down; reconnect",
+        )
+        .with_header("Retry-After: 1".into()));
     }
     let key = client_key(head, ctx);
     if !limiter.acquire(key) {
         WorkerStats::add(&ctx.stats.rejected_ip_limit, 1);
-        return Err(Reject::new(429, "too_many_connections", format!("at most {limit} {what} per client IP"))
-            .with_header("Retry-After: 5".into()));
+        return Err(Reject::new(
+            429,
+            "too_many_connections",
+            format!("at most {limit} {what} per client IP"),
+        )
+        .with_header("Retry-After: 5".into()));
     }
     Ok(key)
 }
