@@ -324,3 +324,28 @@ fn a_stalled_websocket_is_closed_with_4008_and_its_resume_id() {
     assert_eq!(code, 4008);
     assert_eq!(reason, got.last().unwrap().to_string());
 }
+
+#[test]
+fn frames_sent_in_the_same_write_as_the_upgrade_are_not_lost() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut bytes = b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    let cmd = br#"{"type":"ping"}"#;
+    let key = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x80 | cmd.len() as u8]);
+    bytes.extend_from_slice(&key);
+    bytes.extend(cmd.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    s.write_all(&bytes).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(r#"{"type":"pong"}"#) {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+}

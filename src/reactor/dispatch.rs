@@ -117,17 +117,23 @@ impl Worker {
                 return;
             };
             let in_request = matches!(conn.state, ConnState::Request(_));
+            let closing = matches!(conn.state, ConnState::Closing { .. });
             match status {
                 // The buffer filled up: the answers made room, read on.
                 IoStatus::Progress(_) if in_request => continue,
+                // Upgraded with more bytes waiting: the new state reads
+                // them (edge-triggered: nobody would call again).
+                IoStatus::Progress(_) if !closing => return self.on_readable(key),
                 IoStatus::Progress(_) | IoStatus::WouldBlock => return,
                 IoStatus::Closed if in_request && !conn.queue.is_empty() => {
                     // Half-closed after its requests: answer, then close.
                     self.close_gracefully(key, None, false, now);
                     return;
                 }
-                IoStatus::Closed if in_request => return self.close(key, Closed::Normal),
-                IoStatus::Closed => return,
+                // A closing connection still gets its last bytes (the
+                // linger timer bounds it); a stream whose client left ends.
+                IoStatus::Closed if closing => return,
+                IoStatus::Closed => return self.close(key, Closed::Normal),
                 IoStatus::Reset => return self.close(key, Closed::PeerReset),
                 IoStatus::Error(_) => return self.close(key, Closed::Error),
             }
