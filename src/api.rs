@@ -69,6 +69,7 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         "/ws" => upgrade(head, ctx, false),
         "/ws/echo" if ctx.shared.config.debug.ws_echo => upgrade(head, ctx, true),
         "/api/publish" => only(head, Method::Post).and_then(|_| publish(head, body, ctx)),
+        "/readyz" => only(head, Method::Get).and_then(|_| ready(head, ctx)),
         "/healthz" => only(head, Method::Get).map(|_| json_ok(head, r#"{"status":"ok"}"#.into())),
         "/metrics/prom" => only(head, Method::Get).map(|_| Action::Respond {
             bytes: http::response(
@@ -173,6 +174,28 @@ fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
             },
         )),
     }
+}
+
+/// A reactor that has not turned for this long counts as stuck.
+pub const STUCK_AFTER_MS: u64 = 5_000;
+
+/// Readiness: not draining, and every reactor turning. (With Redis, the
+/// pub/sub round trip will be part of this.)
+fn ready(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
+    let shared = ctx.shared;
+    if shared.is_shutting_down() {
+        return Err(Reject::new(503, "shutting_down", "this node is draining")
+            .with_header("Retry-After: 1".into()));
+    }
+    if !shared.reactors_alive(STUCK_AFTER_MS) {
+        return Err(Reject::new(
+            503,
+            "reactor_stuck",
+            "a reactor thread has not turned for 5 s",
+        )
+        .with_header("Retry-After: 5".into()));
+    }
+    Ok(json_ok(head, r#"{"status":"ready"}"#.into()))
 }
 
 fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {

@@ -44,6 +44,32 @@ fn hub_config(config: &Config) -> HubConfig {
     }
 }
 
+/// Under systemd with `WatchdogSec`, pings the watchdog at half its
+/// interval while every reactor keeps turning; a stuck reactor stops the
+/// pings and systemd restarts the service.
+fn start_watchdog(shared: &Arc<Shared>) -> Result<(), String> {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return Ok(());
+    };
+    let shared = shared.clone();
+    let stuck_ms = (interval.as_millis() as u64).max(crate::api::STUCK_AFTER_MS);
+    log::info!("systemd watchdog every {interval:?}");
+    std::thread::Builder::new()
+        .name("redix-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(interval / 2);
+            if shared.reactors_alive(stuck_ms) {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                log::error!(
+                    "a reactor has not turned for {stuck_ms} ms: withholding the watchdog ping"
+                );
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("spawn watchdog thread: {e}"))
+}
+
 /// Runs redix until a signal has drained it. Errors are start-up failures.
 pub fn run(config: Config) -> Result<(), String> {
     let (soft, hard) = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
@@ -142,6 +168,7 @@ pub fn run(config: Config) -> Result<(), String> {
         "{workers} reactors, connection cap {max_conns} (RLIMIT_NOFILE {soft}/{hard}), fd baseline {}",
         shared.internal_fds.load(Ordering::Relaxed)
     );
+    start_watchdog(&shared)?;
     println!("redix listening on {addr}");
     let _ = std::io::stdout().flush();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

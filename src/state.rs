@@ -33,6 +33,10 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// The hub's clock: history ages and dedupe windows count from here.
     pub epoch: Instant,
+    /// When each reactor last finished a turn (ms on the hub's clock). An
+    /// idle reactor still turns every second, so a stale value means a
+    /// stuck thread.
+    pub last_turn_ms: Box<[AtomicU64]>,
 }
 
 impl Shared {
@@ -57,12 +61,21 @@ impl Shared {
             internal_fds: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
             epoch: Instant::now(),
+            last_turn_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         })
     }
 
     /// Milliseconds on the hub's clock.
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Every reactor finished a turn within `within_ms`.
+    pub fn reactors_alive(&self, within_ms: u64) -> bool {
+        let now = self.now_ms();
+        self.last_turn_ms
+            .iter()
+            .all(|t| now.saturating_sub(t.load(Ordering::Relaxed)) <= within_ms)
     }
 
     pub fn is_shutting_down(&self) -> bool {

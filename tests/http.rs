@@ -72,6 +72,8 @@ fn malformed_oversized_and_slow_requests_get_their_status_and_the_server_keeps_s
     let ev = sub.next_message().unwrap();
     assert_eq!(ev.id, Some(id.to_string()));
     assert_eq!(get(server.addr, "/healthz").0, 200);
+    let (status, body) = get(server.addr, "/readyz");
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
     assert!(server.metric("redix_connections_rejected_total{reason=\"bad_request\"}") >= 4.0);
 }
 

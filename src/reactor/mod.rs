@@ -250,6 +250,7 @@ impl Worker {
             self.sweep_hub(now);
             self.flush_due_batches(now);
             self.flush_dirty(now);
+            self.shared.last_turn_ms[self.id].store(self.shared.now_ms(), Ordering::Relaxed);
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     break;
