@@ -58,3 +58,34 @@ fn a_second_signal_exits_at_once() {
     let status = server.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
 }
+
+#[test]
+fn systemd_hears_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("redix-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let path_str = path.to_str().unwrap();
+    let mut server = Server::start_with_env(
+        &[],
+        &[("NOTIFY_SOCKET", path_str), ("WATCHDOG_USEC", "200000")],
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 512];
+    let mut recv_until = |what: &str, seen: &mut String| {
+        while !seen.contains(what) {
+            let n = sock.recv(&mut buf).expect("notification");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            seen.push('\n');
+        }
+    };
+    recv_until("READY=1", &mut seen);
+    recv_until("WATCHDOG=1", &mut seen);
+    server.signal(libc::SIGTERM);
+    recv_until("STOPPING=1", &mut seen);
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

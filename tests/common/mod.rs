@@ -22,10 +22,16 @@ impl Server {
     /// Starts redix with two reactors on a free port plus `args`, and waits
     /// for its `redix listening on` line.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_redix"))
             .args(["--listen", "127.0.0.1:0", "--workers", "2"])
             .args(args)
             .env("REDIX_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
