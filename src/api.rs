@@ -157,7 +157,7 @@ fn json_ok(head: &Head, body: String) -> Action {
 }
 
 fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
-    match ctx.shared.keys.check(scope, head.credential(), ctx.peer) {
+    match ctx.shared.keys().check(scope, head.credential(), ctx.peer) {
         Ok(()) => Ok(()),
         Err(Denied::Unauthenticated) => Err(Reject::new(
             401,
@@ -168,7 +168,7 @@ fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
         Err(Denied::Forbidden) => Err(Reject::new(
             403,
             "forbidden",
-            match ctx.shared.keys.any_configured() {
+            match ctx.shared.keys().any_configured() {
                 true => "this key lacks the scope for this endpoint",
                 false => "no API key is configured: only loopback clients may use this endpoint",
             },
@@ -223,8 +223,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             format!("name 1 to {max} channels"),
         ));
     }
-    let limit = shared.config.limits.sse_per_ip;
-    let key = take_slot(head, ctx, &shared.sse_limiter, limit, "SSE streams")?;
+    let key = take_slot(head, ctx, &shared.sse_limiter, "SSE streams")?;
     Ok(Action::Stream(StreamStart {
         channels,
         ip_slot: key,
@@ -257,8 +256,7 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
             "this Origin may not open WebSockets here",
         ));
     }
-    let limit = shared.config.limits.ws_per_ip;
-    let key = take_slot(head, ctx, &shared.ws_limiter, limit, "WebSockets")?;
+    let key = take_slot(head, ctx, &shared.ws_limiter, "WebSockets")?;
     let deflate = match shared.config.ws.deflate {
         true => deflate::negotiate(head.ws_extensions.as_deref()),
         false => None,
@@ -275,13 +273,7 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
 
 /// Takes a per-client-IP slot for a long-lived connection; refused (503)
 /// while shutting down and (429) at the limit.
-fn take_slot(
-    head: &Head,
-    ctx: &Ctx<'_>,
-    limiter: &IpLimiter,
-    limit: u32,
-    what: &str,
-) -> Result<IpKey, Reject> {
+fn take_slot(head: &Head, ctx: &Ctx<'_>, limiter: &IpLimiter, what: &str) -> Result<IpKey, Reject> {
     if ctx.shared.is_shutting_down() {
         return Err(Reject::new(
             503,
@@ -296,7 +288,7 @@ fn take_slot(
         return Err(Reject::new(
             429,
             "too_many_connections",
-            format!("at most {limit} {what} per client IP"),
+            format!("at most {} {what} per client IP", limiter.max()),
         )
         .with_header("Retry-After: 5".into()));
     }

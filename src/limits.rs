@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 /// The unit a per-IP limit counts: an IPv4 address, or an IPv6 /64 (one
@@ -47,14 +48,14 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
 /// Concurrent connections per [`IpKey`]. An entry exists only while its
 /// count is above zero, so the map is bounded by the open connections.
 pub struct IpLimiter {
-    max: u32,
+    max: AtomicU32,
     counts: Mutex<HashMap<IpKey, u32>>,
 }
 
 impl IpLimiter {
     pub fn new(max: u32) -> IpLimiter {
         IpLimiter {
-            max,
+            max: AtomicU32::new(max),
             counts: Mutex::new(HashMap::new()),
         }
     }
@@ -63,11 +64,20 @@ impl IpLimiter {
     pub fn acquire(&self, key: IpKey) -> bool {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(key).or_insert(0);
-        if *n >= self.max {
+        if *n >= self.max() {
             return false;
         }
         *n += 1;
         true
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// A new limit (SIGHUP); holders above it keep their slots.
+    pub fn set_max(&self, max: u32) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     pub fn release(&self, key: IpKey) {

@@ -15,7 +15,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = redix::server::run(config) {
+    if let Err(e) = redix::server::run(config, move || Config::load(&cli)) {
         log::error!("{e}");
         std::process::exit(1);
     }

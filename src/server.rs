@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mio::Poll;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::hub::history::HistoryLimits;
 use crate::hub::{Hub, HubConfig, Outbox, MAX_REACTORS};
 use crate::limits::{connection_cap, raise_nofile_limit};
@@ -71,7 +71,13 @@ fn start_watchdog(shared: &Arc<Shared>) -> Result<(), String> {
 }
 
 /// Runs redix until a signal has drained it. Errors are start-up failures.
-pub fn run(config: Config) -> Result<(), String> {
+///
+/// `reload` builds the configuration again (file, environment, command
+/// line); SIGHUP applies its API keys and per-IP limits.
+pub fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
+) -> Result<(), String> {
     let (soft, hard) = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     if soft < LOW_FD_LIMIT {
         log::warn!("open-file limit is {soft} (hard {hard}): redix can hold few connections; raise LimitNOFILE");
@@ -114,7 +120,8 @@ pub fn run(config: Config) -> Result<(), String> {
         .map_or(1, |d| d.as_micros() as u64);
     let hub = Hub::new(outboxes, first_id, hub_config(&config));
     let shared = Shared::new(config, hub, workers, soft, max_conns);
-    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
 
     let per_worker = max_conns / workers + 1;
     let mut threads = Vec::with_capacity(workers);
@@ -147,11 +154,21 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let on_signal = stop.clone();
     let drain_ms = shared.config.shutdown.drain_ms;
+    let reloading = shared.clone();
     std::thread::Builder::new()
         .name("redix-signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                    match reload() {
+                        Ok(new) => reloading.reload(&new),
+                        Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
+                    }
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    continue;
+                }
                 seen += 1;
                 if seen > 1 {
                     log::warn!("second signal {sig}: exiting now");

@@ -2,11 +2,11 @@
 //! keys, per-thread statistics and process-wide figures.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use crate::auth::Keys;
-use crate::config::Config;
+use crate::config::{Config, Scope};
 use crate::diag::{self, Owned};
 use crate::hub::Hub;
 use crate::limits::IpLimiter;
@@ -15,7 +15,8 @@ use crate::metrics::{self, ProcessFigures, WorkerStats};
 pub struct Shared {
     pub config: Config,
     pub hub: Hub,
-    pub keys: Keys,
+    /// API keys; SIGHUP replaces them.
+    keys: RwLock<Keys>,
     pub sse_limiter: IpLimiter,
     pub ws_limiter: IpLimiter,
     /// One entry per reactor thread; each thread writes only its own.
@@ -48,7 +49,7 @@ impl Shared {
         max_conns: usize,
     ) -> Arc<Shared> {
         Arc::new(Shared {
-            keys: Keys::from_config(&config),
+            keys: RwLock::new(Keys::from_config(&config)),
             sse_limiter: IpLimiter::new(config.limits.sse_per_ip),
             ws_limiter: IpLimiter::new(config.limits.ws_per_ip),
             config,
@@ -63,6 +64,25 @@ impl Shared {
             epoch: Instant::now(),
             last_turn_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
         })
+    }
+
+    pub fn keys(&self) -> RwLockReadGuard<'_, Keys> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies what can change without a restart: API keys and per-IP
+    /// limits. Everything else in `new` waits for the next start.
+    pub fn reload(&self, new: &Config) {
+        let keys = Keys::from_config(new);
+        let count = new.keys_for(Scope::Publish).len() + new.auth.admin_keys.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        self.sse_limiter.set_max(new.limits.sse_per_ip);
+        self.ws_limiter.set_max(new.limits.ws_per_ip);
+        log::info!(
+            "SIGHUP: reloaded API keys ({count} entries) and per-IP limits (SSE {}, WebSocket {}); other keys apply at the next start",
+            new.limits.sse_per_ip,
+            new.limits.ws_per_ip
+        );
     }
 
     /// Milliseconds on the hub's clock.

@@ -89,3 +89,55 @@ fn systemd_hears_ready_watchdog_and_stopping() {
     assert!(server.wait_exit(Duration::from_secs(15)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sighup_reloads_api_keys_and_limits_and_keeps_serving() {
+    let dir = std::env::temp_dir().join(format!("redix-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("redix.toml");
+    std::fs::write(
+        &path,
+        "[auth]\nkeys = [\"old\"]\n[limits]\nsse_per_ip = 1\n",
+    )
+    .unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    let publish_with = |key: &str| {
+        let header = format!("Authorization: Bearer {key}");
+        request(
+            server.addr,
+            "POST",
+            "/api/publish",
+            &[&header],
+            r#"{"channel":"h","data":1}"#,
+        )
+        .0
+    };
+    assert_eq!((publish_with("old"), publish_with("new")), (200, 401));
+    let _held = SseClient::connect(server.addr, "h");
+    assert_eq!(SseClient::connect(server.addr, "h").status, 429);
+
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&path, "[auth]\nkeys = 7\n").unwrap();
+    server.signal(libc::SIGHUP);
+    wait_until("refusal logged", || {
+        server.logs().contains("keeping the running configuration")
+    });
+    assert_eq!(publish_with("old"), 200);
+
+    std::fs::write(
+        &path,
+        "[auth]\nkeys = [\"new\"]\n[limits]\nsse_per_ip = 2\n",
+    )
+    .unwrap();
+    server.signal(libc::SIGHUP);
+    wait_until("reload logged", || {
+        server.logs().contains("SIGHUP: reloaded")
+    });
+    assert_eq!((publish_with("old"), publish_with("new")), (401, 200));
+    assert_eq!(
+        SseClient::connect(server.addr, "h").status,
+        200,
+        "limit raised to 2"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
