@@ -48,7 +48,7 @@ pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Subscriptions one WebSocket connection may hold.
 pub const DEFAULT_WS_MAX_SUBSCRIPTIONS: usize = 128;
 /// Events smaller than this go uncompressed even to permessage-deflate clients.
-pub const DEFAULT_WS_DEFLATE_MIN_BYTES: usize = 256;
+pub const DEFAULT_WS_DEFLATE_MIN_BYTES: usize = 64;
 /// Events each channel keeps for resuming clients.
 pub const DEFAULT_HISTORY_MAX_EVENTS: usize = 100;
 /// How long an event stays in its channel's history.

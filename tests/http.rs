@@ -149,3 +149,19 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sse_per_ip"));
 }
+
+#[test]
+fn published_data_keeps_key_order_and_number_digits_but_is_compacted() {
+    let server = Server::start(&[]);
+    let mut sub = SseClient::connect(server.addr, "exact");
+    let data = "{\n  \"s\": \"AAPL\",\n  \"p\": 189.20,\n  \"big\": 12345678901234567890123,\n  \"e\": 1e2,\n  \"a\": [1, \"two\"]\n}";
+    let body = format!(r#"{{"channel":"exact","data":{data}}}"#);
+    let (status, _) = request(server.addr, "POST", "/api/publish", &[], &body);
+    assert_eq!(status, 200);
+    let ev = sub.next_message().unwrap();
+    assert!(
+        ev.data.ends_with(r#""data":{"s":"AAPL","p":189.20,"big":12345678901234567890123,"e":1e+2,"a":[1,"two"]}}"#),
+        "{}",
+        ev.data
+    );
+}
