@@ -1,6 +1,10 @@
 //! Load benchmark for redix (and nchan, its peer), as described in BENCHMARKS.md.
 //!
-//! `cargo bench --bench load -- [--target redix|nchan|both] [--scenario idle|fanout|all] ...`
+//! `cargo bench --bench load -- [--target redix|nchan|both] [--transport sse|ws|both]
+//!  [--scenario idle|fanout|all] ...`
+//!
+//! Every scenario runs over SSE, over WebSocket, or both (`--transport`, default both; each
+//! server × transport gets a freshly started server, the same binary).
 //!
 //! * idle: N SSE connections to one channel; server RSS per idle connection
 //!   ((VmRSS after − VmRSS before) / N, from /proc/PID/status) and the client-side
@@ -10,6 +14,13 @@
 //!   ~100-byte payloads carrying `"t":<ns since epoch>`; publish→receive latency
 //!   histogram, deliveries/s, loss, and server CPU per delivery
 //!   (Δ utime+stime from /proc/PID/stat / deliveries received).
+//! * WebSocket (`--transport ws`): the mio loops do the client handshake themselves (GET with
+//!   `Upgrade: websocket` and a random key, the `101` and its `Sec-WebSocket-Accept` checked),
+//!   then for redix send a masked `{"type":"subscribe","channel":…}` text frame; a connection
+//!   is ready at the `subscribed` ack (nchan: at the `101`, `GET /sub/CH` subscribes). Server
+//!   frames are parsed incrementally (7/16/64-bit lengths, split across reads, several per
+//!   read, fragmented messages), pings are answered with masked pongs, `"t"` is taken from
+//!   each text message. Publishing is the same HTTP publisher as for SSE.
 //!
 //! The generator runs one mio event loop per thread (2 threads by default), non-blocking
 //! sockets bound to source addresses 127.0.0.2, 127.0.0.3, … (so the ephemeral port range
@@ -51,6 +62,36 @@ enum TargetSel {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportSel {
+    Sse,
+    Ws,
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Sse,
+    Ws,
+}
+
+impl Transport {
+    /// for JSON and table labels
+    fn tag(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+    /// for the text output
+    fn long(self) -> &'static str {
+        match self {
+            Transport::Sse => "SSE",
+            Transport::Ws => "WebSocket",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum ScenarioSel {
     Idle,
     Fanout,
@@ -70,12 +111,16 @@ enum NchanStart {
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "load",
-    about = "redix / nchan SSE load benchmark (loopback only)"
+    about = "redix / nchan SSE and WebSocket load benchmark (loopback only)"
 )]
 struct Args {
     /// which server(s) to measure; `both` runs the same scenarios against each in turn
     #[arg(long, value_enum, default_value = "both")]
     target: TargetSel,
+    /// SSE, WebSocket (redix `/ws`, nchan `/sub/CH` upgraded), or both; every server × transport
+    /// is a freshly started server
+    #[arg(long, value_enum, default_value = "both")]
+    transport: TransportSel,
     #[arg(long, value_enum, default_value = "all")]
     scenario: ScenarioSel,
     /// redix binary to start; default: the one cargo built alongside this bench
@@ -98,7 +143,7 @@ struct Args {
     nchan_conf: Option<PathBuf>,
     #[arg(long, default_value = "nginx")]
     nginx_bin: PathBuf,
-    /// idle: number of SSE connections
+    /// idle: number of connections
     #[arg(long, default_value_t = 10_000)]
     conns: usize,
     /// fanout: number of subscribers
@@ -578,14 +623,14 @@ fn pdeathsig(cmd: &mut Command) {
 }
 
 impl Server {
-    fn start(kind: Kind, a: &Args) -> Res<Server> {
+    fn start(kind: Kind, a: &Args, tr: Transport) -> Res<Server> {
         match kind {
-            Kind::Redix => Self::start_redix(a),
+            Kind::Redix => Self::start_redix(a, tr),
             Kind::Nchan => Self::start_nchan(a),
         }
     }
 
-    fn start_redix(a: &Args) -> Res<Server> {
+    fn start_redix(a: &Args, tr: Transport) -> Res<Server> {
         let bin = &a.redix_bin;
         if !bin.exists() {
             return Err(format!(
@@ -612,6 +657,11 @@ impl Server {
             "--sse-per-ip",
             "1000000",
         ])
+        // WebSockets per client IP default to 50; the generator puts 2,000 on each address.
+        .args(match tr {
+            Transport::Sse => &[][..],
+            Transport::Ws => &["--set", "limits.ws_per_ip=1000000"][..],
+        })
         .args(&a.redix_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -846,6 +896,19 @@ impl Server {
         .into_bytes()
     }
 
+    /// The WebSocket upgrade request up to (not including) the `Sec-WebSocket-Key` line; the
+    /// key is per connection. redix: `/ws`, then a subscribe message; nchan: `/sub/CH`.
+    fn ws_request_head(&self, channel: &str) -> String {
+        let path = match self.kind {
+            Kind::Redix => "/ws".to_string(),
+            Kind::Nchan => format!("/sub/{channel}"),
+        };
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+            self.addr
+        )
+    }
+
     /// Stops what we started. Returns how it ended.
     fn stop(&mut self) -> String {
         if self.stopped {
@@ -963,6 +1026,8 @@ struct WorkerCfg {
     concurrency: usize,
     attempts: u32,
     connect_timeout: Duration,
+    /// Some: WebSocket connections (`req` is then unused)
+    ws: Option<Arc<WsCfg>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1064,8 +1129,273 @@ struct Conn {
     chunked: Option<Chunked>,
     line: Vec<u8>,
     pending_t: Option<u64>,
+    /// SSE: redix's first `retry:` line arrived; WebSocket: redix's `subscribed` ack arrived
     got_retry: bool,
     ready: bool,
+    /// WebSocket state (None for SSE)
+    ws: Option<Box<WsConn>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket client side (RFC 6455): handshake, masked client frames, incremental frame parser
+// ---------------------------------------------------------------------------------------------
+
+/// Largest server frame (and reassembled message) accepted.
+const WS_MAX_FRAME: u64 = 16 << 20;
+
+struct WsCfg {
+    /// upgrade request without the `Sec-WebSocket-Key` line and the final CRLF
+    head: String,
+    /// unmasked subscribe message sent after the `101` (redix); None: the URL subscribes (nchan)
+    subscribe: Option<Vec<u8>>,
+}
+
+struct WsConn {
+    cfg: Arc<WsCfg>,
+    /// this attempt's upgrade request (fresh key per attempt)
+    req: Vec<u8>,
+    /// expected `Sec-WebSocket-Accept`
+    accept: String,
+    /// frames to send (subscribe, pongs), not yet written
+    out: Vec<u8>,
+    /// the start of a frame whose rest has not arrived yet
+    fbuf: Vec<u8>,
+    /// a fragmented message being reassembled
+    msg: Vec<u8>,
+    frag: bool,
+    rng: u64,
+}
+
+/// (header length, payload length) of the frame at the start of `b`; None until the header
+/// (2, 4 or 10 bytes) is complete.
+#[inline]
+fn ws_header(b: &[u8]) -> Option<(usize, u64)> {
+    if b.len() < 2 {
+        return None;
+    }
+    match b[1] & 0x7f {
+        126 => (b.len() >= 4).then(|| (4, u16::from_be_bytes([b[2], b[3]]) as u64)),
+        127 => (b.len() >= 10).then(|| (10, u64::from_be_bytes(b[2..10].try_into().unwrap()))),
+        n => Some((2, n as u64)),
+    }
+}
+
+impl WsConn {
+    fn new(cfg: Arc<WsCfg>, seed: u64) -> WsConn {
+        WsConn {
+            cfg,
+            req: Vec::new(),
+            accept: String::new(),
+            out: Vec::new(),
+            fbuf: Vec::new(),
+            msg: Vec::new(),
+            frag: false,
+            rng: seed | 1,
+        }
+    }
+
+    /// A new attempt: a fresh key and request, empty buffers.
+    fn reset(&mut self) {
+        let key = tungstenite::handshake::client::generate_key();
+        self.accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        self.req.clear();
+        self.req.extend_from_slice(self.cfg.head.as_bytes());
+        self.req
+            .extend_from_slice(format!("Sec-WebSocket-Key: {key}\r\n\r\n").as_bytes());
+        self.out.clear();
+        self.fbuf.clear();
+        self.msg.clear();
+        self.frag = false;
+    }
+
+    /// xorshift64*, for masking keys (RFC 6455 wants them unpredictable, not cryptographic here)
+    fn rand32(&mut self) -> u32 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+
+    /// Appends one masked client frame (FIN set) to `out`.
+    fn push_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let n = payload.len();
+        self.out.push(0x80 | opcode);
+        if n < 126 {
+            self.out.push(0x80 | n as u8);
+        } else if n <= 0xffff {
+            self.out.push(0x80 | 126);
+            self.out.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            self.out.push(0x80 | 127);
+            self.out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        let mask = self.rand32().to_ne_bytes();
+        self.out.extend_from_slice(&mask);
+        self.out
+            .extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    }
+
+    fn flush(&mut self, sock: &mut TcpStream) -> Result<(), String> {
+        let mut off = 0;
+        while off < self.out.len() {
+            match sock.write(&self.out[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("WebSocket write: {e}")),
+            }
+        }
+        self.out.drain(..off);
+        Ok(())
+    }
+
+    /// Checks the `101` and queues the subscribe message.
+    fn handshake(&mut self, head: &str) -> Result<(), String> {
+        let status = head.lines().next().unwrap_or("");
+        if !status.starts_with("HTTP/1.1 101") {
+            return Err(format!("unexpected response to the upgrade: {status}"));
+        }
+        match header_value(head, "sec-websocket-accept") {
+            Some(v) if v == self.accept => {}
+            v => {
+                return Err(format!(
+                    "bad Sec-WebSocket-Accept {v:?} (expected {})",
+                    self.accept
+                ))
+            }
+        }
+        if header_value(head, "sec-websocket-extensions").is_some() {
+            return Err("server negotiated an extension that was not offered".into());
+        }
+        if let Some(sub) = self.cfg.subscribe.clone() {
+            self.push_frame(0x1, &sub);
+        }
+        Ok(())
+    }
+
+    /// Feeds bytes read after the `101`. Returns true if a `subscribed` ack was among them.
+    fn feed(&mut self, mut data: &[u8], loc: &mut Local) -> Result<bool, String> {
+        let mut acked = false;
+        // Complete a frame begun in an earlier read, copying only that frame's bytes.
+        while !self.fbuf.is_empty() && !data.is_empty() {
+            let want = match ws_header(&self.fbuf) {
+                Some((hl, len)) if len <= WS_MAX_FRAME => hl + len as usize,
+                Some((_, len)) => return Err(format!("server frame of {len} bytes")),
+                None if self.fbuf.len() < 2 => 2,
+                None if self.fbuf[1] & 0x7f == 126 => 4,
+                None => 10,
+            };
+            let take = (want - self.fbuf.len()).min(data.len());
+            self.fbuf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if matches!(ws_header(&self.fbuf), Some((hl, len)) if (hl as u64 + len) == self.fbuf.len() as u64)
+            {
+                let buf = std::mem::take(&mut self.fbuf);
+                let r = self.frames(&buf, loc, &mut acked);
+                self.fbuf = buf;
+                self.fbuf.clear();
+                r?;
+            }
+        }
+        if !data.is_empty() {
+            let used = self.frames(data, loc, &mut acked)?;
+            self.fbuf.extend_from_slice(&data[used..]);
+        }
+        Ok(acked)
+    }
+
+    /// Handles every complete frame at the start of `buf`; returns the bytes they took.
+    fn frames(&mut self, buf: &[u8], loc: &mut Local, acked: &mut bool) -> Result<usize, String> {
+        let mut i = 0;
+        while let Some((hl, len)) = ws_header(&buf[i..]) {
+            let (b0, b1) = (buf[i], buf[i + 1]);
+            if b1 & 0x80 != 0 {
+                return Err("server sent a masked frame".into());
+            }
+            if b0 & 0x70 != 0 {
+                return Err(format!("server frame with RSV bits {:#x}", b0 & 0x70));
+            }
+            if len > WS_MAX_FRAME {
+                return Err(format!("server frame of {len} bytes"));
+            }
+            let end = i + hl + len as usize;
+            if end > buf.len() {
+                break;
+            }
+            self.frame(b0 & 0x80 != 0, b0 & 0x0f, &buf[i + hl..end], loc, acked)?;
+            i = end;
+        }
+        Ok(i)
+    }
+
+    fn frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+        loc: &mut Local,
+        acked: &mut bool,
+    ) -> Result<(), String> {
+        match opcode {
+            0x1 | 0x2 => {
+                if self.frag {
+                    return Err("new message inside a fragmented one".into());
+                }
+                if fin {
+                    Self::message(payload, loc, acked)?;
+                } else {
+                    self.frag = true;
+                    self.msg.clear();
+                    self.msg.extend_from_slice(payload);
+                }
+            }
+            0x0 => {
+                if !self.frag {
+                    return Err("continuation frame without a message".into());
+                }
+                self.msg.extend_from_slice(payload);
+                if self.msg.len() as u64 > WS_MAX_FRAME {
+                    return Err("fragmented message over 16 MiB".into());
+                }
+                if fin {
+                    self.frag = false;
+                    let m = std::mem::take(&mut self.msg);
+                    let r = Self::message(&m, loc, acked);
+                    self.msg = m;
+                    r?;
+                }
+            }
+            0x8 => {
+                let code = if payload.len() >= 2 {
+                    u16::from_be_bytes([payload[0], payload[1]])
+                } else {
+                    1005
+                };
+                return Err(format!(
+                    "server closed the WebSocket: {code} {}",
+                    String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]))
+                ));
+            }
+            0x9 => self.push_frame(0xA, payload),
+            0xA => {}
+            op => return Err(format!("server frame with opcode {op:#x}")),
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn message(m: &[u8], loc: &mut Local, acked: &mut bool) -> Result<(), String> {
+        if let Some(t) = parse_t(m) {
+            loc.delivery(t);
+        } else if find(m, b"\"subscribed\"").is_some() {
+            *acked = true;
+        } else if find(m, b"\"error\"").is_some() {
+            return Err(format!("server answered {}", String::from_utf8_lossy(m)));
+        }
+        Ok(())
+    }
 }
 
 /// Per-thread counters, flushed to `Shared` once per loop iteration.
@@ -1114,10 +1444,17 @@ impl Conn {
             pending_t: None,
             got_retry: false,
             ready: false,
+            ws: None,
         }
     }
 
-    fn start(&mut self, tok: usize, server: SocketAddr, reg: &Registry) -> io::Result<()> {
+    fn start(
+        &mut self,
+        tok: usize,
+        server: SocketAddr,
+        reg: &Registry,
+        ws: Option<&Arc<WsCfg>>,
+    ) -> io::Result<()> {
         let s = Socket::new(
             Domain::IPV4,
             Type::STREAM.nonblocking(),
@@ -1140,6 +1477,12 @@ impl Conn {
         self.chunked = None;
         self.pending_t = None;
         self.got_retry = false;
+        if let Some(cfg) = ws {
+            let seed = now_ns() ^ (tok as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.ws
+                .get_or_insert_with(|| Box::new(WsConn::new(cfg.clone(), seed)))
+                .reset();
+        }
         Ok(())
     }
 
@@ -1177,14 +1520,29 @@ impl Conn {
                         Err(e) => return Outcome::Fail(format!("connect: {e}"), true),
                     }
                 }
-                St::Sending(off) => match sock.write(&req[off..]) {
-                    Ok(n) if off + n == req.len() => self.st = St::Headers,
-                    Ok(n) => self.st = St::Sending(off + n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Outcome::Continue,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Outcome::Fail(format!("write request: {e}"), true),
-                },
+                St::Sending(off) => {
+                    let req: &[u8] = match &self.ws {
+                        Some(w) => &w.req,
+                        None => req,
+                    };
+                    match sock.write(&req[off..]) {
+                        Ok(n) if off + n == req.len() => self.st = St::Headers,
+                        Ok(n) => self.st = St::Sending(off + n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Outcome::Continue
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Outcome::Fail(format!("write request: {e}"), true),
+                    }
+                }
                 St::Headers | St::Body => {
+                    if let Some(w) = self.ws.as_mut() {
+                        if !w.out.is_empty() {
+                            if let Err(e) = w.flush(sock) {
+                                return Outcome::Fail(e, true);
+                            }
+                        }
+                    }
                     return match sock.read(rbuf) {
                         Ok(0) => Outcome::Fail("closed by server".into(), true),
                         Ok(n) => {
@@ -1192,6 +1550,13 @@ impl Conn {
                             loc.now_ns = now_ns();
                             if let Err(e) = self.feed(&rbuf[..n], loc) {
                                 return Outcome::Fail(e, false);
+                            }
+                            if let (Some(w), Some(sock)) = (self.ws.as_mut(), self.sock.as_mut()) {
+                                if !w.out.is_empty() {
+                                    if let Err(e) = w.flush(sock) {
+                                        return Outcome::Fail(e, true);
+                                    }
+                                }
                             }
                             if n < rbuf.len() && !drain {
                                 // Short read: the receive queue is empty and edge-triggered epoll
@@ -1222,6 +1587,13 @@ impl Conn {
                 return Ok(());
             };
             let head = String::from_utf8_lossy(&self.hdr[..end]).into_owned();
+            if let Some(w) = self.ws.as_mut() {
+                w.handshake(&head)?;
+                let rest = self.hdr.split_off(end + 4);
+                self.hdr = Vec::new();
+                self.st = St::Body;
+                return self.feed_ws(&rest, loc);
+            }
             let status = head.lines().next().unwrap_or("");
             if !(status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200")) {
                 return Err(format!("unexpected response: {status}"));
@@ -1240,7 +1612,19 @@ impl Conn {
             self.st = St::Body;
             return self.feed_body(&rest, loc);
         }
+        if self.ws.is_some() {
+            return self.feed_ws(data, loc);
+        }
         self.feed_body(data, loc)
+    }
+
+    fn feed_ws(&mut self, data: &[u8], loc: &mut Local) -> Result<(), String> {
+        if let Some(w) = self.ws.as_mut() {
+            if w.feed(data, loc)? {
+                self.got_retry = true;
+            }
+        }
+        Ok(())
     }
 
     fn feed_body(&mut self, data: &[u8], loc: &mut Local) -> Result<(), String> {
@@ -1359,7 +1743,7 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
     while !sh.stop.load(Relaxed) && !interrupted() {
         while in_flight < cfg.concurrency {
             let Some(i) = queue.pop_front() else { break };
-            match conns[i].start(i, cfg.server, poll.registry()) {
+            match conns[i].start(i, cfg.server, poll.registry(), cfg.ws.as_ref()) {
                 Ok(()) => in_flight += 1,
                 Err(e) => attempt_failed!(i, format!("socket/bind/connect: {e}"), true),
             }
@@ -1408,11 +1792,13 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
             for i in 0..n {
                 let c = &conns[i];
                 if c.sock.is_some() && !c.ready && c.started.elapsed() > cfg.connect_timeout {
-                    let what = match c.st {
-                        St::Connecting => "TCP connect",
-                        St::Sending(_) => "sending the request",
-                        St::Headers => "response headers",
-                        _ => "the first `retry:` line",
+                    let what = match (c.st, cfg.ws.is_some()) {
+                        (St::Connecting, _) => "TCP connect",
+                        (St::Sending(_), _) => "sending the request",
+                        (St::Headers, false) => "response headers",
+                        (_, false) => "the first `retry:` line",
+                        (St::Headers, true) => "the 101 response",
+                        (_, true) => "the `subscribed` ack",
                     };
                     in_flight -= 1;
                     attempt_failed!(
@@ -1465,7 +1851,7 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
     (loc.hist, loc.setup)
 }
 
-/// A set of SSE connections spread over the generator threads.
+/// A set of SSE or WebSocket connections spread over the generator threads.
 struct ConnSet {
     sh: Arc<Shared>,
     handles: Vec<JoinHandle<(Histogram, Histogram)>>,
@@ -1473,7 +1859,7 @@ struct ConnSet {
 }
 
 impl ConnSet {
-    fn start(srv: &Server, a: &Args, n: usize, srcs: &mut SrcAlloc) -> Res<ConnSet> {
+    fn start(srv: &Server, a: &Args, tr: Transport, n: usize, srcs: &mut SrcAlloc) -> Res<ConnSet> {
         let threads = a.threads.max(1);
         let per_source = a.per_source.max(1);
         let sh = Arc::new(Shared {
@@ -1501,6 +1887,16 @@ impl ConnSet {
             per_thread[i % threads].push(src);
         }
         let req = Arc::new(srv.sse_request(&a.channel));
+        let ws = (tr == Transport::Ws).then(|| {
+            Arc::new(WsCfg {
+                head: srv.ws_request_head(&a.channel),
+                subscribe: (srv.kind == Kind::Redix).then(|| {
+                    json!({"type": "subscribe", "channel": a.channel})
+                        .to_string()
+                        .into_bytes()
+                }),
+            })
+        });
         let mut handles = Vec::new();
         for (t, list) in per_thread.into_iter().enumerate() {
             let cfg = WorkerCfg {
@@ -1511,6 +1907,7 @@ impl ConnSet {
                 concurrency: (a.connect_concurrency / threads).max(1),
                 attempts: a.connect_attempts.max(1),
                 connect_timeout: Duration::from_secs_f64(a.connect_timeout),
+                ws: ws.clone(),
             };
             let sh2 = sh.clone();
             let h = thread::Builder::new()
@@ -1943,15 +2340,22 @@ struct IdleResult {
     first_err: Option<String>,
 }
 
-fn run_idle(srv: &mut Server, a: &Args, srcs: &mut SrcAlloc, round: usize) -> Res<IdleResult> {
+fn run_idle(
+    srv: &mut Server,
+    a: &Args,
+    tr: Transport,
+    srcs: &mut SrcAlloc,
+    round: usize,
+) -> Res<IdleResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
     let n = a.conns;
     let pid = srv.pid;
-    eprintln!("[{}] idle: opening {n} SSE connections…", srv.kind.name());
+    let name = label(srv.kind, tr, a);
+    eprintln!("[{name}] idle: opening {n} {} connections…", tr.long());
     let (rss_before, _, _) = wait_rss_stable(pid, Duration::from_secs(5))?;
     let self_pid = std::process::id() as i32;
     let (cpu0, self0, w0) = (cpu_ticks(pid)?, cpu_ticks(self_pid)?, Instant::now());
-    let set = ConnSet::start(srv, a, n, srcs)?;
+    let set = ConnSet::start(srv, a, tr, n, srcs)?;
     set.wait_ready(srv, deadline)?;
     let (cpu1, self1, wall) = (
         cpu_ticks(pid)?,
@@ -1964,8 +2368,7 @@ fn run_idle(srv: &mut Server, a: &Args, srcs: &mut SrcAlloc, round: usize) -> Re
     let failed = sh.failed.load(Relaxed);
     let setup_s = sh.last_ready_ns.load(Relaxed) as f64 / 1e9;
     eprintln!(
-        "[{}] idle: {ready} ready, {failed} failed in {setup_s:.3} s; waiting for RSS to settle…",
-        srv.kind.name()
+        "[{name}] idle: {ready} ready, {failed} failed in {setup_s:.3} s; waiting for RSS to settle…"
     );
     let settle = Duration::from_secs_f64(a.settle_timeout)
         .min(deadline.saturating_duration_since(Instant::now()));
@@ -2050,16 +2453,17 @@ struct FanoutResult {
 fn run_fanout(
     srv: &mut Server,
     a: &Args,
+    tr: Transport,
     srcs: &mut SrcAlloc,
     rate: f64,
     round: usize,
 ) -> Res<FanoutResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
-    let name = srv.kind.name();
+    let name = label(srv.kind, tr, a);
     let pid = srv.pid;
     let tck = clk_tck();
     eprintln!("[{name}] fanout {rate}/s: opening {} subscribers…", a.subs);
-    let set = ConnSet::start(srv, a, a.subs, srcs)?;
+    let set = ConnSet::start(srv, a, tr, a.subs, srcs)?;
     set.wait_ready(srv, deadline)?;
     let sh = set.sh.clone();
     let ready = sh.ready.load(Relaxed);
@@ -2196,9 +2600,18 @@ fn run_fanout(
 // Reporting
 // ---------------------------------------------------------------------------------------------
 
-fn idle_json(kind: Kind, r: &IdleResult) -> Value {
+/// "redix" when the run is SSE only (as before --transport existed), else "redix sse" / "redix ws".
+fn label(kind: Kind, tr: Transport, a: &Args) -> String {
+    if a.transport == TransportSel::Sse {
+        kind.name().to_string()
+    } else {
+        format!("{} {}", kind.name(), tr.tag())
+    }
+}
+
+fn idle_json(kind: Kind, tr: Transport, r: &IdleResult) -> Value {
     json!({
-        "bench": "load", "target": kind.name(), "scenario": "idle", "round": r.round,
+        "bench": "load", "target": kind.name(), "transport": tr.tag(), "scenario": "idle", "round": r.round,
         "conns": r.conns, "ready": r.ready, "failed": r.failed, "dropped": r.dropped, "retries": r.retries,
         "setup_s": round(r.setup_s, 4), "handshakes_per_s": r.handshakes_per_s.round(),
         "rss_before_kib": r.rss_before, "rss_after_kib": r.rss_after, "rss_settled": r.settled,
@@ -2210,9 +2623,9 @@ fn idle_json(kind: Kind, r: &IdleResult) -> Value {
     })
 }
 
-fn fanout_json(kind: Kind, r: &FanoutResult) -> Value {
+fn fanout_json(kind: Kind, tr: Transport, r: &FanoutResult) -> Value {
     json!({
-        "bench": "load", "target": kind.name(), "scenario": "fanout", "round": r.round,
+        "bench": "load", "target": kind.name(), "transport": tr.tag(), "scenario": "fanout", "round": r.round,
         "subs": r.subs, "subs_ready": r.ready, "rate": r.rate, "duration_s": r.duration,
         "planned": r.planned, "sent": r.sent, "published_ok": r.published_ok, "publish_errors": r.publish_errors,
         "publish_rate": round(r.publish_rate, 1), "publish_max_lag_us": r.pub_max_lag_us, "publish_max_in_flight": r.pub_max_in_flight,
@@ -2236,7 +2649,7 @@ fn round(v: f64, d: i32) -> f64 {
     (v * m).round() / m
 }
 
-fn print_idle(kind: Kind, r: &IdleResult) {
+fn print_idle(kind: Kind, tr: Transport, r: &IdleResult) {
     let mut s = String::new();
     let round = if r.round > 1 {
         format!(" (round {})", r.round)
@@ -2245,9 +2658,10 @@ fn print_idle(kind: Kind, r: &IdleResult) {
     };
     let _ = writeln!(
         s,
-        "\n== {} idle: {} SSE connections to one channel{round} ==",
+        "\n== {} idle: {} {} connections to one channel{round} ==",
         kind.name(),
-        r.conns
+        r.conns,
+        tr.long()
     );
     let _ = writeln!(
         s,
@@ -2295,14 +2709,18 @@ fn print_idle(kind: Kind, r: &IdleResult) {
     print!("{s}");
 }
 
-fn print_fanout(kind: Kind, r: &FanoutResult) {
+fn print_fanout(kind: Kind, tr: Transport, r: &FanoutResult) {
     let mut s = String::new();
     let h = &r.hist;
     let _ = writeln!(
         s,
-        "\n== {} fanout: {} subscribers × {} events/s × {} s{} ==",
+        "\n== {} fanout: {} {}subscribers × {} events/s × {} s{} ==",
         kind.name(),
         r.subs,
+        match tr {
+            Transport::Sse => "",
+            Transport::Ws => "WebSocket ",
+        },
         r.rate,
         r.duration,
         if r.round > 1 {
@@ -2386,6 +2804,7 @@ fn print_fanout(kind: Kind, r: &FanoutResult) {
 
 struct TargetResult {
     kind: Kind,
+    transport: Transport,
     /// one per round; the comparison table shows round 1 (a fresh server)
     idle: Vec<IdleResult>,
     fanout: Vec<FanoutResult>,
@@ -2403,9 +2822,14 @@ fn comparison_table(results: &[TargetResult], a: &Args) -> String {
             .collect()
     };
     if a.scenario != ScenarioSel::Fanout {
+        let (what, target) = match a.transport {
+            TransportSel::Sse => ("SSE conn", "≤ 1 KiB"),
+            TransportSel::Ws => ("WebSocket", "≤ 1.5 KiB"),
+            TransportSel::Both => ("conn", "≤ 1 KiB SSE, ≤ 1.5 KiB WS"),
+        };
         rows.push((
-            format!("idle: RSS per idle SSE conn ({} conns)", a.conns),
-            "≤ 1 KiB".into(),
+            format!("idle: RSS per idle {what} ({} conns)", a.conns),
+            target.into(),
             cell(&|r| {
                 r.idle.first().map(|i| {
                     format!(
@@ -2514,7 +2938,7 @@ fn comparison_table(results: &[TargetResult], a: &Args) -> String {
     }
     let mut s = String::from("\n| figure | target |");
     for r in results {
-        let _ = write!(s, " {} |", r.kind.name());
+        let _ = write!(s, " {} |", label(r.kind, r.transport, a));
     }
     s.push_str("\n|---|---|");
     for _ in results {
@@ -2552,7 +2976,7 @@ fn rounds_table(results: &[TargetResult], a: &Args) -> String {
             let _ = write!(
                 s,
                 "| {} | {round} | {} | {} |",
-                t.kind.name(),
+                label(t.kind, t.transport, a),
                 idle.map(|i| format!("{} B", thousands(i.per_conn_bytes)))
                     .unwrap_or_else(|| "—".into()),
                 idle.map(|i| format!("{}/s", thousands(i.handshakes_per_s)))
@@ -2598,6 +3022,17 @@ fn run(a: &Args) -> Res<bool> {
         TargetSel::Nchan => vec![Kind::Nchan],
         TargetSel::Both => vec![Kind::Redix, Kind::Nchan],
     };
+    let transports = match a.transport {
+        TransportSel::Sse => vec![Transport::Sse],
+        TransportSel::Ws => vec![Transport::Ws],
+        TransportSel::Both => vec![Transport::Sse, Transport::Ws],
+    };
+    // Each server × transport gets a freshly started server (idle RSS is only comparable from
+    // a fresh process: a warm allocator reuses what earlier connections left).
+    let runs: Vec<(Kind, Transport)> = kinds
+        .iter()
+        .flat_map(|&k| transports.iter().map(move |&t| (k, t)))
+        .collect();
     let nofile = raise_nofile();
     let need = a.conns.max(a.subs) + 64;
     if nofile < need as u64 {
@@ -2608,19 +3043,21 @@ fn run(a: &Args) -> Res<bool> {
     let mut srcs = SrcAlloc { next: 2 };
     let mut results = Vec::new();
     let mut all_ok = true;
-    for kind in kinds {
+    for (kind, transport) in runs {
+        let name = label(kind, transport, a);
         let mut tr = TargetResult {
             kind,
+            transport,
             idle: vec![],
             fanout: vec![],
             errors: vec![],
             note: String::new(),
             exit: String::new(),
         };
-        let mut srv = match Server::start(kind, a) {
+        let mut srv = match Server::start(kind, a, transport) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("[{}] cannot start: {e}", kind.name());
+                eprintln!("[{name}] cannot start: {e}");
                 tr.errors.push(format!("start: {e}"));
                 results.push(tr);
                 all_ok = false;
@@ -2633,30 +3070,27 @@ fn run(a: &Args) -> Res<bool> {
         thread::sleep(Duration::from_secs(1));
         let busy = box_busy_pct(b0, box_cpu());
         if busy > 15.0 {
-            eprintln!("[{}] WARNING: the box is already {busy:.0} % of one core busy before any load; figures will be noisy", kind.name());
+            eprintln!("[{name}] WARNING: the box is already {busy:.0} % of one core busy before any load; figures will be noisy");
         }
         tr.note
             .push_str(&format!("; box busy before load: {busy:.0} % of one core"));
         eprintln!(
-            "[{}] {} — listening on {}, measuring pid {}",
-            kind.name(),
-            srv.note,
-            srv.addr,
-            srv.pid
+            "[{name}] {} — listening on {}, measuring pid {}",
+            srv.note, srv.addr, srv.pid
         );
         for round in 1..=a.rounds.max(1) {
             if a.rounds > 1 {
-                eprintln!("[{}] round {round} of {}", kind.name(), a.rounds);
+                eprintln!("[{name}] round {round} of {}", a.rounds);
             }
             if a.scenario != ScenarioSel::Fanout && !interrupted() {
-                match run_idle(&mut srv, a, &mut srcs, round) {
+                match run_idle(&mut srv, a, transport, &mut srcs, round) {
                     Ok(r) => {
-                        print_idle(kind, &r);
-                        emit_json(&idle_json(kind, &r), a);
+                        print_idle(kind, transport, &r);
+                        emit_json(&idle_json(kind, transport, &r), a);
                         tr.idle.push(r);
                     }
                     Err(e) => {
-                        eprintln!("[{}] idle failed: {e}", kind.name());
+                        eprintln!("[{name}] idle failed: {e}");
                         tr.errors.push(format!("idle: {e}"));
                         if let Err(e) = srv.check_alive() {
                             tr.errors.push(format!("remaining scenarios skipped: {e}"));
@@ -2671,14 +3105,14 @@ fn run(a: &Args) -> Res<bool> {
                     if interrupted() {
                         break;
                     }
-                    match run_fanout(&mut srv, a, &mut srcs, rate, round) {
+                    match run_fanout(&mut srv, a, transport, &mut srcs, rate, round) {
                         Ok(r) => {
-                            print_fanout(kind, &r);
-                            emit_json(&fanout_json(kind, &r), a);
+                            print_fanout(kind, transport, &r);
+                            emit_json(&fanout_json(kind, transport, &r), a);
                             tr.fanout.push(r);
                         }
                         Err(e) => {
-                            eprintln!("[{}] fanout {rate}/s failed: {e}", kind.name());
+                            eprintln!("[{name}] fanout {rate}/s failed: {e}");
                             tr.errors.push(format!("fanout {rate}/s: {e}"));
                             if srv.check_alive().is_err() {
                                 break;
@@ -2690,7 +3124,7 @@ fn run(a: &Args) -> Res<bool> {
             }
         }
         tr.exit = srv.stop();
-        eprintln!("[{}] server: {}", kind.name(), tr.exit);
+        eprintln!("[{name}] server: {}", tr.exit);
         all_ok &= tr.errors.is_empty();
         results.push(tr);
         if interrupted() {
@@ -2702,14 +3136,14 @@ fn run(a: &Args) -> Res<bool> {
         println!("{}", rounds_table(&results, a));
     }
     for r in &results {
+        let name = label(r.kind, r.transport, a);
         println!(
-            "{}: {}; {}",
-            r.kind.name(),
+            "{name}: {}; {}",
             r.note,
             if r.exit.is_empty() { "-" } else { &r.exit }
         );
         for e in &r.errors {
-            println!("{} ERROR {e}", r.kind.name());
+            println!("{name} ERROR {e}");
         }
     }
     if interrupted() {
@@ -2861,6 +3295,155 @@ fn self_test() -> bool {
         "non-200 rejected",
         c.feed(b"HTTP/1.1 429 Too Many Requests\r\n\r\n", &mut loc)
             .is_err(),
+    );
+
+    // WebSocket: handshake + frames split at every position, every length encoding, fragments
+    // with a ping in between, pongs and the subscribe frame masked
+    fn server_frame(fin: bool, op: u8, p: &[u8], long: bool) -> Vec<u8> {
+        let mut f = vec![if fin { 0x80 | op } else { op }];
+        if long {
+            f.push(127);
+            f.extend_from_slice(&(p.len() as u64).to_be_bytes());
+        } else if p.len() < 126 {
+            f.push(p.len() as u8);
+        } else {
+            f.push(126);
+            f.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(p);
+        f
+    }
+    /// (opcode, unmasked payload) of every client frame; None if one is not masked
+    fn client_frames(mut b: &[u8]) -> Option<Vec<(u8, Vec<u8>)>> {
+        let mut v = Vec::new();
+        while let Some((hl, len)) = ws_header(b) {
+            if b[1] & 0x80 == 0 || b[0] & 0x80 == 0 {
+                return None;
+            }
+            let mask = &b[hl..hl + 4];
+            let p = &b[hl + 4..hl + 4 + len as usize];
+            v.push((
+                b[0] & 0x0f,
+                p.iter().enumerate().map(|(i, x)| x ^ mask[i & 3]).collect(),
+            ));
+            b = &b[hl + 4 + len as usize..];
+        }
+        b.is_empty().then_some(v)
+    }
+    let wcfg = Arc::new(WsCfg {
+        head: "GET /ws HTTP/1.1\r\nHost: x\r\n".into(),
+        subscribe: Some(br#"{"type":"subscribe","channel":"bench"}"#.to_vec()),
+    });
+    let new_ws_conn = || {
+        let mut c = Conn::new(Ipv4Addr::LOCALHOST);
+        let mut w = WsConn::new(wcfg.clone(), 42);
+        w.reset();
+        c.ws = Some(Box::new(w));
+        c.st = St::Headers;
+        c
+    };
+    let msg = |t: u64, pad: usize| {
+        format!(
+            r#"{{"type":"message","channel":"bench","id":"{t}","data":{{"t":{t},"pad":"{}"}}}}"#,
+            "x".repeat(pad)
+        )
+        .into_bytes()
+    };
+    let mut frames = server_frame(
+        true,
+        1,
+        br#"{"type":"subscribed","channel":"bench"}"#,
+        false,
+    );
+    frames.extend(server_frame(true, 9, b"p1", false));
+    frames.extend(server_frame(true, 1, &msg(1_000_000, 10), false));
+    frames.extend(server_frame(true, 1, &msg(2_000_000, 200), false)); // 16-bit length
+    frames.extend(server_frame(true, 1, &msg(3_000_000, 5), true)); // 64-bit length
+    let m4 = msg(4_000_000, 30);
+    frames.extend(server_frame(false, 1, &m4[..20], false));
+    frames.extend(server_frame(true, 9, b"p2", false));
+    frames.extend(server_frame(false, 0, &m4[20..40], false));
+    frames.extend(server_frame(true, 0, &m4[40..], false));
+    frames.extend(server_frame(true, 0xA, b"", false));
+    let mut ok = true;
+    let mut ok_out = true;
+    for split in 1..frames.len() + 60 {
+        let mut c = new_ws_conn();
+        let accept = c.ws.as_ref().unwrap().accept.clone();
+        let stream = [
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").into_bytes(),
+            frames.clone(),
+        ]
+        .concat();
+        let split = split.min(stream.len() - 1);
+        let mut loc = Local {
+            hist: Histogram::new(),
+            setup: Histogram::new(),
+            events: 0,
+            stale: 0,
+            bytes: 0,
+            last_recv: 0,
+            pub_start: 1_500_000,
+            now_ns: 5_000_000,
+        };
+        for piece in [&stream[..split], &stream[split..]] {
+            for tiny in piece.chunks(if split % 3 == 0 { 1 } else { 4096 }) {
+                ok &= c.feed(tiny, &mut loc).is_ok();
+            }
+        }
+        ok &= c.got_retry
+            && c.st == St::Body
+            && loc.stale == 1
+            && loc.events == 3
+            && loc.hist.max == 3000
+            && loc.hist.sum == 6000;
+        let out = client_frames(&c.ws.as_ref().unwrap().out);
+        ok_out &= out
+            == Some(vec![
+                (1, br#"{"type":"subscribe","channel":"bench"}"#.to_vec()),
+                (0xA, b"p1".to_vec()),
+                (0xA, b"p2".to_vec()),
+            ]);
+    }
+    check("WebSocket parser, every split", ok);
+    check("WebSocket subscribe + pongs masked", ok_out);
+    let mut c = new_ws_conn();
+    let mut loc = Local {
+        hist: Histogram::new(),
+        setup: Histogram::new(),
+        events: 0,
+        stale: 0,
+        bytes: 0,
+        last_recv: 0,
+        pub_start: 0,
+        now_ns: 0,
+    };
+    check(
+        "WebSocket bad accept rejected",
+        c.feed(
+            b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: nope\r\n\r\n",
+            &mut loc,
+        )
+        .is_err(),
+    );
+    let mut c = new_ws_conn();
+    let accept = c.ws.as_ref().unwrap().accept.clone();
+    let head =
+        format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+    let ok1 = c.feed(head.as_bytes(), &mut loc).is_ok();
+    let close = c.feed(
+        &server_frame(true, 8, b"\x03\xe9idle timeout", false),
+        &mut loc,
+    );
+    let mut c2 = new_ws_conn();
+    let _ = c2.feed(head.as_bytes(), &mut loc);
+    check(
+        "WebSocket close and masked frames rejected",
+        ok1 && matches!(close, Err(e) if e.contains("1001 idle timeout"))
+            && c2.feed(&[0x81, 0x81, 1, 2, 3, 4, 5], &mut loc).is_err()
+            && new_ws_conn()
+                .feed(b"HTTP/1.1 426 Upgrade Required\r\n\r\n", &mut loc)
+                .is_err(),
     );
 
     // publish responses
