@@ -15,13 +15,7 @@ fn burst(addr: SocketAddr, channel: &str, n: usize, data: &str) -> Vec<u64> {
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut out = Vec::new();
     for _ in 0..n {
-        let body = format!(r#"{{"channel":"{channel}","data":{data}}}"#);
-        write!(
-            out,
-            "POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        push_publish(&mut out, channel, data);
     }
     s.write_all(&out).unwrap();
     let mut r = BufReader::new(s);

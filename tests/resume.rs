@@ -304,13 +304,7 @@ fn a_million_one_shot_channels_leave_hub_memory_bounded_after_the_sweep() {
     for batch in 0..CHANNELS_PUBLISHED / 1000 {
         let mut out = Vec::with_capacity(1000 * 120);
         for k in 0..1000 {
-            let body = format!(r#"{{"channel":"one-{batch}-{k}","data":1}}"#);
-            write!(
-                out,
-                "POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
+            push_publish(&mut out, &format!("one-{batch}-{k}"), "1");
         }
         s.write_all(&out).unwrap();
         for _ in 0..1000 {

@@ -199,6 +199,17 @@ pub fn publish(addr: SocketAddr, channel: &str, data: &str) -> u64 {
     v["id"].as_str().expect("id").parse().expect("numeric id")
 }
 
+/// Appends one publish request (keep-alive) to `out`, for pipelining.
+pub fn push_publish(out: &mut Vec<u8>, channel: &str, data: &str) {
+    let body = format!(r#"{{"channel":"{channel}","data":{data}}}"#);
+    let head = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body.as_bytes());
+}
+
 /// Reads one `200` response off a keep-alive connection; returns its JSON body.
 pub fn read_json_response(reader: &mut BufReader<TcpStream>) -> serde_json::Value {
     let mut line = String::new();
