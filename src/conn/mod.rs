@@ -279,9 +279,9 @@ impl Conn {
         }
     }
 
-    /// Writes what the queue holds, unless the socket said it would block.
-    pub fn flush(&mut self) -> Flushed {
-        let done = self.queue.flush(&mut self.stream);
+    /// Writes what the queue holds, up to about `budget` bytes.
+    pub fn flush(&mut self, budget: usize) -> Flushed {
+        let done = self.queue.flush(&mut self.stream, budget);
         self.blocked = done.status == IoStatus::WouldBlock;
         if let (Some(d), Some(id)) = (self.state.delivery_mut(), done.last_id) {
             d.last_written = Some(id);

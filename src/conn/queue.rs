@@ -128,8 +128,10 @@ impl WriteQueue {
         });
     }
 
-    /// Writes until the queue is empty or the writer would block.
-    pub fn flush<W: Write>(&mut self, w: &mut W) -> Flushed {
+    /// Writes until the queue is empty, the writer would block, or about
+    /// `budget` bytes went out (then the status is `Progress` with bytes
+    /// still queued: one connection must not hold its reactor for long).
+    pub fn flush<W: Write>(&mut self, w: &mut W, budget: usize) -> Flushed {
         let mut done = Flushed {
             status: IoStatus::Progress(0),
             bytes: 0,
@@ -137,7 +139,7 @@ impl WriteQueue {
             last_id: None,
             calls: 0,
         };
-        while !self.frames.is_empty() {
+        while !self.frames.is_empty() && done.bytes < budget {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
             for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
@@ -267,16 +269,16 @@ mod tests {
             budget: 4,
             calls: 0,
         };
-        let f = q.flush(&mut w);
+        let f = q.flush(&mut w, usize::MAX);
         assert_eq!(
             (f.status, f.events, f.last_id),
             (IoStatus::WouldBlock, 0, None)
         );
         w.budget = 4;
-        let f = q.flush(&mut w);
+        let f = q.flush(&mut w, usize::MAX);
         assert_eq!((f.events, f.last_id), (1, Some(1)));
         w.budget = 100;
-        let f = q.flush(&mut w);
+        let f = q.flush(&mut w, usize::MAX);
         assert_eq!(
             (f.status, f.events, f.last_id),
             (IoStatus::Progress(3), 1, Some(2))
@@ -300,9 +302,36 @@ mod tests {
             budget: 1 << 20,
             calls: 0,
         };
-        let f = q.flush(&mut w);
+        let f = q.flush(&mut w, usize::MAX);
         // 64 slices per writev: a burst of 100 events takes 2 calls.
         assert_eq!((f.events, w.calls, f.calls), (100, 2, 2));
+    }
+
+    #[test]
+    fn a_flush_stops_at_its_budget_and_resumes_later() {
+        let mut q = WriteQueue::default();
+        let limits = QueueLimits {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+        };
+        for id in 0..10 {
+            q.push_data(Bytes::from(vec![b'x'; 100]), id, limits);
+        }
+        let mut w = Throttled {
+            out: vec![],
+            budget: 250,
+            calls: 0,
+        };
+        let f = q.flush(&mut w, 200);
+        assert_eq!(
+            (f.status, f.bytes),
+            (IoStatus::Progress(250), 250),
+            "one call, then the budget is spent"
+        );
+        assert!(!q.is_empty());
+        w.budget = 10_000;
+        let f = q.flush(&mut w, usize::MAX);
+        assert_eq!((f.bytes, q.is_empty(), w.out.len()), (750, true, 1000));
     }
 
     #[test]
@@ -316,10 +345,10 @@ mod tests {
             budget: 2,
             calls: 0,
         };
-        q.flush(&mut w);
+        q.flush(&mut w, usize::MAX);
         q.discard_pending_data();
         w.budget = 100;
-        let f = q.flush(&mut w);
+        let f = q.flush(&mut w, usize::MAX);
         assert_eq!(w.out, b"aaaapp");
         assert_eq!((f.last_id, q.len_events()), (Some(1), 0));
     }

@@ -21,6 +21,10 @@ use crate::proto::ws::close_code;
 
 use super::websocket::CLOSE_SLOW;
 
+/// Bytes one connection may write per reactor turn, so a big replay or
+/// burst to one client does not hold up every other connection.
+const FLUSH_BUDGET: usize = 256 * 1024;
+
 /// Books what queueing one data event did; true when it was queued.
 pub(super) fn settle(
     outcome: Enqueued,
@@ -492,7 +496,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
-            let done = conn.flush();
+            let done = conn.flush(FLUSH_BUDGET);
             let stats = &self.shared.stats[self.id];
             WorkerStats::add(&stats.bytes_written, done.bytes as u64);
             WorkerStats::add(&stats.events_written, done.events as u64);
@@ -501,6 +505,11 @@ impl Worker {
                 IoStatus::Closed | IoStatus::Reset => self.close(key, Closed::PeerReset),
                 IoStatus::Error(_) => self.close(key, Closed::Error),
                 IoStatus::WouldBlock => {}
+                // Budget spent with bytes left: the rest goes next turn.
+                IoStatus::Progress(_) if !conn.queue.is_empty() => {
+                    conn.dirty = true;
+                    self.dirty.push((key, gen));
+                }
                 IoStatus::Progress(_) => {
                     conn.shut_when_drained();
                 }
