@@ -64,6 +64,9 @@ pub struct Ctx<'a> {
 }
 
 pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
+    if let Err(reject) = rate_limit(head, ctx) {
+        return reject.into_action(head);
+    }
     let result = match head.path.as_str() {
         "/api/stream" => only(head, Method::Get).and_then(|_| stream(head, ctx)),
         "/ws" => upgrade(head, ctx, false),
@@ -174,6 +177,35 @@ fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
             },
         )),
     }
+}
+
+/// The per-client request rate. Monitoring endpoints, loopback clients and
+/// requests with a valid API key are not limited.
+fn rate_limit(head: &Head, ctx: &Ctx<'_>) -> Result<(), Reject> {
+    if matches!(head.path.as_str(), "/healthz" | "/readyz" | "/metrics/prom") {
+        return Ok(());
+    }
+    let trusted = &ctx.shared.config.limits.trusted_proxies;
+    let ip = client_ip(ctx.peer, head.forwarded_for.as_deref(), trusted);
+    if ip.is_loopback() {
+        return Ok(());
+    }
+    let keys = ctx.shared.keys();
+    let keyed = [Scope::Publish, Scope::Admin]
+        .iter()
+        .any(|s| keys.any_configured() && keys.check(*s, head.credential(), ctx.peer).is_ok());
+    if keyed {
+        return Ok(());
+    }
+    let now = ctx.shared.now_ms();
+    ctx.shared
+        .request_limiter
+        .check(IpKey::of(ip), now)
+        .map_err(|secs| {
+            WorkerStats::add(&ctx.stats.rejected_rate_limit, 1);
+            Reject::new(429, "rate_limited", "too many requests from this client IP")
+                .with_header(format!("Retry-After: {secs}"))
+        })
 }
 
 /// A reactor that has not turned for this long counts as stuck.

@@ -22,6 +22,10 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 /// Listen backlog passed to `listen(2)` (the kernel caps it at `somaxconn`).
 pub const DEFAULT_BACKLOG: i32 = 4096;
+/// HTTP requests per second per client IP, refilled continuously.
+pub const DEFAULT_REQUESTS_PER_SEC: u32 = 20;
+/// Requests a client may make at once before the rate applies.
+pub const DEFAULT_REQUEST_BURST: u32 = 60;
 /// Concurrent SSE streams per client IP (IPv6 counted per /64).
 pub const DEFAULT_SSE_PER_IP: u32 = 20;
 /// Time for a request's headers and body to arrive, and for an idle
@@ -115,6 +119,10 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// HTTP requests per second per client IP (token bucket); 0 disables.
+    /// Loopback clients and requests with a valid API key are exempt.
+    pub requests_per_sec: u32,
+    pub request_burst: u32,
     pub sse_per_ip: u32,
     pub ws_per_ip: u32,
     /// Global connection cap; 0 derives it from `RLIMIT_NOFILE`.
@@ -276,6 +284,8 @@ impl Default for WsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
+            requests_per_sec: DEFAULT_REQUESTS_PER_SEC,
+            request_burst: DEFAULT_REQUEST_BURST,
             sse_per_ip: DEFAULT_SSE_PER_IP,
             ws_per_ip: DEFAULT_WS_PER_IP,
             max_connections: 0,

@@ -96,6 +96,59 @@ impl IpLimiter {
     }
 }
 
+/// Client keys a [`RateLimiter`] tracks at most; past it, full buckets are
+/// swept, and a client that still finds no room is let through untracked
+/// (failing open: the connection caps still hold).
+pub const RATE_LIMITER_MAX_CLIENTS: usize = 100_000;
+
+/// Per-client token buckets for HTTP requests. Time is passed in.
+pub struct RateLimiter {
+    /// Tokens per second; 0 disables the limiter.
+    rate: u32,
+    burst: u32,
+    /// Client → (tokens, last refill in ms).
+    buckets: Mutex<HashMap<IpKey, (f64, u64)>>,
+}
+
+impl RateLimiter {
+    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+        RateLimiter {
+            rate,
+            burst: burst.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key`; `Err(seconds)` says when one will be there.
+    pub fn check(&self, key: IpKey, now_ms: u64) -> Result<(), u64> {
+        if self.rate == 0 {
+            return Ok(());
+        }
+        let (rate, burst) = (f64::from(self.rate), f64::from(self.burst));
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= RATE_LIMITER_MAX_CLIENTS && !buckets.contains_key(&key) {
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + (now_ms.saturating_sub(*at) as f64) * rate / 1000.0 < burst
+            });
+            if buckets.len() >= RATE_LIMITER_MAX_CLIENTS {
+                return Ok(());
+            }
+        }
+        let (tokens, at) = buckets.entry(key).or_insert((burst, now_ms));
+        *tokens = (*tokens + (now_ms.saturating_sub(*at) as f64) * rate / 1000.0).min(burst);
+        *at = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return Ok(());
+        }
+        Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
 /// File descriptors redix keeps for itself (listeners, polls, wakers,
 /// Redis and upstream links, logs) beyond its client connections.
 pub const FD_RESERVE: u64 = 128;
@@ -169,6 +222,18 @@ mod tests {
         assert_eq!(client_ip(other, xff, &[proxy]), other);
         assert_eq!(client_ip(proxy, xff, &[proxy]).to_string(), "2.2.2.2");
         assert_eq!(client_ip(proxy, Some("junk"), &[proxy]), proxy);
+    }
+
+    #[test]
+    fn token_buckets_refill_at_their_rate() {
+        let l = RateLimiter::new(2, 3);
+        let k = IpKey::V4([9, 9, 9, 9]);
+        assert!((0..3).all(|_| l.check(k, 0).is_ok()), "the burst");
+        assert_eq!(l.check(k, 0), Err(1));
+        assert!(l.check(k, 499).is_err(), "0.998 tokens");
+        assert!(l.check(k, 500).is_ok(), "one token per 500 ms");
+        assert!(l.check(IpKey::V4([1, 1, 1, 1]), 500).is_ok(), "per client");
+        assert!(RateLimiter::new(0, 0).check(k, 0).is_ok(), "0 disables");
     }
 
     #[test]

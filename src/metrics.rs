@@ -27,6 +27,7 @@ pub struct WorkerStats {
     pub rejected_conn_limit: AtomicU64,
     pub rejected_bad_request: AtomicU64,
     pub rejected_origin: AtomicU64,
+    pub rejected_rate_limit: AtomicU64,
     /// WebSocket connections closed for a protocol violation.
     pub ws_protocol_errors: AtomicU64,
     /// JSON protocol errors answered on WebSocket connections.
@@ -94,6 +95,7 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_connections_rejected_total", "counter", "", "reason=\"conn_limit\"", |s| &s.rejected_conn_limit),
     ("redix_connections_rejected_total", "counter", "", "reason=\"bad_request\"", |s| &s.rejected_bad_request),
     ("redix_connections_rejected_total", "counter", "", "reason=\"origin\"", |s| &s.rejected_origin),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"rate_limit\"", |s| &s.rejected_rate_limit),
     ("redix_http_requests_total", "counter", "HTTP requests parsed.", "", |s| &s.requests),
     ("redix_events_written_total", "counter", "Data events completely written to clients.", "", |s| &s.events_written),
     ("redix_bytes_written_total", "counter", "Bytes written to clients.", "", |s| &s.bytes_written),

@@ -9,7 +9,7 @@ use crate::auth::Keys;
 use crate::config::{Config, Scope};
 use crate::diag::{self, Owned};
 use crate::hub::Hub;
-use crate::limits::IpLimiter;
+use crate::limits::{IpLimiter, RateLimiter};
 use crate::metrics::{self, ProcessFigures, WorkerStats};
 
 pub struct Shared {
@@ -19,6 +19,7 @@ pub struct Shared {
     keys: RwLock<Keys>,
     pub sse_limiter: IpLimiter,
     pub ws_limiter: IpLimiter,
+    pub request_limiter: RateLimiter,
     /// One entry per reactor thread; each thread writes only its own.
     pub stats: Box<[WorkerStats]>,
     /// Open client connections over all reactors (for the global cap).
@@ -52,6 +53,10 @@ impl Shared {
             keys: RwLock::new(Keys::from_config(&config)),
             sse_limiter: IpLimiter::new(config.limits.sse_per_ip),
             ws_limiter: IpLimiter::new(config.limits.ws_per_ip),
+            request_limiter: RateLimiter::new(
+                config.limits.requests_per_sec,
+                config.limits.request_burst,
+            ),
             config,
             hub,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),

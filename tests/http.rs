@@ -165,3 +165,52 @@ fn published_data_keeps_key_order_and_number_digits_but_is_compacted() {
         ev.data
     );
 }
+
+#[test]
+fn requests_over_the_per_ip_rate_get_429_unless_keyed_or_monitoring() {
+    let server = Server::start(&[
+        "--api-key",
+        "k",
+        "--set",
+        "limits.requests_per_sec=1",
+        "--set",
+        "limits.request_burst=3",
+        "--set",
+        r#"limits.trusted_proxies=["127.0.0.1"]"#,
+    ]);
+    // Through a trusted proxy the client is 203.0.113.5, not loopback.
+    let remote = "X-Forwarded-For: 203.0.113.5";
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| request(server.addr, "GET", "/nowhere", &[remote], "").0)
+        .collect();
+    assert_eq!(statuses, vec![404, 404, 404, 429]);
+    let text = raw_exchange(
+        server.addr,
+        b"GET /nowhere HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.5\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&text), 429);
+    assert!(
+        text.contains("Retry-After: 1\r\n") && text.contains("rate_limited"),
+        "{text}"
+    );
+    // Another client, a keyed publisher, monitoring: not affected.
+    assert_eq!(
+        request(
+            server.addr,
+            "GET",
+            "/nowhere",
+            &["X-Forwarded-For: 203.0.113.6"],
+            ""
+        )
+        .0,
+        404
+    );
+    let keyed = [remote, "Authorization: Bearer k"];
+    let body = r#"{"channel":"r","data":1}"#;
+    assert!((0..5).all(|_| request(server.addr, "POST", "/api/publish", &keyed, body).0 == 200));
+    assert_eq!(
+        request(server.addr, "GET", "/healthz", &[remote], "").0,
+        200
+    );
+    assert!(server.metric("redix_connections_rejected_total{reason=\"rate_limit\"}") >= 2.0);
+}
