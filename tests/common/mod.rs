@@ -90,18 +90,26 @@ impl Server {
     }
 
     /// Waits for the process to exit, failing the test after the deadline.
+    /// Blocks in `poll(2)` on a pidfd, which turns readable at exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                start.elapsed() < within,
-                "redix did not exit within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // SAFETY: pidfd_open on our own child's pid; the fd is closed below.
+        let pidfd =
+            unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid() as libc::pid_t, 0) } as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut pfd = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; then closing the fd we opened.
+        let ready = unsafe { libc::poll(&mut pfd, 1, within.as_millis() as i32) };
+        unsafe { libc::close(pidfd) };
+        assert_eq!(ready, 1, "redix did not exit within {within:?}");
+        self.child.wait().expect("wait")
     }
 
     /// The value of one metric line (name with labels, as printed).
@@ -129,6 +137,8 @@ impl Drop for Server {
 }
 
 /// Polls `cond` until it holds; panics with `what` after [`DEADLINE`].
+/// The conditions are server state read over HTTP or /proc (metrics, fd
+/// counts) with no event to block on, so this re-checks every 10 ms.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
