@@ -29,6 +29,18 @@ pub enum Action {
     /// Send `response` (the 101) and speak WebSocket from then on. Holds a
     /// per-IP WebSocket slot.
     Upgrade(Upgrade),
+    /// Redis mode: hand the publish to the Redis bridge and answer when it
+    /// is done.
+    Publish(RedisPublish),
+}
+
+#[derive(Debug)]
+pub struct RedisPublish {
+    pub channel: String,
+    /// One line of JSON.
+    pub data: String,
+    pub publish_id: Option<String>,
+    pub keep_alive: bool,
 }
 
 #[derive(Debug)]
@@ -211,8 +223,8 @@ fn rate_limit(head: &Head, ctx: &Ctx<'_>) -> Result<(), Reject> {
 /// A reactor that has not turned for this long counts as stuck.
 pub const STUCK_AFTER_MS: u64 = 5_000;
 
-/// Readiness: not draining, and every reactor turning. (With Redis, the
-/// pub/sub round trip will be part of this.)
+/// Readiness: not draining, every reactor turning, and in Redis mode a
+/// canary that came back through Redis pub/sub within the window.
 fn ready(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
     let shared = ctx.shared;
     if shared.is_shutting_down() {
@@ -227,7 +239,39 @@ fn ready(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
         )
         .with_header("Retry-After: 5".into()));
     }
+    if let Some(redis) = &shared.redis {
+        redis
+            .ready(shared.now_ms())
+            .map_err(|why| unavailable("redis_unavailable", why))?;
+    }
     Ok(json_ok(head, r#"{"status":"ready"}"#.into()))
+}
+
+/// 503 with a Retry-After: the client should come back shortly.
+fn unavailable(code: &'static str, message: impl Into<String>) -> Reject {
+    Reject::new(503, code, message).with_header("Retry-After: 1".into())
+}
+
+/// The 503 of a request that Redis could not serve.
+pub fn redis_unavailable(message: &str, keep_alive: bool) -> Vec<u8> {
+    let err = HttpError::new(503, "redis_unavailable", message.to_string());
+    http::error_response(&err, keep_alive, &["Retry-After: 1".to_string()])
+}
+
+/// The answer to a publish.
+pub fn published(id: &str, channel: &str, duplicate: bool, keep_alive: bool) -> Vec<u8> {
+    let body = serde_json::json!({
+        "id": id,
+        "channel": channel,
+        "duplicate": duplicate,
+    });
+    http::response(
+        200,
+        "application/json",
+        body.to_string().as_bytes(),
+        keep_alive,
+        &[],
+    )
 }
 
 fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
@@ -246,7 +290,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             channels.push(Arc::from(name));
         }
     }
-    let cursor = stream_cursor(head)?;
+    let cursor = stream_cursor(head, ctx)?;
     let max = shared.config.sse.max_channels;
     if channels.is_empty() || channels.len() > max {
         return Err(Reject::new(
@@ -356,14 +400,14 @@ const MAX_PUBLISH_ID_LEN: usize = 256;
 
 /// The resume point of a stream: the `Last-Event-ID` header (what
 /// EventSource sends on reconnect) or the `lastEventId` query parameter.
-fn stream_cursor(head: &Head) -> Result<Option<u64>, Reject> {
+fn stream_cursor(head: &Head, ctx: &Ctx<'_>) -> Result<Option<u64>, Reject> {
     let raw = match &head.last_event_id {
         Some(v) => Some(v.clone()),
         None => query_param(&head.query, "lastEventId"),
     };
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
+        Some(v) => ctx.shared.hub.parse_id(v).map(Some).ok_or_else(|| {
             Reject::new(
                 400,
                 "bad_cursor",
@@ -389,13 +433,20 @@ fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
     }
     let data = req.data.to_string();
     let shared = ctx.shared;
+    if shared.redis.is_some() {
+        return Ok(Action::Publish(RedisPublish {
+            channel: req.channel,
+            data,
+            publish_id: req.id,
+            keep_alive: head.keep_alive,
+        }));
+    }
     let done = shared
         .hub
         .publish(&req.channel, &data, req.id.as_deref(), shared.now_ms());
-    let body = serde_json::json!({
-        "id": done.id.to_string(),
-        "channel": req.channel,
-        "duplicate": done.duplicate,
-    });
-    Ok(json_ok(head, body.to_string()))
+    let id = done.id.to_string();
+    Ok(Action::Respond {
+        bytes: published(&id, &req.channel, done.duplicate, head.keep_alive),
+        close: !head.keep_alive,
+    })
 }

@@ -79,6 +79,21 @@ pub const DEFAULT_SLOW_WARNINGS: u32 = 10;
 pub const DEFAULT_DRAIN_MS: u64 = 10_000;
 /// How long a connection we are closing may take to read our last bytes.
 pub const DEFAULT_LINGER_MS: u64 = 2_000;
+/// Prefix of every Redis key and pub/sub channel redix uses.
+pub const DEFAULT_REDIS_PREFIX: &str = "redix:";
+/// Connect, read and write timeout of one Redis command.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 1_000;
+/// How long a request may wait for Redis (a publish, a channel loading).
+pub const DEFAULT_REDIS_WAIT_MS: u64 = 5_000;
+/// Publishes and channel loads queued for the command connection.
+pub const DEFAULT_REDIS_QUEUE: usize = 4_096;
+/// Interval of the readiness canary.
+pub const DEFAULT_REDIS_CANARY_MS: u64 = 500;
+/// The canary must come back through pub/sub within this for `/readyz`.
+pub const DEFAULT_REDIS_READY_WITHIN_MS: u64 = 2_000;
+/// Reconnect backoff: first wait and cap (each wait gets jitter).
+pub const DEFAULT_REDIS_BACKOFF_MIN_MS: u64 = 50;
+pub const DEFAULT_REDIS_BACKOFF_MAX_MS: u64 = 2_000;
 
 /// The whole configuration of one redix process.
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +116,46 @@ pub struct Config {
     pub tcp: TcpConfig,
     pub shutdown: ShutdownConfig,
     pub debug: DebugConfig,
+    pub redis: RedisConfig,
+}
+
+/// Redis mode: with `url` set, publishes, history and fan-out go through
+/// Redis, so several nodes serve one consistent set of channels.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; empty runs embedded.
+    pub url: String,
+    pub prefix: String,
+    pub timeout_ms: u64,
+    pub wait_ms: u64,
+    pub queue: usize,
+    pub canary_ms: u64,
+    pub ready_within_ms: u64,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            prefix: DEFAULT_REDIS_PREFIX.into(),
+            timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
+            wait_ms: DEFAULT_REDIS_WAIT_MS,
+            queue: DEFAULT_REDIS_QUEUE,
+            canary_ms: DEFAULT_REDIS_CANARY_MS,
+            ready_within_ms: DEFAULT_REDIS_READY_WITHIN_MS,
+            backoff_min_ms: DEFAULT_REDIS_BACKOFF_MIN_MS,
+            backoff_max_ms: DEFAULT_REDIS_BACKOFF_MAX_MS,
+        }
+    }
+}
+
+impl RedisConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
 }
 
 /// API keys. With none configured, publish and admin endpoints accept
@@ -263,6 +318,7 @@ impl Default for Config {
             tcp: TcpConfig::default(),
             shutdown: ShutdownConfig::default(),
             debug: DebugConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -359,6 +415,9 @@ pub struct Cli {
     /// Concurrent SSE streams per client IP (`limits.sse_per_ip`).
     #[arg(long)]
     pub sse_per_ip: Option<u32>,
+    /// Redis mode (`redis.url`), e.g. redis://127.0.0.1:6379.
+    #[arg(long)]
+    pub redis: Option<String>,
     /// Any key: `--set section.key=value` (value in TOML syntax; bare strings allowed).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -485,6 +544,27 @@ impl Config {
                 self.batch.window_ms <= 10_000,
                 "batch.window_ms must be at most 10000",
             ),
+            (
+                !self.redis.enabled() || redis::parse_redis_url(&self.redis.url).is_some(),
+                "redis.url must look like redis://host:port",
+            ),
+            (
+                self.redis.prefix.len() <= 64,
+                "redis.prefix must be at most 64 bytes",
+            ),
+            (
+                self.redis.timeout_ms > 0 && self.redis.wait_ms > 0 && self.redis.queue > 0,
+                "redis.timeout_ms, redis.wait_ms and redis.queue must be positive",
+            ),
+            (
+                self.redis.canary_ms > 0 && self.redis.ready_within_ms >= self.redis.canary_ms,
+                "redis.canary_ms must be positive and at most redis.ready_within_ms",
+            ),
+            (
+                self.redis.backoff_min_ms > 0
+                    && self.redis.backoff_max_ms >= self.redis.backoff_min_ms,
+                "redis.backoff_min_ms must be positive and at most redis.backoff_max_ms",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, msg)) => Err(ConfigError(format!("invalid config: {msg}"))),
@@ -558,9 +638,9 @@ fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), Con
     Ok(())
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "auth", "limits", "sse", "ws", "queue", "history", "publish", "batch", "tcp", "shutdown",
-    "debug",
+    "debug", "redis",
 ];
 
 fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
@@ -591,6 +671,9 @@ fn apply_cli(table: &mut Table, cli: &Cli) -> Result<(), ConfigError> {
     }
     if let Some(workers) = cli.workers {
         set_path(table, "workers", toml::Value::Integer(workers as i64))?;
+    }
+    if let Some(url) = &cli.redis {
+        set_path(table, "redis.url", toml::Value::String(url.clone()))?;
     }
     if let Some(n) = cli.sse_per_ip {
         set_path(

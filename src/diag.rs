@@ -96,13 +96,15 @@ pub struct Owned {
     /// Everything counted at start-up besides listeners: stdio, polls,
     /// wakers, signal pipes, log files.
     pub internal: u64,
+    /// Connections to Redis (Redis mode: up to two).
+    pub redis: u64,
 }
 
 /// The `/debug/fds` report as JSON.
 pub fn report(owned: Owned) -> serde_json::Value {
     let (total, kinds, inodes) = fds_by_kind();
     let states = tcp_states(&inodes);
-    let believed = owned.connections + owned.listeners + owned.internal;
+    let believed = owned.connections + owned.listeners + owned.internal + owned.redis;
     serde_json::json!({
         "open": total,
         "by_kind": kinds,
@@ -111,6 +113,7 @@ pub fn report(owned: Owned) -> serde_json::Value {
             "connections": owned.connections,
             "listeners": owned.listeners,
             "internal": owned.internal,
+            "redis": owned.redis,
             "total": believed,
         },
         "unaccounted": total as i64 - believed as i64,

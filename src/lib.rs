@@ -1,4 +1,4 @@
-//! redix: a real-time fan-out gateway for SSE (and, next, WebSocket) clients.
+//! redix: a real-time fan-out gateway for SSE and WebSocket clients.
 //!
 //! ```text
 //!   clients ──► reactor 0 ─┐   each reactor: own Poll + SO_REUSEPORT listener,
@@ -10,16 +10,21 @@
 //!                 Hub ┘ channel + mio::Waker, to reactors with subscribers
 //!
 //!   signal thread ── SIGTERM/SIGINT ──► shutting_down flag + wake every reactor
+//!
+//!   Redis mode: POST /api/publish ──► command thread ──► publish.lua (stream + PUBLISH)
+//!               Redis pub/sub ──► pub/sub thread ──► Hub (as above), on every node
 //! ```
 //!
 //! Where a byte enters and leaves: `reactor` accepts and polls, `conn` owns
 //! one socket's state and write queue, `proto` turns bytes into requests
 //! and events into bytes (no sockets, no clock), `api` routes requests,
-//! `hub` assigns ids and hands events to reactors, `limits`/`auth` decide
+//! `hub` assigns ids and hands events to reactors, `bridge` talks to Redis
+//! in Redis mode, `limits`/`auth` decide
 //! who may do what, `metrics`/`diag` report.
 
 pub mod api;
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod conn;
 pub mod diag;

@@ -237,13 +237,61 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
             p.sse_gzip_compressions,
         ),
     ];
-    for (name, kind, help, value) in gauges {
+    write_singles(&mut out, &gauges);
+    out
+}
+
+fn write_singles(out: &mut String, metrics: &[(&str, &str, &str, u64)]) {
+    for (name, kind, help, value) in metrics {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
-    out
+}
+
+/// The Redis link, in Redis mode.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedisFigures {
+    /// Ready: both connections up and the canary coming back in time.
+    pub up: bool,
+    pub pubsub_up: bool,
+    pub command_up: bool,
+    pub reconnects: u64,
+    pub received: u64,
+    pub lag_ms: u64,
+    pub backlog_bytes: u64,
+    pub canary_rtt_ms: u64,
+    pub subscribed: u64,
+    pub dropped: u64,
+    pub publishes: u64,
+    pub publish_errors: u64,
+    pub loads: u64,
+    pub repeats: u64,
+    pub held_dropped: u64,
+}
+
+/// Appends the Redis metrics.
+#[rustfmt::skip]
+pub fn render_redis(out: &mut String, r: &RedisFigures) {
+    let metrics: [(&str, &str, &str, u64); 15] = [
+        ("redix_redis_up", "gauge", "1 when the Redis round trip works (what /readyz checks).", u64::from(r.up)),
+        ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection is up and its canary returns.", u64::from(r.pubsub_up)),
+        ("redix_redis_command_connected", "gauge", "1 while the command connection is up.", u64::from(r.command_up)),
+        ("redix_redis_reconnects_total", "counter", "Redis connections lost and made again.", r.reconnects),
+        ("redix_redis_messages_total", "counter", "Pub/sub messages received.", r.received),
+        ("redix_redis_pubsub_lag_ms", "gauge", "Publish to arrival here of the last pub/sub message.", r.lag_ms),
+        ("redix_redis_pubsub_backlog_bytes", "gauge", "Bytes received on the pub/sub connection and not yet handled.", r.backlog_bytes),
+        ("redix_redis_canary_rtt_ms", "gauge", "Round trip of the last readiness canary.", r.canary_rtt_ms),
+        ("redix_redis_channels_subscribed", "gauge", "Channels subscribed on the pub/sub connection.", r.subscribed),
+        ("redix_redis_commands_dropped_total", "counter", "Publishes and loads refused because the command queue was full.", r.dropped),
+        ("redix_redis_publishes_total", "counter", "Publishes run through Redis by this node.", r.publishes),
+        ("redix_redis_publish_errors_total", "counter", "Publishes Redis failed.", r.publish_errors),
+        ("redix_redis_loads_total", "counter", "Channel histories loaded from Redis streams.", r.loads),
+        ("redix_redis_repeats_total", "counter", "Pub/sub events this node already had (after a reload).", r.repeats),
+        ("redix_redis_held_dropped_total", "counter", "Live events dropped while their channel loaded (too many held).", r.held_dropped),
+    ];
+    write_singles(out, &metrics);
 }
 
 #[cfg(test)]

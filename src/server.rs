@@ -11,6 +11,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::bridge::{self, Redis};
 use crate::config::{Config, ConfigError};
 use crate::hub::history::HistoryLimits;
 use crate::hub::{Hub, HubConfig, Outbox, MAX_REACTORS};
@@ -41,6 +42,7 @@ fn hub_config(config: &Config) -> HubConfig {
         max_channels: config.history.max_channels,
         dedupe_ttl_ms: config.publish.dedupe_ttl_ms,
         dedupe_max: config.publish.dedupe_max,
+        redis: config.redis.enabled(),
     }
 }
 
@@ -119,7 +121,14 @@ pub fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64);
     let hub = Hub::new(outboxes, first_id, hub_config(&config));
-    let shared = Shared::new(config, hub, workers, soft, max_conns);
+    let (redis, commands) = match config.redis.enabled() {
+        true => {
+            let (redis, rx) = Redis::new(config.redis.clone());
+            (Some(redis), Some(rx))
+        }
+        false => (None, None),
+    };
+    let shared = Shared::new(config, hub, workers, soft, max_conns, redis);
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
 
@@ -144,6 +153,9 @@ pub fn run(
         threads.push(handle);
     }
     shared.record_fd_baseline();
+    if let Some(rx) = commands {
+        bridge::start(&shared, wakers.clone(), rx)?;
+    }
 
     let stop = {
         let (shared, wakers) = (shared.clone(), wakers.clone());

@@ -6,11 +6,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Instant;
 
 use crate::auth::Keys;
+use crate::bridge::Redis;
 use crate::config::{Config, Scope};
 use crate::diag::{self, Owned};
 use crate::hub::Hub;
 use crate::limits::{IpLimiter, RateLimiter};
-use crate::metrics::{self, ProcessFigures, WorkerStats};
+use crate::metrics::{self, ProcessFigures, RedisFigures, WorkerStats};
 
 pub struct Shared {
     pub config: Config,
@@ -39,6 +40,8 @@ pub struct Shared {
     /// idle reactor still turns every second, so a stale value means a
     /// stuck thread.
     pub last_turn_ms: Box<[AtomicU64]>,
+    /// Redis mode: the bridge's link and command queue.
+    pub redis: Option<Redis>,
 }
 
 impl Shared {
@@ -48,6 +51,7 @@ impl Shared {
         workers: usize,
         fd_limit: u64,
         max_conns: usize,
+        redis: Option<Redis>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             keys: RwLock::new(Keys::from_config(&config)),
@@ -68,6 +72,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             epoch: Instant::now(),
             last_turn_ms: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            redis,
         })
     }
 
@@ -119,6 +124,10 @@ impl Shared {
             connections: self.open_conns.load(Ordering::Relaxed) as u64,
             listeners: self.listeners as u64,
             internal: self.internal_fds.load(Ordering::Relaxed),
+            redis: self
+                .redis
+                .as_ref()
+                .map_or(0, |r| r.link.connections.load(Ordering::Relaxed)),
         }
     }
 
@@ -138,6 +147,30 @@ impl Shared {
             ws_compressions: self.hub.stats.ws_compressions.load(Ordering::Relaxed),
             sse_gzip_compressions: self.hub.stats.sse_gzip_compressions.load(Ordering::Relaxed),
         };
-        metrics::render(&self.stats, &figures)
+        let mut text = metrics::render(&self.stats, &figures);
+        if let Some(redis) = &self.redis {
+            let l = &redis.link;
+            let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            let hub = &self.hub.stats;
+            let r = RedisFigures {
+                up: redis.is_up(self.now_ms()),
+                pubsub_up: l.pubsub_up.load(Ordering::Relaxed),
+                command_up: l.command_up.load(Ordering::Relaxed),
+                reconnects: get(&l.reconnects),
+                received: get(&l.received),
+                lag_ms: get(&l.lag_ms),
+                backlog_bytes: get(&l.backlog_bytes),
+                canary_rtt_ms: get(&l.canary_rtt_ms),
+                subscribed: get(&l.subscribed),
+                dropped: get(&l.dropped),
+                publishes: get(&l.publishes),
+                publish_errors: get(&l.publish_errors),
+                loads: get(&hub.syncs),
+                repeats: get(&hub.remote_repeats),
+                held_dropped: get(&hub.held_dropped),
+            };
+            metrics::render_redis(&mut text, &r);
+        }
+        text
     }
 }

@@ -31,6 +31,9 @@ pub struct Request {
     pub deadline_ms: u64,
     /// Requests already answered on this connection.
     pub served: u32,
+    /// Waiting for Redis (see `reactor::Parked`): no further request is
+    /// read until the answer is queued.
+    pub parked: bool,
 }
 
 /// What a subscriber connection (SSE or WebSocket) has been sent.
@@ -128,8 +131,12 @@ impl Sse {
 /// majority, should not pay for its size).
 #[derive(Debug)]
 pub struct Ws {
-    /// Subscribed channels (at most `ws.max_subscriptions`).
+    /// Subscribed channels (at most `ws.max_subscriptions`, counting
+    /// `waiting`).
     pub channels: Vec<Sub>,
+    /// Redis mode: subscriptions whose channel is loading, with their
+    /// `since`; acknowledged once it has loaded.
+    pub waiting: Vec<(Arc<str>, Option<u64>)>,
     pub delivery: Delivery,
     /// Frames in, messages out.
     pub rx: Reassembler,

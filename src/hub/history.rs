@@ -55,6 +55,12 @@ impl History {
         self.trimmed_to
     }
 
+    /// Ids up to `id` are known to be gone (a Redis stream trimmed them):
+    /// a cursor below it gets a reset.
+    pub fn raise_floor(&mut self, id: u64) {
+        self.trimmed_to = self.trimmed_to.max(id);
+    }
+
     /// Appends an event, then trims to the limits.
     pub fn push(&mut self, ev: Arc<Event>, now_ms: u64, limits: HistoryLimits) -> Delta {
         let mut delta = Delta::default();

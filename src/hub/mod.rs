@@ -14,8 +14,8 @@
 //!
 //! No sockets and no clock here: reactors are reached through [`Outbox`].
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -26,6 +26,11 @@ use history::{Delta, History, HistoryLimits};
 
 pub mod dedupe;
 pub mod history;
+pub mod ids;
+mod remote;
+
+use remote::SyncState;
+pub use remote::{compact_json, NotReady, Received, RemoteEvent, Waiter};
 
 /// Longest channel name.
 pub const MAX_CHANNEL_LEN: usize = 128;
@@ -49,9 +54,16 @@ pub struct Event {
 }
 
 impl Event {
-    /// Encodes the event once for every wire format.
+    /// Encodes the event once for every wire format; clients see `id` as
+    /// a plain number.
     pub fn new(id: u64, channel: Arc<str>, data_json: &str) -> Event {
-        let json = message_json(id, &channel, data_json);
+        Event::with_id_text(id, &id.to_string(), channel, data_json)
+    }
+
+    /// Encodes the event once for every wire format; clients see `id` as
+    /// `id_text` (a Redis stream id in Redis mode).
+    pub fn with_id_text(id: u64, id_text: &str, channel: Arc<str>, data_json: &str) -> Event {
+        let json = message_json(id_text, &channel, data_json);
         let (header, header_len) =
             ws::frame_header(ws::OpCode::Text, true, false, json.len() as u64);
         let mut frame = Vec::with_capacity(header_len + json.len());
@@ -59,7 +71,7 @@ impl Event {
         frame.extend_from_slice(json.as_bytes());
         Event {
             id,
-            sse: Bytes::from(crate::proto::sse::event(id, "message", &json)),
+            sse: Bytes::from(crate::proto::sse::event(id_text, "message", &json)),
             ws: Bytes::from(frame),
             ws_header_len: header_len,
             ws_deflated: OnceLock::new(),
@@ -105,6 +117,9 @@ impl Event {
 pub trait Outbox: Send + Sync {
     /// Queues the event for the reactor; false when its inbox is full.
     fn deliver(&self, event: Arc<Event>) -> bool;
+    /// Tells the reactor that connection `(key, gen)` waited for channels
+    /// that are now ready (or will not be): it should try again.
+    fn retry(&self, key: usize, gen: u32) -> bool;
 }
 
 /// Why a channel name was refused.
@@ -143,6 +158,11 @@ pub struct HubConfig {
     pub max_channels: usize,
     pub dedupe_ttl_ms: u64,
     pub dedupe_max: usize,
+    /// Redis mode: events arrive from the Redis bridge with stream ids, a
+    /// channel's history is loaded from its stream before anyone may
+    /// subscribe, and a channel lives exactly while it has local
+    /// subscribers (or connections waiting for it).
+    pub redis: bool,
 }
 
 impl Default for HubConfig {
@@ -155,6 +175,7 @@ impl Default for HubConfig {
             max_channels: 100_000,
             dedupe_ttl_ms: 300_000,
             dedupe_max: 100_000,
+            redis: false,
         }
     }
 }
@@ -164,6 +185,26 @@ struct Channel {
     /// Bit per reactor thread with local subscribers.
     reactors: u64,
     history: History,
+    /// Highest id this channel carried (live delivery starts after it).
+    last_id: u64,
+    /// Redis mode: loading from the stream, and who waits for it.
+    sync: Option<Box<SyncState>>,
+}
+
+impl Channel {
+    /// New subscribers may attach (always, in embedded mode).
+    fn is_synced(&self) -> bool {
+        self.sync.as_ref().is_none_or(|s| s.synced)
+    }
+
+    fn has_waiters(&self) -> bool {
+        self.sync.as_ref().is_some_and(|s| !s.waiters.is_empty())
+    }
+
+    /// Redis mode keeps a channel only while someone local listens or waits.
+    fn wanted(&self) -> bool {
+        self.reactors != 0 || self.has_waiters()
+    }
 }
 
 struct Inner {
@@ -175,6 +216,11 @@ struct Inner {
     history_events: usize,
     history_bytes: usize,
     dedupe: Dedupe,
+    /// Redis mode: channels created or removed since the bridge last
+    /// looked, so it can (un)subscribe them.
+    changed: HashSet<Arc<str>>,
+    /// Redis mode: the last sync token handed out.
+    sync_tokens: u64,
 }
 
 impl Inner {
@@ -200,6 +246,13 @@ pub struct HubStats {
     pub replayed: AtomicU64,
     /// Resumes from a point older than the history.
     pub resets: AtomicU64,
+    /// Redis mode: events from the pub/sub link this node already had.
+    pub remote_repeats: AtomicU64,
+    /// Redis mode: live events dropped because a loading channel held
+    /// too many back.
+    pub held_dropped: AtomicU64,
+    /// Redis mode: channel histories loaded from Redis streams.
+    pub syncs: AtomicU64,
 }
 
 /// Sizes the metrics endpoint reports.
@@ -214,9 +267,10 @@ pub struct HubFigures {
 /// A subscription's starting point.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    /// Events with ids up to this one are in `replay` or not for this
-    /// subscriber; live delivery starts after it.
-    pub live_from: u64,
+    /// Per channel (in the order subscribed): events with ids up to this
+    /// one are in `replay` or not for this subscriber; live delivery
+    /// starts after it.
+    pub live_from: Vec<u64>,
     /// Events after the cursor, oldest first, over all channels.
     pub replay: Vec<Arc<Event>>,
     /// Channels whose history no longer reaches back to the cursor.
@@ -228,6 +282,9 @@ pub struct Hub {
     outboxes: Vec<Arc<dyn Outbox>>,
     config: HubConfig,
     pub stats: HubStats,
+    /// Redis mode: the pub/sub link works, so waiting for a channel to
+    /// load makes sense.
+    link_up: AtomicBool,
 }
 
 /// Most reactor threads a hub serves (one bit each in a channel's mask).
@@ -250,11 +307,27 @@ impl Hub {
                 history_events: 0,
                 history_bytes: 0,
                 dedupe: Dedupe::new(config.dedupe_ttl_ms, config.dedupe_max),
+                changed: HashSet::new(),
+                sync_tokens: 0,
             }),
             outboxes,
             config,
             stats: HubStats::default(),
+            link_up: AtomicBool::new(false),
         }
+    }
+
+    /// How clients see an id: a number, or a Redis stream id.
+    pub fn show_id(&self, id: u64) -> String {
+        match self.config.redis {
+            true => ids::stream_id(id),
+            false => id.to_string(),
+        }
+    }
+
+    /// Reads an id a client sent back.
+    pub fn parse_id(&self, s: &str) -> Option<u64> {
+        ids::parse(s)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -267,28 +340,35 @@ impl Hub {
     /// now on it gets their events. With a cursor, the snapshot holds what
     /// came after it. Attaching and reading history happen under one lock,
     /// so between replay and live delivery nothing is lost or doubled.
+    ///
+    /// In Redis mode a channel first loads its history from Redis: until
+    /// then nothing attaches, `waiter` is told through its reactor's
+    /// [`Outbox::retry`] when to try again, and the answer is
+    /// [`NotReady::Loading`].
     pub fn subscribe(
         &self,
         reactor: usize,
         channels: &[Arc<str>],
         cursor: Option<u64>,
-    ) -> Snapshot {
+        waiter: Waiter,
+    ) -> Result<Snapshot, NotReady> {
         let mut inner = self.lock();
-        let mut snap = Snapshot {
-            live_from: inner.next_id - 1,
-            ..Snapshot::default()
-        };
-        let forgotten_to = inner.forgotten_to;
+        if self.config.redis {
+            self.wait_for_sync(&mut inner, channels, waiter)?;
+        }
+        let mut snap = Snapshot::default();
+        let (forgotten_to, last_id) = (inner.forgotten_to, inner.next_id - 1);
         for name in channels {
             let known = inner.channels.contains_key(name);
             let ch = inner.channels.entry(name.clone()).or_default();
             ch.reactors |= 1 << reactor;
+            snap.live_from.push(ch.last_id);
             let Some(cursor) = cursor else { continue };
             let complete = match known {
                 true => ch.history.since(cursor, &mut snap.replay),
                 false => cursor >= forgotten_to,
             };
-            if !complete && cursor < snap.live_from {
+            if !complete && cursor < last_id.max(ch.last_id) {
                 snap.resets.push(name.clone());
             }
         }
@@ -302,7 +382,7 @@ impl Hub {
         self.stats
             .resets
             .fetch_add(snap.resets.len() as u64, Ordering::Relaxed);
-        snap
+        Ok(snap)
     }
 
     /// Reactor `reactor` has no local subscribers of `channel` any more.
@@ -313,6 +393,15 @@ impl Hub {
             return;
         };
         ch.reactors &= !(1 << reactor);
+        if self.config.redis {
+            // Nobody here listens: the channel stops being kept in sync.
+            if !ch.wanted() {
+                let name = Arc::from(channel);
+                inner.channels.remove(channel);
+                inner.changed.insert(name);
+            }
+            return;
+        }
         if ch.reactors == 0 && ch.history.is_empty() {
             let trimmed = ch.history.trimmed_to();
             inner.channels.remove(channel);
@@ -381,28 +470,38 @@ impl Hub {
         };
         let (name, mask) = (name.clone(), ch.reactors);
         let event = Arc::new(Event::new(id, name.clone(), data_json));
+        (done.reactors, done.dropped) = self.fan_out(&event, mask);
+        let delta = match inner.channels.get_mut(&name) {
+            Some(ch) => {
+                ch.last_id = id;
+                ch.history.push(event, now_ms, limits)
+            }
+            None => Delta::default(),
+        };
+        inner.account(delta);
+        done
+    }
+
+    /// Hands the event to every reactor in `mask`; returns (handed,
+    /// dropped because the inbox was full). Called under the hub lock, so
+    /// every reactor sees a channel's events in id order.
+    fn fan_out(&self, event: &Arc<Event>, mask: u64) -> (usize, usize) {
+        let (mut handed, mut dropped) = (0, 0);
         for (i, outbox) in self.outboxes.iter().enumerate() {
             if mask & (1 << i) == 0 {
                 continue;
             }
-            if outbox.deliver(event.clone()) {
-                done.reactors += 1;
-            } else {
-                done.dropped += 1;
+            match outbox.deliver(event.clone()) {
+                true => handed += 1,
+                false => dropped += 1,
             }
         }
-        let delta = match inner.channels.get_mut(&name) {
-            Some(ch) => ch.history.push(event, now_ms, limits),
-            None => Delta::default(),
-        };
-        inner.account(delta);
-        drop(inner);
-        if done.dropped > 0 {
+        if dropped > 0 {
             self.stats
                 .inbox_drops
-                .fetch_add(done.dropped as u64, Ordering::Relaxed);
+                .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        done
+        (handed, dropped)
     }
 
     /// Removes expired history and the channels left with neither history
@@ -414,9 +513,10 @@ impl Hub {
         let mut delta = Delta::default();
         let mut forgotten = inner.forgotten_to;
         let before = inner.channels.len();
+        let redis = self.config.redis;
         inner.channels.retain(|_, ch| {
             delta.add(ch.history.expire(now_ms, limits));
-            let keep = ch.reactors != 0 || !ch.history.is_empty();
+            let keep = ch.wanted() || !redis && !ch.history.is_empty();
             if !keep {
                 forgotten = forgotten.max(ch.history.trimmed_to());
             }
@@ -435,7 +535,7 @@ impl Hub {
 
 /// The JSON every transport carries for a message:
 /// `{"type":"message","channel":…,"id":"…","data":…}`.
-pub fn message_json(id: u64, channel: &str, data_json: &str) -> String {
+pub fn message_json(id: &str, channel: &str, data_json: &str) -> String {
     // Channel names are checked to need no escaping.
     format!(r#"{{"type":"message","channel":"{channel}","id":"{id}","data":{data_json}}}"#)
 }
@@ -446,8 +546,9 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     #[derive(Default)]
-    struct Recorder {
-        got: StdMutex<Vec<u64>>,
+    pub(super) struct Recorder {
+        pub got: StdMutex<Vec<u64>>,
+        pub retried: StdMutex<Vec<(usize, u32)>>,
         full: bool,
     }
 
@@ -459,9 +560,26 @@ mod tests {
             self.got.lock().unwrap().push(event.id);
             true
         }
+
+        fn retry(&self, key: usize, gen: u32) -> bool {
+            self.retried.lock().unwrap().push((key, gen));
+            true
+        }
     }
 
-    fn config(max_events: usize) -> HubConfig {
+    const W: Waiter = Waiter {
+        reactor: 0,
+        key: 0,
+        gen: 0,
+    };
+
+    /// Subscribes in embedded mode, where nothing waits.
+    fn sub(hub: &Hub, reactor: usize, channels: &[Arc<str>], cursor: Option<u64>) -> Snapshot {
+        let w = Waiter { reactor, ..W };
+        hub.subscribe(reactor, channels, cursor, w).unwrap()
+    }
+
+    pub(super) fn config(max_events: usize) -> HubConfig {
         HubConfig {
             history: HistoryLimits {
                 max_events,
@@ -470,6 +588,7 @@ mod tests {
             max_channels: 10,
             dedupe_ttl_ms: 500,
             dedupe_max: 100,
+            redis: false,
         }
     }
 
@@ -479,7 +598,7 @@ mod tests {
         (Hub::new(outs, 100, config(max_events)), recs)
     }
 
-    fn chans(names: &[&str]) -> Vec<Arc<str>> {
+    pub(super) fn chans(names: &[&str]) -> Vec<Arc<str>> {
         names.iter().map(|n| Arc::from(*n)).collect()
     }
 
@@ -490,8 +609,8 @@ mod tests {
     #[test]
     fn events_reach_only_subscribed_reactors_in_id_order() {
         let (hub, recs) = hub(3, 0);
-        hub.subscribe(0, &chans(&["news"]), None);
-        hub.subscribe(2, &chans(&["news"]), None);
+        sub(&hub, 0, &chans(&["news"]), None);
+        sub(&hub, 2, &chans(&["news"]), None);
         let ids: Vec<u64> = (0..5)
             .map(|_| hub.publish("news", "1", None, 0).id)
             .collect();
@@ -507,11 +626,11 @@ mod tests {
         for (i, ch) in ["a", "b", "a", "c", "b"].iter().enumerate() {
             assert_eq!(hub.publish(ch, "1", None, i as u64).id, 100 + i as u64);
         }
-        let snap = hub.subscribe(0, &chans(&["a", "b"]), Some(100));
+        let snap = sub(&hub, 0, &chans(&["a", "b"]), Some(100));
         assert_eq!(ids(&snap.replay), vec![101, 102, 104]);
         assert!(snap.resets.is_empty());
-        assert_eq!(snap.live_from, 104);
-        let snap = hub.subscribe(0, &chans(&["c"]), None);
+        assert_eq!(snap.live_from, vec![102, 104]);
+        let snap = sub(&hub, 0, &chans(&["c"]), None);
         assert!(snap.replay.is_empty(), "no cursor, no replay");
     }
 
@@ -521,26 +640,26 @@ mod tests {
         for _ in 0..4 {
             hub.publish("a", "1", None, 0);
         }
-        let snap = hub.subscribe(0, &chans(&["a"]), Some(100));
+        let snap = sub(&hub, 0, &chans(&["a"]), Some(100));
         assert_eq!(snap.resets, chans(&["a"]));
         assert_eq!(
             ids(&snap.replay),
             vec![102, 103],
             "what is left still comes"
         );
-        let snap = hub.subscribe(0, &chans(&["a"]), Some(101));
+        let snap = sub(&hub, 0, &chans(&["a"]), Some(101));
         assert!(snap.resets.is_empty());
         // A channel swept away entirely still answers a reset.
         hub.detach(0, "a");
         assert_eq!(hub.sweep(5000), 1);
-        let snap = hub.subscribe(0, &chans(&["a"]), Some(101));
+        let snap = sub(&hub, 0, &chans(&["a"]), Some(101));
         assert_eq!(snap.resets, chans(&["a"]));
     }
 
     #[test]
     fn duplicates_within_the_window_are_not_published_again() {
         let (hub, recs) = hub(1, 10);
-        hub.subscribe(0, &chans(&["x"]), None);
+        sub(&hub, 0, &chans(&["x"]), None);
         let first = hub.publish("x", "1", Some("k"), 0);
         let again = hub.publish("x", "1", Some("k"), 499);
         assert_eq!((again.id, again.duplicate), (first.id, true));
@@ -567,7 +686,7 @@ mod tests {
     #[test]
     fn subscribed_channels_survive_the_sweep() {
         let (hub, _) = hub(1, 10);
-        hub.subscribe(0, &chans(&["kept"]), None);
+        sub(&hub, 0, &chans(&["kept"]), None);
         hub.publish("kept", "1", None, 0);
         hub.sweep(5000);
         assert_eq!(hub.figures().channels, 1);
@@ -582,7 +701,7 @@ mod tests {
             ..Recorder::default()
         });
         let hub = Hub::new(vec![full as Arc<dyn Outbox>], 1, config(0));
-        hub.subscribe(0, &chans(&["x"]), None);
+        sub(&hub, 0, &chans(&["x"]), None);
         let p = hub.publish("x", "1", None, 0);
         assert_eq!(p.dropped, 1);
         assert_eq!(hub.stats.inbox_drops.load(Ordering::Relaxed), 1);

@@ -4,5 +4,6 @@
 pub mod deflate;
 pub mod gzip;
 pub mod http;
+pub mod resp;
 pub mod sse;
 pub mod ws;

@@ -29,7 +29,7 @@ pub fn retry(retry_ms: u64) -> Vec<u8> {
 }
 
 /// One data event: `id`, event name and a single-line JSON payload.
-pub fn event(id: u64, name: &str, json: &str) -> Vec<u8> {
+pub fn event(id: &str, name: &str, json: &str) -> Vec<u8> {
     let mut s = String::with_capacity(json.len() + name.len() + 40);
     let _ = write!(s, "id: {id}\nevent: {name}\ndata: {json}\n\n");
     s.into_bytes()
@@ -37,7 +37,7 @@ pub fn event(id: u64, name: &str, json: &str) -> Vec<u8> {
 
 /// The last event of a stream closed as too slow. It carries the id to
 /// resume from, also as `id:` so EventSource sends it back on reconnect.
-pub fn slow(last_id: Option<u64>) -> Vec<u8> {
+pub fn slow(last_id: Option<&str>) -> Vec<u8> {
     let mut s = String::with_capacity(96);
     if let Some(id) = last_id {
         let _ = writeln!(s, "id: {id}");
@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn event_lines() {
         assert_eq!(
-            text(event(7, "message", r#"{"a":1}"#)),
+            text(event("7", "message", r#"{"a":1}"#)),
             "id: 7\nevent: message\ndata: {\"a\":1}\n\n"
         );
     }
@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn slow_carries_resume_id() {
         assert_eq!(
-            text(slow(Some(42))),
+            text(slow(Some("42"))),
             "id: 42\nevent: slow\ndata: {\"reason\":\"slow consumer\",\"lastEventId\":\"42\"}\n\n"
         );
         assert!(text(slow(None)).starts_with("event: slow\n"));

@@ -9,10 +9,12 @@ use mio::event::Event as MioEvent;
 
 use super::timer::TimerKind;
 use super::{Closed, Worker};
-use crate::api::{self, Action, Ctx, StreamStart};
+use super::{Parked, Waiting};
+use crate::api::{self, Action, Ctx, RedisPublish, StreamStart};
+use crate::bridge::{self, Published, Refused, Reply};
 use crate::conn::io::{self, IoStatus};
 use crate::conn::{Conn, ConnState, Delivery, Enqueued, SlotKind, Sse, Sub};
-use crate::hub::Event;
+use crate::hub::{Event, NotReady, Waiter};
 use crate::metrics::WorkerStats;
 use crate::proto::gzip::{self as gz, Trail};
 use crate::proto::http::{self, HttpError};
@@ -122,7 +124,10 @@ impl Worker {
             };
             let in_request = matches!(conn.state, ConnState::Request(_));
             let closing = matches!(conn.state, ConnState::Closing { .. });
+            let parked = matches!(&conn.state, ConnState::Request(r) if r.parked);
             match status {
+                // Waiting for Redis: read on once answered.
+                IoStatus::Progress(_) | IoStatus::WouldBlock if parked => return,
                 // The buffer filled up: the answers made room, read on.
                 IoStatus::Progress(_) if in_request => continue,
                 // Upgraded with more bytes waiting: the new state reads
@@ -156,7 +161,7 @@ impl Worker {
             let ConnState::Request(req) = &mut conn.state else {
                 return;
             };
-            if req.buf.is_empty() {
+            if req.buf.is_empty() || req.parked {
                 return;
             }
             let head =
@@ -196,6 +201,7 @@ impl Worker {
                     let early = std::mem::take(&mut req.buf);
                     return self.start_ws(key, up, early, now);
                 }
+                Action::Publish(p) => self.publish_via_redis(key, gen, p, now),
             }
         }
     }
@@ -216,12 +222,35 @@ impl Worker {
         self.close_gracefully(key, Some(bytes), false, now);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn start_stream(&mut self, key: usize, start: StreamStart, now: u64) {
+        let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
+            return self.shared.sse_limiter.release(start.ip_slot);
+        };
+        let waiter = Waiter {
+            reactor: self.id,
+            key,
+            gen,
+        };
+        // Attach and read history first: the snapshot and live delivery
+        // meet at `live_from` without a gap or a double.
+        let hub = &self.shared.hub;
+        let snap = match hub.subscribe(self.id, &start.channels, start.cursor, waiter) {
+            Ok(snap) => snap,
+            Err(NotReady::Loading) => return self.park(key, Waiting::Stream(start), now),
+            Err(why) => {
+                self.shared.sse_limiter.release(start.ip_slot);
+                let message = match why {
+                    NotReady::Full => "too many channels are loading from Redis; retry shortly",
+                    _ => "Redis is unreachable; retry shortly",
+                };
+                let bytes = Bytes::from(api::redis_unavailable(message, false));
+                return self.close_gracefully(key, Some(bytes), false, now);
+            }
+        };
         let StreamStart {
             channels,
             ip_slot,
-            cursor,
+            cursor: _,
             gzip,
             batch,
         } = start;
@@ -232,23 +261,24 @@ impl Worker {
             sse_cfg.retry_jitter_ms,
         );
         let retry = retry_base + self.jitter(retry_jitter);
-        // Attach and read history first: the snapshot and live delivery
-        // meet at `live_from` without a gap or a double.
-        let snap = self.shared.hub.subscribe(self.id, &channels, cursor);
         let Some(conn) = self.conns.get_mut(key) else {
             // Gone meanwhile: undo the attach through the normal path.
+            self.shared.sse_limiter.release(ip_slot);
             return self.release_channels(&channels);
         };
-        let gen = conn.gen;
         conn.ip_slot = Some((SlotKind::Sse, ip_slot));
-        let subs = channels.iter().map(|c| Sub {
-            channel: c.clone(),
-            live_from: snap.live_from,
-        });
+        let subs = channels
+            .iter()
+            .zip(&snap.live_from)
+            .map(|(c, &live_from)| Sub {
+                channel: c.clone(),
+                live_from,
+            });
+        let live_from_max = snap.live_from.iter().copied().max().unwrap_or(0);
         let mut sse = Sse {
             channels: subs.collect(),
             delivery: Delivery {
-                live_from_max: snap.live_from,
+                live_from_max,
                 ..Delivery::default()
             },
             next_ping_ms: now + heartbeat,
@@ -282,6 +312,168 @@ impl Worker {
             self.topics.entry(ch).or_default().insert(key);
         }
         self.mark_dirty(key, gen);
+    }
+
+    /// Holds a request until Redis answers (or `redis.wait_ms` passes).
+    fn park(&mut self, key: usize, what: Waiting, now: u64) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let ConnState::Request(req) = &mut conn.state else {
+            return;
+        };
+        let gen = conn.gen;
+        req.parked = true;
+        let wait = self.shared.config.redis.wait_ms;
+        req.deadline_ms = now + wait;
+        self.timers
+            .schedule(now + wait, key, gen, TimerKind::Request);
+        self.parked.insert(key, Parked { gen, what });
+    }
+
+    /// Takes the parked request of `(key, gen)` and lets the connection
+    /// read requests again.
+    fn unpark(&mut self, key: usize, gen: u32) -> Option<Waiting> {
+        if self.parked.get(&key)?.gen != gen {
+            return None;
+        }
+        let parked = self.parked.remove(&key)?;
+        if let Some(ConnState::Request(req)) = self.conns.get_mut(key).map(|c| &mut c.state) {
+            req.parked = false;
+        }
+        Some(parked.what)
+    }
+
+    /// Gives back what a parked request held.
+    fn abandon(&mut self, key: usize, parked: Parked) {
+        if let Waiting::Stream(start) = parked.what {
+            self.shared.sse_limiter.release(start.ip_slot);
+            let waiter = Waiter {
+                reactor: self.id,
+                key,
+                gen: parked.gen,
+            };
+            self.shared.hub.cancel_wait(&start.channels, waiter);
+        }
+    }
+
+    fn stop_waiting(&self, key: usize, gen: u32, waiting: &[(Arc<str>, Option<u64>)]) {
+        if waiting.is_empty() {
+            return;
+        }
+        let channels: Vec<Arc<str>> = waiting.iter().map(|(c, _)| c.clone()).collect();
+        let waiter = Waiter {
+            reactor: self.id,
+            key,
+            gen,
+        };
+        self.shared.hub.cancel_wait(&channels, waiter);
+    }
+
+    /// A parked request ran out of time: 503, then close (later pipelined
+    /// requests cannot be answered in order).
+    fn parked_timeout(&mut self, key: usize, now: u64) {
+        let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
+            return;
+        };
+        if let Some(what) = self.unpark(key, gen) {
+            self.abandon(key, Parked { gen, what });
+        }
+        let message = "Redis did not answer in time; retry shortly";
+        let bytes = Bytes::from(api::redis_unavailable(message, false));
+        self.close_gracefully(key, Some(bytes), false, now);
+    }
+
+    /// Channels that `(key, gen)` waited for have loaded, or cannot load.
+    pub(super) fn retry_parked(&mut self, key: usize, gen: u32) {
+        let now = self.now_ms();
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if conn.gen != gen {
+            return;
+        }
+        if matches!(conn.state, ConnState::Ws(_)) {
+            return self.ws_retry(key);
+        }
+        if !matches!(self.parked.get(&key), Some(p) if matches!(p.what, Waiting::Stream(_))) {
+            return;
+        }
+        if let Some(Waiting::Stream(start)) = self.unpark(key, gen) {
+            self.start_stream(key, start, now);
+        }
+    }
+
+    /// Hands a publish to the Redis command thread; the answer comes back
+    /// through the mailbox ([`Worker::published`]).
+    fn publish_via_redis(&mut self, key: usize, gen: u32, p: RedisPublish, now: u64) {
+        let Some(redis) = &self.shared.redis else {
+            return;
+        };
+        let keep_alive = p.keep_alive;
+        let cmd = bridge::Command::Publish(bridge::Publish {
+            channel: p.channel.clone(),
+            data: p.data,
+            publish_id: p.publish_id,
+            reply: Reply {
+                reactor: self.id,
+                key,
+                gen,
+            },
+        });
+        let refused = match redis.submit(cmd) {
+            Ok(()) => None,
+            Err(Refused::Down) => Some("Redis is unreachable; retry shortly"),
+            Err(Refused::Busy) => Some("too many publishes are waiting for Redis; retry shortly"),
+        };
+        if let Some(message) = refused {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            conn.queue
+                .push_control(Bytes::from(api::redis_unavailable(message, keep_alive)));
+            self.mark_dirty(key, gen);
+            if !keep_alive {
+                self.close_gracefully(key, None, false, now);
+            }
+            return;
+        }
+        let waiting = Waiting::Publish {
+            channel: p.channel,
+            keep_alive,
+        };
+        self.park(key, waiting, now);
+    }
+
+    /// The Redis bridge answered the publish of `(key, gen)`.
+    pub(super) fn published(&mut self, key: usize, gen: u32, outcome: Published) {
+        let now = self.now_ms();
+        let Some(Waiting::Publish {
+            channel,
+            keep_alive,
+        }) = self.unpark(key, gen)
+        else {
+            return;
+        };
+        let bytes = match outcome {
+            Published::Done { id, duplicate } => {
+                api::published(&id, &channel, duplicate, keep_alive)
+            }
+            Published::Failed(message) => api::redis_unavailable(&message, keep_alive),
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.queue.push_control(Bytes::from(bytes));
+        self.mark_dirty(key, gen);
+        if !keep_alive {
+            return self.close_gracefully(key, None, false, now);
+        }
+        if let Some(ConnState::Request(req)) = self.conns.get_mut(key).map(|c| &mut c.state) {
+            req.deadline_ms = now + self.shared.config.limits.header_timeout_ms;
+        }
+        // Requests that arrived meanwhile, and what is left in the socket.
+        self.read_requests(key, now);
     }
 
     /// Puts `key` in the local index of `channel` (the hub side is done by
@@ -377,8 +569,9 @@ impl Worker {
             "reactor {}: disconnecting slow consumer {peer} (resume from {resume:?}, {queued} bytes queued)",
             self.id,
         );
+        let resume = resume.map(|id| self.shared.hub.show_id(id));
         if is_ws {
-            let reason = resume.map_or(String::new(), |id| id.to_string());
+            let reason = resume.unwrap_or_default();
             return self.close_ws(key, CLOSE_SLOW, &reason, now);
         }
         let Some(ConnState::Sse(sse)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
@@ -387,7 +580,7 @@ impl Worker {
         // A gzip trailer covers every byte queued, so a gzip stream keeps
         // its queue and sends `slow` after it.
         let keep_queue = sse.gzip.is_some();
-        let last = sse.last(&sse::slow(resume));
+        let last = sse.last(&sse::slow(resume.as_deref()));
         self.close_gracefully(key, Some(last), !keep_queue, now);
     }
 
@@ -413,8 +606,14 @@ impl Worker {
         WorkerStats::add(&stats.conns_closing, 1);
         match old {
             ConnState::Sse(sse) => self.unsubscribe(key, &sse.channels),
-            ConnState::Ws(ws) => self.unsubscribe(key, &ws.channels),
+            ConnState::Ws(ws) => {
+                self.unsubscribe(key, &ws.channels);
+                self.stop_waiting(key, gen, &ws.waiting);
+            }
             ConnState::Request(_) | ConnState::Closing { .. } => {}
+        }
+        if let Some(parked) = self.parked.remove(&key) {
+            self.abandon(key, parked);
         }
         let linger = self.shared.config.shutdown.linger_ms;
         self.timers
@@ -462,8 +661,14 @@ impl Worker {
         }
         match &conn.state {
             ConnState::Sse(sse) => self.unsubscribe(key, &sse.channels),
-            ConnState::Ws(ws) => self.unsubscribe(key, &ws.channels),
+            ConnState::Ws(ws) => {
+                self.unsubscribe(key, &ws.channels);
+                self.stop_waiting(key, conn.gen, &ws.waiting);
+            }
             ConnState::Request(_) | ConnState::Closing { .. } => {}
+        }
+        if let Some(parked) = self.parked.remove(&key) {
+            self.abandon(key, parked);
         }
         match conn.ip_slot.take() {
             Some((SlotKind::Sse, ip)) => self.shared.sse_limiter.release(ip),
@@ -539,6 +744,8 @@ impl Worker {
                     if now < req.deadline_ms {
                         let at = req.deadline_ms;
                         self.timers.schedule(at, key, gen, TimerKind::Request);
+                    } else if req.parked {
+                        self.parked_timeout(key, now);
                     } else if req.buf.is_empty() && req.served > 0 {
                         // An idle keep-alive connection: just close it.
                         self.close(key, Closed::Timeout);

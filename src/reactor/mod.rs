@@ -32,6 +32,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::api::StreamStart;
+use crate::bridge::Published;
 use crate::conn::queue::QueueLimits;
 use crate::conn::Conn;
 use crate::hub::{Event, Outbox};
@@ -62,6 +64,17 @@ const CAP_RECHECK_MS: u64 = 50;
 /// Messages for a reactor thread.
 pub enum Msg {
     Event(Arc<Event>),
+    /// Connection `(key, gen)` waited for channels to load: try again.
+    Retry {
+        key: usize,
+        gen: u32,
+    },
+    /// The Redis bridge's answer to the publish of `(key, gen)`.
+    Published {
+        key: usize,
+        gen: u32,
+        outcome: Published,
+    },
 }
 
 /// The way into one reactor thread from any other thread.
@@ -94,15 +107,26 @@ impl Mailbox {
     }
 }
 
-impl Outbox for Mailbox {
-    fn deliver(&self, event: Arc<Event>) -> bool {
-        match self.tx.try_send(Msg::Event(event)) {
+impl Mailbox {
+    /// Queues a message and wakes the reactor; false when the inbox is full.
+    pub fn send(&self, msg: Msg) -> bool {
+        match self.tx.try_send(msg) {
             Ok(()) => {
                 self.wake();
                 true
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
         }
+    }
+}
+
+impl Outbox for Mailbox {
+    fn deliver(&self, event: Arc<Event>) -> bool {
+        self.send(Msg::Event(event))
+    }
+
+    fn retry(&self, key: usize, gen: u32) -> bool {
+        self.send(Msg::Retry { key, gen })
     }
 }
 
@@ -143,6 +167,22 @@ pub struct Worker {
     next_sweep_ms: Option<u64>,
     limits: QueueLimits,
     rng: u64,
+    /// Requests waiting for Redis (a publish, channels loading), by key.
+    parked: HashMap<usize, Parked>,
+}
+
+/// A request waiting for Redis; the connection reads no further requests
+/// until it is answered.
+pub struct Parked {
+    gen: u32,
+    what: Waiting,
+}
+
+pub enum Waiting {
+    /// An SSE stream whose channels are loading.
+    Stream(StreamStart),
+    /// A publish the command thread is running.
+    Publish { channel: String, keep_alive: bool },
 }
 
 impl Worker {
@@ -191,6 +231,7 @@ impl Worker {
             next_sweep_ms: (id == 0).then_some(sweep_ms),
             limits,
             rng: seed | 1,
+            parked: HashMap::new(),
         })
     }
 
@@ -303,6 +344,8 @@ impl Worker {
         for _ in 0..INBOX_BUDGET {
             match self.inbox.try_recv() {
                 Ok(Msg::Event(ev)) => self.deliver(&ev),
+                Ok(Msg::Retry { key, gen }) => self.retry_parked(key, gen),
+                Ok(Msg::Published { key, gen, outcome }) => self.published(key, gen, outcome),
                 Err(_) => {
                     self.inbox_ready = false;
                     return;

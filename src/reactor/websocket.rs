@@ -15,7 +15,7 @@ use super::{Closed, Worker};
 use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
 use crate::conn::{ConnState, Delivery, SlotKind, Sub, Ws};
-use crate::hub::check_channel;
+use crate::hub::{check_channel, ids, NotReady, Waiter};
 use crate::metrics::WorkerStats;
 use crate::proto::ws::{self, close_code, Message, OpCode, Reassembler};
 
@@ -41,7 +41,7 @@ type CommandError = (&'static str, String);
 fn parse_since(since: Option<&str>) -> Result<Option<u64>, CommandError> {
     match since.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| {
+        Some(v) => ids::parse(v).map(Some).ok_or_else(|| {
             (
                 "bad_cursor",
                 format!("since {v:?} is not an event id redix gave out"),
@@ -92,6 +92,7 @@ impl Worker {
         conn.queue.push_control(Bytes::from(up.response));
         let ws = Ws {
             channels: Vec::new(),
+            waiting: Vec::new(),
             delivery: Delivery::default(),
             rx: Reassembler::new(max_message, up.deflate),
             rbuf: early,
@@ -276,6 +277,19 @@ impl Worker {
         let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
             return Err(("closing", "connection is closing".into()));
         };
+        if let Some(pos) = ws.waiting.iter().position(|(c, _)| **c == *channel) {
+            let (ch, _) = ws.waiting.swap_remove(pos);
+            let gen = self.conns.get(key).map_or(0, |c| c.gen);
+            let waiter = Waiter {
+                reactor: self.id,
+                key,
+                gen,
+            };
+            self.shared.hub.cancel_wait(&[ch], waiter);
+            return Ok(json_frame(
+                serde_json::json!({"type": "unsubscribed", "channel": channel}),
+            ));
+        }
         let Some(pos) = ws.channels.iter().position(|s| *s.channel == *channel) else {
             return Err(("not_subscribed", format!("not subscribed to {channel}")));
         };
@@ -296,13 +310,25 @@ impl Worker {
     ) -> Result<(), CommandError> {
         let max = self.shared.config.ws.max_subscriptions;
         let deflate_min = self.shared.config.ws.deflate_min_bytes;
-        let Some(ConnState::Ws(ws)) = self.conns.get(key).map(|c| &c.state) else {
+        let Some(conn) = self.conns.get(key) else {
             return Err(("closing", "connection is closing".into()));
         };
+        let ConnState::Ws(ws) = &conn.state else {
+            return Err(("closing", "connection is closing".into()));
+        };
+        let waiter = Waiter {
+            reactor: self.id,
+            key,
+            gen: conn.gen,
+        };
+        if ws.waiting.iter().any(|(c, _)| **c == *channel) {
+            // Acknowledged once it has loaded.
+            return Ok(());
+        }
         let ack = json_frame(serde_json::json!({"type": "subscribed", "channel": channel}));
         let (already, full) = (
             ws.channels.iter().any(|s| *s.channel == *channel),
-            ws.channels.len() >= max,
+            ws.channels.len() + ws.waiting.len() >= max,
         );
         if !already && full {
             return Err((
@@ -313,10 +339,37 @@ impl Worker {
         let ch: Arc<str> = Arc::from(channel.as_str());
         let snap = match already {
             true => Default::default(),
-            false => self
-                .shared
-                .hub
-                .subscribe(self.id, std::slice::from_ref(&ch), since),
+            false => {
+                match self
+                    .shared
+                    .hub
+                    .subscribe(self.id, std::slice::from_ref(&ch), since, waiter)
+                {
+                    Ok(snap) => snap,
+                    Err(NotReady::Loading) => {
+                        if let Some(ConnState::Ws(ws)) =
+                            self.conns.get_mut(key).map(|c| &mut c.state)
+                        {
+                            ws.waiting.push((ch, since));
+                        }
+                        return Ok(());
+                    }
+                    Err(NotReady::Unavailable) => {
+                        return Err((
+                            "unavailable",
+                            format!("{channel}: Redis is unreachable; subscribe again shortly"),
+                        ))
+                    }
+                    Err(NotReady::Full) => {
+                        return Err((
+                            "busy",
+                            format!(
+                                "{channel}: too many channels are loading; subscribe again shortly"
+                            ),
+                        ))
+                    }
+                }
+            }
         };
         let compressions = &self.shared.hub.stats.ws_compressions;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -339,15 +392,36 @@ impl Worker {
                     .push_replay(ev.ws_frame(deflate, deflate_min, compressions), ev.id);
                 ws.delivery.last_queued = Some(ev.id);
             }
-            ws.delivery.live_from_max = ws.delivery.live_from_max.max(snap.live_from);
+            let live_from = snap.live_from.first().copied().unwrap_or(0);
+            ws.delivery.live_from_max = ws.delivery.live_from_max.max(live_from);
             ws.channels.push(Sub {
                 channel: ch.clone(),
-                live_from: snap.live_from,
+                live_from,
             });
             self.index(key, ch);
         }
         self.mark_dirty(key, gen);
         Ok(())
+    }
+
+    /// Channels this WebSocket waited for have loaded (or cannot): try its
+    /// waiting subscriptions again, in the order they were asked.
+    pub(super) fn ws_retry(&mut self, key: usize) {
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return;
+        };
+        let waiting = std::mem::take(&mut ws.waiting);
+        for (ch, since) in waiting {
+            if let Err((code, message)) = self.ws_subscribe(key, ch.to_string(), since) {
+                WorkerStats::add(&self.stats().ws_command_errors, 1);
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
+                conn.queue.push_control(error_frame(code, &message));
+                let gen = conn.gen;
+                self.mark_dirty(key, gen);
+            }
+        }
     }
 
     /// Heartbeat timer: close a silent client, else ping on schedule.

@@ -1,0 +1,359 @@
+//! The command thread: one blocking Redis connection (the `redis` crate)
+//! for publishes, history loads and the readiness canary.
+//!
+//! While the connection is down, publishes are answered with a failure at
+//! once and loads wait (they are retried after the reconnect); a command
+//! that fails on the wire drops the connection, which is then re-made with
+//! backoff.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use redis::{Connection, RedisError, Script, Value};
+
+use super::{Backoff, Command, Names, Publish, Published, Redis};
+use crate::hub::{ids, RemoteEvent};
+use crate::reactor::{Mailbox, Msg};
+use crate::state::Shared;
+
+/// Loads waiting for the connection, at most (one per channel at a time).
+const MAX_WAITING_LOADS: usize = 100_000;
+
+fn publish_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("scripts/publish.lua")))
+}
+
+fn load_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("scripts/load.lua")))
+}
+
+/// Opens a command connection with timeouts on connect, read and write.
+pub fn connect(url: &str, timeout: Duration) -> Result<Connection, RedisError> {
+    let client = redis::Client::open(url)?;
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
+}
+
+/// What one publish needs besides the connection.
+pub struct PublishArgs<'a> {
+    pub names: &'a Names,
+    pub max_events: usize,
+    pub max_age_ms: u64,
+    pub dedupe_ttl_ms: u64,
+}
+
+/// Runs the publish script once: returns the stream id and whether the
+/// publisher id had been seen (then nothing was published).
+pub fn publish_once(
+    con: &mut Connection,
+    args: &PublishArgs<'_>,
+    channel: &str,
+    data: &str,
+    publish_id: Option<&str>,
+) -> Result<(String, bool), RedisError> {
+    let names = args.names;
+    let mut inv = publish_script().prepare_invoke();
+    inv.key(names.stream(channel)).key(names.last_id());
+    if let Some(pid) = publish_id {
+        inv.key(names.seen(pid));
+    }
+    inv.arg(names.notify(channel))
+        .arg(data)
+        .arg(args.max_events.max(1))
+        .arg(args.max_age_ms)
+        .arg(args.dedupe_ttl_ms);
+    let (id, seen): (String, i64) = inv.invoke(con)?;
+    Ok((id, seen == 1))
+}
+
+/// Reads a channel's history from its stream: the events to keep (oldest
+/// first, at most `max_events`) and the highest id known to be gone.
+pub fn load_once(
+    con: &mut Connection,
+    names: &Names,
+    channel: &str,
+    max_events: usize,
+) -> Result<(Vec<RemoteEvent>, u64), RedisError> {
+    let reply: Value = load_script()
+        .key(names.stream(channel))
+        .arg(max_events)
+        .invoke(con)?;
+    let bad = || RedisError::from((redis::ErrorKind::Parse, "unexpected load reply"));
+    let Value::Array(parts) = reply else {
+        return Err(bad());
+    };
+    let [trimmed, Value::Array(entries)] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let mut floor = text(trimmed).and_then(ids::parse).unwrap_or(0);
+    let mut events = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(pair) = entry else {
+            return Err(bad());
+        };
+        let [id, Value::Array(fields)] = pair.as_slice() else {
+            return Err(bad());
+        };
+        let Some(id_text) = text(id) else {
+            return Err(bad());
+        };
+        let Some(id) = ids::parse(id_text) else {
+            log::warn!("stream {channel}: id {id_text:?} is not one redix can order; skipped");
+            continue;
+        };
+        let data = fields
+            .chunks(2)
+            .find(|kv| kv.first().and_then(text) == Some("d"))
+            .and_then(|kv| kv.get(1).and_then(text))
+            .unwrap_or("null");
+        events.push(RemoteEvent {
+            id,
+            id_text: id_text.to_string(),
+            data: data.to_string(),
+        });
+    }
+    // Newest first, one more than kept: the extra one marks what is gone.
+    if events.len() > max_events {
+        for gone in events.drain(max_events..) {
+            floor = floor.max(gone.id);
+        }
+    }
+    events.reverse();
+    Ok((events, floor))
+}
+
+fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The wire failed (as opposed to Redis answering with an error).
+fn link_failed(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+struct CommandThread {
+    shared: Arc<Shared>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    con: Option<Connection>,
+    backoff: Backoff,
+    reconnect_at: Instant,
+    next_canary: Instant,
+    /// Loads that could not run yet (no connection).
+    waiting_loads: VecDeque<(Arc<str>, u64)>,
+}
+
+pub fn run(shared: Arc<Shared>, mailboxes: Vec<Arc<Mailbox>>, rx: Receiver<Command>) {
+    let Some(redis) = shared.redis.as_ref() else {
+        return;
+    };
+    let backoff = Backoff::new(redis.config.backoff_min_ms, redis.config.backoff_max_ms);
+    let mut t = CommandThread {
+        shared: shared.clone(),
+        mailboxes,
+        con: None,
+        backoff,
+        reconnect_at: Instant::now(),
+        next_canary: Instant::now(),
+        waiting_loads: VecDeque::new(),
+    };
+    loop {
+        t.ensure_connected();
+        if t.con.is_some() && Instant::now() >= t.next_canary {
+            t.canary();
+        }
+        if t.con.is_some() {
+            t.run_waiting_loads();
+        }
+        let wake = match t.con {
+            Some(_) => t.next_canary,
+            None => t.reconnect_at,
+        };
+        let wait = wake.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(cmd) => t.handle(cmd),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn redis_of(shared: &Shared) -> &Redis {
+    match &shared.redis {
+        Some(r) => r,
+        None => unreachable!("the command thread runs only in Redis mode"),
+    }
+}
+
+impl CommandThread {
+    fn ensure_connected(&mut self) {
+        if self.con.is_some() || Instant::now() < self.reconnect_at {
+            return;
+        }
+        let shared = self.shared.clone();
+        let redis = redis_of(&shared);
+        let timeout = Duration::from_millis(redis.config.timeout_ms);
+        match connect(&redis.config.url, timeout) {
+            Ok(con) => {
+                redis.link.connections.fetch_add(1, Ordering::Relaxed);
+                redis.link.command_up.store(true, Ordering::Release);
+                log::info!("Redis command connection up");
+                self.con = Some(con);
+                self.backoff.reset();
+                self.next_canary = Instant::now();
+            }
+            Err(e) => {
+                let wait = self.backoff.next_wait();
+                log::warn!("Redis command connection: {e}; retrying in {wait:?}");
+                self.reconnect_at = Instant::now() + wait;
+            }
+        }
+    }
+
+    /// Drops the connection after a wire failure.
+    fn lost(&mut self, what: &str, e: &RedisError) {
+        let shared = self.shared.clone();
+        let redis = redis_of(&shared);
+        if self.con.take().is_some() {
+            redis.link.connections.fetch_sub(1, Ordering::Relaxed);
+            redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        redis.link.command_up.store(false, Ordering::Release);
+        let wait = self.backoff.next_wait();
+        log::warn!("Redis command connection lost during {what}: {e}; reconnecting in {wait:?}");
+        self.reconnect_at = Instant::now() + wait;
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish(p) => self.publish(p),
+            Command::Load { channel, token } => {
+                if self.waiting_loads.len() < MAX_WAITING_LOADS {
+                    self.waiting_loads.push_back((channel, token));
+                }
+                if self.con.is_some() {
+                    self.run_waiting_loads();
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, p: Publish) {
+        let Some(con) = self.con.as_mut() else {
+            return self.answer(&p, Published::Failed("Redis is unreachable".into()));
+        };
+        let shared = &self.shared;
+        let Some(redis) = shared.redis.as_ref() else {
+            return;
+        };
+        let args = PublishArgs {
+            names: &redis.names,
+            max_events: shared.config.history.max_events,
+            max_age_ms: shared.config.history.max_age_ms,
+            dedupe_ttl_ms: shared.config.publish.dedupe_ttl_ms,
+        };
+        let outcome = publish_once(con, &args, &p.channel, &p.data, p.publish_id.as_deref());
+        match outcome {
+            Ok((id, duplicate)) => {
+                redis.link.publishes.fetch_add(1, Ordering::Relaxed);
+                if duplicate {
+                    shared.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                self.answer(&p, Published::Done { id, duplicate });
+            }
+            Err(e) => {
+                redis.link.publish_errors.fetch_add(1, Ordering::Relaxed);
+                self.answer(&p, Published::Failed(format!("Redis: {e}")));
+                if link_failed(&e) {
+                    self.lost("a publish", &e);
+                } else {
+                    log::warn!("publish to {} failed: {e}", p.channel);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, p: &Publish, outcome: Published) {
+        let Some(mailbox) = self.mailboxes.get(p.reply.reactor) else {
+            return;
+        };
+        let msg = Msg::Published {
+            key: p.reply.key,
+            gen: p.reply.gen,
+            outcome,
+        };
+        if !mailbox.send(msg) {
+            // The reactor's inbox is full: its request times out with 503.
+            if let Some(redis) = &self.shared.redis {
+                redis.link.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn run_waiting_loads(&mut self) {
+        while let Some((channel, token)) = self.waiting_loads.pop_front() {
+            let Some(con) = self.con.as_mut() else {
+                self.waiting_loads.push_front((channel, token));
+                return;
+            };
+            let shared = &self.shared;
+            let Some(redis) = shared.redis.as_ref() else {
+                return;
+            };
+            let max = shared.config.history.max_events;
+            match load_once(con, &redis.names, &channel, max) {
+                Ok((events, floor)) => {
+                    let n = events.len();
+                    let now = shared.now_ms();
+                    if shared.hub.finish_sync(&channel, token, events, floor, now) {
+                        log::debug!("loaded {channel}: {n} events from its stream");
+                    }
+                }
+                Err(e) if link_failed(&e) => {
+                    self.waiting_loads.push_front((channel, token));
+                    return self.lost("a history load", &e);
+                }
+                Err(e) => {
+                    // Redis refused (say, the key holds something else):
+                    // the channel starts with no history rather than never.
+                    log::warn!("loading {channel} from Redis: {e}; starting it empty");
+                    let now = shared.now_ms();
+                    shared.hub.finish_sync(&channel, token, Vec::new(), 0, now);
+                }
+            }
+        }
+    }
+
+    /// Publishes the time on this node's canary channel; the pub/sub
+    /// thread reads it back.
+    fn canary(&mut self) {
+        let shared = self.shared.clone();
+        let redis = redis_of(&shared);
+        let interval = Duration::from_millis(redis.config.canary_ms);
+        let channel = redis.names.canary(&redis.node);
+        let sent = self.shared.now_ms().to_string();
+        self.next_canary = Instant::now() + interval;
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        let result: Result<i64, RedisError> =
+            redis::cmd("PUBLISH").arg(&channel).arg(&sent).query(con);
+        if let Err(e) = result {
+            if link_failed(&e) {
+                self.lost("the canary", &e);
+            } else {
+                log::warn!("canary publish: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The pub/sub thread: one connection SUBSCRIBEd to exactly the channels
+//! with local subscribers, read continuously so Redis never finds us slow.
+//!
+//! The loop, with a short read timeout so changes go out while it reads:
+//! 1. take the hub's channel changes and (UN)SUBSCRIBE them;
+//! 2. read what arrived and hand every message to the hub;
+//! 3. a confirmed SUBSCRIBE starts the channel's history load (it must
+//!    follow the confirmation, or an event published between the load and
+//!    the subscription would be missed);
+//! 4. the canary coming back proves the whole path for `/readyz`.
+//!
+//! After a lost connection: the hub is told (waiters get 503), then
+//! reconnect with backoff, SUBSCRIBE every wanted channel again and reload
+//! each, which delivers what was published meanwhile.
+
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Backoff, Command, Endpoint, Redis};
+use crate::hub::{ids, RemoteEvent};
+use crate::proto::resp::{self, Value};
+use crate::state::Shared;
+
+/// How long one read waits, so channel changes go out promptly.
+const READ_TIMEOUT: Duration = Duration::from_millis(20);
+/// Largest message accepted (the publish body limit is far lower).
+const MAX_MESSAGE: usize = 16 << 20;
+/// Bytes read per call.
+const READ_CHUNK: usize = 256 * 1024;
+/// Channels per SUBSCRIBE command.
+const SUBSCRIBE_BATCH: usize = 512;
+
+pub fn run(shared: Arc<Shared>, endpoint: Endpoint) {
+    let Some(redis) = shared.redis.as_ref() else {
+        return;
+    };
+    let mut backoff = Backoff::new(redis.config.backoff_min_ms, redis.config.backoff_max_ms);
+    loop {
+        let why = match Session::open(&shared, redis, &endpoint) {
+            Ok(mut session) => {
+                backoff.reset();
+                redis.link.connections.fetch_add(1, Ordering::Relaxed);
+                let why = session.serve();
+                redis.link.connections.fetch_sub(1, Ordering::Relaxed);
+                why
+            }
+            Err(e) => e,
+        };
+        redis.link.pubsub_up.store(false, Ordering::Release);
+        redis.link.subscribed.store(0, Ordering::Relaxed);
+        shared.hub.set_link(false);
+        let wait = backoff.next_wait();
+        log::warn!("Redis pub/sub: {why}; reconnecting in {wait:?}");
+        redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(wait);
+    }
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    redis: &'a Redis,
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Channels asked of Redis (SUBSCRIBE sent, no UNSUBSCRIBE since).
+    subscribed: HashSet<Arc<str>>,
+    canary: String,
+    /// Loads the command queue had no room for; retried every turn.
+    unsent: Vec<(Arc<str>, u64)>,
+    /// When the last canary came back, on the hub clock.
+    canary_seen_ms: u64,
+}
+
+impl<'a> Session<'a> {
+    fn open(shared: &'a Shared, redis: &'a Redis, ep: &Endpoint) -> Result<Session<'a>, String> {
+        let timeout = Duration::from_millis(redis.config.timeout_ms);
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(ep.host.as_str(), ep.port))
+            .map_err(|e| format!("resolve {}: {e}", ep.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", ep.host))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let setup = |s: &TcpStream| -> io::Result<()> {
+            s.set_read_timeout(Some(READ_TIMEOUT))?;
+            s.set_write_timeout(Some(timeout))?;
+            s.set_nodelay(true)
+        };
+        setup(&stream).map_err(|e| format!("socket options: {e}"))?;
+        let mut session = Session {
+            shared,
+            redis,
+            stream,
+            buf: Vec::with_capacity(64 * 1024),
+            subscribed: HashSet::new(),
+            canary: redis.names.canary(&redis.node),
+            unsent: Vec::new(),
+            canary_seen_ms: shared.now_ms(),
+        };
+        if let Some(pass) = &ep.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &ep.username {
+                args.push(user.as_bytes());
+            }
+            args.push(pass.as_bytes());
+            session.send(&resp::command(&args))?;
+        }
+        let canary = session.canary.clone();
+        session.send(&resp::command(&[b"SUBSCRIBE", canary.as_bytes()]))?;
+        // Everything wanted now; later changes come from `take_changes`.
+        shared.hub.take_changes();
+        let wanted = shared.hub.wanted_channels();
+        session.subscribe(&wanted)?;
+        log::info!(
+            "Redis pub/sub connection up; subscribing {} channels",
+            wanted.len()
+        );
+        Ok(session)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    fn subscribe(&mut self, channels: &[Arc<str>]) -> Result<(), String> {
+        self.command(b"SUBSCRIBE", channels)?;
+        self.subscribed.extend(channels.iter().cloned());
+        let n = self.subscribed.len() as u64;
+        self.redis.link.subscribed.store(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn command(&mut self, verb: &[u8], channels: &[Arc<str>]) -> Result<(), String> {
+        for chunk in channels.chunks(SUBSCRIBE_BATCH) {
+            let notify: Vec<String> = chunk.iter().map(|c| self.redis.names.notify(c)).collect();
+            let mut args: Vec<&[u8]> = vec![verb];
+            args.extend(notify.iter().map(|n| n.as_bytes()));
+            self.send(&resp::command(&args))?;
+        }
+        Ok(())
+    }
+
+    /// Runs until the connection fails; returns why.
+    fn serve(&mut self) -> String {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            if let Err(e) = self.apply_changes() {
+                return e;
+            }
+            self.retry_unsent();
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return "Redis closed the connection".into(),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if let Err(e) = self.drain_messages() {
+                        return e;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return format!("read: {e}"),
+            }
+            self.report_backlog();
+            if let Err(e) = self.check_canary() {
+                return e;
+            }
+        }
+    }
+
+    fn apply_changes(&mut self) -> Result<(), String> {
+        let changes = self.shared.hub.take_changes();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for (channel, wanted) in changes {
+            match (wanted, self.subscribed.contains(&channel)) {
+                (true, false) => add.push(channel),
+                // Still subscribed from before: Redis will not confirm
+                // again, so the load starts now.
+                (true, true) => self.start_load(channel),
+                (false, true) => remove.push(channel),
+                (false, false) => {}
+            }
+        }
+        if !remove.is_empty() {
+            self.command(b"UNSUBSCRIBE", &remove)?;
+            for c in &remove {
+                self.subscribed.remove(c);
+            }
+            let n = self.subscribed.len() as u64;
+            self.redis.link.subscribed.store(n, Ordering::Relaxed);
+        }
+        if !add.is_empty() {
+            self.subscribe(&add)?;
+        }
+        Ok(())
+    }
+
+    fn start_load(&mut self, channel: Arc<str>) {
+        if let Some(token) = self.shared.hub.begin_sync(&channel) {
+            self.unsent.push((channel, token));
+            self.retry_unsent();
+        }
+    }
+
+    fn retry_unsent(&mut self) {
+        while let Some((channel, token)) = self.unsent.pop() {
+            let cmd = Command::Load {
+                channel: channel.clone(),
+                token,
+            };
+            if self.redis.submit(cmd).is_err() {
+                self.unsent.push((channel, token));
+                return;
+            }
+        }
+    }
+
+    fn drain_messages(&mut self) -> Result<(), String> {
+        let mut used = 0;
+        loop {
+            match resp::parse(&self.buf[used..], MAX_MESSAGE) {
+                Ok(Some((value, n))) => {
+                    used += n;
+                    self.on_reply(value)?;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("protocol: {}", e.0)),
+            }
+        }
+        self.buf.drain(..used);
+        if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
+            self.buf.shrink_to(READ_CHUNK);
+        }
+        Ok(())
+    }
+
+    fn on_reply(&mut self, value: Value) -> Result<(), String> {
+        let items = match value {
+            Value::Array(Some(items)) => items,
+            Value::Error(e) => return Err(format!("Redis error: {e}")),
+            // +OK of AUTH.
+            _ => return Ok(()),
+        };
+        let kind = items.first().and_then(Value::bytes).unwrap_or_default();
+        let name = items
+            .get(1)
+            .and_then(Value::bytes)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default();
+        match kind {
+            b"message" => {
+                let payload = items.get(2).and_then(Value::bytes).unwrap_or_default();
+                self.on_message(name, payload);
+            }
+            b"subscribe" if name != self.canary => {
+                let Some(channel) = self.redis.names.channel_of(name) else {
+                    return Ok(());
+                };
+                if let Some(c) = self.subscribed.get(channel).cloned() {
+                    self.start_load(c);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, name: &str, payload: &[u8]) {
+        let now = self.shared.now_ms();
+        let link = &self.redis.link;
+        if name == self.canary {
+            let sent = std::str::from_utf8(payload)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if let Some(sent) = sent {
+                let rtt = now.saturating_sub(sent);
+                link.canary_rtt_ms.store(rtt, Ordering::Relaxed);
+                self.canary_seen_ms = now;
+                if rtt <= self.redis.config.ready_within_ms {
+                    link.canary_ok_ms.store(now.max(1), Ordering::Release);
+                    if !link.pubsub_up.swap(true, Ordering::AcqRel) {
+                        self.shared.hub.set_link(true);
+                        log::info!("Redis round trip works (canary {rtt} ms)");
+                    }
+                }
+            }
+            return;
+        }
+        let Some(channel) = self.redis.names.channel_of(name) else {
+            return;
+        };
+        link.received.fetch_add(1, Ordering::Relaxed);
+        let Some(ev) = parse_payload(payload) else {
+            log::warn!("pub/sub message on {name} is not \"<id> <data>\"; ignored");
+            return;
+        };
+        let sent_ms = ev.id >> ids::SEQ_BITS;
+        link.lag_ms
+            .store(super::wall_ms().saturating_sub(sent_ms), Ordering::Relaxed);
+        self.shared.hub.receive(channel, ev, now);
+    }
+
+    /// Bytes waiting in the socket plus bytes read but not handled.
+    fn report_backlog(&self) {
+        let mut pending: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer we pass.
+        let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut pending) };
+        let in_socket = if rc == 0 { pending.max(0) as u64 } else { 0 };
+        self.redis
+            .link
+            .backlog_bytes
+            .store(in_socket + self.buf.len() as u64, Ordering::Relaxed);
+    }
+
+    /// A canary that stops coming back while the command side is up means
+    /// this connection is stuck (say, Redis is paused): start over.
+    fn check_canary(&mut self) -> Result<(), String> {
+        let cfg = &self.redis.config;
+        let silent = self.shared.now_ms().saturating_sub(self.canary_seen_ms);
+        let limit = 2 * cfg.ready_within_ms;
+        let command_up = self.redis.link.command_up.load(Ordering::Acquire);
+        if silent > limit && command_up {
+            return Err(format!("no canary for {silent} ms"));
+        }
+        if silent > cfg.ready_within_ms && self.redis.link.pubsub_up.load(Ordering::Acquire) {
+            // Not ready until the round trip works again.
+            self.redis.link.pubsub_up.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+/// Reads `"<id> <data>"`.
+fn parse_payload(payload: &[u8]) -> Option<RemoteEvent> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (id_text, data) = text.split_once(' ')?;
+    Some(RemoteEvent {
+        id: ids::parse(id_text)?,
+        id_text: id_text.to_string(),
+        data: data.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        let ev = parse_payload(b"1732412345678-2 {\"a\":1}").unwrap();
+        assert_eq!(ev.id_text, "1732412345678-2");
+        assert_eq!(ev.id, ids::parse("1732412345678-2").unwrap());
+        assert_eq!(ev.data, "{\"a\":1}");
+        assert!(parse_payload(b"nospace").is_none());
+        assert!(parse_payload(b"x-1 {}").is_none());
+    }
+}
