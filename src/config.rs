@@ -416,11 +416,30 @@ pub struct Cli {
     #[arg(long)]
     pub sse_per_ip: Option<u32>,
     /// Redis mode (`redis.url`), e.g. redis://127.0.0.1:6379.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub redis: Option<String>,
     /// Any key: `--set section.key=value` (value in TOML syntax; bare strings allowed).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+}
+
+/// What to run instead of the server.
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// Publish one event through Redis (needs `--redis` or `redis.url`),
+    /// exactly as a node does; prints the answer as JSON.
+    Publish {
+        /// Channel name.
+        channel: String,
+        /// Event data: JSON (anything else is sent as a JSON string).
+        data: String,
+        /// Publisher id: a second publish with it inside the dedupe window
+        /// is not delivered again.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 /// A configuration problem, reported at start with the key it concerns.

@@ -1,9 +1,10 @@
 //! `redix`: parse configuration, start the reactors, exit when drained.
-//! Exit codes: 0 after a drained shutdown, 1 on a start-up or runtime
-//! failure, 2 on a configuration error.
+//! `redix publish CHANNEL DATA` publishes one event through Redis instead.
+//! Exit codes: 0 after a drained shutdown (or a done publish), 1 on a
+//! start-up, runtime or publish failure, 2 on a configuration error.
 
 use clap::Parser;
-use redix::config::{Cli, Config};
+use redix::config::{Cli, Config, Subcommand};
 
 fn main() {
     let cli = Cli::parse();
@@ -15,6 +16,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(Subcommand::Publish { channel, data, id }) = &cli.command {
+        match redix::bridge::command::publish_cli(&config, channel, data, id.as_deref()) {
+            Ok(answer) => println!("{answer}"),
+            Err((code, e)) => {
+                eprintln!("redix publish: {e}");
+                std::process::exit(code);
+            }
+        }
+        return;
+    }
     if let Err(e) = redix::server::run(config, move || Config::load(&cli)) {
         log::error!("{e}");
         std::process::exit(1);

@@ -73,17 +73,21 @@ pub fn publish_once(
     Ok((id, seen == 1))
 }
 
-/// Reads a channel's history from its stream: the events to keep (oldest
-/// first, at most `max_events`) and the highest id known to be gone.
+/// Reads a channel's history from its stream, oldest first: on a first
+/// load the newest `max_events`, on a reload everything after `after`.
+/// Also returns the highest id known to be gone from the stream.
 pub fn load_once(
     con: &mut Connection,
     names: &Names,
     channel: &str,
     max_events: usize,
+    after: Option<u64>,
 ) -> Result<(Vec<RemoteEvent>, u64), RedisError> {
+    let after_text = after.map(ids::stream_id).unwrap_or_default();
     let reply: Value = load_script()
         .key(names.stream(channel))
         .arg(max_events)
+        .arg(after_text)
         .invoke(con)?;
     let bad = || RedisError::from((redis::ErrorKind::Parse, "unexpected load reply"));
     let Value::Array(parts) = reply else {
@@ -119,13 +123,14 @@ pub fn load_once(
             data: data.to_string(),
         });
     }
-    // Newest first, one more than kept: the extra one marks what is gone.
-    if events.len() > max_events {
-        for gone in events.drain(max_events..) {
+    // A first load reads one more than it keeps: that one marks what is
+    // gone before the history.
+    if after.is_none() && events.len() > max_events {
+        let extra = events.len() - max_events;
+        for gone in events.drain(..extra) {
             floor = floor.max(gone.id);
         }
     }
-    events.reverse();
     Ok((events, floor))
 }
 
@@ -150,7 +155,7 @@ struct CommandThread {
     reconnect_at: Instant,
     next_canary: Instant,
     /// Loads that could not run yet (no connection).
-    waiting_loads: VecDeque<(Arc<str>, u64)>,
+    waiting_loads: VecDeque<(Arc<str>, u64, Option<u64>)>,
 }
 
 pub fn run(shared: Arc<Shared>, mailboxes: Vec<Arc<Mailbox>>, rx: Receiver<Command>) {
@@ -237,9 +242,13 @@ impl CommandThread {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Publish(p) => self.publish(p),
-            Command::Load { channel, token } => {
+            Command::Load {
+                channel,
+                token,
+                after,
+            } => {
                 if self.waiting_loads.len() < MAX_WAITING_LOADS {
-                    self.waiting_loads.push_back((channel, token));
+                    self.waiting_loads.push_back((channel, token, after));
                 }
                 if self.con.is_some() {
                     self.run_waiting_loads();
@@ -301,9 +310,9 @@ impl CommandThread {
     }
 
     fn run_waiting_loads(&mut self) {
-        while let Some((channel, token)) = self.waiting_loads.pop_front() {
+        while let Some((channel, token, after)) = self.waiting_loads.pop_front() {
             let Some(con) = self.con.as_mut() else {
-                self.waiting_loads.push_front((channel, token));
+                self.waiting_loads.push_front((channel, token, after));
                 return;
             };
             let shared = &self.shared;
@@ -311,7 +320,7 @@ impl CommandThread {
                 return;
             };
             let max = shared.config.history.max_events;
-            match load_once(con, &redis.names, &channel, max) {
+            match load_once(con, &redis.names, &channel, max, after) {
                 Ok((events, floor)) => {
                     let n = events.len();
                     let now = shared.now_ms();
@@ -320,7 +329,7 @@ impl CommandThread {
                     }
                 }
                 Err(e) if link_failed(&e) => {
-                    self.waiting_loads.push_front((channel, token));
+                    self.waiting_loads.push_front((channel, token, after));
                     return self.lost("a history load", &e);
                 }
                 Err(e) => {
@@ -356,4 +365,36 @@ impl CommandThread {
             }
         }
     }
+}
+
+/// `redix publish CHANNEL DATA`: one publish with the node's script and
+/// settings. Returns the answer as JSON, or the exit code and why.
+pub fn publish_cli(
+    config: &crate::config::Config,
+    channel: &str,
+    data: &str,
+    publish_id: Option<&str>,
+) -> Result<String, (i32, String)> {
+    if !config.redis.enabled() {
+        return Err((2, "give --redis redis://HOST:PORT (or redis.url)".into()));
+    }
+    crate::hub::check_channel(channel).map_err(|e| (2, e))?;
+    if publish_id.is_some_and(|p| p.is_empty() || p.len() > 256) {
+        return Err((2, "publisher ids are 1 to 256 bytes".into()));
+    }
+    let data = crate::hub::compact_json(data);
+    let timeout = Duration::from_millis(config.redis.timeout_ms);
+    let mut con = connect(&config.redis.url, timeout)
+        .map_err(|e| (1, format!("{}: {e}", config.redis.url)))?;
+    let names = Names::new(&config.redis.prefix);
+    let args = PublishArgs {
+        names: &names,
+        max_events: config.history.max_events,
+        max_age_ms: config.history.max_age_ms,
+        dedupe_ttl_ms: config.publish.dedupe_ttl_ms,
+    };
+    let (id, duplicate) = publish_once(&mut con, &args, channel, &data, publish_id)
+        .map_err(|e| (1, e.to_string()))?;
+    let answer = serde_json::json!({"id": id, "channel": channel, "duplicate": duplicate});
+    Ok(answer.to_string())
 }

@@ -135,10 +135,12 @@ pub struct Link {
 #[derive(Debug)]
 pub enum Command {
     Publish(Publish),
-    /// Load a channel's history (the sync with `token`).
+    /// Load a channel's history (the sync with `token`): the newest
+    /// events, or after a lost link everything after `after`.
     Load {
         channel: Arc<str>,
         token: u64,
+        after: Option<u64>,
     },
 }
 

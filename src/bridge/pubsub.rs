@@ -70,7 +70,7 @@ struct Session<'a> {
     subscribed: HashSet<Arc<str>>,
     canary: String,
     /// Loads the command queue had no room for; retried every turn.
-    unsent: Vec<(Arc<str>, u64)>,
+    unsent: Vec<(Arc<str>, u64, Option<u64>)>,
     /// When the last canary came back, on the hub clock.
     canary_seen_ms: u64,
 }
@@ -208,20 +208,21 @@ impl<'a> Session<'a> {
     }
 
     fn start_load(&mut self, channel: Arc<str>) {
-        if let Some(token) = self.shared.hub.begin_sync(&channel) {
-            self.unsent.push((channel, token));
+        if let Some((token, after)) = self.shared.hub.begin_sync(&channel) {
+            self.unsent.push((channel, token, after));
             self.retry_unsent();
         }
     }
 
     fn retry_unsent(&mut self) {
-        while let Some((channel, token)) = self.unsent.pop() {
+        while let Some((channel, token, after)) = self.unsent.pop() {
             let cmd = Command::Load {
                 channel: channel.clone(),
                 token,
+                after,
             };
             if self.redis.submit(cmd).is_err() {
-                self.unsent.push((channel, token));
+                self.unsent.push((channel, token, after));
                 return;
             }
         }

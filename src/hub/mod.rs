@@ -120,6 +120,9 @@ pub trait Outbox: Send + Sync {
     /// Tells the reactor that connection `(key, gen)` waited for channels
     /// that are now ready (or will not be): it should try again.
     fn retry(&self, key: usize, gen: u32) -> bool;
+    /// Events of `channel` were lost before this node could deliver them
+    /// (Redis mode): its subscribers get a reset, in order with events.
+    fn reset(&self, channel: Arc<str>) -> bool;
 }
 
 /// Why a channel name was refused.
@@ -549,6 +552,7 @@ mod tests {
     pub(super) struct Recorder {
         pub got: StdMutex<Vec<u64>>,
         pub retried: StdMutex<Vec<(usize, u32)>>,
+        pub resets: StdMutex<Vec<String>>,
         full: bool,
     }
 
@@ -563,6 +567,11 @@ mod tests {
 
         fn retry(&self, key: usize, gen: u32) -> bool {
             self.retried.lock().unwrap().push((key, gen));
+            true
+        }
+
+        fn reset(&self, channel: Arc<str>) -> bool {
+            self.resets.lock().unwrap().push(channel.to_string());
             true
         }
     }

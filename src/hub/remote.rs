@@ -81,6 +81,8 @@ pub(super) struct SyncState {
     pub synced: bool,
     /// Token of the load in progress; 0 when none runs.
     pub token: u64,
+    /// The stream had dropped ids up to this at the last load.
+    pub floor: u64,
     /// Live events that arrived while loading.
     pub held: Vec<Arc<Event>>,
     pub waiters: Vec<Waiter>,
@@ -217,16 +219,20 @@ impl Hub {
     }
 
     /// Redis confirmed the subscription of `channel`: a load may start.
-    /// Returns its token, or None when nobody here wants the channel.
-    pub fn begin_sync(&self, channel: &str) -> Option<u64> {
+    /// Returns its token and, for a channel that was loaded before, the
+    /// last id it has (the reload wants what came after); None when nobody
+    /// here wants the channel.
+    pub fn begin_sync(&self, channel: &str) -> Option<(u64, Option<u64>)> {
         let mut inner = self.lock();
         inner.sync_tokens += 1;
         let token = inner.sync_tokens;
         let ch = inner.channels.get_mut(channel)?;
+        let last_id = ch.last_id;
         let sync = ch.sync.get_or_insert_with(Box::default);
         sync.token = token;
         sync.held = Vec::new();
-        Some(token)
+        let after = sync.synced.then_some(last_id);
+        Some((token, after))
     }
 
     /// The load with `token` read `events` (oldest first) from the stream
@@ -263,11 +269,32 @@ impl Hub {
         let Some(sync) = ch.sync.as_mut() else {
             return false;
         };
+        if sync.synced && trimmed_to > ch.last_id.max(sync.floor) {
+            // The stream dropped events this node never delivered: tell
+            // the subscribers instead of leaving a silent gap.
+            self.stats.resets.fetch_add(1, Ordering::Relaxed);
+            for (i, outbox) in self.outboxes.iter().enumerate() {
+                if ch.reactors & (1 << i) != 0 {
+                    outbox.reset(name.clone());
+                }
+            }
+        }
+        if sync.synced && trimmed_to > ch.last_id.max(sync.floor) {
+            // The stream dropped events this node never delivered: tell
+            // the subscribers instead of leaving a silent gap.
+            self.stats.resets.fetch_add(1, Ordering::Relaxed);
+            for (i, outbox) in self.outboxes.iter().enumerate() {
+                if ch.reactors & (1 << i) != 0 {
+                    outbox.reset(name.clone());
+                }
+            }
+        }
         all.append(&mut sync.held);
         all.sort_by_key(|ev| ev.id);
         all.dedup_by_key(|ev| ev.id);
         sync.token = 0;
         sync.synced = true;
+        sync.floor = sync.floor.max(trimmed_to);
         let waiters = std::mem::take(&mut sync.waiters);
         let delta = self.append(&mut inner, &name, &all, now_ms);
         inner.account(delta);
@@ -377,7 +404,7 @@ mod tests {
         let c = chans(&["c"]);
         assert_eq!(hub.subscribe(0, &c, None, W).err(), Some(NotReady::Loading));
         assert_eq!(hub.take_changes(), vec![(c[0].clone(), true)]);
-        let token = hub.begin_sync("c").unwrap();
+        let (token, _) = hub.begin_sync("c").unwrap();
         // Live events while loading are held, not delivered.
         assert_eq!(hub.receive("c", ev(12), 0), Received::Held);
         assert!(hub.finish_sync("c", token, vec![ev(10), ev(11), ev(12)], 5, 0));
@@ -401,7 +428,8 @@ mod tests {
         let (hub, recs) = redis_hub(1);
         let c = chans(&["c"]);
         let _ = hub.subscribe(0, &c, None, W);
-        let t = hub.begin_sync("c").unwrap();
+        let (t, after) = hub.begin_sync("c").unwrap();
+        assert_eq!(after, None, "a first load");
         hub.finish_sync("c", t, vec![ev(1)], 0, 0);
         hub.subscribe(0, &c, None, W).unwrap();
         hub.set_link(false);
@@ -412,11 +440,18 @@ mod tests {
             Some(NotReady::Unavailable)
         );
         hub.set_link(true);
-        let t = hub.begin_sync("c").unwrap();
+        let (t, after) = hub.begin_sync("c").unwrap();
+        assert_eq!(after, Some(1), "a reload reads after the last id");
         assert_eq!(hub.receive("c", ev(5), 0), Received::Held);
         assert!(!hub.finish_sync("c", t - 1, vec![], 0, 0), "stale token");
-        assert!(hub.finish_sync("c", t, vec![ev(1), ev(2), ev(3)], 0, 0));
+        assert!(hub.finish_sync("c", t, vec![ev(2), ev(3)], 0, 0));
         assert_eq!(*recs[0].got.lock().unwrap(), vec![2, 3, 5]);
+        assert!(recs[0].resets.lock().unwrap().is_empty());
+        // A reload that finds events gone from the stream says so first.
+        let (t, _) = hub.begin_sync("c").unwrap();
+        assert!(hub.finish_sync("c", t, vec![ev(9)], 8, 0));
+        assert_eq!(*recs[0].resets.lock().unwrap(), vec!["c".to_string()]);
+        assert_eq!(recs[0].got.lock().unwrap().last(), Some(&9));
     }
 
     #[test]
@@ -429,7 +464,7 @@ mod tests {
         assert_eq!(hub.take_changes(), vec![(c[0].clone(), false)]);
         assert_eq!(hub.receive("c", ev(3), 0), Received::NotHere);
         let _ = hub.subscribe(0, &c, None, W);
-        let t = hub.begin_sync("c").unwrap();
+        let (t, _) = hub.begin_sync("c").unwrap();
         hub.finish_sync("c", t, vec![], 0, 0);
         hub.subscribe(0, &c, None, W).unwrap();
         hub.take_changes();

@@ -545,6 +545,30 @@ impl Worker {
         self.disconnect_all_slow(too_slow, now);
     }
 
+    /// Tells every local subscriber of `channel` that events were lost
+    /// upstream (`event: reset`, or a WebSocket `{"type":"reset"}`).
+    pub(super) fn deliver_reset(&mut self, channel: &Arc<str>) {
+        let Some(subs) = self.topics.get(channel) else {
+            return;
+        };
+        let mut touched = Vec::new();
+        for &key in subs {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let bytes = match &mut conn.state {
+                ConnState::Sse(sse) => sse.control(&sse::reset(channel)),
+                ConnState::Ws(_) => super::websocket::reset_frame(channel),
+                ConnState::Request(_) | ConnState::Closing { .. } => continue,
+            };
+            conn.queue.push_control(bytes);
+            touched.push((key, conn.gen));
+        }
+        for (key, gen) in touched {
+            self.mark_dirty(key, gen);
+        }
+    }
+
     pub(super) fn disconnect_all_slow(&mut self, keys: Vec<usize>, now: u64) {
         for key in keys {
             self.disconnect_slow(key, now);

@@ -69,6 +69,8 @@ pub enum Msg {
         key: usize,
         gen: u32,
     },
+    /// Events of the channel were lost upstream: tell its subscribers.
+    Reset(Arc<str>),
     /// The Redis bridge's answer to the publish of `(key, gen)`.
     Published {
         key: usize,
@@ -127,6 +129,10 @@ impl Outbox for Mailbox {
 
     fn retry(&self, key: usize, gen: u32) -> bool {
         self.send(Msg::Retry { key, gen })
+    }
+
+    fn reset(&self, channel: Arc<str>) -> bool {
+        self.send(Msg::Reset(channel))
     }
 }
 
@@ -345,6 +351,7 @@ impl Worker {
             match self.inbox.try_recv() {
                 Ok(Msg::Event(ev)) => self.deliver(&ev),
                 Ok(Msg::Retry { key, gen }) => self.retry_parked(key, gen),
+                Ok(Msg::Reset(channel)) => self.deliver_reset(&channel),
                 Ok(Msg::Published { key, gen, outcome }) => self.published(key, gen, outcome),
                 Err(_) => {
                     self.inbox_ready = false;

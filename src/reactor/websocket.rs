@@ -61,6 +61,11 @@ fn error_frame(code: &str, message: &str) -> Bytes {
     json_frame(serde_json::json!({ "type": "error", "code": code, "message": message }))
 }
 
+/// Events of `channel` were lost before they reached this client.
+pub(super) fn reset_frame(channel: &str) -> Bytes {
+    json_frame(serde_json::json!({"type": "reset", "channel": channel}))
+}
+
 /// The channel a subscribe/unsubscribe command names.
 fn target_channel(cmd: &Command) -> Result<String, String> {
     match (&cmd.channel, &cmd.symbol) {
@@ -382,9 +387,7 @@ impl Worker {
         conn.queue.push_control(ack);
         if !already {
             for reset in &snap.resets {
-                conn.queue.push_control(json_frame(
-                    serde_json::json!({"type": "reset", "channel": &**reset}),
-                ));
+                conn.queue.push_control(reset_frame(reset));
             }
             let deflate = ws.deflate();
             for ev in &snap.replay {
