@@ -175,6 +175,30 @@ fn losing_redis_degrades_both_nodes_and_a_restart_resubscribes_them() {
     assert!(a.metric("redix_redis_reconnects_total") >= 2.0);
 }
 
+/// Cuts every pub/sub connection, then publishes `n` events on `a` at once
+/// (pipelined); returns their ids.
+fn cut_and_publish(redis: &RedisServer, a: &Server, channel: &str, n: usize) -> Vec<String> {
+    let killed = redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    assert!(killed.starts_with(':'), "{killed}");
+    let mut body = Vec::new();
+    for i in 0..n {
+        push_publish(&mut body, channel, &i.to_string());
+    }
+    let mut s = std::net::TcpStream::connect(a.addr).unwrap();
+    std::io::Write::write_all(&mut s, &body).unwrap();
+    let mut r = std::io::BufReader::new(s);
+    (0..n)
+        .map(|_| {
+            read_json_response(&mut r)["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
 #[test]
 fn events_published_while_a_node_was_cut_off_arrive_after_it_reconnects() {
     let redis = RedisServer::start();
@@ -182,30 +206,24 @@ fn events_published_while_a_node_was_cut_off_arrive_after_it_reconnects() {
     let b = redis_node(&redis, &[]);
     let mut c = SseClient::connect(b.addr, "gap");
     let loads = b.metric("redix_redis_loads_total");
-    // Cut every pub/sub connection, then publish at once: what B misses
-    // on pub/sub it must get from the stream when it resubscribes.
-    let killed = redis
-        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
-        .unwrap();
-    assert!(killed.starts_with(':'), "{killed}");
-    let mut body = Vec::new();
-    for i in 0..200 {
-        push_publish(&mut body, "gap", &i.to_string());
+    // Fewer events than the history holds: B gets every one, from pub/sub
+    // or from the stream when it resubscribes, in order and once.
+    let ids = cut_and_publish(&redis, &a, "gap", 50);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(next_data(&mut c), (id.clone(), serde_json::json!(i)));
     }
-    let mut s = std::net::TcpStream::connect(a.addr).unwrap();
-    std::io::Write::write_all(&mut s, &body).unwrap();
-    let mut r = std::io::BufReader::new(s);
-    let ids: Vec<String> = (0..200)
-        .map(|_| {
-            read_json_response(&mut r)["id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    // 200 events may outrun the stream's history (100, trimmed in whole
-    // nodes): what B can still read arrives in order and once, and a gap
-    // it cannot fill is announced with a reset right where it is.
+    let end = publish_stream_id(a.addr, "gap", r#""end""#);
+    assert_eq!(next_data(&mut c).0, end, "nothing twice");
+    assert!(
+        b.metric("redix_redis_loads_total") > loads,
+        "B reloaded the channel"
+    );
+
+    // More events than the history holds may outrun it: what B can still
+    // read arrives in order and once, and a gap it cannot fill is
+    // announced with a reset right where it is.
+    wait_until("B to be back", || ready(&b));
+    let ids = cut_and_publish(&redis, &a, "gap", 300);
     let end = publish_stream_id(a.addr, "gap", r#""end""#);
     let (mut next, mut reset_pending, mut resets) = (0, false, 0);
     loop {
@@ -230,10 +248,6 @@ fn events_published_while_a_node_was_cut_off_arrive_after_it_reconnects() {
         next = at + 1;
     }
     eprintln!("gap test: {resets} resets");
-    assert!(
-        b.metric("redix_redis_loads_total") > loads,
-        "B reloaded the channel"
-    );
 }
 
 #[test]
@@ -480,4 +494,35 @@ fn a_node_started_before_redis_refuses_then_serves_once_it_appears() {
     let id = publish_stream_id(a.addr, "x", "1");
     assert_eq!(next_data(&mut c).0, id);
     drop(redis);
+}
+
+#[test]
+fn a_websocket_subscribe_on_another_node_loads_the_channel_and_replays_since() {
+    let redis = RedisServer::start();
+    let a = redis_node(&redis, &[]);
+    let b = redis_node(&redis, &[]);
+    let ids: Vec<String> = (0..10)
+        .map(|i| publish_stream_id(a.addr, "ws-moves", &i.to_string()))
+        .collect();
+    let mut ws = RawWs::connect(b.addr, "/ws", &[]);
+    // Node B has never seen the channel: the ack waits for it to load.
+    ws.send_text(&format!(
+        r#"{{"type":"subscribe","channel":"ws-moves","since":"{}"}}"#,
+        ids[3]
+    ));
+    let ack: serde_json::Value =
+        serde_json::from_str(&ws.read_non_ping().expect("ack").text()).unwrap();
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+    for (i, id) in ids.iter().enumerate().skip(4) {
+        assert_eq!(next_ws_data(&mut ws), (id.clone(), serde_json::json!(i)));
+    }
+    let live = publish_stream_id(a.addr, "ws-moves", "10");
+    assert_eq!(next_ws_data(&mut ws).0, live);
+    ws.send_text(r#"{"type":"unsubscribe","channel":"ws-moves"}"#);
+    let bye: serde_json::Value =
+        serde_json::from_str(&ws.read_non_ping().expect("reply").text()).unwrap();
+    assert_eq!(bye["type"], "unsubscribed");
+    wait_until("B to unsubscribe the channel in Redis", || {
+        b.metric("redix_redis_channels_subscribed") == 0.0
+    });
 }

@@ -152,6 +152,7 @@ struct CommandThread {
     mailboxes: Vec<Arc<Mailbox>>,
     con: Option<Connection>,
     backoff: Backoff,
+    quiet: super::Quiet,
     reconnect_at: Instant,
     next_canary: Instant,
     /// Loads that could not run yet (no connection).
@@ -168,6 +169,7 @@ pub fn run(shared: Arc<Shared>, mailboxes: Vec<Arc<Mailbox>>, rx: Receiver<Comma
         mailboxes,
         con: None,
         backoff,
+        quiet: super::Quiet::default(),
         reconnect_at: Instant::now(),
         next_canary: Instant::now(),
         waiting_loads: VecDeque::new(),
@@ -215,11 +217,14 @@ impl CommandThread {
                 log::info!("Redis command connection up");
                 self.con = Some(con);
                 self.backoff.reset();
+                self.quiet.reset();
                 self.next_canary = Instant::now();
             }
             Err(e) => {
                 let wait = self.backoff.next_wait();
-                log::warn!("Redis command connection: {e}; retrying in {wait:?}");
+                self.quiet.warn(format_args!(
+                    "Redis command connection: {e}; retrying in {wait:?}"
+                ));
                 self.reconnect_at = Instant::now() + wait;
             }
         }

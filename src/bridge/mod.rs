@@ -283,6 +283,39 @@ impl Backoff {
     }
 }
 
+/// Keeps a failing reconnect loop from filling the log: the first failure
+/// is a warning, then one summary at most every 30 s.
+#[derive(Debug, Default)]
+pub struct Quiet {
+    last: Option<std::time::Instant>,
+    skipped: u64,
+}
+
+impl Quiet {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    /// Logs `line` as a warning unless one went out recently.
+    pub fn warn(&mut self, line: std::fmt::Arguments<'_>) {
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if !due {
+            self.skipped += 1;
+            log::debug!("{line}");
+            return;
+        }
+        match self.skipped {
+            0 => log::warn!("{line}"),
+            n => log::warn!("{line} ({n} more like it since the last report)"),
+        }
+        self.last = Some(std::time::Instant::now());
+        self.skipped = 0;
+    }
+
+    /// The link works again: the next failure is reported at once.
+    pub fn reset(&mut self) {
+        *self = Quiet::default();
+    }
+}
+
 /// Milliseconds of the wall clock (Redis stream ids use it too).
 pub fn wall_ms() -> u64 {
     std::time::SystemTime::now()

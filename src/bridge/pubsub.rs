@@ -40,13 +40,18 @@ pub fn run(shared: Arc<Shared>, endpoint: Endpoint) {
         return;
     };
     let mut backoff = Backoff::new(redis.config.backoff_min_ms, redis.config.backoff_max_ms);
+    let mut quiet = super::Quiet::default();
     loop {
         let why = match Session::open(&shared, redis, &endpoint) {
             Ok(mut session) => {
-                backoff.reset();
                 redis.link.connections.fetch_add(1, Ordering::Relaxed);
                 let why = session.serve();
                 redis.link.connections.fetch_sub(1, Ordering::Relaxed);
+                // Only a link that worked starts the backoff over.
+                if session.worked {
+                    backoff.reset();
+                    quiet.reset();
+                }
                 why
             }
             Err(e) => e,
@@ -55,7 +60,7 @@ pub fn run(shared: Arc<Shared>, endpoint: Endpoint) {
         redis.link.subscribed.store(0, Ordering::Relaxed);
         shared.hub.set_link(false);
         let wait = backoff.next_wait();
-        log::warn!("Redis pub/sub: {why}; reconnecting in {wait:?}");
+        quiet.warn(format_args!("Redis pub/sub: {why}; reconnecting in {wait:?}"));
         redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(wait);
     }
@@ -73,6 +78,8 @@ struct Session<'a> {
     unsent: Vec<(Arc<str>, u64, Option<u64>)>,
     /// When the last canary came back, on the hub clock.
     canary_seen_ms: u64,
+    /// A canary came back on this connection: the link worked.
+    worked: bool,
 }
 
 impl<'a> Session<'a> {
@@ -99,6 +106,7 @@ impl<'a> Session<'a> {
             canary: redis.names.canary(&redis.node),
             unsent: Vec::new(),
             canary_seen_ms: shared.now_ms(),
+            worked: false,
         };
         if let Some(pass) = &ep.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -209,6 +217,8 @@ impl<'a> Session<'a> {
 
     fn start_load(&mut self, channel: Arc<str>) {
         if let Some((token, after)) = self.shared.hub.begin_sync(&channel) {
+            // A newer load of the channel replaces one not sent yet.
+            self.unsent.retain(|(c, _, _)| *c != channel);
             self.unsent.push((channel, token, after));
             self.retry_unsent();
         }
@@ -289,6 +299,7 @@ impl<'a> Session<'a> {
                 let rtt = now.saturating_sub(sent);
                 link.canary_rtt_ms.store(rtt, Ordering::Relaxed);
                 self.canary_seen_ms = now;
+                self.worked = true;
                 if rtt <= self.redis.config.ready_within_ms {
                     link.canary_ok_ms.store(now.max(1), Ordering::Release);
                     if !link.pubsub_up.swap(true, Ordering::AcqRel) {

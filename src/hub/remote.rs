@@ -279,16 +279,6 @@ impl Hub {
                 }
             }
         }
-        if sync.synced && trimmed_to > ch.last_id.max(sync.floor) {
-            // The stream dropped events this node never delivered: tell
-            // the subscribers instead of leaving a silent gap.
-            self.stats.resets.fetch_add(1, Ordering::Relaxed);
-            for (i, outbox) in self.outboxes.iter().enumerate() {
-                if ch.reactors & (1 << i) != 0 {
-                    outbox.reset(name.clone());
-                }
-            }
-        }
         all.append(&mut sync.held);
         all.sort_by_key(|ev| ev.id);
         all.dedup_by_key(|ev| ev.id);

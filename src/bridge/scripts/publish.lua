@@ -7,8 +7,8 @@
 -- KEYS[3]  (optional) publisher id seen <prefix>p:<publisher id>
 -- ARGV[1]  pub/sub channel              <prefix>c:<channel>
 -- ARGV[2]  data (one line of JSON)
--- ARGV[3]  events kept per stream (MAXLEN ~)
--- ARGV[4]  age of kept events in ms (MINID ~ and the stream's expiry)
+-- ARGV[3]  events kept per stream
+-- ARGV[4]  age of kept events in ms (also the idle stream's expiry)
 -- ARGV[5]  how long a publisher id is remembered, in ms
 -- Returns {id, 1 if the publisher id was already seen (nothing published) else 0}.
 -- The pub/sub message is "<id> <data>".
@@ -37,8 +37,32 @@ if last then
 end
 local id = string.format('%d-%d', ms, n)
 redis.call('SET', last_key, id)
-redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'd', data)
-redis.call('XTRIM', stream, 'MINID', '~', string.format('%d', ms - max_age))
+redis.call('XADD', stream, id, 'd', data)
+
+-- Trim exactly (by count, then by age) and record the newest id trimmed
+-- as the stream's max-deleted-entry-id, so a node resuming from an older
+-- id knows it missed events instead of leaving a silent gap.
+local function newer(a, b)
+  local ams, an = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bn = string.match(b, '^(%d+)-(%d+)$')
+  ams, an, bms, bn = tonumber(ams), tonumber(an), tonumber(bms), tonumber(bn)
+  return ams > bms or (ams == bms and an > bn)
+end
+local gone = nil
+local len = redis.call('XLEN', stream)
+if len > maxlen then
+  local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', len - maxlen)
+  gone = old[#old][1]
+  redis.call('XTRIM', stream, 'MAXLEN', maxlen)
+end
+local cutoff = string.format('%d-0', math.max(ms - max_age, 0))
+local expired = redis.call('XREVRANGE', stream, '(' .. cutoff, '-', 'COUNT', 1)
+if #expired > 0 then
+  local e = expired[1][1]
+  if gone == nil or newer(e, gone) then gone = e end
+  redis.call('XTRIM', stream, 'MINID', cutoff)
+end
+if gone then redis.call('XSETID', stream, id, 'MAXDELETEDID', gone) end
 redis.call('PEXPIRE', stream, max_age)
 redis.call('PUBLISH', notify, id .. ' ' .. data)
 if seen_key then redis.call('SET', seen_key, id, 'PX', seen_ttl) end
