@@ -60,7 +60,9 @@ pub fn run(shared: Arc<Shared>, endpoint: Endpoint) {
         redis.link.subscribed.store(0, Ordering::Relaxed);
         shared.hub.set_link(false);
         let wait = backoff.next_wait();
-        quiet.warn(format_args!("Redis pub/sub: {why}; reconnecting in {wait:?}"));
+        quiet.warn(format_args!(
+            "Redis pub/sub: {why}; reconnecting in {wait:?}"
+        ));
         redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(wait);
     }
