@@ -742,6 +742,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_is_complete_and_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/redix.toml");
+        let c = Config::from_sources(&cli(&["--config", path]), &env(&[])).unwrap();
+        assert!(!c.redis.enabled());
+        let c = Config::from_sources(
+            &cli(&["--config", path, "--redis", "redis://10.0.0.5:6380"]),
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.redis.url, "redis://10.0.0.5:6380");
+        let bad = Config::from_sources(&cli(&["--redis", "http://x"]), &env(&[]));
+        assert!(bad.unwrap_err().0.contains("redis.url"));
+    }
+
+    #[test]
     fn defaults_hold_without_sources() {
         let c = Config::from_sources(&cli(&[]), &env(&[])).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
