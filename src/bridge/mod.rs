@@ -189,6 +189,8 @@ pub struct Redis {
     /// This process in the cluster (its canary channel).
     pub node: String,
     commands: Sender<Command>,
+    /// When a full queue was last logged (wall clock, ms).
+    last_drop_log_ms: AtomicU64,
 }
 
 impl Redis {
@@ -204,6 +206,7 @@ impl Redis {
             link: Link::default(),
             node,
             commands: tx,
+            last_drop_log_ms: AtomicU64::new(0),
         };
         (redis, rx)
     }
@@ -216,7 +219,21 @@ impl Redis {
         match self.commands.try_send(cmd) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.link.dropped.fetch_add(1, Ordering::Relaxed);
+                let refused = self.link.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per 10 s at most: the counter has the rest.
+                let now = wall_ms();
+                let last = self.last_drop_log_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= 10_000
+                    && self
+                        .last_drop_log_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    log::warn!(
+                        "Redis command queue full ({} waiting): refusing with 503 ({refused} refused so far)",
+                        self.config.queue
+                    );
+                }
                 Err(Refused::Busy)
             }
         }
