@@ -1,7 +1,7 @@
 //! Load benchmark for redix (and nchan, its peer), as described in BENCHMARKS.md.
 //!
 //! `cargo bench --bench load -- [--target redix|nchan|both] [--transport sse|ws|both]
-//!  [--scenario idle|fanout|all] ...`
+//!  [--scenario idle|fanout|all] [--mode embedded|redis|both] [--plan SUBSxRATE,...] ...`
 //!
 //! Every scenario runs over SSE, over WebSocket, or both (`--transport`, default both; each
 //! server × transport gets a freshly started server, the same binary).
@@ -21,6 +21,14 @@
 //!   frames are parsed incrementally (7/16/64-bit lengths, split across reads, several per
 //!   read, fragmented messages), pings are answered with masked pongs, `"t"` is taken from
 //!   each text message. Publishing is the same HTTP publisher as for SSE.
+//!
+//! * Redis mode (`--mode redis`, or `--mode both` for embedded and Redis side by side): the
+//!   bench starts its own `redis-server` on a free loopback port and `--redis-nodes` (2) redix
+//!   nodes with `--redis redis://127.0.0.1:PORT` (`--redis-node-workers` reactors each), waits
+//!   for `/readyz` 200 on every node, splits the subscribers evenly over the nodes (connection
+//!   i → node i mod N) and publishes to node A; deliveries, loss and latency are reported in
+//!   total and per node, CPU per delivery per node and for the redix nodes together, plus
+//!   redis-server's CPU. `--plan 1000x20,10000x100` pairs subscriber counts with rates.
 //!
 //! The generator runs one mio event loop per thread (2 threads by default), non-blocking
 //! sockets bound to source addresses 127.0.0.2, 127.0.0.3, … (so the ephemeral port range
@@ -98,6 +106,54 @@ enum ScenarioSel {
     All,
 }
 
+/// redix's mode (nchan is always one server)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ModeSel {
+    /// one redix process, in-memory hub
+    Embedded,
+    /// a redis-server and --redis-nodes redix nodes using it (`--redis`)
+    Redis,
+    /// embedded first, then Redis mode, same scenarios
+    Both,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Embedded,
+    Redis,
+}
+
+impl Mode {
+    fn tag(self) -> &'static str {
+        match self {
+            Mode::Embedded => "embedded",
+            Mode::Redis => "redis",
+        }
+    }
+}
+
+/// One fanout run: this many subscribers, this many events/s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SubRate {
+    subs: usize,
+    rate: f64,
+}
+
+fn parse_sub_rate(s: &str) -> Result<SubRate, String> {
+    let (n, r) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?}: expected SUBSxRATE, e.g. 1000x20"))?;
+    let subs = n
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?}: subscribers: {e}"))?;
+    let rate: f64 = r.trim().parse().map_err(|e| format!("{s:?}: rate: {e}"))?;
+    if subs == 0 || rate.is_nan() || rate <= 0.0 {
+        return Err(format!("{s:?}: subscribers and rate must be > 0"));
+    }
+    Ok(SubRate { subs, rate })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum NchanStart {
     /// use nchan if something already listens on --nchan-addr, else start it
@@ -130,9 +186,22 @@ struct Args {
     /// value of redix --workers
     #[arg(long, default_value_t = 2)]
     redix_workers: usize,
-    /// extra argument passed to redix (repeatable)
+    /// extra argument passed to redix (repeatable; to every node in Redis mode)
     #[arg(long = "redix-arg", allow_hyphen_values = true)]
     redix_args: Vec<String>,
+    /// redix in embedded mode (one process), in Redis mode (own redis-server + --redis-nodes
+    /// nodes, subscribers split evenly, publishes to the first node), or both in turn
+    #[arg(long, value_enum, default_value = "embedded")]
+    mode: ModeSel,
+    /// Redis mode: number of redix nodes sharing the redis-server
+    #[arg(long, default_value_t = 2)]
+    redis_nodes: usize,
+    /// Redis mode: value of --workers for each node
+    #[arg(long, default_value_t = 1)]
+    redis_node_workers: usize,
+    /// Redis mode: the redis-server binary (Debian package redis-server)
+    #[arg(long, default_value = "redis-server")]
+    redis_server_bin: PathBuf,
     /// where nchan listens (the peers' nchan.conf says 127.0.0.1:8801)
     #[arg(long, default_value = "127.0.0.1:8801")]
     nchan_addr: SocketAddrV4,
@@ -152,6 +221,10 @@ struct Args {
     /// fanout: publish rates (events/s), one run each
     #[arg(long, value_delimiter = ',', default_value = "20,1000")]
     rates: Vec<f64>,
+    /// fanout: runs as SUBSxRATE pairs, e.g. 1000x20,1000x1000,10000x20,10000x100; replaces
+    /// --subs × --rates
+    #[arg(long, value_delimiter = ',', value_parser = parse_sub_rate)]
+    plan: Vec<SubRate>,
     /// fanout: most keep-alive connections the publisher keeps requests in flight on
     #[arg(long, default_value_t = 16)]
     pub_conns: usize,
@@ -199,6 +272,17 @@ struct Args {
     /// passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// The fanout runs: --plan, else every --rates at --subs.
+fn fanout_plan(a: &Args) -> Vec<SubRate> {
+    if !a.plan.is_empty() {
+        return a.plan.clone();
+    }
+    a.rates
+        .iter()
+        .map(|&rate| SubRate { subs: a.subs, rate })
+        .collect()
 }
 
 fn default_redix_bin() -> PathBuf {
@@ -488,6 +572,40 @@ fn nginx_worker_of(master: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Does a Redis server on `addr` answer PING (raw RESP) within half a second?
+fn redis_ping(addr: SocketAddr) -> bool {
+    let Ok(mut s) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 64];
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").is_ok()
+        && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Status of a `GET path` (one request, `Connection: close`, at most 2 s).
+fn http_status(addr: SocketAddr, path: &str) -> Res<u16> {
+    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).map_err(|e| format!("GET {path}: {e}"))?;
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_response(&buf, n == 0) {
+            Some(r) => return r.map(|(_, status, _)| status),
+            None if n == 0 => return Err(format!("GET {path}: closed before a response")),
+            None => {}
+        }
+    }
+}
+
 fn tail_file(p: &Path, lines: usize) -> String {
     let s = fs::read_to_string(p).unwrap_or_default();
     let v: Vec<&str> = s.lines().collect();
@@ -588,6 +706,8 @@ impl Histogram {
 enum Kind {
     Redix,
     Nchan,
+    /// the redis-server behind redix nodes in Redis mode (never a load target itself)
+    Redis,
 }
 
 impl Kind {
@@ -595,6 +715,7 @@ impl Kind {
         match self {
             Kind::Redix => "redix",
             Kind::Nchan => "nchan",
+            Kind::Redis => "redis-server",
         }
     }
 }
@@ -623,14 +744,9 @@ fn pdeathsig(cmd: &mut Command) {
 }
 
 impl Server {
-    fn start(kind: Kind, a: &Args, tr: Transport) -> Res<Server> {
-        match kind {
-            Kind::Redix => Self::start_redix(a, tr),
-            Kind::Nchan => Self::start_nchan(a),
-        }
-    }
-
-    fn start_redix(a: &Args, tr: Transport) -> Res<Server> {
+    /// One redix process. `node`: None for embedded mode; Some((i, redis URL)) for node i of
+    /// a Redis-mode cluster (its own stderr file, `--redis`, `--redis-node-workers`).
+    fn start_redix(a: &Args, tr: Transport, node: Option<(usize, &str)>) -> Res<Server> {
         let bin = &a.redix_bin;
         if !bin.exists() {
             return Err(format!(
@@ -641,22 +757,31 @@ impl Server {
                     .unwrap_or_default()
             ));
         }
-        // Next to the binary (target/release/redix-load.stderr), overwritten by each run.
+        // Next to the binary (target/release/redix-load.stderr, …-node0.stderr, …), overwritten
+        // by each run.
         let log = bin
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
-            .join("redix-load.stderr");
+            .join(match node {
+                None => "redix-load.stderr".to_string(),
+                Some((i, _)) => format!("redix-load-node{i}.stderr"),
+            });
         let errf = fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+        let workers = match node {
+            None => a.redix_workers,
+            Some(_) => a.redis_node_workers,
+        };
         let mut cmd = Command::new(bin);
         cmd.args([
             "--listen",
             "127.0.0.1:0",
             "--workers",
-            &a.redix_workers.to_string(),
+            &workers.to_string(),
             "--sse-per-ip",
             "1000000",
         ])
+        .args(node.into_iter().flat_map(|(_, url)| ["--redis", url]))
         // WebSockets per client IP default to 50; the generator puts 2,000 on each address.
         .args(match tr {
             Transport::Sse => &[][..],
@@ -720,6 +845,19 @@ impl Server {
                     break;
                 }
                 Err(_) => {
+                    // (printed on stdout; accepted on stderr too)
+                    if let Some(addr) = fs::read_to_string(&log).ok().and_then(|t| {
+                        t.lines().find_map(|l| {
+                            l.split_once("redix listening on ")?
+                                .1
+                                .trim()
+                                .parse::<SocketAddr>()
+                                .ok()
+                        })
+                    }) {
+                        srv.addr = addr;
+                        break;
+                    }
                     srv.check_alive()?;
                     if Instant::now() > until || interrupted() {
                         return Err(format!(
@@ -858,6 +996,77 @@ impl Server {
         }
     }
 
+    /// Our own redis-server for Redis mode: a free loopback port (bind :0, read it, close;
+    /// another port if the server does not come up on it), no persistence, ready when it
+    /// answers PING.
+    fn start_redis(a: &Args) -> Res<Server> {
+        let dir = std::env::temp_dir().join(format!("redix-load-redis-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let log = dir.join("redis-server.log");
+        let mut why = String::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("pick a free port: {e}"))?
+                .port();
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            let out =
+                fs::File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
+            let err = out.try_clone().map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(&a.redis_server_bin);
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err));
+            pdeathsig(&mut cmd);
+            let child = cmd.spawn().map_err(|e| {
+                format!(
+                    "spawn {}: {e} (apt-get install -y redis-server)",
+                    a.redis_server_bin.display()
+                )
+            })?;
+            let pid = child.id() as i32;
+            let mut srv = Server {
+                kind: Kind::Redis,
+                addr,
+                pid,
+                child: Some(child),
+                extra_pids: vec![],
+                dir: None,
+                log: Some(log.clone()),
+                note: format!(
+                    "started {} (pid {pid}) on {addr}",
+                    a.redis_server_bin.display()
+                ),
+                stopped: false,
+            };
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                if redis_ping(addr) {
+                    srv.dir = Some(dir);
+                    return Ok(srv);
+                }
+                if let Err(e) = srv.check_alive() {
+                    why = e;
+                    break;
+                }
+                if Instant::now() > until || interrupted() {
+                    why = format!("no PONG from {addr} within 10 s");
+                    srv.stop();
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        Err(format!(
+            "redis-server did not come up (5 ports tried): {why}"
+        ))
+    }
+
     fn check_alive(&mut self) -> Res<()> {
         let dead = !alive(self.pid);
         if let Some(c) = &mut self.child {
@@ -886,8 +1095,8 @@ impl Server {
 
     fn sse_request(&self, channel: &str) -> Vec<u8> {
         let path = match self.kind {
-            Kind::Redix => format!("/api/stream?channels={channel}"),
             Kind::Nchan => format!("/sub/{channel}"),
+            Kind::Redix | Kind::Redis => format!("/api/stream?channels={channel}"),
         };
         format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
@@ -900,8 +1109,8 @@ impl Server {
     /// key is per connection. redix: `/ws`, then a subscribe message; nchan: `/sub/CH`.
     fn ws_request_head(&self, channel: &str) -> String {
         let path = match self.kind {
-            Kind::Redix => "/ws".to_string(),
             Kind::Nchan => format!("/sub/{channel}"),
+            Kind::Redix | Kind::Redis => "/ws".to_string(),
         };
         format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
@@ -964,6 +1173,146 @@ impl Drop for Server {
     }
 }
 
+/// What the scenarios run against: one server (embedded redix, nchan), or in Redis mode a
+/// redis-server and `--redis-nodes` redix nodes using it. Subscribers are split over `nodes`,
+/// the publisher posts to `nodes[0]`.
+struct Deployment {
+    kind: Kind,
+    mode: Mode,
+    nodes: Vec<Server>,
+    redis: Option<Server>,
+}
+
+impl Deployment {
+    fn start(kind: Kind, mode: Mode, a: &Args, tr: Transport) -> Res<Deployment> {
+        let mut d = Deployment {
+            kind,
+            mode,
+            nodes: vec![],
+            redis: None,
+        };
+        match (kind, mode) {
+            (Kind::Redix, Mode::Embedded) => d.nodes.push(Server::start_redix(a, tr, None)?),
+            (Kind::Redix, Mode::Redis) => {
+                let redis = Server::start_redis(a)?;
+                let url = format!("redis://{}", redis.addr);
+                d.redis = Some(redis);
+                for i in 0..a.redis_nodes.max(1) {
+                    d.nodes.push(Server::start_redix(a, tr, Some((i, &url)))?);
+                }
+                d.wait_redis_ready(Instant::now() + Duration::from_secs(30))?;
+            }
+            (Kind::Nchan, _) => d.nodes.push(Server::start_nchan(a)?),
+            (Kind::Redis, _) => return Err("redis-server is not a load target".into()),
+        }
+        Ok(d)
+    }
+
+    /// Redis mode: every node's `/readyz` says 200 (a canary went through Redis pub/sub).
+    fn wait_redis_ready(&mut self, until: Instant) -> Res<()> {
+        for i in 0..self.nodes.len() {
+            loop {
+                let last = match http_status(self.nodes[i].addr, "/readyz") {
+                    Ok(200) => break,
+                    Ok(st) => format!("HTTP {st}"),
+                    Err(e) => e,
+                };
+                self.check_alive()?;
+                if Instant::now() > until || interrupted() {
+                    return Err(format!(
+                        "node {} ({}) /readyz not 200 within 30 s (last: {last}); stderr tail:\n{}",
+                        node_name(i),
+                        self.nodes[i].addr,
+                        self.nodes[i]
+                            .log
+                            .as_deref()
+                            .map(|p| tail_file(p, 20))
+                            .unwrap_or_default()
+                    ));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node the publisher posts to (the only node in embedded mode).
+    fn primary(&self) -> &Server {
+        &self.nodes[0]
+    }
+
+    fn check_alive(&mut self) -> Res<()> {
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            n.check_alive().map_err(|e| match self.mode {
+                Mode::Embedded => e,
+                Mode::Redis => format!("node {}: {e}", node_name(i)),
+            })?;
+        }
+        if let Some(r) = &mut self.redis {
+            r.check_alive()?;
+        }
+        Ok(())
+    }
+
+    /// Every process measured: (name, pid); the redix nodes first, then redis-server.
+    fn procs(&self) -> Vec<(String, i32)> {
+        let mut v: Vec<(String, i32)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (format!("node {}", node_name(i)), n.pid))
+            .collect();
+        v.extend(
+            self.redis
+                .iter()
+                .map(|r| (r.kind.name().to_string(), r.pid)),
+        );
+        v
+    }
+
+    fn note(&self) -> String {
+        match self.mode {
+            Mode::Embedded => self.nodes[0].note.clone(),
+            Mode::Redis => {
+                let mut s = self
+                    .redis
+                    .as_ref()
+                    .map(|r| r.note.clone())
+                    .unwrap_or_default();
+                for (i, n) in self.nodes.iter().enumerate() {
+                    let _ = write!(s, "; node {} on {}: {}", node_name(i), n.addr, n.note);
+                }
+                s
+            }
+        }
+    }
+
+    /// Stops the nodes, then redis-server; how each ended.
+    fn stop(&mut self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let m = n.stop();
+            parts.push(match self.mode {
+                Mode::Embedded => m,
+                Mode::Redis => format!("node {}: {m}", node_name(i)),
+            });
+        }
+        if let Some(r) = &mut self.redis {
+            parts.push(format!("redis-server: {}", r.stop()));
+        }
+        parts.join("; ")
+    }
+}
+
+/// "A", "B", … for node 0, 1, …
+fn node_name(i: usize) -> String {
+    if i < 26 {
+        ((b'A' + i as u8) as char).to_string()
+    } else {
+        i.to_string()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Client connections: one mio loop per generator thread
 // ---------------------------------------------------------------------------------------------
@@ -993,6 +1342,8 @@ struct Shared {
     ready: AtomicUsize,
     failed: AtomicUsize,
     dropped: AtomicUsize,
+    /// of those, streams the server announced as slow consumers before closing them
+    slow_closed: AtomicUsize,
     retries: AtomicUsize,
     events: AtomicU64,
     stale: AtomicU64,
@@ -1005,6 +1356,8 @@ struct Shared {
     pub_start_ns: AtomicU64,
     first_err: Mutex<Option<String>>,
     errors: AtomicUsize,
+    /// connections ready, per node
+    node_ready: Vec<AtomicUsize>,
 }
 
 impl Shared {
@@ -1017,17 +1370,24 @@ impl Shared {
     }
 }
 
+/// Where one node's connections go and what they send.
+struct NodeTarget {
+    addr: SocketAddr,
+    /// the SSE request (unused for WebSocket)
+    req: Vec<u8>,
+    /// Some: WebSocket connections
+    ws: Option<Arc<WsCfg>>,
+}
+
 #[derive(Clone)]
 struct WorkerCfg {
-    server: SocketAddr,
-    req: Arc<Vec<u8>>,
-    srcs: Vec<Ipv4Addr>,
+    nodes: Arc<Vec<NodeTarget>>,
+    /// (source address, node index) of each of this thread's connections
+    conns: Vec<(Ipv4Addr, usize)>,
     need_retry: bool,
     concurrency: usize,
     attempts: u32,
     connect_timeout: Duration,
-    /// Some: WebSocket connections (`req` is then unused)
-    ws: Option<Arc<WsCfg>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1123,6 +1483,8 @@ struct Conn {
     sock: Option<TcpStream>,
     st: St,
     src: Ipv4Addr,
+    /// index of the node (server) it connects to
+    node: usize,
     attempts: u32,
     started: Instant,
     hdr: Vec<u8>,
@@ -1132,6 +1494,8 @@ struct Conn {
     /// SSE: redix's first `retry:` line arrived; WebSocket: redix's `subscribed` ack arrived
     got_retry: bool,
     ready: bool,
+    /// the server announced a slow-consumer close (SSE `event: slow`; WebSocket: close 4008)
+    slow: bool,
     /// WebSocket state (None for SSE)
     ws: Option<Box<WsConn>>,
 }
@@ -1164,6 +1528,8 @@ struct WsConn {
     msg: Vec<u8>,
     frag: bool,
     rng: u64,
+    /// the server closed with 4008 (slow consumer)
+    slow: bool,
 }
 
 /// (header length, payload length) of the frame at the start of `b`; None until the header
@@ -1191,6 +1557,7 @@ impl WsConn {
             msg: Vec::new(),
             frag: false,
             rng: seed | 1,
+            slow: false,
         }
     }
 
@@ -1206,6 +1573,7 @@ impl WsConn {
         self.fbuf.clear();
         self.msg.clear();
         self.frag = false;
+        self.slow = false;
     }
 
     /// xorshift64*, for masking keys (RFC 6455 wants them unpredictable, not cryptographic here)
@@ -1373,6 +1741,7 @@ impl WsConn {
                 } else {
                     1005
                 };
+                self.slow = code == 4008;
                 return Err(format!(
                     "server closed the WebSocket: {code} {}",
                     String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]))
@@ -1403,6 +1772,10 @@ struct Local {
     hist: Histogram,
     /// connect() → ready, per successful attempt, µs
     setup: Histogram,
+    /// latency per node when there are several (empty for one server)
+    node_hist: Vec<Histogram>,
+    /// the node of the connection being read
+    node: usize,
     events: u64,
     stale: u64,
     bytes: u64,
@@ -1412,14 +1785,66 @@ struct Local {
 }
 
 impl Local {
+    fn new(nodes: usize, pub_start: u64, now_ns: u64) -> Local {
+        Local {
+            hist: Histogram::new(),
+            setup: Histogram::new(),
+            node_hist: if nodes > 1 {
+                vec![Histogram::new(); nodes]
+            } else {
+                vec![]
+            },
+            node: 0,
+            events: 0,
+            stale: 0,
+            bytes: 0,
+            last_recv: 0,
+            pub_start,
+            now_ns,
+        }
+    }
+
     #[inline]
     fn delivery(&mut self, t: u64) {
         if t < self.pub_start {
             self.stale += 1;
         } else {
             self.events += 1;
-            self.hist.record(self.now_ns.saturating_sub(t) / 1000);
+            let us = self.now_ns.saturating_sub(t) / 1000;
+            self.hist.record(us);
+            if let Some(h) = self.node_hist.get_mut(self.node) {
+                h.record(us);
+            }
             self.last_recv = self.now_ns;
+        }
+    }
+
+    fn into_hists(self) -> Hists {
+        Hists {
+            lat: self.hist,
+            setup: self.setup,
+            node_lat: self.node_hist,
+        }
+    }
+}
+
+/// What a set of connections measured: publish→receive latency (all, and per node when there
+/// are several) and connect→ready.
+struct Hists {
+    lat: Histogram,
+    setup: Histogram,
+    node_lat: Vec<Histogram>,
+}
+
+impl Hists {
+    fn merge(&mut self, o: &Hists) {
+        self.lat.merge(&o.lat);
+        self.setup.merge(&o.setup);
+        if self.node_lat.len() < o.node_lat.len() {
+            self.node_lat.resize(o.node_lat.len(), Histogram::new());
+        }
+        for (a, b) in self.node_lat.iter_mut().zip(&o.node_lat) {
+            a.merge(b);
         }
     }
 }
@@ -1436,6 +1861,7 @@ impl Conn {
             sock: None,
             st: St::Idle,
             src,
+            node: 0,
             attempts: 0,
             started: Instant::now(),
             hdr: Vec::new(),
@@ -1444,6 +1870,7 @@ impl Conn {
             pending_t: None,
             got_retry: false,
             ready: false,
+            slow: false,
             ws: None,
         }
     }
@@ -1477,6 +1904,7 @@ impl Conn {
         self.chunked = None;
         self.pending_t = None;
         self.got_retry = false;
+        self.slow = false;
         if let Some(cfg) = ws {
             let seed = now_ns() ^ (tok as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             self.ws
@@ -1686,38 +2114,41 @@ impl Conn {
                 self.pending_t = parse_t(line)
             }
             b'r' if line.starts_with(b"retry:") => self.got_retry = true,
+            b'e' if line.strip_prefix(b"event:").map(|v| v.trim_ascii()) == Some(b"slow") => {
+                self.slow = true
+            }
             _ => {}
         }
     }
 }
 
-fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
-    let mut loc = Local {
-        hist: Histogram::new(),
-        setup: Histogram::new(),
-        events: 0,
-        stale: 0,
-        bytes: 0,
-        last_recv: 0,
-        pub_start: u64::MAX,
-        now_ns: 0,
-    };
-    let n = cfg.srcs.len();
+fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> Hists {
+    let mut loc = Local::new(cfg.nodes.len(), u64::MAX, 0);
+    let n = cfg.conns.len();
     let mut poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
             sh.err(format!("epoll: {e}"));
             sh.failed.fetch_add(n, Relaxed);
-            return (loc.hist, loc.setup);
+            return loc.into_hists();
         }
     };
     let mut events = Events::with_capacity(1024);
-    let mut conns: Vec<Conn> = cfg.srcs.iter().map(|&s| Conn::new(s)).collect();
+    let mut conns: Vec<Conn> = cfg
+        .conns
+        .iter()
+        .map(|&(src, node)| Conn {
+            node,
+            ..Conn::new(src)
+        })
+        .collect();
+    let ws = cfg.nodes.first().is_some_and(|t| t.ws.is_some());
     let mut queue: VecDeque<usize> = (0..n).collect();
     let mut in_flight = 0usize;
     let mut rbuf = vec![0u8; 64 * 1024];
     let mut last_scan = Instant::now();
     let (mut ready, mut failed, mut dropped, mut retries) = (0usize, 0usize, 0usize, 0usize);
+    let mut slow_closed = 0usize;
     let mut last_ready = 0u64;
 
     // A connection attempt went wrong: retry it (bounded) or count it as failed.
@@ -1743,7 +2174,8 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
     while !sh.stop.load(Relaxed) && !interrupted() {
         while in_flight < cfg.concurrency {
             let Some(i) = queue.pop_front() else { break };
-            match conns[i].start(i, cfg.server, poll.registry(), cfg.ws.as_ref()) {
+            let t = &cfg.nodes[conns[i].node];
+            match conns[i].start(i, t.addr, poll.registry(), t.ws.as_ref()) {
                 Ok(()) => in_flight += 1,
                 Err(e) => attempt_failed!(i, format!("socket/bind/connect: {e}"), true),
             }
@@ -1762,10 +2194,12 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
                 continue;
             }
             let drain = ev.is_read_closed() || ev.is_error();
-            match c.on_event(&cfg.req, &mut rbuf, &mut loc, drain) {
+            loc.node = c.node;
+            match c.on_event(&cfg.nodes[c.node].req, &mut rbuf, &mut loc, drain) {
                 Outcome::Continue => {
                     if !c.ready && c.st == St::Body && (!cfg.need_retry || c.got_retry) {
                         c.ready = true;
+                        sh.node_ready[c.node].fetch_add(1, Relaxed);
                         loc.setup.record(c.started.elapsed().as_micros() as u64);
                         in_flight -= 1;
                         ready += 1;
@@ -1776,6 +2210,9 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
                     if c.ready {
                         c.close(poll.registry(), true);
                         dropped += 1;
+                        if c.slow || c.ws.as_ref().is_some_and(|w| w.slow) {
+                            slow_closed += 1;
+                        }
                         sh.err(format!(
                             "stream from {} ended after it was ready: {msg}",
                             c.src
@@ -1792,7 +2229,7 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
             for i in 0..n {
                 let c = &conns[i];
                 if c.sock.is_some() && !c.ready && c.started.elapsed() > cfg.connect_timeout {
-                    let what = match (c.st, cfg.ws.is_some()) {
+                    let what = match (c.st, ws) {
                         (St::Connecting, _) => "TCP connect",
                         (St::Sending(_), _) => "sending the request",
                         (St::Headers, false) => "response headers",
@@ -1824,7 +2261,9 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
         }
         if dropped > 0 {
             sh.dropped.fetch_add(dropped, Relaxed);
+            sh.slow_closed.fetch_add(slow_closed, Relaxed);
             dropped = 0;
+            slow_closed = 0;
         }
         if retries > 0 {
             sh.retries.fetch_add(retries, Relaxed);
@@ -1848,18 +2287,27 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> (Histogram, Histogram) {
     for c in conns.iter_mut() {
         c.close(poll.registry(), true);
     }
-    (loc.hist, loc.setup)
+    loc.into_hists()
 }
 
-/// A set of SSE or WebSocket connections spread over the generator threads.
+/// A set of SSE or WebSocket connections spread over the generator threads, and split evenly
+/// over `nodes` (connection i to node i mod N; one node but in Redis mode).
 struct ConnSet {
     sh: Arc<Shared>,
-    handles: Vec<JoinHandle<(Histogram, Histogram)>>,
+    handles: Vec<JoinHandle<Hists>>,
     n: usize,
+    /// connections planned per node
+    per_node: Vec<usize>,
 }
 
 impl ConnSet {
-    fn start(srv: &Server, a: &Args, tr: Transport, n: usize, srcs: &mut SrcAlloc) -> Res<ConnSet> {
+    fn start(
+        nodes: &[Server],
+        a: &Args,
+        tr: Transport,
+        n: usize,
+        srcs: &mut SrcAlloc,
+    ) -> Res<ConnSet> {
         let threads = a.threads.max(1);
         let per_source = a.per_source.max(1);
         let sh = Arc::new(Shared {
@@ -1868,6 +2316,7 @@ impl ConnSet {
             ready: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
+            slow_closed: AtomicUsize::new(0),
             retries: AtomicUsize::new(0),
             events: AtomicU64::new(0),
             stale: AtomicU64::new(0),
@@ -1877,37 +2326,48 @@ impl ConnSet {
             pub_start_ns: AtomicU64::new(u64::MAX),
             first_err: Mutex::new(None),
             errors: AtomicUsize::new(0),
+            node_ready: nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
         });
-        let mut per_thread: Vec<Vec<Ipv4Addr>> = vec![Vec::new(); threads];
+        let kind = nodes.first().ok_or("no server to connect to")?.kind;
+        let mut per_thread: Vec<Vec<(Ipv4Addr, usize)>> = vec![Vec::new(); threads];
+        let mut per_node = vec![0; nodes.len()];
         let mut src = srcs.take();
         for i in 0..n {
             if i > 0 && i % per_source == 0 {
                 src = srcs.take();
             }
-            per_thread[i % threads].push(src);
+            let node = i % nodes.len();
+            per_node[node] += 1;
+            per_thread[i % threads].push((src, node));
         }
-        let req = Arc::new(srv.sse_request(&a.channel));
-        let ws = (tr == Transport::Ws).then(|| {
-            Arc::new(WsCfg {
-                head: srv.ws_request_head(&a.channel),
-                subscribe: (srv.kind == Kind::Redix).then(|| {
-                    json!({"type": "subscribe", "channel": a.channel})
-                        .to_string()
-                        .into_bytes()
-                }),
-            })
-        });
+        let targets: Arc<Vec<NodeTarget>> = Arc::new(
+            nodes
+                .iter()
+                .map(|srv| NodeTarget {
+                    addr: srv.addr,
+                    req: srv.sse_request(&a.channel),
+                    ws: (tr == Transport::Ws).then(|| {
+                        Arc::new(WsCfg {
+                            head: srv.ws_request_head(&a.channel),
+                            subscribe: (kind == Kind::Redix).then(|| {
+                                json!({"type": "subscribe", "channel": a.channel})
+                                    .to_string()
+                                    .into_bytes()
+                            }),
+                        })
+                    }),
+                })
+                .collect(),
+        );
         let mut handles = Vec::new();
         for (t, list) in per_thread.into_iter().enumerate() {
             let cfg = WorkerCfg {
-                server: srv.addr,
-                req: req.clone(),
-                srcs: list,
-                need_retry: srv.kind == Kind::Redix,
+                nodes: targets.clone(),
+                conns: list,
+                need_retry: kind == Kind::Redix,
                 concurrency: (a.connect_concurrency / threads).max(1),
                 attempts: a.connect_attempts.max(1),
                 connect_timeout: Duration::from_secs_f64(a.connect_timeout),
-                ws: ws.clone(),
             };
             let sh2 = sh.clone();
             let h = thread::Builder::new()
@@ -1916,7 +2376,12 @@ impl ConnSet {
                 .map_err(|e| format!("spawn thread: {e}"))?;
             handles.push(h);
         }
-        Ok(ConnSet { sh, handles, n })
+        Ok(ConnSet {
+            sh,
+            handles,
+            n,
+            per_node,
+        })
     }
 
     fn settled(&self) -> usize {
@@ -1924,12 +2389,12 @@ impl ConnSet {
     }
 
     /// Waits until every connection is ready or has failed for good.
-    fn wait_ready(&self, srv: &mut Server, deadline: Instant) -> Res<()> {
+    fn wait_ready(&self, dep: &mut Deployment, deadline: Instant) -> Res<()> {
         loop {
             if self.settled() >= self.n {
                 return Ok(());
             }
-            srv.check_alive()?;
+            dep.check_alive()?;
             if interrupted() {
                 return Err("interrupted".into());
             }
@@ -1944,17 +2409,16 @@ impl ConnSet {
         }
     }
 
-    /// Stops the threads (closing every connection); returns the latency and setup histograms.
-    fn finish(mut self) -> (Histogram, Histogram) {
+    /// Stops the threads (closing every connection); returns their histograms, merged.
+    fn finish(mut self) -> Hists {
         self.sh.stop.store(true, Relaxed);
-        let (mut h, mut su) = (Histogram::new(), Histogram::new());
+        let mut h = Local::new(0, 0, 0).into_hists();
         for j in self.handles.drain(..) {
-            if let Ok((x, y)) = j.join() {
+            if let Ok(x) = j.join() {
                 h.merge(&x);
-                su.merge(&y);
             }
         }
-        (h, su)
+        h
     }
 
     fn first_err(&self) -> Option<String> {
@@ -2012,7 +2476,7 @@ fn publish_request(c: &PubCfg, t: u64) -> Vec<u8> {
     let pad = "x".repeat(c.payload_bytes.saturating_sub(fixed));
     let inner = format!("{{\"t\":{t},\"pad\":\"{pad}\"}}");
     let (path, body) = match c.kind {
-        Kind::Redix => (
+        Kind::Redix | Kind::Redis => (
             "/api/publish".to_string(),
             format!("{{\"channel\":{},\"data\":{inner}}}", json!(c.channel)),
         ),
@@ -2340,8 +2804,9 @@ struct IdleResult {
     first_err: Option<String>,
 }
 
+/// Against the first node only (in Redis mode too: an idle connection does not involve Redis).
 fn run_idle(
-    srv: &mut Server,
+    dep: &mut Deployment,
     a: &Args,
     tr: Transport,
     srcs: &mut SrcAlloc,
@@ -2349,14 +2814,14 @@ fn run_idle(
 ) -> Res<IdleResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
     let n = a.conns;
-    let pid = srv.pid;
-    let name = label(srv.kind, tr, a);
+    let pid = dep.primary().pid;
+    let name = label(dep.kind, dep.mode, tr, a);
     eprintln!("[{name}] idle: opening {n} {} connections…", tr.long());
     let (rss_before, _, _) = wait_rss_stable(pid, Duration::from_secs(5))?;
     let self_pid = std::process::id() as i32;
     let (cpu0, self0, w0) = (cpu_ticks(pid)?, cpu_ticks(self_pid)?, Instant::now());
-    let set = ConnSet::start(srv, a, tr, n, srcs)?;
-    set.wait_ready(srv, deadline)?;
+    let set = ConnSet::start(&dep.nodes[..1], a, tr, n, srcs)?;
+    set.wait_ready(dep, deadline)?;
     let (cpu1, self1, wall) = (
         cpu_ticks(pid)?,
         cpu_ticks(self_pid)?,
@@ -2373,14 +2838,14 @@ fn run_idle(
     let settle = Duration::from_secs_f64(a.settle_timeout)
         .min(deadline.saturating_duration_since(Instant::now()));
     let (rss_after, settle_s, settled) = wait_rss_stable(pid, settle)?;
-    srv.check_alive()?;
+    dep.check_alive()?;
     let dropped = sh.dropped.load(Relaxed);
     let retries = sh.retries.load(Relaxed);
     let first_err = set.first_err();
-    let (_, setup) = set.finish();
+    let setup = set.finish().setup;
     let settle = Duration::from_secs(10).min(deadline.saturating_duration_since(Instant::now()));
     let (rss_closed, _, _) = wait_rss_stable(pid, settle)?;
-    srv.check_alive()?;
+    dep.check_alive()?;
     if ready == 0 {
         return Err(format!(
             "no connection became ready: {}",
@@ -2435,6 +2900,8 @@ struct FanoutResult {
     extra: u64,
     stale: u64,
     dropped: usize,
+    /// of `dropped`, announced as slow consumers (SSE `event: slow`, WebSocket close 4008)
+    slow_closed: usize,
     deliveries_per_s: f64,
     hist: Histogram,
     cpu_ms: f64,
@@ -2448,23 +2915,78 @@ struct FanoutResult {
     box_busy_pct: f64,
     drain_s: f64,
     first_err: Option<String>,
+    /// Redis mode: per node (empty for one server)
+    nodes: Vec<NodeFig>,
+    /// Redis mode: redis-server's CPU over the same window
+    redis_cpu_ms: Option<f64>,
+    /// Redis mode: redis-server's CPU in the quiet baseline, ms/s
+    redis_quiet_ms_per_s: Option<f64>,
+    redis_rss_end: Option<u64>,
 }
 
+/// One node's share of a fanout run (Redis mode).
+struct NodeFig {
+    name: String,
+    addr: SocketAddr,
+    subs: usize,
+    ready: usize,
+    expected: u64,
+    hist: Histogram,
+    cpu_ms: f64,
+    rss_end: u64,
+}
+
+impl FanoutResult {
+    /// CPU of the redix server(s) over the window, in % of one core
+    fn server_pct(&self) -> f64 {
+        self.cpu_ms / self.window_s / 10.0
+    }
+    fn redis_pct(&self) -> f64 {
+        self.redis_cpu_ms.unwrap_or(0.0) / self.window_s / 10.0
+    }
+    /// Box CPU neither the servers (redix, redis-server) nor the generator used.
+    fn other_pct(&self) -> f64 {
+        (self.box_busy_pct - self.server_pct() - self.redis_pct() - self.loadgen_cpu_pct).max(0.0)
+    }
+}
+
+/// utime + stime of each process, in clock ticks.
+fn ticks_of(procs: &[(String, i32)]) -> Res<Vec<u64>> {
+    procs.iter().map(|&(_, pid)| cpu_ticks(pid)).collect()
+}
+
+/// Subscribers split over the deployment's nodes, the publisher on the first node. In Redis
+/// mode the redix nodes' CPU is "server CPU" (per node, and together per delivery), redis-server's
+/// is reported beside it.
 fn run_fanout(
-    srv: &mut Server,
+    dep: &mut Deployment,
     a: &Args,
     tr: Transport,
     srcs: &mut SrcAlloc,
-    rate: f64,
+    sr: SubRate,
     round: usize,
 ) -> Res<FanoutResult> {
+    let SubRate { subs, rate } = sr;
     let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
-    let name = label(srv.kind, tr, a);
-    let pid = srv.pid;
+    let name = label(dep.kind, dep.mode, tr, a);
     let tck = clk_tck();
-    eprintln!("[{name}] fanout {rate}/s: opening {} subscribers…", a.subs);
-    let set = ConnSet::start(srv, a, tr, a.subs, srcs)?;
-    set.wait_ready(srv, deadline)?;
+    // the redix nodes (or the one server) first, then redis-server
+    let procs = dep.procs();
+    let nn = dep.nodes.len();
+    let node_ms = |t0: &[u64], t1: &[u64]| -> Vec<f64> {
+        t0.iter()
+            .zip(t1)
+            .map(|(a, b)| (b - a) as f64 * 1000.0 / tck)
+            .collect()
+    };
+    let split = if nn > 1 {
+        format!(" over {nn} nodes")
+    } else {
+        String::new()
+    };
+    eprintln!("[{name}] fanout {subs}×{rate}/s: opening {subs} subscribers{split}…");
+    let set = ConnSet::start(&dep.nodes, a, tr, subs, srcs)?;
+    set.wait_ready(dep, deadline)?;
     let sh = set.sh.clone();
     let ready = sh.ready.load(Relaxed);
     if ready == 0 {
@@ -2474,14 +2996,18 @@ fn run_fanout(
         ));
     }
     thread::sleep(Duration::from_millis(500));
-    // Quiet baseline: server CPU with the subscribers connected and nothing published.
-    let q0 = (cpu_ticks(pid)?, Instant::now());
+    // Quiet baseline: server CPU with the subscribers connected and nothing published (the
+    // redix nodes together; redis-server apart).
+    let q0 = (ticks_of(&procs)?, Instant::now());
     thread::sleep(Duration::from_secs(2));
-    let quiet_ms_per_s =
-        (cpu_ticks(pid)? - q0.0) as f64 * 1000.0 / tck / q0.1.elapsed().as_secs_f64();
-    let rss_before = rss_kib(pid)?;
+    let quiet: Vec<f64> = node_ms(&q0.0, &ticks_of(&procs)?)
+        .iter()
+        .map(|m| m / q0.1.elapsed().as_secs_f64())
+        .collect();
+    let quiet_ms_per_s: f64 = quiet[..nn].iter().sum();
+    let rss_before: u64 = dep.nodes.iter().map(|n| rss_kib(n.pid)).sum::<Res<u64>>()?;
     let self_pid = std::process::id() as i32;
-    let cpu0 = cpu_ticks(pid)?;
+    let cpu0 = ticks_of(&procs)?;
     let self0 = cpu_ticks(self_pid)?;
     let box0 = box_cpu();
     let w0 = Instant::now();
@@ -2489,8 +3015,8 @@ fn run_fanout(
     sh.pub_start_ns.store(pub_start, Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let cfg = PubCfg {
-        kind: srv.kind,
-        addr: srv.addr,
+        kind: dep.kind,
+        addr: dep.primary().addr,
         channel: a.channel.clone(),
         rate,
         duration: Duration::from_secs_f64(a.duration),
@@ -2500,7 +3026,7 @@ fn run_fanout(
         stop: stop.clone(),
     };
     eprintln!(
-        "[{name}] fanout {rate}/s: {ready} subscribers ready; publishing for {} s…",
+        "[{name}] fanout {subs}×{rate}/s: {ready} subscribers ready; publishing for {} s…",
         a.duration
     );
     let ph = thread::Builder::new()
@@ -2508,7 +3034,7 @@ fn run_fanout(
         .spawn(move || publisher(cfg))
         .map_err(|e| e.to_string())?;
     while !ph.is_finished() {
-        if let Err(e) = srv.check_alive() {
+        if let Err(e) = dep.check_alive() {
             stop.store(true, Relaxed);
             let _ = ph.join();
             return Err(e);
@@ -2534,27 +3060,56 @@ fn run_fanout(
         } else if last_change.elapsed() > Duration::from_secs(3) {
             break;
         }
-        srv.check_alive()?;
+        dep.check_alive()?;
         thread::sleep(Duration::from_millis(5));
     }
     let drain_s = d0.elapsed().as_secs_f64();
-    let cpu1 = cpu_ticks(pid)?;
+    let cpu1 = ticks_of(&procs)?;
     let self1 = cpu_ticks(self_pid)?;
     let box1 = box_cpu();
     let wall = w0.elapsed().as_secs_f64();
-    let rss_end = rss_kib(pid)?;
-    srv.check_alive()?;
+    let rss_end_each = dep
+        .nodes
+        .iter()
+        .map(|n| rss_kib(n.pid))
+        .collect::<Res<Vec<u64>>>()?;
+    let redis_rss_end = dep.redis.as_ref().map(|r| rss_kib(r.pid)).transpose()?;
+    dep.check_alive()?;
     let first_err = set.first_err().or(p.first_err.clone());
     let dropped = sh.dropped.load(Relaxed);
+    let slow_closed = sh.slow_closed.load(Relaxed);
     let stale = sh.stale.load(Relaxed);
     let last_recv = sh.last_recv_ns.load(Relaxed);
-    let (hist, _) = set.finish();
+    let node_ready: Vec<usize> = sh.node_ready.iter().map(|r| r.load(Relaxed)).collect();
+    let per_node = set.per_node.clone();
+    let hists = set.finish();
+    let hist = hists.lat;
     let received = hist.n;
-    let cpu_ms = (cpu1 - cpu0) as f64 * 1000.0 / tck;
+    let ms_each = node_ms(&cpu0, &cpu1);
+    let cpu_ms: f64 = ms_each[..nn].iter().sum();
     let span = (last_recv.saturating_sub(pub_start)) as f64 / 1e9;
+    let nodes = if nn > 1 {
+        hists
+            .node_lat
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| NodeFig {
+                name: node_name(i),
+                addr: dep.nodes[i].addr,
+                subs: per_node[i],
+                ready: node_ready[i],
+                expected: p.ok * node_ready[i] as u64,
+                hist: h,
+                cpu_ms: ms_each[i],
+                rss_end: rss_end_each[i],
+            })
+            .collect()
+    } else {
+        vec![]
+    };
     Ok(FanoutResult {
         round,
-        subs: a.subs,
+        subs,
         ready,
         rate,
         duration: a.duration,
@@ -2573,45 +3128,64 @@ fn run_fanout(
         extra: received.saturating_sub(expected),
         stale,
         dropped,
+        slow_closed,
         deliveries_per_s: if span > 0.0 {
             received as f64 / span
         } else {
             0.0
         },
         cpu_ms,
-        cpu_per_delivery_us: if received > 0 {
-            cpu_ms * 1000.0 / received as f64
-        } else {
-            0.0
-        },
+        cpu_per_delivery_us: per_delivery_us(cpu_ms, received),
         quiet_cpu_ms_per_s: quiet_ms_per_s,
         window_s: wall,
         rss_before,
-        rss_end,
+        rss_end: rss_end_each.iter().sum(),
         loadgen_cpu_pct: (self1 - self0) as f64 / tck / wall * 100.0,
         box_busy_pct: box_busy_pct(box0, box1),
         drain_s,
         hist,
         first_err,
+        nodes,
+        redis_cpu_ms: dep.redis.as_ref().map(|_| ms_each[nn]),
+        redis_quiet_ms_per_s: quiet.get(nn).copied(),
+        redis_rss_end,
     })
+}
+
+/// CPU milliseconds per delivery, in µs.
+fn per_delivery_us(cpu_ms: f64, deliveries: u64) -> f64 {
+    if deliveries > 0 {
+        cpu_ms * 1000.0 / deliveries as f64
+    } else {
+        0.0
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Reporting
 // ---------------------------------------------------------------------------------------------
 
-/// "redix" when the run is SSE only (as before --transport existed), else "redix sse" / "redix ws".
-fn label(kind: Kind, tr: Transport, a: &Args) -> String {
-    if a.transport == TransportSel::Sse {
-        kind.name().to_string()
-    } else {
-        format!("{} {}", kind.name(), tr.tag())
+/// The server's name: "redix", "nchan", or "redix-redis" for a Redis-mode cluster.
+fn base_name(kind: Kind, mode: Mode) -> &'static str {
+    match (kind, mode) {
+        (Kind::Redix, Mode::Redis) => "redix-redis",
+        _ => kind.name(),
     }
 }
 
-fn idle_json(kind: Kind, tr: Transport, r: &IdleResult) -> Value {
+/// "redix" when the run is SSE only (as before --transport existed), else "redix sse" / "redix ws".
+fn label(kind: Kind, mode: Mode, tr: Transport, a: &Args) -> String {
+    let base = base_name(kind, mode);
+    if a.transport == TransportSel::Sse {
+        base.to_string()
+    } else {
+        format!("{base} {}", tr.tag())
+    }
+}
+
+fn idle_json(kind: Kind, mode: Mode, tr: Transport, r: &IdleResult) -> Value {
     json!({
-        "bench": "load", "target": kind.name(), "transport": tr.tag(), "scenario": "idle", "round": r.round,
+        "bench": "load", "target": kind.name(), "mode": mode.tag(), "transport": tr.tag(), "scenario": "idle", "round": r.round,
         "conns": r.conns, "ready": r.ready, "failed": r.failed, "dropped": r.dropped, "retries": r.retries,
         "setup_s": round(r.setup_s, 4), "handshakes_per_s": r.handshakes_per_s.round(),
         "rss_before_kib": r.rss_before, "rss_after_kib": r.rss_after, "rss_settled": r.settled,
@@ -2623,15 +3197,15 @@ fn idle_json(kind: Kind, tr: Transport, r: &IdleResult) -> Value {
     })
 }
 
-fn fanout_json(kind: Kind, tr: Transport, r: &FanoutResult) -> Value {
-    json!({
-        "bench": "load", "target": kind.name(), "transport": tr.tag(), "scenario": "fanout", "round": r.round,
+fn fanout_json(kind: Kind, mode: Mode, tr: Transport, r: &FanoutResult) -> Value {
+    let mut v = json!({
+        "bench": "load", "target": kind.name(), "mode": mode.tag(), "transport": tr.tag(), "scenario": "fanout", "round": r.round,
         "subs": r.subs, "subs_ready": r.ready, "rate": r.rate, "duration_s": r.duration,
         "planned": r.planned, "sent": r.sent, "published_ok": r.published_ok, "publish_errors": r.publish_errors,
         "publish_rate": round(r.publish_rate, 1), "publish_max_lag_us": r.pub_max_lag_us, "publish_max_in_flight": r.pub_max_in_flight,
         "publish_rtt_p50_us": r.pub_rtt_p50_us, "publish_rtt_p99_us": r.pub_rtt_p99_us,
         "expected": r.expected, "received": r.received, "lost": r.lost, "extra": r.extra, "stale": r.stale,
-        "dropped_streams": r.dropped,
+        "dropped_streams": r.dropped, "slow_consumer_closes": r.slow_closed,
         "deliveries_per_s": r.deliveries_per_s.round(),
         "latency_us": {"p50": r.hist.percentile(50.0), "p90": r.hist.percentile(90.0),
                        "p99": r.hist.percentile(99.0), "max": r.hist.max, "mean": r.hist.mean().round()},
@@ -2639,9 +3213,31 @@ fn fanout_json(kind: Kind, tr: Transport, r: &FanoutResult) -> Value {
         "server_quiet_cpu_ms_per_s": round(r.quiet_cpu_ms_per_s, 1),
         "rss_before_kib": r.rss_before, "rss_end_kib": r.rss_end,
         "loadgen_cpu_pct": r.loadgen_cpu_pct.round(), "box_busy_pct": r.box_busy_pct.round(),
-        "other_cpu_pct": (r.box_busy_pct - r.cpu_ms / r.window_s / 10.0 - r.loadgen_cpu_pct).max(0.0).round(), "drain_s": round(r.drain_s, 2),
+        "other_cpu_pct": r.other_pct().round(), "drain_s": round(r.drain_s, 2),
         "first_error": r.first_err,
-    })
+    });
+    if let Some(redis_ms) = r.redis_cpu_ms {
+        v["redis_cpu_ms"] = json!(round(redis_ms, 1));
+        v["redis_quiet_cpu_ms_per_s"] = json!(round(r.redis_quiet_ms_per_s.unwrap_or(0.0), 1));
+        v["redis_cpu_per_delivery_us"] = json!(round(per_delivery_us(redis_ms, r.received), 3));
+        v["redis_cpu_per_event_us"] = json!(round(per_delivery_us(redis_ms, r.published_ok), 1));
+        v["redis_rss_end_kib"] = json!(r.redis_rss_end);
+        v["nodes"] = r
+            .nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "node": n.name, "addr": n.addr.to_string(), "subs": n.subs, "subs_ready": n.ready,
+                    "expected": n.expected, "received": n.hist.n, "lost": n.expected.saturating_sub(n.hist.n),
+                    "latency_us": {"p50": n.hist.percentile(50.0), "p99": n.hist.percentile(99.0), "max": n.hist.max},
+                    "server_cpu_ms": round(n.cpu_ms, 1),
+                    "cpu_per_delivery_us": round(per_delivery_us(n.cpu_ms, n.hist.n), 3),
+                    "rss_end_kib": n.rss_end,
+                })
+            })
+            .collect();
+    }
+    v
 }
 
 fn round(v: f64, d: i32) -> f64 {
@@ -2649,7 +3245,7 @@ fn round(v: f64, d: i32) -> f64 {
     (v * m).round() / m
 }
 
-fn print_idle(kind: Kind, tr: Transport, r: &IdleResult) {
+fn print_idle(name: &str, tr: Transport, r: &IdleResult) {
     let mut s = String::new();
     let round = if r.round > 1 {
         format!(" (round {})", r.round)
@@ -2659,7 +3255,7 @@ fn print_idle(kind: Kind, tr: Transport, r: &IdleResult) {
     let _ = writeln!(
         s,
         "\n== {} idle: {} {} connections to one channel{round} ==",
-        kind.name(),
+        name,
         r.conns,
         tr.long()
     );
@@ -2709,17 +3305,22 @@ fn print_idle(kind: Kind, tr: Transport, r: &IdleResult) {
     print!("{s}");
 }
 
-fn print_fanout(kind: Kind, tr: Transport, r: &FanoutResult) {
+fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
     let mut s = String::new();
     let h = &r.hist;
     let _ = writeln!(
         s,
-        "\n== {} fanout: {} {}subscribers × {} events/s × {} s{} ==",
-        kind.name(),
+        "\n== {} fanout: {} {}subscribers{} × {} events/s × {} s{} ==",
+        name,
         r.subs,
         match tr {
             Transport::Sse => "",
             Transport::Ws => "WebSocket ",
+        },
+        if r.nodes.is_empty() {
+            String::new()
+        } else {
+            format!(" over {} nodes (publishing to node A)", r.nodes.len())
         },
         r.rate,
         r.duration,
@@ -2751,14 +3352,19 @@ fn print_fanout(kind: Kind, tr: Transport, r: &FanoutResult) {
     };
     let _ = writeln!(
         s,
-        "  deliveries          expected {}, received {}, lost {} ({:.3} %), extra {}, stale {}, streams dropped {}",
+        "  deliveries          expected {}, received {}, lost {} ({:.3} %), extra {}, stale {}, streams dropped {}{}",
         thousands(r.expected as f64),
         thousands(r.received as f64),
         thousands(r.lost as f64),
         lost_pct,
         r.extra,
         r.stale,
-        r.dropped
+        r.dropped,
+        if r.slow_closed > 0 {
+            format!(" ({} of them as slow consumers)", r.slow_closed)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         s,
@@ -2777,24 +3383,72 @@ fn print_fanout(kind: Kind, tr: Transport, r: &FanoutResult) {
     );
     let _ = writeln!(
         s,
-        "  server CPU          {:.0} ms over {:.1} s  →  {:.3} µs per delivery (quiet baseline before publishing: {:.1} ms/s)",
-        r.cpu_ms, r.window_s, r.cpu_per_delivery_us, r.quiet_cpu_ms_per_s
+        "  server CPU          {:.0} ms over {:.1} s  →  {:.3} µs per delivery (quiet baseline before publishing: {:.1} ms/s){}",
+        r.cpu_ms,
+        r.window_s,
+        r.cpu_per_delivery_us,
+        r.quiet_cpu_ms_per_s,
+        if r.nodes.is_empty() {
+            String::new()
+        } else {
+            format!("; the {} redix nodes together", r.nodes.len())
+        }
     );
+    for n in &r.nodes {
+        let _ = writeln!(
+            s,
+            "  node {}              {} / {} subscribers ready; received {} of {} (lost {}); latency p50 {}  p99 {}  max {} ms; CPU {:.0} ms → {:.3} µs per delivery; RSS {} KiB ({})",
+            n.name,
+            n.ready,
+            n.subs,
+            thousands(n.hist.n as f64),
+            thousands(n.expected as f64),
+            thousands(n.expected.saturating_sub(n.hist.n) as f64),
+            ms(n.hist.percentile(50.0)),
+            ms(n.hist.percentile(99.0)),
+            ms(n.hist.max),
+            n.cpu_ms,
+            per_delivery_us(n.cpu_ms, n.hist.n),
+            thousands(n.rss_end as f64),
+            n.addr
+        );
+    }
+    if let Some(redis_ms) = r.redis_cpu_ms {
+        let _ = writeln!(
+            s,
+            "  redis-server CPU    {:.0} ms  →  {:.3} µs per delivery, {:.1} µs per published event (quiet baseline: {:.1} ms/s); RSS {} KiB at the end",
+            redis_ms,
+            per_delivery_us(redis_ms, r.received),
+            per_delivery_us(redis_ms, r.published_ok),
+            r.redis_quiet_ms_per_s.unwrap_or(0.0),
+            thousands(r.redis_rss_end.unwrap_or(0) as f64)
+        );
+    }
     let _ = writeln!(
         s,
-        "  server RSS          {} KiB before publishing, {} KiB at the end",
+        "  server RSS          {} KiB before publishing, {} KiB at the end{}",
         thousands(r.rss_before as f64),
-        thousands(r.rss_end as f64)
+        thousands(r.rss_end as f64),
+        if r.nodes.is_empty() {
+            ""
+        } else {
+            " (redix nodes together)"
+        }
     );
+    let redis_part = if r.redis_cpu_ms.is_some() {
+        format!("redis-server {:.0} %, ", r.redis_pct())
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         s,
-        "  load generator CPU  {:.0} % of one core; whole box busy {:.0} % of one core ({} cores): server {:.0} %, generator {:.0} %, everything else {:.0} %",
+        "  load generator CPU  {:.0} % of one core; whole box busy {:.0} % of one core ({} cores): server {:.0} %, {redis_part}generator {:.0} %, everything else {:.0} %",
         r.loadgen_cpu_pct,
         r.box_busy_pct,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        r.cpu_ms / r.window_s / 10.0,
+        r.server_pct(),
         r.loadgen_cpu_pct,
-        (r.box_busy_pct - r.cpu_ms / r.window_s / 10.0 - r.loadgen_cpu_pct).max(0.0)
+        r.other_pct()
     );
     if let Some(e) = &r.first_err {
         let _ = writeln!(s, "  first error         {e}");
@@ -2804,6 +3458,7 @@ fn print_fanout(kind: Kind, tr: Transport, r: &FanoutResult) {
 
 struct TargetResult {
     kind: Kind,
+    mode: Mode,
     transport: Transport,
     /// one per round; the comparison table shows round 1 (a fresh server)
     idle: Vec<IdleResult>,
@@ -2859,10 +3514,11 @@ fn comparison_table(results: &[TargetResult], a: &Args) -> String {
             }),
         ));
     }
+    let any_redis = results.iter().any(|r| r.mode == Mode::Redis);
     if a.scenario != ScenarioSel::Idle {
-        for &rate in &a.rates {
-            let tag = format!("fanout {}×{}/s", a.subs, rate);
-            let std1k = a.subs == 1000;
+        for SubRate { subs, rate } in fanout_plan(a) {
+            let tag = format!("fanout {subs}×{rate}/s");
+            let std1k = subs == 1000;
             let (t_lat, t_cpu, t_rate) = match (std1k, rate as u64) {
                 (true, 20) => ("≤ 3 ms", "≤ 1.5 µs", ""),
                 (true, 1000) => ("≤ 100 ms", "≤ 0.5 µs", "≥ 900k/s"),
@@ -2874,7 +3530,7 @@ fn comparison_table(results: &[TargetResult], a: &Args) -> String {
                     .map(|r| {
                         r.fanout
                             .iter()
-                            .find(|x| x.rate == rate && x.round == 1)
+                            .find(|x| x.subs == subs && x.rate == rate && x.round == 1)
                             .map(f)
                             .unwrap_or_else(|| "—".into())
                     })
@@ -2919,11 +3575,51 @@ fn comparison_table(results: &[TargetResult], a: &Args) -> String {
                     )
                 }),
             ));
+            if any_redis {
+                rows.push((
+                    format!("{tag}: latency p50 / p99 per node (A; B; …)"),
+                    "".into(),
+                    g(&|f| {
+                        let v: Vec<String> = f
+                            .nodes
+                            .iter()
+                            .map(|n| match n.hist.n {
+                                0 => format!("{}: nothing received", n.name),
+                                _ => format!(
+                                    "{}: {} / {} ms",
+                                    n.name,
+                                    ms(n.hist.percentile(50.0)),
+                                    ms(n.hist.percentile(99.0))
+                                ),
+                            })
+                            .collect();
+                        if v.is_empty() {
+                            "—".into()
+                        } else {
+                            v.join("; ")
+                        }
+                    }),
+                ));
+            }
             rows.push((
                 format!("{tag}: server CPU per delivery"),
                 t_cpu.into(),
                 g(&|f| format!("{:.3} µs", f.cpu_per_delivery_us)),
             ));
+            if any_redis {
+                rows.push((
+                    format!("{tag}: redis-server CPU per delivery / per event"),
+                    "".into(),
+                    g(&|f| match f.redis_cpu_ms {
+                        Some(m) => format!(
+                            "{:.3} µs / {:.1} µs",
+                            per_delivery_us(m, f.received),
+                            per_delivery_us(m, f.published_ok)
+                        ),
+                        None => "—".into(),
+                    }),
+                ));
+            }
             rows.push((
                 format!("{tag}: server RSS at end"),
                 "".into(),
@@ -2938,7 +3634,7 @@ fn comparison_table(results: &[TargetResult], a: &Args) -> String {
     }
     let mut s = String::from("\n| figure | target |");
     for r in results {
-        let _ = write!(s, " {} |", label(r.kind, r.transport, a));
+        let _ = write!(s, " {} |", label(r.kind, r.mode, r.transport, a));
     }
     s.push_str("\n|---|---|");
     for _ in results {
@@ -2957,16 +3653,16 @@ fn comparison_table(results: &[TargetResult], a: &Args) -> String {
 
 /// With --rounds > 1: one row per target and round, to show the spread.
 fn rounds_table(results: &[TargetResult], a: &Args) -> String {
+    let plan = fanout_plan(a);
     let mut s = String::from("\n| target | round | idle RSS/conn | idle setup |");
-    for r in &a.rates {
+    for SubRate { subs, rate } in &plan {
         let _ = write!(
             s,
-            " {}×{r}/s: deliveries/s, p50 / p99, CPU/delivery, other CPU |",
-            a.subs
+            " {subs}×{rate}/s: deliveries/s, p50 / p99, CPU/delivery, other CPU |"
         );
     }
     s.push_str("\n|---|---|---|---|");
-    for _ in &a.rates {
+    for _ in &plan {
         s.push_str("---|");
     }
     s.push('\n');
@@ -2976,17 +3672,17 @@ fn rounds_table(results: &[TargetResult], a: &Args) -> String {
             let _ = write!(
                 s,
                 "| {} | {round} | {} | {} |",
-                label(t.kind, t.transport, a),
+                label(t.kind, t.mode, t.transport, a),
                 idle.map(|i| format!("{} B", thousands(i.per_conn_bytes)))
                     .unwrap_or_else(|| "—".into()),
                 idle.map(|i| format!("{}/s", thousands(i.handshakes_per_s)))
                     .unwrap_or_else(|| "—".into())
             );
-            for &rate in &a.rates {
+            for &SubRate { subs, rate } in &plan {
                 let cell = t
                     .fanout
                     .iter()
-                    .find(|f| f.round == round && f.rate == rate)
+                    .find(|f| f.round == round && f.subs == subs && f.rate == rate)
                     .map(|f| {
                         format!(
                             "{}/s, {} / {} ms, {:.2} µs, {:.0} %",
@@ -2994,8 +3690,7 @@ fn rounds_table(results: &[TargetResult], a: &Args) -> String {
                             ms(f.hist.percentile(50.0)),
                             ms(f.hist.percentile(99.0)),
                             f.cpu_per_delivery_us,
-                            (f.box_busy_pct - f.cpu_ms / f.window_s / 10.0 - f.loadgen_cpu_pct)
-                                .max(0.0)
+                            f.other_pct()
                         )
                     });
                 let _ = write!(s, " {} |", cell.unwrap_or_else(|| "—".into()));
@@ -3027,14 +3722,32 @@ fn run(a: &Args) -> Res<bool> {
         TransportSel::Ws => vec![Transport::Ws],
         TransportSel::Both => vec![Transport::Sse, Transport::Ws],
     };
-    // Each server × transport gets a freshly started server (idle RSS is only comparable from
-    // a fresh process: a warm allocator reuses what earlier connections left).
-    let runs: Vec<(Kind, Transport)> = kinds
+    let modes = match a.mode {
+        ModeSel::Embedded => vec![Mode::Embedded],
+        ModeSel::Redis => vec![Mode::Redis],
+        ModeSel::Both => vec![Mode::Embedded, Mode::Redis],
+    };
+    // Each server × transport (× mode, for redix) gets a freshly started server (idle RSS is
+    // only comparable from a fresh process: a warm allocator reuses what earlier connections
+    // left). Embedded and Redis mode of one transport run one after the other.
+    let runs: Vec<(Kind, Transport, Mode)> = kinds
         .iter()
         .flat_map(|&k| transports.iter().map(move |&t| (k, t)))
+        .flat_map(|(k, t)| {
+            let ms = if k == Kind::Redix {
+                modes.clone()
+            } else {
+                vec![Mode::Embedded]
+            };
+            ms.into_iter().map(move |m| (k, t, m))
+        })
         .collect();
     let nofile = raise_nofile();
-    let need = a.conns.max(a.subs) + 64;
+    let need = fanout_plan(a)
+        .iter()
+        .map(|p| p.subs)
+        .fold(a.conns, usize::max)
+        + 64;
     if nofile < need as u64 {
         return Err(format!(
             "open-file limit {nofile} is below the {need} this run needs; lower --conns/--subs"
@@ -3043,10 +3756,11 @@ fn run(a: &Args) -> Res<bool> {
     let mut srcs = SrcAlloc { next: 2 };
     let mut results = Vec::new();
     let mut all_ok = true;
-    for (kind, transport) in runs {
-        let name = label(kind, transport, a);
+    for (kind, transport, mode) in runs {
+        let name = label(kind, mode, transport, a);
         let mut tr = TargetResult {
             kind,
+            mode,
             transport,
             idle: vec![],
             fanout: vec![],
@@ -3054,8 +3768,8 @@ fn run(a: &Args) -> Res<bool> {
             note: String::new(),
             exit: String::new(),
         };
-        let mut srv = match Server::start(kind, a, transport) {
-            Ok(s) => s,
+        let mut dep = match Deployment::start(kind, mode, a, transport) {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!("[{name}] cannot start: {e}");
                 tr.errors.push(format!("start: {e}"));
@@ -3064,7 +3778,7 @@ fn run(a: &Args) -> Res<bool> {
                 continue;
             }
         };
-        tr.note = srv.note.clone();
+        tr.note = dep.note();
         // Is anything else busy on the box? (The figures assume it is not.)
         let b0 = box_cpu();
         thread::sleep(Duration::from_secs(1));
@@ -3075,24 +3789,31 @@ fn run(a: &Args) -> Res<bool> {
         tr.note
             .push_str(&format!("; box busy before load: {busy:.0} % of one core"));
         eprintln!(
-            "[{name}] {} — listening on {}, measuring pid {}",
-            srv.note, srv.addr, srv.pid
+            "[{name}] {} — listening on {}, measuring pid(s) {:?}",
+            dep.note(),
+            dep.nodes
+                .iter()
+                .map(|n| n.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            dep.procs().iter().map(|p| p.1).collect::<Vec<_>>()
         );
+        let base = base_name(kind, mode);
         for round in 1..=a.rounds.max(1) {
             if a.rounds > 1 {
                 eprintln!("[{name}] round {round} of {}", a.rounds);
             }
             if a.scenario != ScenarioSel::Fanout && !interrupted() {
-                match run_idle(&mut srv, a, transport, &mut srcs, round) {
+                match run_idle(&mut dep, a, transport, &mut srcs, round) {
                     Ok(r) => {
-                        print_idle(kind, transport, &r);
-                        emit_json(&idle_json(kind, transport, &r), a);
+                        print_idle(base, transport, &r);
+                        emit_json(&idle_json(kind, mode, transport, &r), a);
                         tr.idle.push(r);
                     }
                     Err(e) => {
                         eprintln!("[{name}] idle failed: {e}");
                         tr.errors.push(format!("idle: {e}"));
-                        if let Err(e) = srv.check_alive() {
+                        if let Err(e) = dep.check_alive() {
                             tr.errors.push(format!("remaining scenarios skipped: {e}"));
                             break;
                         }
@@ -3100,21 +3821,22 @@ fn run(a: &Args) -> Res<bool> {
                 }
                 thread::sleep(Duration::from_secs(1));
             }
-            if a.scenario != ScenarioSel::Idle && srv.check_alive().is_ok() {
-                for &rate in &a.rates {
+            if a.scenario != ScenarioSel::Idle && dep.check_alive().is_ok() {
+                for sr in fanout_plan(a) {
                     if interrupted() {
                         break;
                     }
-                    match run_fanout(&mut srv, a, transport, &mut srcs, rate, round) {
+                    match run_fanout(&mut dep, a, transport, &mut srcs, sr, round) {
                         Ok(r) => {
-                            print_fanout(kind, transport, &r);
-                            emit_json(&fanout_json(kind, transport, &r), a);
+                            print_fanout(base, transport, &r);
+                            emit_json(&fanout_json(kind, mode, transport, &r), a);
                             tr.fanout.push(r);
                         }
                         Err(e) => {
-                            eprintln!("[{name}] fanout {rate}/s failed: {e}");
-                            tr.errors.push(format!("fanout {rate}/s: {e}"));
-                            if srv.check_alive().is_err() {
+                            let what = format!("fanout {}×{}/s", sr.subs, sr.rate);
+                            eprintln!("[{name}] {what} failed: {e}");
+                            tr.errors.push(format!("{what}: {e}"));
+                            if dep.check_alive().is_err() {
                                 break;
                             }
                         }
@@ -3123,7 +3845,7 @@ fn run(a: &Args) -> Res<bool> {
                 }
             }
         }
-        tr.exit = srv.stop();
+        tr.exit = dep.stop();
         eprintln!("[{name}] server: {}", tr.exit);
         all_ok &= tr.errors.is_empty();
         results.push(tr);
@@ -3136,7 +3858,7 @@ fn run(a: &Args) -> Res<bool> {
         println!("{}", rounds_table(&results, a));
     }
     for r in &results {
-        let name = label(r.kind, r.transport, a);
+        let name = label(r.kind, r.mode, r.transport, a);
         println!(
             "{name}: {}; {}",
             r.note,
@@ -3217,6 +3939,27 @@ fn self_test() -> bool {
         parse_t(br#"data: {"type":"x"}"#).is_none() && parse_t(b"data:").is_none(),
     );
     check(
+        "parse_t Redis stream id",
+        parse_t(br#"data: {"type":"message","channel":"bench","id":"1732412345678-3","data":{"t":9,"pad":"x"}}"#)
+            == Some(9),
+    );
+    check(
+        "--plan SUBSxRATE",
+        parse_sub_rate("10000x100")
+            == Ok(SubRate {
+                subs: 10_000,
+                rate: 100.0,
+            })
+            && parse_sub_rate("1000X0.5")
+                == Ok(SubRate {
+                    subs: 1000,
+                    rate: 0.5,
+                })
+            && parse_sub_rate("1000").is_err()
+            && parse_sub_rate("0x20").is_err()
+            && parse_sub_rate("10x-1").is_err(),
+    );
+    check(
         "parse_t nchan",
         parse_t(br#"data: {"t": 42,"pad":"x:y"}"#) == Some(42)
             && parse_t(br#"data:{"a":1,"t":7}"#) == Some(7),
@@ -3230,15 +3973,23 @@ fn self_test() -> bool {
         }) && find_nl(b"abcdefghijklmnop").is_none(),
     );
 
-    // SSE stream split at every position, plain and chunked
+    // SSE stream split at every position, plain and chunked; embedded-mode ids (numbers) and
+    // Redis-mode ids (stream ids `ms-n`)
     let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n".to_vec();
-    let mut body = b"retry: 3000\n\n: ping\n\n".to_vec();
-    for (id, t) in [(1u64, 1_000_000u64), (2, 2_000_000), (3, 3_000_000)] {
+    let sse_body = |id_of: &dyn Fn(u64) -> String| {
+        let mut body = b"retry: 3000\n\n: ping\n\n".to_vec();
+        for (n, t) in [(1u64, 1_000_000u64), (2, 2_000_000), (3, 3_000_000)] {
+            let id = id_of(n);
+            body.extend_from_slice(
+                format!("id: {id}\nevent: message\ndata: {{\"type\":\"message\",\"channel\":\"bench\",\"id\":\"{id}\",\"data\":{{\"t\":{t},\"pad\":\"xx\"}}}}\n\n").as_bytes(),
+            );
+        }
         body.extend_from_slice(
-            format!("id: {id}\nevent: message\ndata: {{\"type\":\"message\",\"channel\":\"bench\",\"id\":\"{id}\",\"data\":{{\"t\":{t},\"pad\":\"xx\"}}}}\n\n").as_bytes(),
+            format!("id: {}\r\ndata: {{\"t\":4000000}}\r\n\r\n", id_of(4)).as_bytes(),
         );
-    }
-    body.extend_from_slice(b"id: 4\r\ndata: {\"t\":4000000}\r\n\r\n");
+        body
+    };
+    let body = sse_body(&|n| n.to_string());
     let mut chunked_body = Vec::new();
     for part in body.chunks(7) {
         chunked_body.extend_from_slice(format!("{:x};ext=1\r\n", part.len()).as_bytes());
@@ -3247,24 +3998,22 @@ fn self_test() -> bool {
     }
     chunked_body.extend_from_slice(b"0\r\n\r\n");
     let chunked_head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    for (name, stream) in [
-        ("plain", [head, body].concat()),
-        ("chunked", [chunked_head, chunked_body].concat()),
+    let redis_body = sse_body(&|n| format!("1732412345678-{n}"));
+    for (name, stream, nodes) in [
+        ("plain", [head.clone(), body].concat(), 1),
+        ("chunked", [chunked_head, chunked_body].concat(), 1),
+        (
+            "Redis stream ids, node B of 2",
+            [head, redis_body].concat(),
+            2,
+        ),
     ] {
         let mut ok = true;
         for split in 1..stream.len() {
             let mut c = Conn::new(Ipv4Addr::LOCALHOST);
             c.st = St::Headers;
-            let mut loc = Local {
-                hist: Histogram::new(),
-                setup: Histogram::new(),
-                events: 0,
-                stale: 0,
-                bytes: 0,
-                last_recv: 0,
-                pub_start: 1_500_000,
-                now_ns: 5_000_000,
-            };
+            let mut loc = Local::new(nodes, 1_500_000, 5_000_000);
+            loc.node = nodes - 1;
             for piece in [&stream[..split], &stream[split..]] {
                 for tiny in piece.chunks(if split % 3 == 0 { 1 } else { 4096 }) {
                     ok &= c.feed(tiny, &mut loc).is_ok();
@@ -3276,21 +4025,31 @@ fn self_test() -> bool {
                 && loc.events == 3
                 && loc.hist.max == 3000
                 && loc.hist.sum == 6000;
+            // per node only with several nodes, and then on the connection's node
+            ok &= match nodes {
+                1 => loc.node_hist.is_empty(),
+                _ => loc.node_hist[0].n == 0 && loc.node_hist[1].sum == 6000,
+            };
         }
         check(&format!("SSE parser, {name}, every split"), ok);
     }
     let mut c = Conn::new(Ipv4Addr::LOCALHOST);
     c.st = St::Headers;
-    let mut loc = Local {
-        hist: Histogram::new(),
-        setup: Histogram::new(),
-        events: 0,
-        stale: 0,
-        bytes: 0,
-        last_recv: 0,
-        pub_start: 0,
-        now_ns: 0,
-    };
+    let mut loc = Local::new(1, 0, 0);
+    let before = c
+        .feed(b"HTTP/1.1 200 OK\r\n\r\nretry: 10\n\n", &mut loc)
+        .is_ok()
+        && !c.slow;
+    let fed = c
+        .feed(
+            b"id: 17-0\nevent: slow\ndata: {\"reason\":\"slow consumer\"}\n\n",
+            &mut loc,
+        )
+        .is_ok();
+    let slow_ok = before && fed && c.slow;
+    check("SSE event: slow noticed", slow_ok);
+    let mut c = Conn::new(Ipv4Addr::LOCALHOST);
+    c.st = St::Headers;
     check(
         "non-200 rejected",
         c.feed(b"HTTP/1.1 429 Too Many Requests\r\n\r\n", &mut loc)
@@ -3342,9 +4101,12 @@ fn self_test() -> bool {
         c.st = St::Headers;
         c
     };
+    // Redis-mode ids (`ms-n` strings) here; the SSE test has both kinds
     let msg = |t: u64, pad: usize| {
         format!(
-            r#"{{"type":"message","channel":"bench","id":"{t}","data":{{"t":{t},"pad":"{}"}}}}"#,
+            r#"{{"type":"message","channel":"bench","id":"{}-{}","data":{{"t":{t},"pad":"{}"}}}}"#,
+            t / 1000,
+            t % 7,
             "x".repeat(pad)
         )
         .into_bytes()
@@ -3376,16 +4138,7 @@ fn self_test() -> bool {
         ]
         .concat();
         let split = split.min(stream.len() - 1);
-        let mut loc = Local {
-            hist: Histogram::new(),
-            setup: Histogram::new(),
-            events: 0,
-            stale: 0,
-            bytes: 0,
-            last_recv: 0,
-            pub_start: 1_500_000,
-            now_ns: 5_000_000,
-        };
+        let mut loc = Local::new(1, 1_500_000, 5_000_000);
         for piece in [&stream[..split], &stream[split..]] {
             for tiny in piece.chunks(if split % 3 == 0 { 1 } else { 4096 }) {
                 ok &= c.feed(tiny, &mut loc).is_ok();
@@ -3408,16 +4161,7 @@ fn self_test() -> bool {
     check("WebSocket parser, every split", ok);
     check("WebSocket subscribe + pongs masked", ok_out);
     let mut c = new_ws_conn();
-    let mut loc = Local {
-        hist: Histogram::new(),
-        setup: Histogram::new(),
-        events: 0,
-        stale: 0,
-        bytes: 0,
-        last_recv: 0,
-        pub_start: 0,
-        now_ns: 0,
-    };
+    let mut loc = Local::new(1, 0, 0);
     check(
         "WebSocket bad accept rejected",
         c.feed(
@@ -3426,20 +4170,32 @@ fn self_test() -> bool {
         )
         .is_err(),
     );
-    let mut c = new_ws_conn();
-    let accept = c.ws.as_ref().unwrap().accept.clone();
-    let head =
-        format!("HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-    let ok1 = c.feed(head.as_bytes(), &mut loc).is_ok();
+    // a connection past its `101` (each with its own key)
+    let open_ws = |loc: &mut Local| {
+        let mut c = new_ws_conn();
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            c.ws.as_ref().unwrap().accept
+        );
+        let ok = c.feed(head.as_bytes(), loc).is_ok();
+        (c, ok)
+    };
+    let (mut c, ok1) = open_ws(&mut loc);
     let close = c.feed(
         &server_frame(true, 8, b"\x03\xe9idle timeout", false),
         &mut loc,
     );
-    let mut c2 = new_ws_conn();
-    let _ = c2.feed(head.as_bytes(), &mut loc);
+    let (mut c2, ok2) = open_ws(&mut loc);
+    let (mut c3, ok3) = open_ws(&mut loc);
+    let slow_close = c3.feed(&server_frame(true, 8, b"\x0f\xa8slow", false), &mut loc);
     check(
         "WebSocket close and masked frames rejected",
-        ok1 && matches!(close, Err(e) if e.contains("1001 idle timeout"))
+        ok1 && ok2
+            && ok3
+            && matches!(close, Err(e) if e.contains("1001 idle timeout"))
+            && !c.ws.as_ref().unwrap().slow
+            && slow_close.is_err()
+            && c3.ws.as_ref().unwrap().slow
             && c2.feed(&[0x81, 0x81, 1, 2, 3, 4, 5], &mut loc).is_err()
             && new_ws_conn()
                 .feed(b"HTTP/1.1 426 Upgrade Required\r\n\r\n", &mut loc)

@@ -49,8 +49,35 @@ pub struct PublishArgs<'a> {
     pub dedupe_ttl_ms: u64,
 }
 
-/// Runs the publish script once: returns the stream id and whether the
-/// publisher id had been seen (then nothing was published).
+/// Publishes answered in one pipeline, at most.
+const PUBLISH_BATCH: usize = 256;
+
+/// The `EVALSHA` of one publish (the script must be loaded).
+fn publish_cmd(
+    args: &PublishArgs<'_>,
+    channel: &str,
+    data: &str,
+    publish_id: Option<&str>,
+) -> redis::Cmd {
+    let names = args.names;
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(publish_script().get_hash())
+        .arg(if publish_id.is_some() { 3 } else { 2 })
+        .arg(names.stream(channel))
+        .arg(names.last_id());
+    if let Some(pid) = publish_id {
+        cmd.arg(names.seen(pid));
+    }
+    cmd.arg(names.notify(channel))
+        .arg(data)
+        .arg(args.max_events.max(1))
+        .arg(args.max_age_ms)
+        .arg(args.dedupe_ttl_ms);
+    cmd
+}
+
+/// Runs the publish script once (loading it first): returns the stream id
+/// and whether the publisher id had been seen (then nothing was published).
 pub fn publish_once(
     con: &mut Connection,
     args: &PublishArgs<'_>,
@@ -58,19 +85,33 @@ pub fn publish_once(
     data: &str,
     publish_id: Option<&str>,
 ) -> Result<(String, bool), RedisError> {
-    let names = args.names;
-    let mut inv = publish_script().prepare_invoke();
-    inv.key(names.stream(channel)).key(names.last_id());
-    if let Some(pid) = publish_id {
-        inv.key(names.seen(pid));
-    }
-    inv.arg(names.notify(channel))
-        .arg(data)
-        .arg(args.max_events.max(1))
-        .arg(args.max_age_ms)
-        .arg(args.dedupe_ttl_ms);
-    let (id, seen): (String, i64) = inv.invoke(con)?;
+    publish_script().load(con)?;
+    let (id, seen): (String, i64) = publish_cmd(args, channel, data, publish_id).query(con)?;
     Ok((id, seen == 1))
+}
+
+/// Runs publishes in one pipeline, one answer each. `Err` when the wire
+/// failed (then nothing is known about any of them).
+fn publish_pipelined(
+    con: &mut Connection,
+    args: &PublishArgs<'_>,
+    batch: &[Publish],
+) -> Result<Vec<Result<(String, bool), RedisError>>, RedisError> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for p in batch {
+        pipe.add_command(publish_cmd(
+            args,
+            &p.channel,
+            &p.data,
+            p.publish_id.as_deref(),
+        ));
+    }
+    let results: Vec<Result<(String, i64), RedisError>> = pipe.query(con)?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.map(|(id, seen)| (id, seen == 1)))
+        .collect())
 }
 
 /// Reads a channel's history from its stream, oldest first: on a first
@@ -188,7 +229,18 @@ pub fn run(shared: Arc<Shared>, mailboxes: Vec<Arc<Mailbox>>, rx: Receiver<Comma
         };
         let wait = wake.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(cmd) => t.handle(cmd),
+            Ok(cmd) => {
+                // Whatever else is queued goes in the same round trip.
+                let mut publishes = Vec::new();
+                let more = std::iter::once(cmd).chain(rx.try_iter().take(PUBLISH_BATCH - 1));
+                for cmd in more {
+                    match cmd {
+                        Command::Publish(p) => publishes.push(p),
+                        load => t.handle(load),
+                    }
+                }
+                t.publish(publishes);
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
         }
@@ -211,7 +263,15 @@ impl CommandThread {
         let redis = redis_of(&shared);
         let timeout = Duration::from_millis(redis.config.timeout_ms);
         match connect(&redis.config.url, timeout) {
-            Ok(con) => {
+            Ok(mut con) => {
+                if let Err(e) = publish_script().load(&mut con) {
+                    let wait = self.backoff.next_wait();
+                    self.quiet.warn(format_args!(
+                        "Redis: loading the publish script: {e}; retrying in {wait:?}"
+                    ));
+                    self.reconnect_at = Instant::now() + wait;
+                    return;
+                }
                 redis.link.connections.fetch_add(1, Ordering::Relaxed);
                 redis.link.command_up.store(true, Ordering::Release);
                 log::info!("Redis command connection up");
@@ -246,7 +306,7 @@ impl CommandThread {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Publish(p) => self.publish(p),
+            Command::Publish(p) => self.publish(vec![p]),
             Command::Load {
                 channel,
                 token,
@@ -262,12 +322,16 @@ impl CommandThread {
         }
     }
 
-    fn publish(&mut self, p: Publish) {
+    fn publish(&mut self, batch: Vec<Publish>) {
+        if batch.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let redis = redis_of(&shared);
         let Some(con) = self.con.as_mut() else {
-            return self.answer(&p, Published::Failed("Redis is unreachable".into()));
-        };
-        let shared = &self.shared;
-        let Some(redis) = shared.redis.as_ref() else {
+            for p in &batch {
+                self.answer(p, Published::Failed("Redis is unreachable".into()));
+            }
             return;
         };
         let args = PublishArgs {
@@ -276,24 +340,50 @@ impl CommandThread {
             max_age_ms: shared.config.history.max_age_ms,
             dedupe_ttl_ms: shared.config.publish.dedupe_ttl_ms,
         };
-        let outcome = publish_once(con, &args, &p.channel, &p.data, p.publish_id.as_deref());
-        match outcome {
-            Ok((id, duplicate)) => {
-                redis.link.publishes.fetch_add(1, Ordering::Relaxed);
-                if duplicate {
-                    shared.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                }
-                self.answer(&p, Published::Done { id, duplicate });
-            }
+        let results = match publish_pipelined(con, &args, &batch) {
+            Ok(results) => results,
             Err(e) => {
-                redis.link.publish_errors.fetch_add(1, Ordering::Relaxed);
-                self.answer(&p, Published::Failed(format!("Redis: {e}")));
+                redis
+                    .link
+                    .publish_errors
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for p in &batch {
+                    self.answer(p, Published::Failed(format!("Redis: {e}")));
+                }
                 if link_failed(&e) {
                     self.lost("a publish", &e);
                 } else {
-                    log::warn!("publish to {} failed: {e}", p.channel);
+                    log::warn!("publish pipeline failed: {e}");
                 }
+                return;
             }
+        };
+        for (p, result) in batch.iter().zip(results) {
+            // The script cache was flushed: load it again and retry once.
+            let result = match result {
+                Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
+                    Some(con) => {
+                        publish_once(con, &args, &p.channel, &p.data, p.publish_id.as_deref())
+                    }
+                    None => Err(e),
+                },
+                other => other,
+            };
+            let outcome = match result {
+                Ok((id, duplicate)) => {
+                    redis.link.publishes.fetch_add(1, Ordering::Relaxed);
+                    if duplicate {
+                        shared.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Published::Done { id, duplicate }
+                }
+                Err(e) => {
+                    redis.link.publish_errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("publish to {} failed: {e}", p.channel);
+                    Published::Failed(format!("Redis: {e}"))
+                }
+            };
+            self.answer(p, outcome);
         }
     }
 

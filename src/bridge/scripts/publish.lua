@@ -7,7 +7,7 @@
 -- KEYS[3]  (optional) publisher id seen <prefix>p:<publisher id>
 -- ARGV[1]  pub/sub channel              <prefix>c:<channel>
 -- ARGV[2]  data (one line of JSON)
--- ARGV[3]  events kept per stream
+-- ARGV[3]  events kept per stream (up to an eighth more between trims)
 -- ARGV[4]  age of kept events in ms (also the idle stream's expiry)
 -- ARGV[5]  how long a publisher id is remembered, in ms
 -- Returns {id, 1 if the publisher id was already seen (nothing published) else 0}.
@@ -39,9 +39,14 @@ local id = string.format('%d-%d', ms, n)
 redis.call('SET', last_key, id)
 redis.call('XADD', stream, id, 'd', data)
 
--- Trim exactly (by count, then by age) and record the newest id trimmed
--- as the stream's max-deleted-entry-id, so a node resuming from an older
--- id knows it missed events instead of leaving a silent gap.
+-- Trim (by count, then by age) and record the newest id trimmed as the
+-- stream's max-deleted-entry-id, so a node resuming from an older id
+-- knows it missed events instead of leaving a silent gap. The count trim
+-- lets the stream run an eighth over before cutting back, so most
+-- publishes trim nothing.
+local function ms_of(stream_id)
+  return tonumber(string.match(stream_id, '^(%d+)-'))
+end
 local function newer(a, b)
   local ams, an = string.match(a, '^(%d+)-(%d+)$')
   local bms, bn = string.match(b, '^(%d+)-(%d+)$')
@@ -50,16 +55,16 @@ local function newer(a, b)
 end
 local gone = nil
 local len = redis.call('XLEN', stream)
-if len > maxlen then
+if len > maxlen + math.max(math.floor(maxlen / 8), 1) then
   local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', len - maxlen)
   gone = old[#old][1]
   redis.call('XTRIM', stream, 'MAXLEN', maxlen)
 end
-local cutoff = string.format('%d-0', math.max(ms - max_age, 0))
-local expired = redis.call('XREVRANGE', stream, '(' .. cutoff, '-', 'COUNT', 1)
-if #expired > 0 then
-  local e = expired[1][1]
-  if gone == nil or newer(e, gone) then gone = e end
+local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+if oldest and ms_of(oldest[1]) < ms - max_age then
+  local cutoff = string.format('%d-0', ms - max_age)
+  local expired = redis.call('XREVRANGE', stream, '(' .. cutoff, '-', 'COUNT', 1)[1][1]
+  if gone == nil or newer(expired, gone) then gone = expired end
   redis.call('XTRIM', stream, 'MINID', cutoff)
 end
 if gone then redis.call('XSETID', stream, id, 'MAXDELETEDID', gone) end
