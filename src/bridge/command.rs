@@ -49,6 +49,9 @@ pub struct PublishArgs<'a> {
     pub dedupe_ttl_ms: u64,
 }
 
+/// A publish's stream id and whether its publisher id had been seen.
+type PublishResult = Result<(String, bool), RedisError>;
+
 /// Publishes answered in one pipeline, at most.
 const PUBLISH_BATCH: usize = 256;
 
@@ -96,7 +99,7 @@ fn publish_pipelined(
     con: &mut Connection,
     args: &PublishArgs<'_>,
     batch: &[Publish],
-) -> Result<Vec<Result<(String, bool), RedisError>>, RedisError> {
+) -> Result<Vec<PublishResult>, RedisError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for p in batch {
