@@ -133,6 +133,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failing test shows what the server said.
+            eprintln!("--- redix {} stderr ---\n{}", self.addr, self.logs());
+        }
     }
 }
 
