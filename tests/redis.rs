@@ -526,3 +526,29 @@ fn a_websocket_subscribe_on_another_node_loads_the_channel_and_replays_since() {
         b.metric("redix_redis_channels_subscribed") == 0.0
     });
 }
+
+#[test]
+fn a_stream_waiting_for_a_hung_redis_gets_503_and_gives_its_slot_back() {
+    let redis = RedisServer::start();
+    let a = redis_node(&redis, &["--set", "redis.wait_ms=300"]);
+    redis.pause();
+    // More waits than the per-IP stream limit (20): each one that times
+    // out must give its slot back, or the later ones would get 429.
+    for i in 0..25 {
+        let c = SseClient::connect(a.addr, &format!("hung-{i}"));
+        assert_eq!(c.status, 503, "{}", c.head);
+        assert!(c.head.contains("Retry-After: 1"), "{}", c.head);
+    }
+    let (status, v) = try_publish(a.addr, r#"{"channel":"hung-0","data":1}"#);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "redis_unavailable", "{v}");
+    redis.resume();
+    wait_until("the node to recover", || ready(&a));
+    let mut c = SseClient::connect(a.addr, "hung-0");
+    assert_eq!(c.status, 200);
+    let id = publish_stream_id(a.addr, "hung-0", "1");
+    assert_eq!(next_data(&mut c).0, id);
+    wait_until("no channel kept for the streams that gave up", || {
+        a.metric("redix_hub_channels") == 1.0
+    });
+}

@@ -500,9 +500,19 @@ impl Hub {
             }
         }
         if dropped > 0 {
-            self.stats
+            let before = self
+                .stats
                 .inbox_drops
                 .fetch_add(dropped as u64, Ordering::Relaxed);
+            // Logged at the 1st, 2nd, 4th, 8th… drop: visible, never a flood.
+            let after = before + dropped as u64;
+            if (before + 1..=after).any(u64::is_power_of_two) {
+                log::warn!(
+                    "a reactor inbox is full: event {} of {} lost for {dropped} reactor(s); {after} lost so far (redix_inbox_dropped_total)",
+                    event.id,
+                    event.channel
+                );
+            }
         }
         (handed, dropped)
     }
