@@ -448,6 +448,10 @@ impl Worker {
     /// The Redis bridge answered the publish of `(key, gen)`.
     pub(super) fn published(&mut self, key: usize, gen: u32, outcome: Published) {
         let now = self.now_ms();
+        let waits_for_it = |p: &Parked| p.gen == gen && matches!(p.what, Waiting::Publish { .. });
+        if !self.parked.get(&key).is_some_and(waits_for_it) {
+            return;
+        }
         let Some(Waiting::Publish {
             channel,
             keep_alive,

@@ -444,7 +444,12 @@ impl Worker {
             ping = true;
         }
         let at = ws.next_ping_ms.min(idle_deadline);
+        let waiting = !ws.waiting.is_empty();
         self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+        if waiting {
+            // In case a wake-up was lost to a full inbox.
+            self.ws_retry(key);
+        }
         if ping {
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.queue.push_control(Bytes::from(ws::ping(b"")));
