@@ -552,3 +552,27 @@ fn a_stream_waiting_for_a_hung_redis_gets_503_and_gives_its_slot_back() {
         a.metric("redix_hub_channels") == 1.0
     });
 }
+
+#[test]
+fn nodes_sharing_one_port_serve_every_client_as_one() {
+    let redis = RedisServer::start();
+    let a = redis_node(&redis, &["--set", "workers=1"]);
+    let listen = format!("listen=127.0.0.1:{}", a.addr.port());
+    // A second process on the same port (SO_REUSEPORT), as in a systemd
+    // template with several instances.
+    let b = redis_node(&redis, &["--set", "workers=1", "--set", &listen]);
+    assert_eq!(a.addr, b.addr);
+    let (fa, fb) = (a.fd_count(), b.fd_count());
+    let mut clients: Vec<SseClient> = (0..20)
+        .map(|_| SseClient::connect(a.addr, "shared"))
+        .collect();
+    assert!(clients.iter().all(|c| c.status == 200));
+    assert!(
+        a.fd_count() > fa && b.fd_count() > fb,
+        "the kernel spread the clients over both processes"
+    );
+    let id = publish_stream_id(a.addr, "shared", "1");
+    for c in &mut clients {
+        assert_eq!(next_data(c).0, id);
+    }
+}
