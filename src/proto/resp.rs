@@ -1,11 +1,13 @@
 //! RESP2, the Redis protocol, for the pub/sub connection: command
 //! encoding and an incremental reply parser over a byte buffer.
 //!
-//! The pub/sub reader keeps its own buffer and socket (instead of the
-//! `redis` crate's blocking `PubSub`) so that a read timeout can never cut
-//! a message in half, subscriptions go out without waiting for their
-//! confirmations, and the bytes waiting in the socket can be reported.
-//! The command connection uses the `redis` crate.
+//! The pub/sub reader keeps its own socket and buffer instead of the
+//! `redis` crate's `PubSub`, whose `subscribe` waits for Redis to confirm:
+//! here (UN)SUBSCRIBEs for many channels go out in one write while
+//! messages keep being read, each confirmation is seen where it falls in
+//! the stream (a channel's history load must start after it), the bytes
+//! waiting in the socket can be reported (`FIONREAD`), and a message is
+//! bounded in size. The command connection uses the `redis` crate.
 
 /// One reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
