@@ -576,3 +576,59 @@ fn nodes_sharing_one_port_serve_every_client_as_one() {
         assert_eq!(next_data(c).0, id);
     }
 }
+
+#[test]
+fn clients_hopping_between_nodes_at_random_get_every_event_once_in_order() {
+    const EVENTS: usize = 3_000;
+    const CHANNELS: [&str; 3] = ["h0", "h1", "h2"];
+    let redis = RedisServer::start();
+    let args = [
+        "--sse-per-ip",
+        "200",
+        "--set",
+        "history.max_events=5000",
+        "--set",
+        "queue.max_events=100000",
+        "--set",
+        "queue.max_bytes=67108864",
+    ];
+    let nodes = [redis_node(&redis, &args), redis_node(&redis, &args)];
+    let addrs = [nodes[0].addr, nodes[1].addr];
+    let chans_of = |i: usize| -> Vec<&'static str> {
+        match i % 3 {
+            0 => vec![CHANNELS[i % 3]],
+            1 => vec!["h0", "h2"],
+            _ => CHANNELS.to_vec(),
+        }
+    };
+    let clients: Vec<_> = (0..40)
+        .map(|i| {
+            std::thread::spawn(move || match i % 2 {
+                0 => churning_sse(&addrs, i, &chans_of(i)),
+                _ => churning_ws(&addrs, i, &chans_of(i)),
+            })
+        })
+        .collect();
+    // Publishes alternate between the nodes, each answered before the next.
+    let mut publishers = [Publisher::connect(addrs[0]), Publisher::connect(addrs[1])];
+    let mut published = Vec::with_capacity(EVENTS + 3);
+    for n in 0..EVENTS {
+        let ch = CHANNELS[n % 3];
+        let id = publishers[n % 2].publish_id(ch, &format!(r#"{{"n":{n}}}"#));
+        published.push((ch.to_string(), id));
+    }
+    for ch in CHANNELS {
+        let id = publishers[0].publish_id(ch, r#"{"end":true}"#);
+        published.push((ch.to_string(), id));
+    }
+    for (i, handle) in clients.into_iter().enumerate() {
+        let got = handle
+            .join()
+            .unwrap_or_else(|_| panic!("client {i} failed"));
+        check_churned(i, &chans_of(i), &got, &published, i % 2 == 0);
+    }
+    for node in &nodes {
+        assert_eq!(node.metric("redix_slow_disconnects_total"), 0.0);
+        assert!(node.metric("redix_replayed_total") > 0.0);
+    }
+}

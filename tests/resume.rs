@@ -5,23 +5,11 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 
 use common::*;
 
 const CHANNELS: [&str; 3] = ["c0", "c1", "c2"];
-
-/// Deterministic per-client randomness (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// The channels client `i` listens to: one, two or all three.
 fn channels_of(i: usize) -> Vec<&'static str> {
@@ -29,85 +17,6 @@ fn channels_of(i: usize) -> Vec<&'static str> {
         0 => vec![CHANNELS[i % 3]],
         1 => vec!["c0", "c2"],
         _ => CHANNELS.to_vec(),
-    }
-}
-
-/// An SSE client that drops its connection at random moments (half of the
-/// time with RST) and comes back with its last id until it has seen the
-/// `{"end":true}` event of each of its channels. Returns (channel, id) in
-/// order.
-fn churning_sse(addr: SocketAddr, i: usize) -> Vec<(String, u64)> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1000_0001));
-    let chans = channels_of(i).join(",");
-    let mut got: Vec<(String, u64)> = Vec::new();
-    let mut ended = 0;
-    loop {
-        // From 0 the first time: everything since the start, whenever this
-        // client happens to connect.
-        let cursor = format!("&lastEventId={}", got.last().map_or(0, |(_, id)| *id));
-        let mut c = SseClient::connect(addr, &format!("{chans}{cursor}"));
-        assert_eq!(c.status, 200, "client {i}: {}", c.head);
-        let mut budget = 20 + rng.below(400);
-        while budget > 0 {
-            let Some(ev) = c.next_message() else { break };
-            assert_eq!(ev.event.as_deref(), Some("message"), "client {i}: {ev:?}");
-            let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
-            let id: u64 = ev.id.unwrap().parse().unwrap();
-            got.push((v["channel"].as_str().unwrap().to_string(), id));
-            budget -= 1;
-            ended += usize::from(v["data"]["end"] == true);
-            if ended == channels_of(i).len() {
-                return got;
-            }
-        }
-        if rng.below(2) == 0 {
-            c.abort();
-        }
-    }
-}
-
-/// A WebSocket client that churns the same way, resuming each channel from
-/// the last id it got on that channel.
-fn churning_ws(addr: SocketAddr, i: usize) -> Vec<(String, u64)> {
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ ((i as u64 + 7) * 0x3000_0001));
-    let chans = channels_of(i);
-    let mut got: Vec<(String, u64)> = Vec::new();
-    let mut ended = 0;
-    loop {
-        let mut ws = RawWs::connect(addr, "/ws", &[]);
-        assert_eq!(ws.status, 101);
-        for ch in &chans {
-            let since = got
-                .iter()
-                .rev()
-                .find(|(c, _)| c == ch)
-                .map_or(0, |(_, id)| *id);
-            ws.send_text(&format!(
-                r#"{{"type":"subscribe","channel":"{ch}","since":"{since}"}}"#
-            ));
-        }
-        let mut budget = 20 + rng.below(400);
-        while budget > 0 {
-            let Some(frame) = ws.read_non_ping() else {
-                break;
-            };
-            let v: serde_json::Value = serde_json::from_str(&frame.text()).unwrap();
-            match v["type"].as_str() {
-                Some("subscribed") => continue,
-                Some("message") => {}
-                other => panic!("client {i}: unexpected {other:?}: {v}"),
-            }
-            let id: u64 = v["id"].as_str().unwrap().parse().unwrap();
-            got.push((v["channel"].as_str().unwrap().to_string(), id));
-            budget -= 1;
-            ended += usize::from(v["data"]["end"] == true);
-            if ended == chans.len() {
-                return got;
-            }
-        }
-        if rng.below(2) == 0 {
-            ws.abort();
-        }
     }
 }
 
@@ -130,50 +39,28 @@ fn clients_that_drop_and_resume_at_random_get_every_event_once_in_order() {
     let clients: Vec<_> = (0..100)
         .map(|i| {
             std::thread::spawn(move || match i % 2 {
-                0 => churning_sse(addr, i),
-                _ => churning_ws(addr, i),
+                0 => churning_sse(&[addr], i, &channels_of(i)),
+                _ => churning_ws(&[addr], i, &channels_of(i)),
             })
         })
         .collect();
     // A steady stream: one publish at a time, each answered before the next.
-    let mut published: Vec<(String, u64)> = Vec::with_capacity(EVENTS);
+    let mut published: Vec<(String, String)> = Vec::with_capacity(EVENTS);
     let mut publisher = Publisher::connect(addr);
     for n in 0..EVENTS {
         let ch = CHANNELS[n % 3];
-        published.push((
-            ch.to_string(),
-            publisher.publish(ch, &format!(r#"{{"n":{n}}}"#)),
-        ));
+        let id = publisher.publish_id(ch, &format!(r#"{{"n":{n}}}"#));
+        published.push((ch.to_string(), id));
     }
     for ch in CHANNELS {
-        published.push((ch.to_string(), publisher.publish(ch, r#"{"end":true}"#)));
+        let id = publisher.publish_id(ch, r#"{"end":true}"#);
+        published.push((ch.to_string(), id));
     }
     for (i, handle) in clients.into_iter().enumerate() {
         let got = handle
             .join()
             .unwrap_or_else(|_| panic!("client {i} failed"));
-        let chans = channels_of(i);
-        for ch in &chans {
-            let want: Vec<u64> = published
-                .iter()
-                .filter(|(c, _)| c == ch)
-                .map(|(_, id)| *id)
-                .collect();
-            let have: Vec<u64> = got
-                .iter()
-                .filter(|(c, _)| c == ch)
-                .map(|(_, id)| *id)
-                .collect();
-            assert_eq!(have.len(), want.len(), "client {i} channel {ch}: count");
-            assert!(have == want, "client {i} channel {ch}: events differ");
-        }
-        if i % 2 == 0 {
-            // One SSE stream: one cursor, events of all channels in id order.
-            assert!(
-                got.windows(2).all(|w| w[0].1 < w[1].1),
-                "client {i}: stream order"
-            );
-        }
+        check_churned(i, &channels_of(i), &got, &published, i % 2 == 0);
     }
     assert_eq!(server.metric("redix_slow_disconnects_total"), 0.0);
     assert!(server.metric("redix_replayed_total") > 0.0);

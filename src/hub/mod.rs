@@ -365,7 +365,11 @@ impl Hub {
             let known = inner.channels.contains_key(name);
             let ch = inner.channels.entry(name.clone()).or_default();
             ch.reactors |= 1 << reactor;
-            snap.live_from.push(ch.last_id);
+            // The client has everything up to its cursor. In Redis mode it
+            // may come from a node that is ahead of this one: what this
+            // node has not received yet up to the cursor must not reach
+            // it again when it arrives.
+            snap.live_from.push(ch.last_id.max(cursor.unwrap_or(0)));
             let Some(cursor) = cursor else { continue };
             let complete = match known {
                 true => ch.history.since(cursor, &mut snap.replay),
@@ -673,6 +677,16 @@ mod tests {
         assert_eq!(hub.sweep(5000), 1);
         let snap = sub(&hub, 0, &chans(&["a"]), Some(101));
         assert_eq!(snap.resets, chans(&["a"]));
+    }
+
+    #[test]
+    fn live_delivery_starts_after_the_cursor_even_when_this_hub_is_behind() {
+        let (hub, _) = hub(1, 10);
+        hub.publish("a", "1", None, 0);
+        // A cursor from a node that is ahead (Redis mode): 150 > last id 100.
+        let snap = sub(&hub, 0, &chans(&["a"]), Some(150));
+        assert_eq!(snap.live_from, vec![150]);
+        assert!(snap.replay.is_empty() && snap.resets.is_empty());
     }
 
     #[test]
