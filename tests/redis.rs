@@ -349,7 +349,17 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_paused_redis_under_publishing_load_flips_readiness_and_nothing_grows() {
     let redis = RedisServer::start();
-    let a = redis_node(&redis, &["--set", "redis.wait_ms=2000"]);
+    // History big enough that the reload after the pause finds every event
+    // still in the stream (a smaller one would announce a reset instead).
+    let a = redis_node(
+        &redis,
+        &[
+            "--set",
+            "redis.wait_ms=2000",
+            "--set",
+            "history.max_events=200000",
+        ],
+    );
     let mut c = SseClient::connect(a.addr, "busy");
     let rss_before = rss_kib(a.pid());
     let stop = Arc::new(AtomicBool::new(false));
@@ -560,13 +570,20 @@ fn nodes_sharing_one_port_serve_every_client_as_one() {
     let listen = format!("listen=127.0.0.1:{}", a.addr.port());
     // A second process on the same port (SO_REUSEPORT), as in a systemd
     // template with several instances.
-    let b = redis_node(&redis, &["--set", "workers=1", "--set", &listen]);
+    let url = redis.url();
+    let b = Server::start(&["--redis", &url, "--set", "workers=1", "--set", &listen]);
+    // /readyz on the shared port may reach either process: wait for B's own word.
+    wait_until("node B to be ready", || {
+        b.logs().contains("Redis round trip works")
+    });
     assert_eq!(a.addr, b.addr);
     let (fa, fb) = (a.fd_count(), b.fd_count());
     let mut clients: Vec<SseClient> = (0..20)
         .map(|_| SseClient::connect(a.addr, "shared"))
         .collect();
-    assert!(clients.iter().all(|c| c.status == 200));
+    for c in &clients {
+        assert_eq!(c.status, 200, "{}", c.head);
+    }
     assert!(
         a.fd_count() > fa && b.fd_count() > fb,
         "the kernel spread the clients over both processes"
@@ -631,4 +648,89 @@ fn clients_hopping_between_nodes_at_random_get_every_event_once_in_order() {
         assert_eq!(node.metric("redix_slow_disconnects_total"), 0.0);
         assert!(node.metric("redix_replayed_total") > 0.0);
     }
+}
+
+#[test]
+fn a_flood_does_not_get_the_subscriber_cut_off_by_redis() {
+    use std::io::{Read, Write};
+    const EVENTS: usize = 10_000;
+    let redis = RedisServer::start();
+    // Redis drops a pub/sub client whose output buffer passes 4 MB (or
+    // 2 MB for 5 s); the flood below is about 20 MB.
+    let set = redis
+        .command(&[
+            "CONFIG",
+            "SET",
+            "client-output-buffer-limit",
+            "pubsub 4mb 2mb 5",
+        ])
+        .unwrap();
+    assert!(set.starts_with("+OK"), "{set}");
+    let a = redis_node(
+        &redis,
+        &[
+            "--set",
+            "queue.max_events=100000",
+            "--set",
+            "queue.max_bytes=268435456",
+        ],
+    );
+    let mut c = SseClient::connect(a.addr, "flood");
+    let reader = std::thread::spawn(move || {
+        let mut n = 0;
+        while n < EVENTS {
+            next_data(&mut c);
+            n += 1;
+        }
+        n
+    });
+    // Straight into Redis with the publish script, pipelined, as fast as
+    // Redis takes it.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    let script = include_str!("../src/bridge/scripts/publish.lua");
+    let data = format!(r#""{}""#, "x".repeat(2000));
+    let mut out = Vec::new();
+    for _ in 0..EVENTS {
+        let args = [
+            "EVAL",
+            script,
+            "2",
+            "redix:s:flood",
+            "redix:last",
+            "redix:c:flood",
+            &data,
+            "100",
+            "300000",
+            "300000",
+        ];
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    }
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&out).unwrap());
+    // Read the replies so Redis never waits on us.
+    let mut replies = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    while replies.windows(4).filter(|w| w == b":0\r\n").count() < EVENTS {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "Redis closed the publishing connection");
+        replies.extend_from_slice(&buf[..n]);
+        let keep = replies.len().saturating_sub(3);
+        let done = replies[..keep]
+            .windows(4)
+            .filter(|w| w == b":0\r\n")
+            .count();
+        if done >= EVENTS {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(reader.join().unwrap(), EVENTS);
+    assert_eq!(
+        a.metric("redix_redis_reconnects_total"),
+        0.0,
+        "the node's pub/sub connection was never cut"
+    );
 }

@@ -1,6 +1,13 @@
 //! The pub/sub thread: one connection SUBSCRIBEd to exactly the channels
 //! with local subscribers, read continuously so Redis never finds us slow.
 //!
+//! A reader thread per connection does nothing but move bytes from the
+//! socket into a bounded queue of chunks (at most [`MAX_BACKLOG`] bytes),
+//! so a burst waits here, counted in `redix_redis_pubsub_backlog_bytes`,
+//! rather than in Redis, which would cut a pub/sub client whose output
+//! buffer grows past its limit. The queue's bound is the backpressure of
+//! last resort: when it is full the reader stops reading.
+//!
 //! The loop, with a short read timeout so changes go out while it reads:
 //! 1. take the hub's channel changes and (UN)SUBSCRIBE them;
 //! 2. read what arrived and hand every message to the hub;
@@ -17,21 +24,25 @@ use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Backoff, Command, Endpoint, Redis};
 use crate::hub::{ids, RemoteEvent};
 use crate::proto::resp::{self, Value};
 use crate::state::Shared;
 
-/// How long one read waits, so channel changes go out promptly.
+/// How long the loop waits for bytes, so channel changes go out promptly.
 const READ_TIMEOUT: Duration = Duration::from_millis(20);
 /// Largest message accepted (the publish body limit is far lower).
 const MAX_MESSAGE: usize = 16 << 20;
 /// Bytes read per call.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from Redis and not yet handled, at most.
+pub const MAX_BACKLOG: usize = 64 << 20;
 /// Channels per SUBSCRIBE command.
 const SUBSCRIBE_BATCH: usize = 512;
 
@@ -71,7 +82,14 @@ pub fn run(shared: Arc<Shared>, endpoint: Endpoint) {
 struct Session<'a> {
     shared: &'a Shared,
     redis: &'a Redis,
-    stream: TcpStream,
+    /// Shared with the reader thread (`Read` and `Write` work on
+    /// `&TcpStream`): one socket, one descriptor.
+    stream: Arc<TcpStream>,
+    /// Chunks the reader thread took off the socket; `Err` ends the session.
+    chunks: Receiver<Result<Vec<u8>, String>>,
+    /// Bytes in `chunks`.
+    queued: Arc<AtomicU64>,
+    reader: Option<std::thread::JoinHandle<()>>,
     buf: Vec<u8>,
     /// Channels asked of Redis (SUBSCRIBE sent, no UNSUBSCRIBE since).
     subscribed: HashSet<Arc<str>>,
@@ -94,15 +112,26 @@ impl<'a> Session<'a> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let setup = |s: &TcpStream| -> io::Result<()> {
-            s.set_read_timeout(Some(READ_TIMEOUT))?;
             s.set_write_timeout(Some(timeout))?;
             s.set_nodelay(true)
         };
         setup(&stream).map_err(|e| format!("socket options: {e}"))?;
+        let stream = Arc::new(stream);
+        let read_half = stream.clone();
+        let (tx, chunks) = crossbeam_channel::bounded(MAX_BACKLOG / READ_CHUNK);
+        let queued = Arc::new(AtomicU64::new(0));
+        let counter = queued.clone();
+        let reader = std::thread::Builder::new()
+            .name("redix-redis-reader".into())
+            .spawn(move || read_loop(read_half, tx, counter))
+            .map_err(|e| format!("spawn the pub/sub reader: {e}"))?;
         let mut session = Session {
             shared,
             redis,
             stream,
+            chunks,
+            queued,
+            reader: Some(reader),
             buf: Vec::with_capacity(64 * 1024),
             subscribed: HashSet::new(),
             canary: redis.names.canary(&redis.node),
@@ -132,7 +161,7 @@ impl<'a> Session<'a> {
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
+        (&*self.stream)
             .write_all(bytes)
             .map_err(|e| format!("write: {e}"))
     }
@@ -157,28 +186,22 @@ impl<'a> Session<'a> {
 
     /// Runs until the connection fails; returns why.
     fn serve(&mut self) -> String {
-        let mut chunk = vec![0u8; READ_CHUNK];
         loop {
             if let Err(e) = self.apply_changes() {
                 return e;
             }
             self.retry_unsent();
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return "Redis closed the connection".into(),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
+            match self.chunks.recv_timeout(READ_TIMEOUT) {
+                Ok(Ok(chunk)) => {
+                    self.queued.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                    self.buf.extend_from_slice(&chunk);
                     if let Err(e) = self.drain_messages() {
                         return e;
                     }
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return format!("read: {e}"),
+                Ok(Err(why)) => return why,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return "the reader stopped".into(),
             }
             self.report_backlog();
             if let Err(e) = self.check_canary() {
@@ -332,10 +355,11 @@ impl<'a> Session<'a> {
         // SAFETY: FIONREAD writes one c_int through the pointer we pass.
         let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut pending) };
         let in_socket = if rc == 0 { pending.max(0) as u64 } else { 0 };
+        let read = self.queued.load(Ordering::Relaxed) + self.buf.len() as u64;
         self.redis
             .link
             .backlog_bytes
-            .store(in_socket + self.buf.len() as u64, Ordering::Relaxed);
+            .store(in_socket + read, Ordering::Relaxed);
     }
 
     /// A canary that stops coming back while the command side is up means
@@ -353,6 +377,37 @@ impl<'a> Session<'a> {
             self.redis.link.pubsub_up.store(false, Ordering::Release);
         }
         Ok(())
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // Ends the reader's blocking read; it exits on the error.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// The reader thread: socket to queue, nothing else. A full queue blocks
+/// it (the bound on what waits here); EOF or an error ends the session.
+fn read_loop(stream: Arc<TcpStream>, tx: Sender<Result<Vec<u8>, String>>, queued: Arc<AtomicU64>) {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let msg = match (&*stream).read(&mut chunk) {
+            Ok(0) => Err("Redis closed the connection".to_string()),
+            Ok(n) => {
+                queued.fetch_add(n as u64, Ordering::Relaxed);
+                Ok(chunk[..n].to_vec())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(format!("read: {e}")),
+        };
+        let end = msg.is_err();
+        if tx.send(msg).is_err() || end {
+            return;
+        }
     }
 }
 
