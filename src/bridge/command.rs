@@ -52,7 +52,7 @@ pub struct PublishArgs<'a> {
 /// A publish's stream id and whether its publisher id had been seen.
 type PublishResult = Result<(String, bool), RedisError>;
 
-/// Publishes answered in one pipeline, at most.
+/// Publishes (or history loads) sent in one pipeline, at most.
 const PUBLISH_BATCH: usize = 256;
 
 /// The `EVALSHA` of one publish (the script must be loaded).
@@ -127,12 +127,29 @@ pub fn load_once(
     max_events: usize,
     after: Option<u64>,
 ) -> Result<(Vec<RemoteEvent>, u64), RedisError> {
-    let after_text = after.map(ids::stream_id).unwrap_or_default();
-    let reply: Value = load_script()
-        .key(names.stream(channel))
+    load_script().load(con)?;
+    let reply: Value = load_cmd(names, channel, max_events, after).query(con)?;
+    parse_load(channel, reply, max_events, after)
+}
+
+/// The `EVALSHA` of one load (the script must be loaded).
+fn load_cmd(names: &Names, channel: &str, max_events: usize, after: Option<u64>) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(load_script().get_hash())
+        .arg(1)
+        .arg(names.stream(channel))
         .arg(max_events)
-        .arg(after_text)
-        .invoke(con)?;
+        .arg(after.map(ids::stream_id).unwrap_or_default());
+    cmd
+}
+
+/// A load's reply as events (oldest first) and the floor.
+fn parse_load(
+    channel: &str,
+    reply: Value,
+    max_events: usize,
+    after: Option<u64>,
+) -> Result<(Vec<RemoteEvent>, u64), RedisError> {
     let bad = || RedisError::from((redis::ErrorKind::Parse, "unexpected load reply"));
     let Value::Array(parts) = reply else {
         return Err(bad());
@@ -267,7 +284,10 @@ impl CommandThread {
         let timeout = Duration::from_millis(redis.config.timeout_ms);
         match connect(&redis.config.url, timeout) {
             Ok(mut con) => {
-                if let Err(e) = publish_script().load(&mut con) {
+                let loaded = publish_script()
+                    .load(&mut con)
+                    .and_then(|_| load_script().load(&mut con));
+                if let Err(e) = loaded {
                     let wait = self.backoff.next_wait();
                     self.quiet.warn(format_args!(
                         "Redis: loading the publish script: {e}; retrying in {wait:?}"
@@ -407,35 +427,60 @@ impl CommandThread {
         }
     }
 
+    /// Runs the waiting loads, up to [`PUBLISH_BATCH`] per pipeline (after
+    /// a reconnect every channel reloads at once).
     fn run_waiting_loads(&mut self) {
-        while let Some((channel, token, after)) = self.waiting_loads.pop_front() {
+        let shared = self.shared.clone();
+        let redis = redis_of(&shared);
+        let max = shared.config.history.max_events;
+        while !self.waiting_loads.is_empty() {
             let Some(con) = self.con.as_mut() else {
-                self.waiting_loads.push_front((channel, token, after));
                 return;
             };
-            let shared = &self.shared;
-            let Some(redis) = shared.redis.as_ref() else {
-                return;
-            };
-            let max = shared.config.history.max_events;
-            match load_once(con, &redis.names, &channel, max, after) {
-                Ok((events, floor)) => {
-                    let n = events.len();
-                    let now = shared.now_ms();
-                    if shared.hub.finish_sync(&channel, token, events, floor, now) {
-                        log::debug!("loaded {channel}: {n} events from its stream");
-                    }
-                }
-                Err(e) if link_failed(&e) => {
-                    self.waiting_loads.push_front((channel, token, after));
-                    return self.lost("a history load", &e);
-                }
+            let n = self.waiting_loads.len().min(PUBLISH_BATCH);
+            let batch: Vec<_> = self.waiting_loads.drain(..n).collect();
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (channel, _, after) in &batch {
+                pipe.add_command(load_cmd(&redis.names, channel, max, *after));
+            }
+            let replies: Vec<Result<Value, RedisError>> = match pipe.query(con) {
+                Ok(replies) => replies,
                 Err(e) => {
-                    // Redis refused (say, the key holds something else):
-                    // the channel starts with no history rather than never.
-                    log::warn!("loading {channel} from Redis: {e}; starting it empty");
-                    let now = shared.now_ms();
-                    shared.hub.finish_sync(&channel, token, Vec::new(), 0, now);
+                    for item in batch.into_iter().rev() {
+                        self.waiting_loads.push_front(item);
+                    }
+                    if link_failed(&e) {
+                        return self.lost("history loads", &e);
+                    }
+                    log::warn!("history loads failed: {e}; retrying");
+                    return;
+                }
+            };
+            for ((channel, token, after), reply) in batch.into_iter().zip(replies) {
+                let loaded = match reply {
+                    Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
+                        Some(con) => load_once(con, &redis.names, &channel, max, after),
+                        None => Err(e),
+                    },
+                    Err(e) => Err(e),
+                    Ok(v) => parse_load(&channel, v, max, after),
+                };
+                let now = shared.now_ms();
+                match loaded {
+                    Ok((events, floor)) => {
+                        let n = events.len();
+                        if shared.hub.finish_sync(&channel, token, events, floor, now) {
+                            log::debug!("loaded {channel}: {n} events from its stream");
+                        }
+                    }
+                    Err(e) => {
+                        // Redis refused (say, the key holds something
+                        // else): the channel starts with no history rather
+                        // than never.
+                        log::warn!("loading {channel} from Redis: {e}; starting it empty");
+                        shared.hub.finish_sync(&channel, token, Vec::new(), 0, now);
+                    }
                 }
             }
         }
