@@ -8,10 +8,9 @@ use bytes::Bytes;
 use mio::event::Event as MioEvent;
 
 use super::timer::TimerKind;
+use super::Waiting;
 use super::{Closed, Worker};
-use super::{Parked, Waiting};
-use crate::api::{self, Action, Ctx, RedisPublish, StreamStart};
-use crate::bridge::{self, Published, Refused, Reply};
+use crate::api::{self, Action, Ctx, StreamStart};
 use crate::conn::io::{self, IoStatus};
 use crate::conn::{Conn, ConnState, Delivery, Enqueued, SlotKind, Sse, Sub};
 use crate::hub::{Event, NotReady, Waiter};
@@ -107,7 +106,7 @@ impl Worker {
     }
 
     /// Reads until the socket is drained, answering every complete request.
-    fn read_requests(&mut self, key: usize, now: u64) {
+    pub(super) fn read_requests(&mut self, key: usize, now: u64) {
         let limits = &self.shared.config.limits;
         let cap = limits.max_header_bytes + limits.max_body_bytes;
         loop {
@@ -222,7 +221,7 @@ impl Worker {
         self.close_gracefully(key, Some(bytes), false, now);
     }
 
-    fn start_stream(&mut self, key: usize, start: StreamStart, now: u64) {
+    pub(super) fn start_stream(&mut self, key: usize, start: StreamStart, now: u64) {
         let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
             return self.shared.sse_limiter.release(start.ip_slot);
         };
@@ -312,172 +311,6 @@ impl Worker {
             self.topics.entry(ch).or_default().insert(key);
         }
         self.mark_dirty(key, gen);
-    }
-
-    /// Holds a request until Redis answers (or `redis.wait_ms` passes).
-    fn park(&mut self, key: usize, what: Waiting, now: u64) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let ConnState::Request(req) = &mut conn.state else {
-            return;
-        };
-        let gen = conn.gen;
-        req.parked = true;
-        let wait = self.shared.config.redis.wait_ms;
-        req.deadline_ms = now + wait;
-        self.timers
-            .schedule(now + wait, key, gen, TimerKind::Request);
-        self.parked.insert(key, Parked { gen, what });
-    }
-
-    /// Takes the parked request of `(key, gen)` and lets the connection
-    /// read requests again.
-    fn unpark(&mut self, key: usize, gen: u32) -> Option<Waiting> {
-        if self.parked.get(&key)?.gen != gen {
-            return None;
-        }
-        let parked = self.parked.remove(&key)?;
-        if let Some(ConnState::Request(req)) = self.conns.get_mut(key).map(|c| &mut c.state) {
-            req.parked = false;
-        }
-        Some(parked.what)
-    }
-
-    /// Gives back what a parked request held.
-    fn abandon(&mut self, key: usize, parked: Parked) {
-        if let Waiting::Stream(start) = parked.what {
-            self.shared.sse_limiter.release(start.ip_slot);
-            let waiter = Waiter {
-                reactor: self.id,
-                key,
-                gen: parked.gen,
-            };
-            self.shared.hub.cancel_wait(&start.channels, waiter);
-        }
-    }
-
-    fn stop_waiting(&self, key: usize, gen: u32, waiting: &[(Arc<str>, Option<u64>)]) {
-        if waiting.is_empty() {
-            return;
-        }
-        let channels: Vec<Arc<str>> = waiting.iter().map(|(c, _)| c.clone()).collect();
-        let waiter = Waiter {
-            reactor: self.id,
-            key,
-            gen,
-        };
-        self.shared.hub.cancel_wait(&channels, waiter);
-    }
-
-    /// A parked request ran out of time: 503, then close (later pipelined
-    /// requests cannot be answered in order).
-    fn parked_timeout(&mut self, key: usize, now: u64) {
-        let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
-            return;
-        };
-        if let Some(what) = self.unpark(key, gen) {
-            self.abandon(key, Parked { gen, what });
-        }
-        let message = "Redis did not answer in time; retry shortly";
-        let bytes = Bytes::from(api::redis_unavailable(message, false));
-        self.close_gracefully(key, Some(bytes), false, now);
-    }
-
-    /// Channels that `(key, gen)` waited for have loaded, or cannot load.
-    pub(super) fn retry_parked(&mut self, key: usize, gen: u32) {
-        let now = self.now_ms();
-        let Some(conn) = self.conns.get(key) else {
-            return;
-        };
-        if conn.gen != gen {
-            return;
-        }
-        if matches!(conn.state, ConnState::Ws(_)) {
-            return self.ws_retry(key);
-        }
-        if !matches!(self.parked.get(&key), Some(p) if matches!(p.what, Waiting::Stream(_))) {
-            return;
-        }
-        if let Some(Waiting::Stream(start)) = self.unpark(key, gen) {
-            self.start_stream(key, start, now);
-        }
-    }
-
-    /// Hands a publish to the Redis command thread; the answer comes back
-    /// through the mailbox ([`Worker::published`]).
-    fn publish_via_redis(&mut self, key: usize, gen: u32, p: RedisPublish, now: u64) {
-        let Some(redis) = &self.shared.redis else {
-            return;
-        };
-        let keep_alive = p.keep_alive;
-        let cmd = bridge::Command::Publish(bridge::Publish {
-            channel: p.channel.clone(),
-            data: p.data,
-            publish_id: p.publish_id,
-            reply: Reply {
-                reactor: self.id,
-                key,
-                gen,
-            },
-        });
-        let refused = match redis.submit(cmd) {
-            Ok(()) => None,
-            Err(Refused::Down) => Some("Redis is unreachable; retry shortly"),
-            Err(Refused::Busy) => Some("too many publishes are waiting for Redis; retry shortly"),
-        };
-        if let Some(message) = refused {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            conn.queue
-                .push_control(Bytes::from(api::redis_unavailable(message, keep_alive)));
-            self.mark_dirty(key, gen);
-            if !keep_alive {
-                self.close_gracefully(key, None, false, now);
-            }
-            return;
-        }
-        let waiting = Waiting::Publish {
-            channel: p.channel,
-            keep_alive,
-        };
-        self.park(key, waiting, now);
-    }
-
-    /// The Redis bridge answered the publish of `(key, gen)`.
-    pub(super) fn published(&mut self, key: usize, gen: u32, outcome: Published) {
-        let now = self.now_ms();
-        let waits_for_it = |p: &Parked| p.gen == gen && matches!(p.what, Waiting::Publish { .. });
-        if !self.parked.get(&key).is_some_and(waits_for_it) {
-            return;
-        }
-        let Some(Waiting::Publish {
-            channel,
-            keep_alive,
-        }) = self.unpark(key, gen)
-        else {
-            return;
-        };
-        let bytes = match outcome {
-            Published::Done { id, duplicate } => {
-                api::published(&id, &channel, duplicate, keep_alive)
-            }
-            Published::Failed(message) => api::redis_unavailable(&message, keep_alive),
-        };
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.queue.push_control(Bytes::from(bytes));
-        self.mark_dirty(key, gen);
-        if !keep_alive {
-            return self.close_gracefully(key, None, false, now);
-        }
-        if let Some(ConnState::Request(req)) = self.conns.get_mut(key).map(|c| &mut c.state) {
-            req.deadline_ms = now + self.shared.config.limits.header_timeout_ms;
-        }
-        // Requests that arrived meanwhile, and what is left in the socket.
-        self.read_requests(key, now);
     }
 
     /// Puts `key` in the local index of `channel` (the hub side is done by

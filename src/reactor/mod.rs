@@ -17,6 +17,7 @@
 
 mod batch;
 mod dispatch;
+mod parked;
 pub mod timer;
 mod websocket;
 
