@@ -269,12 +269,13 @@ pub struct RedisFigures {
     pub loads: u64,
     pub repeats: u64,
     pub held_dropped: u64,
+    pub data_losses: u64,
 }
 
 /// Appends the Redis metrics.
 #[rustfmt::skip]
 pub fn render_redis(out: &mut String, r: &RedisFigures) {
-    let metrics: [(&str, &str, &str, u64); 15] = [
+    let metrics: [(&str, &str, &str, u64); 16] = [
         ("redix_redis_up", "gauge", "1 when the Redis round trip works (what /readyz checks).", u64::from(r.up)),
         ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection is up and its canary returns.", u64::from(r.pubsub_up)),
         ("redix_redis_command_connected", "gauge", "1 while the command connection is up.", u64::from(r.command_up)),
@@ -290,6 +291,7 @@ pub fn render_redis(out: &mut String, r: &RedisFigures) {
         ("redix_redis_loads_total", "counter", "Channel histories loaded from Redis streams.", r.loads),
         ("redix_redis_repeats_total", "counter", "Pub/sub events this node already had (after a reload).", r.repeats),
         ("redix_redis_held_dropped_total", "counter", "Live events dropped while their channel loaded (too many held).", r.held_dropped),
+        ("redix_redis_data_losses_total", "counter", "Reconnects that found Redis without the newest id this node saw (restarted empty or flushed).", r.data_losses),
     ];
     write_singles(out, &metrics);
 }

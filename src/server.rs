@@ -117,9 +117,15 @@ pub fn run(
         .map(|(m, _)| m.clone() as Arc<dyn Outbox>)
         .collect();
     let wakers: Vec<Arc<Mailbox>> = mailboxes.iter().map(|(m, _)| m.clone()).collect();
-    let first_id = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64);
+    // Embedded ids count from the clock in µs, so they grow across
+    // restarts; in Redis mode Redis hands them out and the hub only tracks
+    // the newest it has seen (none yet).
+    let first_id = match config.redis.enabled() {
+        true => 1,
+        false => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64),
+    };
     let hub = Hub::new(outboxes, first_id, hub_config(&config));
     let (redis, commands) = match config.redis.enabled() {
         true => {

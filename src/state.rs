@@ -168,6 +168,7 @@ impl Shared {
                 loads: get(&hub.syncs),
                 repeats: get(&hub.remote_repeats),
                 held_dropped: get(&hub.held_dropped),
+                data_losses: get(&l.data_losses),
             };
             metrics::render_redis(&mut text, &r);
         }

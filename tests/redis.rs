@@ -173,6 +173,9 @@ fn losing_redis_degrades_both_nodes_and_a_restart_resubscribes_them() {
         assert_eq!(next_data(c), (second.clone(), serde_json::json!(2)));
     }
     assert!(a.metric("redix_redis_reconnects_total") >= 2.0);
+    // Redis came back empty: both nodes noticed.
+    assert_eq!(a.metric("redix_redis_data_losses_total"), 1.0);
+    assert_eq!(b.metric("redix_redis_data_losses_total"), 1.0);
 }
 
 /// Cuts every pub/sub connection, then publishes `n` events on `a` at once
@@ -503,6 +506,7 @@ fn a_node_started_before_redis_refuses_then_serves_once_it_appears() {
     assert_eq!(c.status, 200);
     let id = publish_stream_id(a.addr, "x", "1");
     assert_eq!(next_data(&mut c).0, id);
+    assert_eq!(a.metric("redix_redis_data_losses_total"), 0.0);
     drop(redis);
 }
 

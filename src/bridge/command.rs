@@ -203,6 +203,31 @@ fn text(v: &Value) -> Option<&str> {
     }
 }
 
+/// After a reconnect: does Redis still know the newest id this node has
+/// seen? If not, it restarted empty (or was flushed): the streams are gone,
+/// and a client resuming from an older id on a node that reloads a channel
+/// will not be told what it missed. Say so loudly, and count it.
+fn check_data_kept(con: &mut Connection, shared: &Shared, redis: &Redis) {
+    let seen = shared.hub.last_id();
+    if seen == 0 {
+        return;
+    }
+    let last: Result<Option<String>, RedisError> =
+        redis::cmd("GET").arg(redis.names.last_id()).query(con);
+    let Ok(last) = last else {
+        return;
+    };
+    let known = last.as_deref().and_then(ids::parse).unwrap_or(0);
+    if known < seen {
+        redis.link.data_losses.fetch_add(1, Ordering::Relaxed);
+        log::error!(
+            "Redis no longer knows the newest event id this node saw ({} < {}): it restarted without its data or was flushed; streams published before are gone, and clients resuming from them elsewhere may miss events without a reset (run Redis with persistence)",
+            last.as_deref().unwrap_or("none"),
+            ids::stream_id(seen)
+        );
+    }
+}
+
 /// The wire failed (as opposed to Redis answering with an error).
 fn link_failed(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
@@ -296,6 +321,7 @@ impl CommandThread {
                     return;
                 }
                 redis.link.connections.fetch_add(1, Ordering::Relaxed);
+                check_data_kept(&mut con, &shared, redis);
                 redis.link.command_up.store(true, Ordering::Release);
                 log::info!("Redis command connection up");
                 self.con = Some(con);

@@ -129,6 +129,8 @@ pub struct Link {
     pub subscribed: AtomicU64,
     /// Open connections to Redis (file descriptors).
     pub connections: AtomicU64,
+    /// Reconnects that found Redis without the newest id this node saw.
+    pub data_losses: AtomicU64,
 }
 
 /// Work for the command thread.

@@ -332,6 +332,11 @@ impl Hub {
         }
     }
 
+    /// The newest id this hub has seen (0: none).
+    pub fn last_id(&self) -> u64 {
+        self.lock().next_id.saturating_sub(1)
+    }
+
     pub fn link_is_up(&self) -> bool {
         self.link_up.load(Ordering::Acquire)
     }
