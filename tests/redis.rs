@@ -173,9 +173,17 @@ fn losing_redis_degrades_both_nodes_and_a_restart_resubscribes_them() {
         assert_eq!(next_data(c), (second.clone(), serde_json::json!(2)));
     }
     assert!(a.metric("redix_redis_reconnects_total") >= 2.0);
-    // Redis came back empty: both nodes noticed.
+    // Redis came back empty: both nodes noticed, and a node that never had
+    // the channel answers a resume from before the loss with a reset.
     assert_eq!(a.metric("redix_redis_data_losses_total"), 1.0);
     assert_eq!(b.metric("redix_redis_data_losses_total"), 1.0);
+    let fresh = redis_node(&redis, &[]);
+    // `first` was lost with Redis: a client that had not seen it learns so.
+    let mut resumed = SseClient::connect(fresh.addr, "live&lastEventId=0");
+    assert_eq!(resumed.status, 200, "{}", resumed.head);
+    let ev = resumed.next_message().unwrap();
+    assert_eq!(ev.event.as_deref(), Some("reset"), "{ev:?}");
+    assert_eq!(next_data(&mut resumed).0, second);
 }
 
 /// Cuts every pub/sub connection, then publishes `n` events on `a` at once

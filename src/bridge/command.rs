@@ -136,8 +136,9 @@ pub fn load_once(
 fn load_cmd(names: &Names, channel: &str, max_events: usize, after: Option<u64>) -> redis::Cmd {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(load_script().get_hash())
-        .arg(1)
+        .arg(2)
         .arg(names.stream(channel))
+        .arg(names.lost())
         .arg(max_events)
         .arg(after.map(ids::stream_id).unwrap_or_default());
     cmd
@@ -154,10 +155,16 @@ fn parse_load(
     let Value::Array(parts) = reply else {
         return Err(bad());
     };
-    let [trimmed, Value::Array(entries)] = parts.as_slice() else {
+    let [trimmed, Value::Array(entries), lost] = parts.as_slice() else {
         return Err(bad());
     };
     let mut floor = text(trimmed).and_then(ids::parse).unwrap_or(0);
+    // On a first load, ids up to a data-loss mark count as gone too: a
+    // client resuming from before the loss gets a reset. (A reload keeps
+    // what this node delivered; it was live when Redis went away.)
+    if after.is_none() {
+        floor = floor.max(text(lost).and_then(ids::parse).unwrap_or(0));
+    }
     let mut events = Vec::with_capacity(entries.len());
     for entry in entries {
         let Value::Array(pair) = entry else {
@@ -218,14 +225,49 @@ fn check_data_kept(con: &mut Connection, shared: &Shared, redis: &Redis) {
         return;
     };
     let known = last.as_deref().and_then(ids::parse).unwrap_or(0);
-    if known < seen {
-        redis.link.data_losses.fetch_add(1, Ordering::Relaxed);
-        log::error!(
-            "Redis no longer knows the newest event id this node saw ({} < {}): it restarted without its data or was flushed; streams published before are gone, and clients resuming from them elsewhere may miss events without a reset (run Redis with persistence)",
-            last.as_deref().unwrap_or("none"),
-            ids::stream_id(seen)
-        );
+    if known >= seen {
+        return;
     }
+    redis.link.data_losses.fetch_add(1, Ordering::Relaxed);
+    log::error!(
+        "Redis no longer knows the newest event id this node saw ({} < {}): it restarted without its data or was flushed; streams published before are gone (run Redis with persistence). Resumes from before that get a reset.",
+        last.as_deref().unwrap_or("none"),
+        ids::stream_id(seen)
+    );
+    // Every node's first loads read this mark as a floor: a client
+    // resuming from an older id is told (reset) instead of silently
+    // missing what was lost with Redis.
+    let marked: Result<Value, RedisError> = lost_script()
+        .key(redis.names.lost())
+        .arg(ids::stream_id(seen))
+        .arg(shared.config.history.max_age_ms)
+        .invoke(con);
+    if let Err(e) = marked {
+        log::warn!("marking the loss in Redis: {e}");
+    }
+}
+
+/// Raises the data-loss mark (a stream id) to ARGV[1] if that is newer;
+/// it lasts as long as history does (ARGV[2] ms): later, what was lost
+/// would have expired anyway.
+fn lost_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        Script::new(
+            "local function key(id) \
+               local ms, n = string.match(id, '^(%d+)-(%d+)$') \
+               return tonumber(ms), tonumber(n) \
+             end \
+             local cur = redis.call('GET', KEYS[1]) \
+             if cur then \
+               local cm, cn = key(cur) \
+               local am, an = key(ARGV[1]) \
+               if am < cm or (am == cm and an <= cn) then return 0 end \
+             end \
+             redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+             return 1",
+        )
+    })
 }
 
 /// The wire failed (as opposed to Redis answering with an error).

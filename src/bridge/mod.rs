@@ -100,6 +100,12 @@ impl Names {
         format!("{}p:{publish_id}", self.prefix)
     }
 
+    /// Ids up to this stream id were lost with a Redis that restarted
+    /// empty; raised by every node that notices.
+    pub fn lost(&self) -> String {
+        format!("{}lost", self.prefix)
+    }
+
     /// The node-private canary channel.
     pub fn canary(&self, node: &str) -> String {
         format!("{}canary:{node}", self.prefix)
