@@ -133,10 +133,11 @@ fn a_thousand_streams_that_leave_return_fds_to_baseline() {
     wait_until("no open connections", || {
         server.metric("redix_connections{transport=\"sse\"}") == 0.0
     });
-    let (status, body) = get(server.addr, "/debug/fds");
-    assert_eq!(status, 200);
-    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(report["unaccounted"], 0, "{report}");
+    let report = fds_accounted(&server);
+    assert_eq!(
+        report["owned"]["connections"], 1,
+        "only the report's own: {report}"
+    );
     assert!(
         server.metric("redix_peer_resets_total") + server.metric("redix_connections_closed_total")
             >= 1000.0
