@@ -1,0 +1,219 @@
+//! Unit tests of the hub (embedded mode; Redis mode's are in `remote.rs`).
+
+use super::*;
+use std::sync::Mutex as StdMutex;
+
+#[derive(Default)]
+pub(super) struct Recorder {
+    pub got: StdMutex<Vec<u64>>,
+    pub retried: StdMutex<Vec<(usize, u32)>>,
+    pub resets: StdMutex<Vec<String>>,
+    full: bool,
+}
+
+impl Outbox for Recorder {
+    fn deliver(&self, event: Arc<Event>) -> bool {
+        if self.full {
+            return false;
+        }
+        self.got.lock().unwrap().push(event.id);
+        true
+    }
+
+    fn retry(&self, key: usize, gen: u32) -> bool {
+        self.retried.lock().unwrap().push((key, gen));
+        true
+    }
+
+    fn reset(&self, channel: Arc<str>) -> bool {
+        self.resets.lock().unwrap().push(channel.to_string());
+        true
+    }
+}
+
+const W: Waiter = Waiter {
+    reactor: 0,
+    key: 0,
+    gen: 0,
+};
+
+/// Subscribes in embedded mode, where nothing waits.
+fn sub(hub: &Hub, reactor: usize, channels: &[Arc<str>], cursor: Option<u64>) -> Snapshot {
+    let w = Waiter { reactor, ..W };
+    hub.subscribe(reactor, channels, cursor, w).unwrap()
+}
+
+pub(super) fn config(max_events: usize) -> HubConfig {
+    HubConfig {
+        history: HistoryLimits {
+            max_events,
+            max_age_ms: 1000,
+        },
+        max_channels: 10,
+        dedupe_ttl_ms: 500,
+        dedupe_max: 100,
+        redis: false,
+    }
+}
+
+fn hub(n: usize, max_events: usize) -> (Hub, Vec<Arc<Recorder>>) {
+    let recs: Vec<Arc<Recorder>> = (0..n).map(|_| Arc::new(Recorder::default())).collect();
+    let outs = recs.iter().map(|r| r.clone() as Arc<dyn Outbox>).collect();
+    (Hub::new(outs, 100, config(max_events)), recs)
+}
+
+pub(super) fn chans(names: &[&str]) -> Vec<Arc<str>> {
+    names.iter().map(|n| Arc::from(*n)).collect()
+}
+
+fn ids(evs: &[Arc<Event>]) -> Vec<u64> {
+    evs.iter().map(|e| e.id).collect()
+}
+
+#[test]
+fn events_reach_only_subscribed_reactors_in_id_order() {
+    let (hub, recs) = hub(3, 0);
+    sub(&hub, 0, &chans(&["news"]), None);
+    sub(&hub, 2, &chans(&["news"]), None);
+    let ids: Vec<u64> = (0..5)
+        .map(|_| hub.publish("news", "1", None, 0).id)
+        .collect();
+    assert_eq!(ids, vec![100, 101, 102, 103, 104]);
+    assert_eq!(*recs[0].got.lock().unwrap(), ids);
+    assert!(recs[1].got.lock().unwrap().is_empty());
+    assert_eq!(*recs[2].got.lock().unwrap(), ids);
+}
+
+#[test]
+fn resume_replays_after_the_cursor_over_several_channels_in_id_order() {
+    let (hub, _) = hub(1, 10);
+    for (i, ch) in ["a", "b", "a", "c", "b"].iter().enumerate() {
+        assert_eq!(hub.publish(ch, "1", None, i as u64).id, 100 + i as u64);
+    }
+    let snap = sub(&hub, 0, &chans(&["a", "b"]), Some(100));
+    assert_eq!(ids(&snap.replay), vec![101, 102, 104]);
+    assert!(snap.resets.is_empty());
+    assert_eq!(snap.live_from, vec![102, 104]);
+    let snap = sub(&hub, 0, &chans(&["c"]), None);
+    assert!(snap.replay.is_empty(), "no cursor, no replay");
+}
+
+#[test]
+fn a_cursor_older_than_the_history_gets_a_reset() {
+    let (hub, _) = hub(1, 2);
+    for _ in 0..4 {
+        hub.publish("a", "1", None, 0);
+    }
+    let snap = sub(&hub, 0, &chans(&["a"]), Some(100));
+    assert_eq!(snap.resets, chans(&["a"]));
+    assert_eq!(
+        ids(&snap.replay),
+        vec![102, 103],
+        "what is left still comes"
+    );
+    let snap = sub(&hub, 0, &chans(&["a"]), Some(101));
+    assert!(snap.resets.is_empty());
+    // A channel swept away entirely still answers a reset.
+    hub.detach(0, "a");
+    assert_eq!(hub.sweep(5000), 1);
+    let snap = sub(&hub, 0, &chans(&["a"]), Some(101));
+    assert_eq!(snap.resets, chans(&["a"]));
+}
+
+#[test]
+fn live_delivery_starts_after_the_cursor_even_when_this_hub_is_behind() {
+    let (hub, _) = hub(1, 10);
+    hub.publish("a", "1", None, 0);
+    // A cursor from a node that is ahead (Redis mode): 150 > last id 100.
+    let snap = sub(&hub, 0, &chans(&["a"]), Some(150));
+    assert_eq!(snap.live_from, vec![150]);
+    assert!(snap.replay.is_empty() && snap.resets.is_empty());
+}
+
+#[test]
+fn duplicates_within_the_window_are_not_published_again() {
+    let (hub, recs) = hub(1, 10);
+    sub(&hub, 0, &chans(&["x"]), None);
+    let first = hub.publish("x", "1", Some("k"), 0);
+    let again = hub.publish("x", "1", Some("k"), 499);
+    assert_eq!((again.id, again.duplicate), (first.id, true));
+    let later = hub.publish("x", "1", Some("k"), 500);
+    assert!(!later.duplicate && later.id > first.id);
+    assert_eq!(recs[0].got.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn the_sweep_bounds_channels_without_subscribers() {
+    let (hub, _) = hub(1, 10);
+    for i in 0..50 {
+        hub.publish(&format!("one-shot-{i}"), "1", None, 0);
+    }
+    let f = hub.figures();
+    assert_eq!((f.channels, f.history_events), (10, 10), "channel cap");
+    assert_eq!(hub.stats.untracked.load(Ordering::Relaxed), 40);
+    assert_eq!(hub.sweep(999), 0, "not expired yet");
+    assert_eq!(hub.sweep(1000), 10);
+    let f = hub.figures();
+    assert_eq!((f.channels, f.history_events, f.history_bytes), (0, 0, 0));
+}
+
+#[test]
+fn subscribed_channels_survive_the_sweep() {
+    let (hub, _) = hub(1, 10);
+    sub(&hub, 0, &chans(&["kept"]), None);
+    hub.publish("kept", "1", None, 0);
+    hub.sweep(5000);
+    assert_eq!(hub.figures().channels, 1);
+    hub.detach(0, "kept");
+    assert_eq!(hub.figures().channels, 0, "no history left, no subscriber");
+}
+
+#[test]
+fn full_inbox_is_counted() {
+    let full = Arc::new(Recorder {
+        full: true,
+        ..Recorder::default()
+    });
+    let hub = Hub::new(vec![full as Arc<dyn Outbox>], 1, config(0));
+    sub(&hub, 0, &chans(&["x"]), None);
+    let p = hub.publish("x", "1", None, 0);
+    assert_eq!(p.dropped, 1);
+    assert_eq!(hub.stats.inbox_drops.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn encoding_is_one_sse_event_with_the_envelope() {
+    let ev = Event::new(9, Arc::from("c"), r#"{"k":"v"}"#);
+    let json = r#"{"type":"message","channel":"c","id":"9","data":{"k":"v"}}"#;
+    assert_eq!(&ev.ws[..2], &[0x81, json.len() as u8]);
+    assert_eq!(&ev.ws[2..], json.as_bytes());
+    assert_eq!(
+        std::str::from_utf8(&ev.sse).unwrap(),
+        format!("id: 9\nevent: message\ndata: {json}\n\n")
+    );
+}
+
+#[test]
+fn the_deflated_frame_is_made_once_and_only_when_worth_it() {
+    let big = format!("\"{}\"", "abc".repeat(200));
+    let ev = Event::new(1, Arc::from("c"), &big);
+    let count = AtomicU64::new(0);
+    let a = ev.ws_frame(true, 256, &count);
+    let b = ev.ws_frame(true, 256, &count);
+    assert_eq!(count.load(Ordering::Relaxed), 1);
+    assert_eq!(a, b);
+    assert_eq!(a[0], 0xc1, "FIN + RSV1 + text");
+    assert!(a.len() < ev.ws.len());
+    assert_eq!(ev.ws_frame(false, 256, &count), ev.ws);
+    let small = Event::new(2, Arc::from("c"), "1");
+    assert_eq!(small.ws_frame(true, 256, &count), small.ws);
+    assert_eq!(count.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn channel_names() {
+    assert!(check_channel("trades:AAPL").is_ok());
+    assert!(check_channel("").is_err());
+    assert!(check_channel("a\"b").is_err());
+    assert!(check_channel(&"x".repeat(MAX_CHANNEL_LEN + 1)).is_err());
+}
