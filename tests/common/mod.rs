@@ -913,16 +913,11 @@ pub fn check_churned(
 /// its fd already gone), so this asks again until the books balance.
 pub fn fds_accounted(server: &Server) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
-    let balanced = |last: &mut serde_json::Value| {
+    wait_until("/debug/fds to balance", || {
         let (status, body) = get(server.addr, "/debug/fds");
         assert_eq!(status, 200, "{body}");
-        *last = serde_json::from_str(&body).expect("json");
+        last = serde_json::from_str(&body).expect("json");
         last["unaccounted"] == 0
-    };
-    let start = Instant::now();
-    while !balanced(&mut last) {
-        assert!(start.elapsed() < DEADLINE, "fds never balanced: {last}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    });
     last
 }
