@@ -743,6 +743,14 @@ fn pdeathsig(cmd: &mut Command) {
     }
 }
 
+/// Spawns `cmd` (program `bin`) so that it dies with the bench; `hint` says
+/// how to install it when it cannot start.
+fn spawn_tied(cmd: &mut Command, bin: &Path, hint: &str) -> Res<std::process::Child> {
+    pdeathsig(cmd);
+    cmd.spawn()
+        .map_err(|e| format!("spawn {}: {e}{hint}", bin.display()))
+}
+
 impl Server {
     /// One redix process. `node`: None for embedded mode; Some((i, redis URL)) for node i of
     /// a Redis-mode cluster (its own stderr file, `--redis`, `--redis-node-workers`).
@@ -797,10 +805,7 @@ impl Server {
                 cmd.env(var, "warn");
             }
         }
-        pdeathsig(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let mut child = spawn_tied(&mut cmd, bin, "")?;
         let pid = child.id() as i32;
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = crossbeam_channel::bounded::<SocketAddr>(1);
@@ -946,13 +951,8 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(errf));
-        pdeathsig(&mut cmd);
-        let child = cmd.spawn().map_err(|e| {
-            format!(
-                "spawn {}: {e} (apt-get install -y nginx-light libnginx-mod-nchan)",
-                a.nginx_bin.display()
-            )
-        })?;
+        let hint = " (apt-get install -y nginx-light libnginx-mod-nchan)";
+        let child = spawn_tied(&mut cmd, &a.nginx_bin, hint)?;
         let master = child.id() as i32;
         let mut srv = Server {
             kind: Kind::Nchan,
@@ -1021,13 +1021,8 @@ impl Server {
                 .stdin(Stdio::null())
                 .stdout(Stdio::from(out))
                 .stderr(Stdio::from(err));
-            pdeathsig(&mut cmd);
-            let child = cmd.spawn().map_err(|e| {
-                format!(
-                    "spawn {}: {e} (apt-get install -y redis-server)",
-                    a.redis_server_bin.display()
-                )
-            })?;
+            let hint = " (apt-get install -y redis-server)";
+            let child = spawn_tied(&mut cmd, &a.redis_server_bin, hint)?;
             let pid = child.id() as i32;
             let mut srv = Server {
                 kind: Kind::Redis,
