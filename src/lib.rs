@@ -25,11 +25,16 @@
 pub mod api;
 pub mod auth;
 pub mod bridge;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod diag;
+pub mod event;
+pub mod health;
 pub mod hub;
 pub mod limits;
+pub mod link;
+pub mod mailbox;
 pub mod metrics;
 pub mod proto;
 pub mod reactor;

@@ -24,7 +24,6 @@ pub struct WorkerStats {
     pub conns_closing: AtomicU64,
     pub requests: AtomicU64,
     pub rejected_ip_limit: AtomicU64,
-    pub rejected_conn_limit: AtomicU64,
     pub rejected_bad_request: AtomicU64,
     pub rejected_origin: AtomicU64,
     pub rejected_rate_limit: AtomicU64,
@@ -40,7 +39,10 @@ pub struct WorkerStats {
     pub slow_disconnects: AtomicU64,
     pub peer_resets: AtomicU64,
     pub accept_errors: AtomicU64,
-    pub accept_pauses: AtomicU64,
+    /// Times accepting paused because the connection cap was reached.
+    pub accept_pauses_cap: AtomicU64,
+    /// Times accepting paused because accept(2) ran out of descriptors.
+    pub accept_pauses_fds: AtomicU64,
 }
 
 impl WorkerStats {
@@ -92,7 +94,6 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_connections_accepted_total", "counter", "Connections accepted.", "", |s| &s.accepted),
     ("redix_connections_closed_total", "counter", "Connections closed.", "", |s| &s.closed),
     ("redix_connections_rejected_total", "counter", "Connections, streams or requests refused, by reason.", "reason=\"ip_limit\"", |s| &s.rejected_ip_limit),
-    ("redix_connections_rejected_total", "counter", "", "reason=\"conn_limit\"", |s| &s.rejected_conn_limit),
     ("redix_connections_rejected_total", "counter", "", "reason=\"bad_request\"", |s| &s.rejected_bad_request),
     ("redix_connections_rejected_total", "counter", "", "reason=\"origin\"", |s| &s.rejected_origin),
     ("redix_connections_rejected_total", "counter", "", "reason=\"rate_limit\"", |s| &s.rejected_rate_limit),
@@ -106,7 +107,8 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_ws_protocol_errors_total", "counter", "WebSocket connections closed for a protocol violation.", "", |s| &s.ws_protocol_errors),
     ("redix_ws_command_errors_total", "counter", "WebSocket JSON commands answered with an error.", "", |s| &s.ws_command_errors),
     ("redix_accept_errors_total", "counter", "accept(2) failures other than WouldBlock.", "", |s| &s.accept_errors),
-    ("redix_accept_pauses_total", "counter", "Times accepting paused (fd or connection cap).", "", |s| &s.accept_pauses),
+    ("redix_accept_pauses_total", "counter", "Times accepting paused, by reason (the connection cap resumes below 90%; out of fds backs off).", "reason=\"conn_cap\"", |s| &s.accept_pauses_cap),
+    ("redix_accept_pauses_total", "counter", "", "reason=\"fd_limit\"", |s| &s.accept_pauses_fds),
 ];
 
 /// Renders the exposition text.

@@ -11,13 +11,17 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::bridge::{self, Redis};
+use crate::bridge::{self, Retention};
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
+use crate::health::STUCK_AFTER_MS;
 use crate::hub::history::HistoryLimits;
-use crate::hub::{Hub, HubConfig, Outbox, MAX_REACTORS};
+use crate::hub::{Hub, HubConfig, MAX_REACTORS};
 use crate::limits::{connection_cap, raise_nofile_limit};
-use crate::reactor::{Mailbox, Worker};
-use crate::state::Shared;
+use crate::link::Redis;
+use crate::mailbox::{Mailbox, Outbox};
+use crate::reactor::{Worker, WAKER};
+use crate::state::{Shared, Sizing};
 
 /// Below this many file descriptors redix warns that it cannot hold many clients.
 const LOW_FD_LIMIT: u64 = 4096;
@@ -54,7 +58,7 @@ fn start_watchdog(shared: &Arc<Shared>) -> Result<(), String> {
         return Ok(());
     };
     let shared = shared.clone();
-    let stuck_ms = (interval.as_millis() as u64).max(crate::api::STUCK_AFTER_MS);
+    let stuck_ms = (interval.as_millis() as u64).max(STUCK_AFTER_MS);
     log::info!("systemd watchdog every {interval:?}");
     std::thread::Builder::new()
         .name("redix-watchdog".into())
@@ -109,7 +113,7 @@ pub fn run(
     let mut mailboxes = Vec::with_capacity(workers);
     for _ in 0..workers {
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
-        mailboxes.push(Mailbox::new(&poll).map_err(|e| format!("waker: {e}"))?);
+        mailboxes.push(Mailbox::new(&poll, WAKER).map_err(|e| format!("waker: {e}"))?);
         polls.push(poll);
     }
     let outboxes: Vec<Arc<dyn Outbox>> = mailboxes
@@ -126,15 +130,21 @@ pub fn run(
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64),
     };
-    let hub = Hub::new(outboxes, first_id, hub_config(&config));
+    let hub = Arc::new(Hub::new(outboxes, first_id, hub_config(&config)));
     let (redis, commands) = match config.redis.enabled() {
         true => {
             let (redis, rx) = Redis::new(config.redis.clone());
-            (Some(redis), Some(rx))
+            (Some(Arc::new(redis)), Some(rx))
         }
         false => (None, None),
     };
-    let shared = Shared::new(config, hub, workers, soft, max_conns, redis);
+    let sizing = Sizing {
+        reactors: workers,
+        fd_limit: soft,
+        max_conns,
+    };
+    let clock = Clock::start();
+    let shared = Shared::new(config, hub, clock, sizing, redis);
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
 
@@ -158,15 +168,22 @@ pub fn run(
             .map_err(|e| format!("spawn reactor {id}: {e}"))?;
         threads.push(handle);
     }
-    shared.record_fd_baseline();
-    if let Some(rx) = commands {
-        bridge::start(&shared, wakers.clone(), rx)?;
+    shared.fds.record_baseline();
+    if let (Some(redis), Some(commands)) = (&shared.redis, commands) {
+        bridge::start(bridge::Parts {
+            redis: redis.clone(),
+            commands,
+            hub: shared.hub.clone(),
+            clock,
+            mailboxes: wakers.clone(),
+            retention: Retention::of(&shared.config),
+        })?;
     }
 
     let stop = {
         let (shared, wakers) = (shared.clone(), wakers.clone());
         move || {
-            shared.shutting_down.store(true, Ordering::SeqCst);
+            shared.health.begin_shutdown();
             wakers.iter().for_each(|w| w.wake());
         }
     };
@@ -181,7 +198,7 @@ pub fn run(
                 if sig == SIGHUP {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                     match reload() {
-                        Ok(new) => reloading.reload(&new),
+                        Ok(new) => reloading.access.reload(&new),
                         Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
                     }
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -201,7 +218,7 @@ pub fn run(
 
     log::info!(
         "{workers} reactors, connection cap {max_conns} (RLIMIT_NOFILE {soft}/{hard}), fd baseline {}",
-        shared.internal_fds.load(Ordering::Relaxed)
+        shared.fds.internal_fds.load(Ordering::Relaxed)
     );
     start_watchdog(&shared)?;
     println!("redix listening on {addr}");

@@ -11,13 +11,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::RecvTimeoutError;
 use redis::{Connection, RedisError, Script, Value};
 
-use super::{Backoff, Command, Names, Publish, Published, Redis};
-use crate::hub::{ids, RemoteEvent};
-use crate::reactor::{Mailbox, Msg};
-use crate::state::Shared;
+use super::{Backoff, Parts, Retention};
+use crate::clock::Clock;
+use crate::hub::{ids, Hub, RemoteEvent};
+use crate::link::{Command, Names, Publish, Redis};
+use crate::mailbox::{ConnRef, Mailbox, Msg, PublishReply};
 
 /// Loads waiting for the connection, at most (one per channel at a time).
 const MAX_WAITING_LOADS: usize = 100_000;
@@ -44,9 +45,7 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Connection, RedisError> {
 /// What one publish needs besides the connection.
 pub struct PublishArgs<'a> {
     pub names: &'a Names,
-    pub max_events: usize,
-    pub max_age_ms: u64,
-    pub dedupe_ttl_ms: u64,
+    pub retention: Retention,
 }
 
 /// A publish's stream id and whether its publisher id had been seen.
@@ -56,13 +55,9 @@ type PublishResult = Result<(String, bool), RedisError>;
 const PUBLISH_BATCH: usize = 256;
 
 /// The `EVALSHA` of one publish (the script must be loaded).
-fn publish_cmd(
-    args: &PublishArgs<'_>,
-    channel: &str,
-    data: &str,
-    publish_id: Option<&str>,
-) -> redis::Cmd {
-    let names = args.names;
+fn publish_cmd(args: &PublishArgs<'_>, p: &Publish) -> redis::Cmd {
+    let (names, keep) = (args.names, args.retention);
+    let (channel, publish_id) = (&p.channel, p.publish_id.as_deref());
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(publish_script().get_hash())
         .arg(if publish_id.is_some() { 3 } else { 2 })
@@ -72,10 +67,10 @@ fn publish_cmd(
         cmd.arg(names.seen(pid));
     }
     cmd.arg(names.notify(channel))
-        .arg(data)
-        .arg(args.max_events.max(1))
-        .arg(args.max_age_ms)
-        .arg(args.dedupe_ttl_ms);
+        .arg(&p.data)
+        .arg(keep.max_events.max(1))
+        .arg(keep.max_age_ms)
+        .arg(keep.dedupe_ttl_ms);
     cmd
 }
 
@@ -84,12 +79,10 @@ fn publish_cmd(
 pub fn publish_once(
     con: &mut Connection,
     args: &PublishArgs<'_>,
-    channel: &str,
-    data: &str,
-    publish_id: Option<&str>,
+    p: &Publish,
 ) -> Result<(String, bool), RedisError> {
     publish_script().load(con)?;
-    let (id, seen): (String, i64) = publish_cmd(args, channel, data, publish_id).query(con)?;
+    let (id, seen): (String, i64) = publish_cmd(args, p).query(con)?;
     Ok((id, seen == 1))
 }
 
@@ -98,17 +91,12 @@ pub fn publish_once(
 fn publish_pipelined(
     con: &mut Connection,
     args: &PublishArgs<'_>,
-    batch: &[Publish],
+    batch: &[Pending],
 ) -> Result<Vec<PublishResult>, RedisError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for p in batch {
-        pipe.add_command(publish_cmd(
-            args,
-            &p.channel,
-            &p.data,
-            p.publish_id.as_deref(),
-        ));
+        pipe.add_command(publish_cmd(args, &p.publish));
     }
     let results: Vec<Result<(String, i64), RedisError>> = pipe.query(con)?;
     Ok(results
@@ -214,8 +202,8 @@ fn text(v: &Value) -> Option<&str> {
 /// seen? If not, it restarted empty (or was flushed): the streams are gone,
 /// and a client resuming from an older id on a node that reloads a channel
 /// will not be told what it missed. Say so loudly, and count it.
-fn check_data_kept(con: &mut Connection, shared: &Shared, redis: &Redis) {
-    let seen = shared.hub.last_id();
+fn check_data_kept(con: &mut Connection, hub: &Hub, redis: &Redis, keep: Retention) {
+    let seen = hub.last_id();
     if seen == 0 {
         return;
     }
@@ -240,7 +228,7 @@ fn check_data_kept(con: &mut Connection, shared: &Shared, redis: &Redis) {
     let marked: Result<Value, RedisError> = lost_script()
         .key(redis.names.lost())
         .arg(ids::stream_id(seen))
-        .arg(shared.config.history.max_age_ms)
+        .arg(keep.max_age_ms)
         .invoke(con);
     if let Err(e) = marked {
         log::warn!("marking the loss in Redis: {e}");
@@ -275,8 +263,17 @@ fn link_failed(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
+/// A publish waiting for its answer, and who waits for it.
+struct Pending {
+    publish: Publish,
+    reply: ConnRef,
+}
+
 struct CommandThread {
-    shared: Arc<Shared>,
+    redis: Arc<Redis>,
+    hub: Arc<Hub>,
+    clock: Clock,
+    retention: Retention,
     mailboxes: Vec<Arc<Mailbox>>,
     con: Option<Connection>,
     backoff: Backoff,
@@ -287,13 +284,22 @@ struct CommandThread {
     waiting_loads: VecDeque<(Arc<str>, u64, Option<u64>)>,
 }
 
-pub fn run(shared: Arc<Shared>, mailboxes: Vec<Arc<Mailbox>>, rx: Receiver<Command>) {
-    let Some(redis) = shared.redis.as_ref() else {
-        return;
-    };
+/// Runs the command thread until every sender of the queue is gone.
+pub fn run(parts: Parts) {
+    let Parts {
+        redis,
+        commands: rx,
+        hub,
+        clock,
+        mailboxes,
+        retention,
+    } = parts;
     let backoff = Backoff::new(redis.config.backoff_min_ms, redis.config.backoff_max_ms);
     let mut t = CommandThread {
-        shared: shared.clone(),
+        redis,
+        hub,
+        clock,
+        retention,
         mailboxes,
         con: None,
         backoff,
@@ -322,7 +328,9 @@ pub fn run(shared: Arc<Shared>, mailboxes: Vec<Arc<Mailbox>>, rx: Receiver<Comma
                 let more = std::iter::once(cmd).chain(rx.try_iter().take(PUBLISH_BATCH - 1));
                 for cmd in more {
                     match cmd {
-                        Command::Publish(p) => publishes.push(p),
+                        Command::Publish { publish, reply } => {
+                            publishes.push(Pending { publish, reply })
+                        }
                         load => t.handle(load),
                     }
                 }
@@ -334,20 +342,12 @@ pub fn run(shared: Arc<Shared>, mailboxes: Vec<Arc<Mailbox>>, rx: Receiver<Comma
     }
 }
 
-fn redis_of(shared: &Shared) -> &Redis {
-    match &shared.redis {
-        Some(r) => r,
-        None => unreachable!("the command thread runs only in Redis mode"),
-    }
-}
-
 impl CommandThread {
     fn ensure_connected(&mut self) {
         if self.con.is_some() || Instant::now() < self.reconnect_at {
             return;
         }
-        let shared = self.shared.clone();
-        let redis = redis_of(&shared);
+        let redis = self.redis.clone();
         let timeout = Duration::from_millis(redis.config.timeout_ms);
         match connect(&redis.config.url, timeout) {
             Ok(mut con) => {
@@ -363,7 +363,7 @@ impl CommandThread {
                     return;
                 }
                 redis.link.connections.fetch_add(1, Ordering::Relaxed);
-                check_data_kept(&mut con, &shared, redis);
+                check_data_kept(&mut con, &self.hub, &redis, self.retention);
                 redis.link.command_up.store(true, Ordering::Release);
                 log::info!("Redis command connection up");
                 self.con = Some(con);
@@ -383,8 +383,7 @@ impl CommandThread {
 
     /// Drops the connection after a wire failure.
     fn lost(&mut self, what: &str, e: &RedisError) {
-        let shared = self.shared.clone();
-        let redis = redis_of(&shared);
+        let redis = &self.redis;
         if self.con.take().is_some() {
             redis.link.connections.fetch_sub(1, Ordering::Relaxed);
             redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -397,7 +396,7 @@ impl CommandThread {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Publish(p) => self.publish(vec![p]),
+            Command::Publish { publish, reply } => self.publish(vec![Pending { publish, reply }]),
             Command::Load {
                 channel,
                 token,
@@ -413,23 +412,20 @@ impl CommandThread {
         }
     }
 
-    fn publish(&mut self, batch: Vec<Publish>) {
+    fn publish(&mut self, batch: Vec<Pending>) {
         if batch.is_empty() {
             return;
         }
-        let shared = self.shared.clone();
-        let redis = redis_of(&shared);
+        let redis = self.redis.clone();
         let Some(con) = self.con.as_mut() else {
             for p in &batch {
-                self.answer(p, Published::Failed("Redis is unreachable".into()));
+                self.answer(p, PublishReply::Failed("Redis is unreachable".into()));
             }
             return;
         };
         let args = PublishArgs {
             names: &redis.names,
-            max_events: shared.config.history.max_events,
-            max_age_ms: shared.config.history.max_age_ms,
-            dedupe_ttl_ms: shared.config.publish.dedupe_ttl_ms,
+            retention: self.retention,
         };
         let results = match publish_pipelined(con, &args, &batch) {
             Ok(results) => results,
@@ -439,7 +435,7 @@ impl CommandThread {
                     .publish_errors
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for p in &batch {
-                    self.answer(p, Published::Failed(format!("Redis: {e}")));
+                    self.answer(p, PublishReply::Failed(format!("Redis: {e}")));
                 }
                 if link_failed(&e) {
                     self.lost("a publish", &e);
@@ -453,9 +449,7 @@ impl CommandThread {
             // The script cache was flushed: load it again and retry once.
             let result = match result {
                 Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
-                    Some(con) => {
-                        publish_once(con, &args, &p.channel, &p.data, p.publish_id.as_deref())
-                    }
+                    Some(con) => publish_once(con, &args, &p.publish),
                     None => Err(e),
                 },
                 other => other,
@@ -464,43 +458,39 @@ impl CommandThread {
                 Ok((id, duplicate)) => {
                     redis.link.publishes.fetch_add(1, Ordering::Relaxed);
                     if duplicate {
-                        shared.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                        self.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
                     }
-                    Published::Done { id, duplicate }
+                    PublishReply::Done { id, duplicate }
                 }
                 Err(e) => {
                     redis.link.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("publish to {} failed: {e}", p.channel);
-                    Published::Failed(format!("Redis: {e}"))
+                    log::warn!("publish to {} failed: {e}", p.publish.channel);
+                    PublishReply::Failed(format!("Redis: {e}"))
                 }
             };
             self.answer(p, outcome);
         }
     }
 
-    fn answer(&self, p: &Publish, outcome: Published) {
+    fn answer(&self, p: &Pending, reply: PublishReply) {
         let Some(mailbox) = self.mailboxes.get(p.reply.reactor) else {
             return;
         };
-        let msg = Msg::Published {
-            key: p.reply.key,
-            gen: p.reply.gen,
-            outcome,
+        let msg = Msg::PublishReply {
+            conn: p.reply,
+            reply,
         };
         if !mailbox.send(msg) {
             // The reactor's inbox is full: its request times out with 503.
-            if let Some(redis) = &self.shared.redis {
-                redis.link.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            self.redis.link.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Runs the waiting loads, up to [`PUBLISH_BATCH`] per pipeline (after
     /// a reconnect every channel reloads at once).
     fn run_waiting_loads(&mut self) {
-        let shared = self.shared.clone();
-        let redis = redis_of(&shared);
-        let max = shared.config.history.max_events;
+        let redis = self.redis.clone();
+        let max = self.retention.max_events;
         while !self.waiting_loads.is_empty() {
             let Some(con) = self.con.as_mut() else {
                 return;
@@ -534,11 +524,11 @@ impl CommandThread {
                     Err(e) => Err(e),
                     Ok(v) => parse_load(&channel, v, max, after),
                 };
-                let now = shared.now_ms();
+                let now = self.clock.now_ms();
                 match loaded {
                     Ok((events, floor)) => {
                         let n = events.len();
-                        if shared.hub.finish_sync(&channel, token, events, floor, now) {
+                        if self.hub.finish_sync(&channel, token, events, floor, now) {
                             log::debug!("loaded {channel}: {n} events from its stream");
                         }
                     }
@@ -547,7 +537,7 @@ impl CommandThread {
                         // else): the channel starts with no history rather
                         // than never.
                         log::warn!("loading {channel} from Redis: {e}; starting it empty");
-                        shared.hub.finish_sync(&channel, token, Vec::new(), 0, now);
+                        self.hub.finish_sync(&channel, token, Vec::new(), 0, now);
                     }
                 }
             }
@@ -557,11 +547,10 @@ impl CommandThread {
     /// Publishes the time on this node's canary channel; the pub/sub
     /// thread reads it back.
     fn canary(&mut self) {
-        let shared = self.shared.clone();
-        let redis = redis_of(&shared);
+        let redis = &self.redis;
         let interval = Duration::from_millis(redis.config.canary_ms);
         let channel = redis.names.canary(&redis.node);
-        let sent = self.shared.now_ms().to_string();
+        let sent = self.clock.now_ms().to_string();
         self.next_canary = Instant::now() + interval;
         let Some(con) = self.con.as_mut() else {
             return;
@@ -600,12 +589,15 @@ pub fn publish_cli(
     let names = Names::new(&config.redis.prefix);
     let args = PublishArgs {
         names: &names,
-        max_events: config.history.max_events,
-        max_age_ms: config.history.max_age_ms,
-        dedupe_ttl_ms: config.publish.dedupe_ttl_ms,
+        retention: Retention::of(config),
     };
-    let (id, duplicate) = publish_once(&mut con, &args, channel, &data, publish_id)
-        .map_err(|e| (1, e.to_string()))?;
+    let publish = Publish {
+        channel: channel.to_string(),
+        data: data.into_owned(),
+        publish_id: publish_id.map(str::to_string),
+    };
+    let (id, duplicate) =
+        publish_once(&mut con, &args, &publish).map_err(|e| (1, e.to_string()))?;
     let answer = serde_json::json!({"id": id, "channel": channel, "duplicate": duplicate});
     Ok(answer.to_string())
 }

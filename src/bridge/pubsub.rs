@@ -30,10 +30,11 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Backoff, Command, Endpoint, Redis};
-use crate::hub::{ids, RemoteEvent};
+use super::{Backoff, Endpoint};
+use crate::clock::Clock;
+use crate::hub::{ids, Hub, RemoteEvent};
+use crate::link::{Command, Redis};
 use crate::proto::resp::{self, Value};
-use crate::state::Shared;
 
 /// How long the loop waits for bytes, so channel changes go out promptly.
 const READ_TIMEOUT: Duration = Duration::from_millis(20);
@@ -46,42 +47,52 @@ pub const MAX_BACKLOG: usize = 64 << 20;
 /// Channels per SUBSCRIBE command.
 const SUBSCRIBE_BATCH: usize = 512;
 
-pub fn run(shared: Arc<Shared>, endpoint: Endpoint) {
-    let Some(redis) = shared.redis.as_ref() else {
-        return;
-    };
-    let mut backoff = Backoff::new(redis.config.backoff_min_ms, redis.config.backoff_max_ms);
-    let mut quiet = super::Quiet::default();
-    loop {
-        let why = match Session::open(&shared, redis, &endpoint) {
-            Ok(mut session) => {
-                redis.link.connections.fetch_add(1, Ordering::Relaxed);
-                let why = session.serve();
-                redis.link.connections.fetch_sub(1, Ordering::Relaxed);
-                // Only a link that worked starts the backoff over.
-                if session.worked {
-                    backoff.reset();
-                    quiet.reset();
+/// The pub/sub thread's inputs.
+pub struct PubSub {
+    pub redis: Arc<Redis>,
+    pub hub: Arc<Hub>,
+    pub clock: Clock,
+    pub endpoint: Endpoint,
+}
+
+impl PubSub {
+    /// Runs sessions for ever, reconnecting with backoff.
+    pub fn run(self) {
+        let redis = &*self.redis;
+        let mut backoff = Backoff::new(redis.config.backoff_min_ms, redis.config.backoff_max_ms);
+        let mut quiet = super::Quiet::default();
+        loop {
+            let why = match Session::open(&self) {
+                Ok(mut session) => {
+                    redis.link.connections.fetch_add(1, Ordering::Relaxed);
+                    let why = session.serve();
+                    redis.link.connections.fetch_sub(1, Ordering::Relaxed);
+                    // Only a link that worked starts the backoff over.
+                    if session.worked {
+                        backoff.reset();
+                        quiet.reset();
+                    }
+                    why
                 }
-                why
-            }
-            Err(e) => e,
-        };
-        redis.link.pubsub_up.store(false, Ordering::Release);
-        redis.link.subscribed.store(0, Ordering::Relaxed);
-        shared.hub.set_link(false);
-        let wait = backoff.next_wait();
-        quiet.warn(format_args!(
-            "Redis pub/sub: {why}; reconnecting in {wait:?}"
-        ));
-        redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(wait);
+                Err(e) => e,
+            };
+            redis.link.pubsub_up.store(false, Ordering::Release);
+            redis.link.subscribed.store(0, Ordering::Relaxed);
+            self.hub.set_link(false);
+            let wait = backoff.next_wait();
+            quiet.warn(format_args!(
+                "Redis pub/sub: {why}; reconnecting in {wait:?}"
+            ));
+            redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(wait);
+        }
     }
 }
 
 struct Session<'a> {
-    shared: &'a Shared,
     redis: &'a Redis,
+    hub: &'a Hub,
+    clock: Clock,
     /// Shared with the reader thread (`Read` and `Write` work on
     /// `&TcpStream`): one socket, one descriptor.
     stream: Arc<TcpStream>,
@@ -103,7 +114,8 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn open(shared: &'a Shared, redis: &'a Redis, ep: &Endpoint) -> Result<Session<'a>, String> {
+    fn open(ps: &'a PubSub) -> Result<Session<'a>, String> {
+        let (redis, ep) = (&*ps.redis, &ps.endpoint);
         let timeout = Duration::from_millis(redis.config.timeout_ms);
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&(ep.host.as_str(), ep.port))
             .map_err(|e| format!("resolve {}: {e}", ep.host))?
@@ -126,8 +138,9 @@ impl<'a> Session<'a> {
             .spawn(move || read_loop(read_half, tx, counter))
             .map_err(|e| format!("spawn the pub/sub reader: {e}"))?;
         let mut session = Session {
-            shared,
             redis,
+            hub: &ps.hub,
+            clock: ps.clock,
             stream,
             chunks,
             queued,
@@ -136,7 +149,7 @@ impl<'a> Session<'a> {
             subscribed: HashSet::new(),
             canary: redis.names.canary(&redis.node),
             unsent: Vec::new(),
-            canary_seen_ms: shared.now_ms(),
+            canary_seen_ms: ps.clock.now_ms(),
             worked: false,
         };
         if let Some(pass) = &ep.password {
@@ -150,8 +163,8 @@ impl<'a> Session<'a> {
         let canary = session.canary.clone();
         session.send(&resp::command(&[b"SUBSCRIBE", canary.as_bytes()]))?;
         // Everything wanted now; later changes come from `take_changes`.
-        shared.hub.take_changes();
-        let wanted = shared.hub.wanted_channels();
+        ps.hub.take_changes();
+        let wanted = ps.hub.wanted_channels();
         session.subscribe(&wanted)?;
         log::info!(
             "Redis pub/sub connection up; subscribing {} channels",
@@ -211,7 +224,7 @@ impl<'a> Session<'a> {
     }
 
     fn apply_changes(&mut self) -> Result<(), String> {
-        let changes = self.shared.hub.take_changes();
+        let changes = self.hub.take_changes();
         if changes.is_empty() {
             return Ok(());
         }
@@ -241,7 +254,7 @@ impl<'a> Session<'a> {
     }
 
     fn start_load(&mut self, channel: Arc<str>) {
-        if let Some((token, after)) = self.shared.hub.begin_sync(&channel) {
+        if let Some((token, after)) = self.hub.begin_sync(&channel) {
             // A newer load of the channel replaces one not sent yet.
             self.unsent.retain(|(c, _, _)| *c != channel);
             self.unsent.push((channel, token, after));
@@ -314,7 +327,7 @@ impl<'a> Session<'a> {
     }
 
     fn on_message(&mut self, name: &str, payload: &[u8]) {
-        let now = self.shared.now_ms();
+        let now = self.clock.now_ms();
         let link = &self.redis.link;
         if name == self.canary {
             let sent = std::str::from_utf8(payload)
@@ -328,7 +341,7 @@ impl<'a> Session<'a> {
                 if rtt <= self.redis.config.ready_within_ms {
                     link.canary_ok_ms.store(now.max(1), Ordering::Release);
                     if !link.pubsub_up.swap(true, Ordering::AcqRel) {
-                        self.shared.hub.set_link(true);
+                        self.hub.set_link(true);
                         log::info!("Redis round trip works (canary {rtt} ms)");
                     }
                 }
@@ -344,9 +357,11 @@ impl<'a> Session<'a> {
             return;
         };
         let sent_ms = ev.id >> ids::SEQ_BITS;
-        link.lag_ms
-            .store(super::wall_ms().saturating_sub(sent_ms), Ordering::Relaxed);
-        self.shared.hub.receive(channel, ev, now);
+        link.lag_ms.store(
+            crate::link::wall_ms().saturating_sub(sent_ms),
+            Ordering::Relaxed,
+        );
+        self.hub.receive(channel, ev, now);
     }
 
     /// Bytes waiting in the socket plus bytes read but not handled.
@@ -366,7 +381,7 @@ impl<'a> Session<'a> {
     /// this connection is stuck (say, Redis is paused): start over.
     fn check_canary(&mut self) -> Result<(), String> {
         let cfg = &self.redis.config;
-        let silent = self.shared.now_ms().saturating_sub(self.canary_seen_ms);
+        let silent = self.clock.now_ms().saturating_sub(self.canary_seen_ms);
         let limit = 2 * cfg.ready_within_ms;
         let command_up = self.redis.link.command_up.load(Ordering::Acquire);
         if silent > limit && command_up {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use mio::net::TcpStream;
 
-use crate::hub::Event;
+use crate::event::Event;
 use crate::limits::IpKey;
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
@@ -202,7 +202,32 @@ pub enum Enqueued {
     TooSlow,
 }
 
+/// What a connection is doing, for the gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Request,
+    Sse,
+    Ws,
+    Closing,
+}
+
 impl ConnState {
+    pub fn phase(&self) -> Phase {
+        match self {
+            ConnState::Request(_) => Phase::Request,
+            ConnState::Sse(_) => Phase::Sse,
+            ConnState::Ws(_) => Phase::Ws,
+            ConnState::Closing { .. } => Phase::Closing,
+        }
+    }
+
+    /// Counts a queued event into a gzip stream's trailer.
+    pub fn sent(&mut self, ev: &Event) {
+        if let ConnState::Sse(sse) = self {
+            sse.sent(ev);
+        }
+    }
+
     /// The channels of a subscriber connection.
     pub fn subs(&self) -> &[Sub] {
         match self {

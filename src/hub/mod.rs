@@ -16,11 +16,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
-
-use crate::proto::{deflate, gzip, ws};
+use crate::event::Event;
+use crate::mailbox::{ConnRef, Outbox};
 use dedupe::Dedupe;
 use history::{Delta, History, HistoryLimits};
 
@@ -30,100 +29,10 @@ pub mod ids;
 mod remote;
 
 use remote::SyncState;
-pub use remote::{compact_json, NotReady, Received, RemoteEvent, Waiter};
+pub use remote::{compact_json, NotReady, Received, RemoteEvent};
 
 /// Longest channel name.
 pub const MAX_CHANNEL_LEN: usize = 128;
-
-/// One published event, encoded for every wire format it is sent in.
-#[derive(Debug)]
-pub struct Event {
-    pub id: u64,
-    pub channel: Arc<str>,
-    /// The complete SSE event (`id:`, `event:`, `data:`).
-    pub sse: Bytes,
-    /// The WebSocket text frame of the same JSON.
-    pub ws: Bytes,
-    /// Where the JSON starts in `ws` (after the frame header).
-    ws_header_len: usize,
-    /// The permessage-deflate frame, made by the first subscriber that
-    /// needs it and shared by all the others.
-    ws_deflated: OnceLock<Bytes>,
-    /// The SSE event as a flushed gzip chunk, made on first need.
-    sse_gzip: OnceLock<Bytes>,
-}
-
-impl Event {
-    /// Encodes the event once for every wire format; clients see `id` as
-    /// a plain number.
-    pub fn new(id: u64, channel: Arc<str>, data_json: &str) -> Event {
-        Event::with_id_text(id, &id.to_string(), channel, data_json)
-    }
-
-    /// Encodes the event once for every wire format; clients see `id` as
-    /// `id_text` (a Redis stream id in Redis mode).
-    pub fn with_id_text(id: u64, id_text: &str, channel: Arc<str>, data_json: &str) -> Event {
-        let json = message_json(id_text, &channel, data_json);
-        let (header, header_len) =
-            ws::frame_header(ws::OpCode::Text, true, false, json.len() as u64);
-        let mut frame = Vec::with_capacity(header_len + json.len());
-        frame.extend_from_slice(&header[..header_len]);
-        frame.extend_from_slice(json.as_bytes());
-        Event {
-            id,
-            sse: Bytes::from(crate::proto::sse::event(id_text, "message", &json)),
-            ws: Bytes::from(frame),
-            ws_header_len: header_len,
-            ws_deflated: OnceLock::new(),
-            sse_gzip: OnceLock::new(),
-            channel,
-        }
-    }
-
-    /// The message JSON (the WebSocket frame's payload).
-    pub fn json(&self) -> &[u8] {
-        &self.ws[self.ws_header_len..]
-    }
-
-    /// The SSE event as a gzip chunk, compressed at most once per event.
-    pub fn sse_gzip(&self, compressions: &AtomicU64) -> Bytes {
-        self.sse_gzip
-            .get_or_init(|| {
-                compressions.fetch_add(1, Ordering::Relaxed);
-                Bytes::from(gzip::chunk(&self.sse))
-            })
-            .clone()
-    }
-
-    /// The WebSocket frame for a client: compressed when it agreed to
-    /// permessage-deflate and the JSON is at least `min_bytes` long.
-    /// Compression happens at most once per event; `compressions` counts it.
-    pub fn ws_frame(&self, deflate: bool, min_bytes: usize, compressions: &AtomicU64) -> Bytes {
-        let json = &self.ws[self.ws_header_len..];
-        if !deflate || json.len() < min_bytes {
-            return self.ws.clone();
-        }
-        self.ws_deflated
-            .get_or_init(|| {
-                compressions.fetch_add(1, Ordering::Relaxed);
-                let packed = deflate::compress(json);
-                Bytes::from(ws::encode_frame(ws::OpCode::Text, &packed, true))
-            })
-            .clone()
-    }
-}
-
-/// Where the hub hands events for one reactor thread. Must not block.
-pub trait Outbox: Send + Sync {
-    /// Queues the event for the reactor; false when its inbox is full.
-    fn deliver(&self, event: Arc<Event>) -> bool;
-    /// Tells the reactor that connection `(key, gen)` waited for channels
-    /// that are now ready (or will not be): it should try again.
-    fn retry(&self, key: usize, gen: u32) -> bool;
-    /// Events of `channel` were lost before this node could deliver them
-    /// (Redis mode): its subscribers get a reset, in order with events.
-    fn reset(&self, channel: Arc<str>) -> bool;
-}
 
 /// Why a channel name was refused.
 pub fn check_channel(name: &str) -> Result<(), String> {
@@ -141,7 +50,7 @@ pub fn check_channel(name: &str) -> Result<(), String> {
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
+pub struct Publication {
     pub id: u64,
     /// Reactor threads the event was handed to.
     pub reactors: usize,
@@ -339,26 +248,26 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reactor `reactor` has (more) local subscribers of `channels`: from
-    /// now on it gets their events. With a cursor, the snapshot holds what
+    /// The reactor of `conn` has (more) local subscribers of `channels`:
+    /// from now on it gets their events. With a cursor, the snapshot holds what
     /// came after it. Attaching and reading history happen under one lock,
     /// so between replay and live delivery nothing is lost or doubled.
     ///
     /// In Redis mode a channel first loads its history from Redis: until
-    /// then nothing attaches, `waiter` is told through its reactor's
+    /// then nothing attaches, `conn` is told through its reactor's
     /// [`Outbox::retry`] when to try again, and the answer is
     /// [`NotReady::Loading`].
     pub fn subscribe(
         &self,
-        reactor: usize,
+        conn: ConnRef,
         channels: &[Arc<str>],
         cursor: Option<u64>,
-        waiter: Waiter,
     ) -> Result<Snapshot, NotReady> {
         let mut inner = self.lock();
         if self.config.redis {
-            self.wait_for_sync(&mut inner, channels, waiter)?;
+            self.wait_for_sync(&mut inner, channels, conn)?;
         }
+        let reactor = conn.reactor;
         let mut snap = Snapshot::default();
         let (forgotten_to, last_id) = (inner.forgotten_to, inner.next_id - 1);
         for name in channels {
@@ -435,12 +344,12 @@ impl Hub {
         data_json: &str,
         publish_id: Option<&str>,
         now_ms: u64,
-    ) -> Published {
+    ) -> Publication {
         let mut inner = self.lock();
         if let Some(key) = publish_id {
             if let Some(id) = inner.dedupe.get(key, now_ms) {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                return Published {
+                return Publication {
                     id,
                     reactors: 0,
                     dropped: 0,
@@ -454,7 +363,7 @@ impl Hub {
             inner.dedupe.insert(key, id, now_ms);
         }
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        let mut done = Published {
+        let mut done = Publication {
             id,
             reactors: 0,
             dropped: 0,
@@ -548,13 +457,6 @@ impl Hub {
         inner.dedupe.expire(now_ms);
         removed
     }
-}
-
-/// The JSON every transport carries for a message:
-/// `{"type":"message","channel":…,"id":"…","data":…}`.
-pub fn message_json(id: &str, channel: &str, data_json: &str) -> String {
-    // Channel names are checked to need no escaping.
-    format!(r#"{{"type":"message","channel":"{channel}","id":"{id}","data":{data_json}}}"#)
 }
 
 #[cfg(test)]

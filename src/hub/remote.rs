@@ -25,20 +25,13 @@ use std::sync::Arc;
 
 use super::history::Delta;
 use super::{Channel, Event, Hub, Inner};
+use crate::mailbox::ConnRef;
 
 /// Connections waiting for one channel to load, at most.
 const MAX_WAITERS: usize = 65_536;
 /// Live events held back while one channel loads, at most; more are
 /// dropped (and counted).
 const MAX_HELD: usize = 100_000;
-
-/// A connection waiting for channels to load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Waiter {
-    pub reactor: usize,
-    pub key: usize,
-    pub gen: u32,
-}
 
 /// Why a subscribe cannot attach now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +78,7 @@ pub(super) struct SyncState {
     pub floor: u64,
     /// Live events that arrived while loading.
     pub held: Vec<Arc<Event>>,
-    pub waiters: Vec<Waiter>,
+    pub waiters: Vec<ConnRef>,
 }
 
 /// Event data from Redis as one line of JSON. Publishers other than redix
@@ -109,7 +102,7 @@ impl Hub {
         &self,
         inner: &mut Inner,
         channels: &[Arc<str>],
-        waiter: Waiter,
+        waiter: ConnRef,
     ) -> Result<(), NotReady> {
         let loaded =
             |inner: &Inner, c: &Arc<str>| inner.channels.get(c).is_some_and(Channel::is_synced);
@@ -145,7 +138,7 @@ impl Hub {
     }
 
     /// A connection that waited for `channels` is gone or gave up.
-    pub fn cancel_wait(&self, channels: &[Arc<str>], waiter: Waiter) {
+    pub fn cancel_wait(&self, channels: &[Arc<str>], waiter: ConnRef) {
         let mut inner = self.lock();
         for name in channels {
             let Some(ch) = inner.channels.get_mut(name) else {
@@ -292,7 +285,7 @@ impl Hub {
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         for w in waiters {
             if let Some(outbox) = self.outboxes.get(w.reactor) {
-                outbox.retry(w.key, w.gen);
+                outbox.retry(w);
             }
         }
         true
@@ -327,7 +320,7 @@ impl Hub {
         drop(inner);
         for w in woken {
             if let Some(outbox) = self.outboxes.get(w.reactor) {
-                outbox.retry(w.key, w.gen);
+                outbox.retry(w);
             }
         }
     }
@@ -364,8 +357,9 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::super::tests::{chans, config, Recorder};
-    use super::super::{HubConfig, Outbox};
+    use super::super::HubConfig;
     use super::*;
+    use crate::mailbox::Outbox;
 
     fn redis_hub(n: usize) -> (Hub, Vec<Arc<Recorder>>) {
         let recs: Vec<Arc<Recorder>> = (0..n).map(|_| Arc::new(Recorder::default())).collect();
@@ -387,7 +381,7 @@ mod tests {
         }
     }
 
-    const W: Waiter = Waiter {
+    const W: ConnRef = ConnRef {
         reactor: 0,
         key: 7,
         gen: 1,
@@ -397,21 +391,21 @@ mod tests {
     fn a_channel_loads_before_anyone_attaches_and_merges_what_came_meanwhile() {
         let (hub, recs) = redis_hub(1);
         let c = chans(&["c"]);
-        assert_eq!(hub.subscribe(0, &c, None, W).err(), Some(NotReady::Loading));
+        assert_eq!(hub.subscribe(W, &c, None).err(), Some(NotReady::Loading));
         assert_eq!(hub.take_changes(), vec![(c[0].clone(), true)]);
         let (token, _) = hub.begin_sync("c").unwrap();
         // Live events while loading are held, not delivered.
         assert_eq!(hub.receive("c", ev(12), 0), Received::Held);
         assert!(hub.finish_sync("c", token, vec![ev(10), ev(11), ev(12)], 5, 0));
         assert_eq!(*recs[0].retried.lock().unwrap(), vec![(7, 1)]);
-        let snap = hub.subscribe(0, &c, Some(10), W).unwrap();
+        let snap = hub.subscribe(W, &c, Some(10)).unwrap();
         assert_eq!(
             snap.replay.iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![11, 12]
         );
         assert_eq!(snap.live_from, vec![12]);
         assert!(snap.resets.is_empty());
-        let snap = hub.subscribe(0, &c, Some(4), W).unwrap();
+        let snap = hub.subscribe(W, &c, Some(4)).unwrap();
         assert_eq!(snap.resets, c, "the stream had dropped ids up to 5");
         assert_eq!(hub.receive("c", ev(12), 0), Received::Repeat);
         assert_eq!(hub.receive("c", ev(13), 0), Received::Delivered);
@@ -422,16 +416,16 @@ mod tests {
     fn a_reload_after_a_lost_link_delivers_the_gap_in_order() {
         let (hub, recs) = redis_hub(1);
         let c = chans(&["c"]);
-        let _ = hub.subscribe(0, &c, None, W);
+        let _ = hub.subscribe(W, &c, None);
         let (t, after) = hub.begin_sync("c").unwrap();
         assert_eq!(after, None, "a first load");
         hub.finish_sync("c", t, vec![ev(1)], 0, 0);
-        hub.subscribe(0, &c, None, W).unwrap();
+        hub.subscribe(W, &c, None).unwrap();
         hub.set_link(false);
         // Still serving: a new subscriber attaches to the loaded channel.
-        assert!(hub.subscribe(0, &c, None, W).is_ok());
+        assert!(hub.subscribe(W, &c, None).is_ok());
         assert_eq!(
-            hub.subscribe(0, &chans(&["new"]), None, W).err(),
+            hub.subscribe(W, &chans(&["new"]), None).err(),
             Some(NotReady::Unavailable)
         );
         hub.set_link(true);
@@ -453,15 +447,15 @@ mod tests {
     fn the_last_subscriber_leaving_removes_the_channel() {
         let (hub, _) = redis_hub(1);
         let c = chans(&["c"]);
-        let _ = hub.subscribe(0, &c, None, W);
+        let _ = hub.subscribe(W, &c, None);
         hub.take_changes();
         hub.cancel_wait(&c, W);
         assert_eq!(hub.take_changes(), vec![(c[0].clone(), false)]);
         assert_eq!(hub.receive("c", ev(3), 0), Received::NotHere);
-        let _ = hub.subscribe(0, &c, None, W);
+        let _ = hub.subscribe(W, &c, None);
         let (t, _) = hub.begin_sync("c").unwrap();
         hub.finish_sync("c", t, vec![], 0, 0);
-        hub.subscribe(0, &c, None, W).unwrap();
+        hub.subscribe(W, &c, None).unwrap();
         hub.take_changes();
         hub.detach(0, "c");
         assert_eq!(hub.take_changes(), vec![(c[0].clone(), false)]);

@@ -1,6 +1,7 @@
 //! Unit tests of the hub (embedded mode; Redis mode's are in `remote.rs`).
 
 use super::*;
+use crate::mailbox::{ConnRef, Outbox};
 use std::sync::Mutex as StdMutex;
 
 #[derive(Default)]
@@ -20,8 +21,8 @@ impl Outbox for Recorder {
         true
     }
 
-    fn retry(&self, key: usize, gen: u32) -> bool {
-        self.retried.lock().unwrap().push((key, gen));
+    fn retry(&self, conn: ConnRef) -> bool {
+        self.retried.lock().unwrap().push((conn.key, conn.gen));
         true
     }
 
@@ -31,7 +32,7 @@ impl Outbox for Recorder {
     }
 }
 
-const W: Waiter = Waiter {
+const W: ConnRef = ConnRef {
     reactor: 0,
     key: 0,
     gen: 0,
@@ -39,8 +40,8 @@ const W: Waiter = Waiter {
 
 /// Subscribes in embedded mode, where nothing waits.
 fn sub(hub: &Hub, reactor: usize, channels: &[Arc<str>], cursor: Option<u64>) -> Snapshot {
-    let w = Waiter { reactor, ..W };
-    hub.subscribe(reactor, channels, cursor, w).unwrap()
+    let w = ConnRef { reactor, ..W };
+    hub.subscribe(w, channels, cursor).unwrap()
 }
 
 pub(super) fn config(max_events: usize) -> HubConfig {
@@ -179,35 +180,6 @@ fn full_inbox_is_counted() {
     let p = hub.publish("x", "1", None, 0);
     assert_eq!(p.dropped, 1);
     assert_eq!(hub.stats.inbox_drops.load(Ordering::Relaxed), 1);
-}
-
-#[test]
-fn encoding_is_one_sse_event_with_the_envelope() {
-    let ev = Event::new(9, Arc::from("c"), r#"{"k":"v"}"#);
-    let json = r#"{"type":"message","channel":"c","id":"9","data":{"k":"v"}}"#;
-    assert_eq!(&ev.ws[..2], &[0x81, json.len() as u8]);
-    assert_eq!(&ev.ws[2..], json.as_bytes());
-    assert_eq!(
-        std::str::from_utf8(&ev.sse).unwrap(),
-        format!("id: 9\nevent: message\ndata: {json}\n\n")
-    );
-}
-
-#[test]
-fn the_deflated_frame_is_made_once_and_only_when_worth_it() {
-    let big = format!("\"{}\"", "abc".repeat(200));
-    let ev = Event::new(1, Arc::from("c"), &big);
-    let count = AtomicU64::new(0);
-    let a = ev.ws_frame(true, 256, &count);
-    let b = ev.ws_frame(true, 256, &count);
-    assert_eq!(count.load(Ordering::Relaxed), 1);
-    assert_eq!(a, b);
-    assert_eq!(a[0], 0xc1, "FIN + RSV1 + text");
-    assert!(a.len() < ev.ws.len());
-    assert_eq!(ev.ws_frame(false, 256, &count), ev.ws);
-    let small = Event::new(2, Arc::from("c"), "1");
-    assert_eq!(small.ws_frame(true, 256, &count), small.ws);
-    assert_eq!(count.load(Ordering::Relaxed), 1);
 }
 
 #[test]

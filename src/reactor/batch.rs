@@ -15,11 +15,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::dispatch::settle;
 use super::timer::TimerKind;
-use super::Worker;
+use super::{Fanout, Worker};
 use crate::conn::ConnState;
-use crate::hub::Event;
+use crate::event::Event;
 use crate::proto::{deflate, ws};
 
 /// One window's events of one channel, encoded once per wire variant.
@@ -104,9 +103,12 @@ impl Worker {
         let cfg = &self.shared.config;
         let (max_warnings, deflate_min) = (cfg.queue.slow_warnings, cfg.ws.deflate_min_bytes);
         let compressions = &self.shared.hub.stats.ws_compressions;
-        let stats = &self.shared.stats[self.id];
+        let mut books = Fanout {
+            dirty: &mut self.dirty,
+            stats: &self.shared.stats[self.id],
+            too_slow: Vec::new(),
+        };
         let mut frames = BatchFrames::new(&events);
-        let mut too_slow = Vec::new();
         for &key in subs {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -121,7 +123,7 @@ impl Worker {
             if conn.state.wants(first_id, channel) {
                 let bytes = frames.frame(deflate, deflate_min, compressions);
                 let outcome = conn.enqueue_event(bytes, last_id, self.limits, max_warnings);
-                settle(outcome, key, conn, &mut self.dirty, stats, &mut too_slow);
+                books.settle(outcome, key, conn);
                 continue;
             }
             // Joined mid-window: only what its replay did not carry.
@@ -131,11 +133,12 @@ impl Worker {
                 }
                 let bytes = ev.ws_frame(deflate, deflate_min, compressions);
                 let outcome = conn.enqueue_event(bytes, ev.id, self.limits, max_warnings);
-                if !settle(outcome, key, conn, &mut self.dirty, stats, &mut too_slow) {
+                if !books.settle(outcome, key, conn) {
                     break;
                 }
             }
         }
+        let too_slow = books.too_slow;
         self.disconnect_all_slow(too_slow, now);
     }
 

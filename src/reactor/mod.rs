@@ -11,141 +11,65 @@
 //! - One turn does bounded work: an accept batch, an inbox budget, the due
 //!   timers, then one flush of every connection that got bytes this turn
 //!   (so a burst goes out in one vectored write).
-//! - Every connection leaves through [`Worker::close`], which deregisters,
-//!   unsubscribes, gives back limits and frees the slot. Anything that names
-//!   a connection from outside the current call carries `(key, gen)`.
+//! - Every connection leaves through `Worker::close` (`close.rs`), which
+//!   deregisters, unsubscribes, gives back limits and frees the slot.
+//!   Anything that names a connection from outside the current call
+//!   carries its generation ([`ConnRef`], or `(key, gen)` inside).
+//!
+//! The files follow what happens to a connection: `accept` (admission),
+//! `request` (read, parse, route, answer), `stream` (subscribe → resets →
+//! replay → index, for SSE and WebSocket alike), `websocket` (frames and
+//! the JSON protocol), `parked` (requests waiting for Redis), `deliver`
+//! (fan-out and flush), `batch`, `timeouts`, `close`. Only this file is
+//! shared among them; they never import each other.
 
+mod accept;
 mod batch;
-mod dispatch;
+mod close;
+mod deliver;
 mod parked;
+mod request;
+mod stream;
+mod timeouts;
 pub mod timer;
 mod websocket;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use mio::event::Event as MioEvent;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::api::ws::reset_frame;
 use crate::api::StreamStart;
-use crate::bridge::Published;
+use crate::conn::io::{discard, IoStatus};
 use crate::conn::queue::QueueLimits;
-use crate::conn::Conn;
-use crate::hub::{Event, Outbox};
+use crate::conn::{Conn, ConnState, Enqueued, Phase};
+use crate::event::Event;
+use crate::mailbox::{ConnRef, Mailbox, Msg};
 use crate::metrics::WorkerStats;
+use crate::proto::sse;
 use crate::state::Shared;
-use timer::{TimerKind, TimerWheel};
+use accept::AcceptState;
+use timer::TimerWheel;
 
 pub const LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX - 2);
 
-/// Connections accepted per turn before other work gets a go.
-const ACCEPT_BATCH: usize = 256;
 /// Inbox messages handled per turn.
 const INBOX_BUDGET: usize = 4096;
-/// Capacity of a reactor's inbox; a full inbox drops (and counts) events.
-pub const INBOX_CAPACITY: usize = 65_536;
 /// Longest poll sleep, so a quiet reactor still notices shutdown promptly.
 const MAX_POLL_MS: u64 = 1_000;
 /// Timer wheel: 10 ms ticks, 4096 buckets (a turn of about 41 s).
 const TIMER_TICK_MS: u64 = 10;
 const TIMER_SLOTS: usize = 4096;
-/// Backoff while accept fails for lack of file descriptors.
-const EMFILE_BACKOFF_MIN_MS: u64 = 10;
-const EMFILE_BACKOFF_MAX_MS: u64 = 1_000;
-/// Re-check interval while the global connection cap holds accepts.
-const CAP_RECHECK_MS: u64 = 50;
-
-/// Messages for a reactor thread.
-pub enum Msg {
-    Event(Arc<Event>),
-    /// Connection `(key, gen)` waited for channels to load: try again.
-    Retry {
-        key: usize,
-        gen: u32,
-    },
-    /// Events of the channel were lost upstream: tell its subscribers.
-    Reset(Arc<str>),
-    /// The Redis bridge's answer to the publish of `(key, gen)`.
-    Published {
-        key: usize,
-        gen: u32,
-        outcome: Published,
-    },
-}
-
-/// The way into one reactor thread from any other thread.
-pub struct Mailbox {
-    tx: Sender<Msg>,
-    waker: Waker,
-    /// A wake-up is on its way; further senders need not make another.
-    pending: AtomicBool,
-}
-
-impl Mailbox {
-    pub fn new(poll: &Poll) -> io::Result<(Arc<Mailbox>, Receiver<Msg>)> {
-        let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let mailbox = Mailbox {
-            tx,
-            waker,
-            pending: AtomicBool::new(false),
-        };
-        Ok((Arc::new(mailbox), rx))
-    }
-
-    /// Wakes the reactor unless a wake-up is already pending.
-    pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
-            if let Err(e) = self.waker.wake() {
-                log::error!("reactor wake-up failed: {e}");
-            }
-        }
-    }
-}
-
-impl Mailbox {
-    /// Queues a message and wakes the reactor; false when the inbox is full.
-    pub fn send(&self, msg: Msg) -> bool {
-        match self.tx.try_send(msg) {
-            Ok(()) => {
-                self.wake();
-                true
-            }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-        }
-    }
-}
-
-impl Outbox for Mailbox {
-    fn deliver(&self, event: Arc<Event>) -> bool {
-        self.send(Msg::Event(event))
-    }
-
-    fn retry(&self, key: usize, gen: u32) -> bool {
-        self.send(Msg::Retry { key, gen })
-    }
-
-    fn reset(&self, channel: Arc<str>) -> bool {
-        self.send(Msg::Reset(channel))
-    }
-}
-
-/// Accepting: ready (the listener may have more), or paused until a time.
-#[derive(Debug, Default)]
-struct AcceptState {
-    ready: bool,
-    paused_until: Option<u64>,
-    /// Paused because the global connection cap was reached (else: EMFILE).
-    at_cap: bool,
-    backoff_ms: u64,
-}
 
 pub struct Worker {
     id: usize,
@@ -226,11 +150,7 @@ impl Worker {
             timers: TimerWheel::new(TIMER_SLOTS, TIMER_TICK_MS),
             fired: Vec::new(),
             epoch: Instant::now(),
-            accept: AcceptState {
-                ready: true,
-                backoff_ms: EMFILE_BACKOFF_MIN_MS,
-                ..AcceptState::default()
-            },
+            accept: AcceptState::new(),
             inbox_ready: true,
             drain_deadline: None,
             ws_batches: HashMap::new(),
@@ -280,7 +200,7 @@ impl Worker {
                 match ev.token() {
                     LISTENER => self.accept.ready = true,
                     WAKER => {
-                        self.mailbox.pending.store(false, Ordering::Release);
+                        self.mailbox.woken();
                         self.inbox_ready = true;
                     }
                     Token(key) => self.on_socket_event(key, ev),
@@ -298,7 +218,7 @@ impl Worker {
             self.sweep_hub(now);
             self.flush_due_batches(now);
             self.flush_dirty(now);
-            self.shared.last_turn_ms[self.id].store(self.shared.now_ms(), Ordering::Relaxed);
+            self.shared.health.turned(self.id, self.shared.now_ms());
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     break;
@@ -351,9 +271,11 @@ impl Worker {
         for _ in 0..INBOX_BUDGET {
             match self.inbox.try_recv() {
                 Ok(Msg::Event(ev)) => self.deliver(&ev),
-                Ok(Msg::Retry { key, gen }) => self.retry_parked(key, gen),
+                Ok(Msg::Retry(conn)) => self.retry_parked(conn.key, conn.gen),
                 Ok(Msg::Reset(channel)) => self.deliver_reset(&channel),
-                Ok(Msg::Published { key, gen, outcome }) => self.published(key, gen, outcome),
+                Ok(Msg::PublishReply { conn, reply }) => {
+                    self.publish_answered(conn.key, conn.gen, reply)
+                }
                 Err(_) => {
                     self.inbox_ready = false;
                     return;
@@ -362,129 +284,142 @@ impl Worker {
         }
     }
 
-    fn accept_batch(&mut self, now: u64) {
-        if let Some(until) = self.accept.paused_until {
-            if now < until {
-                return;
-            }
-            let resume_below = self.shared.max_conns / 10 * 9;
-            if self.accept.at_cap && self.shared.open_conns.load(Ordering::Relaxed) > resume_below {
-                self.accept.paused_until = Some(now + CAP_RECHECK_MS);
-                return;
-            }
-            self.accept.paused_until = None;
-            self.accept.ready = true;
-        }
-        if !self.accept.ready {
-            return;
-        }
-        for _ in 0..ACCEPT_BATCH {
-            if self.shared.open_conns.load(Ordering::Relaxed) >= self.shared.max_conns {
-                self.pause_accept(now, true);
-                return;
-            }
-            let Some(listener) = &self.listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((stream, addr)) => {
-                    self.accept.backoff_ms = EMFILE_BACKOFF_MIN_MS;
-                    self.admit(stream, addr, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept.ready = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
-                    WorkerStats::add(&self.stats().accept_errors, 1);
-                    log::warn!(
-                        "reactor {}: accept: {e}; pausing accepts for {} ms (open connections {})",
-                        self.id,
-                        self.accept.backoff_ms,
-                        self.shared.open_conns.load(Ordering::Relaxed)
-                    );
-                    self.pause_accept(now, false);
-                    return;
-                }
-                Err(e) => {
-                    WorkerStats::add(&self.stats().accept_errors, 1);
-                    log::debug!("reactor {}: accept: {e}", self.id);
-                }
-            }
+    /// The name of connection `key` outside this call.
+    fn conn_ref(&self, key: usize, gen: u32) -> ConnRef {
+        ConnRef {
+            reactor: self.id,
+            key,
+            gen,
         }
     }
 
-    fn pause_accept(&mut self, now: u64, at_cap: bool) {
-        WorkerStats::add(&self.stats().accept_pauses, 1);
-        let wait = if at_cap {
-            if !self.accept.at_cap || self.accept.paused_until.is_none() {
-                log::warn!(
-                    "reactor {}: connection cap {} reached; accepts resume below 90%",
-                    self.id,
-                    self.shared.max_conns
-                );
-            }
-            CAP_RECHECK_MS
-        } else {
-            let wait = self.accept.backoff_ms;
-            self.accept.backoff_ms = (wait * 2).min(EMFILE_BACKOFF_MAX_MS);
-            wait
-        };
-        self.accept.at_cap = at_cap;
-        self.accept.paused_until = Some(now + wait);
-    }
-
-    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, now: u64) {
-        let tcp = &self.shared.config.tcp;
-        if tcp.nodelay {
-            let _ = stream.set_nodelay(true);
-        }
-        if tcp.send_buffer > 0 {
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(tcp.send_buffer);
-        }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::warn!("reactor {}: register {addr}: {e}", self.id);
-            return;
-        }
-        self.next_gen = self.next_gen.wrapping_add(1);
-        let gen = self.next_gen;
-        let deadline = now + self.shared.config.limits.header_timeout_ms;
-        entry.insert(Conn::new(stream, gen, addr.ip(), now, deadline));
-        self.shared.open_conns.fetch_add(1, Ordering::Relaxed);
+    /// The gauge that counts connections in `phase`.
+    fn gauge(&self, phase: Phase) -> &AtomicU64 {
         let stats = self.stats();
-        WorkerStats::add(&stats.accepted, 1);
-        WorkerStats::add(&stats.conns_http, 1);
-        self.timers.schedule(deadline, key, gen, TimerKind::Request);
-    }
-
-    fn begin_shutdown(&mut self, now: u64) {
-        let drain = self.shared.config.shutdown.drain_ms;
-        self.drain_deadline = Some(now + drain);
-        if let Some(mut l) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
-        }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        log::info!(
-            "reactor {}: draining {} connections within {drain} ms",
-            self.id,
-            keys.len()
-        );
-        for key in keys {
-            self.shutdown_conn(key, now);
+        match phase {
+            Phase::Request => &stats.conns_http,
+            Phase::Sse => &stats.conns_sse,
+            Phase::Ws => &stats.conns_ws,
+            Phase::Closing => &stats.conns_closing,
         }
     }
 
-    fn close_all(&mut self) {
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.close(key, Closed::Shutdown);
+    /// Moves the gauges for a connection that went from `old` to `new`.
+    fn moved(&self, old: Phase, new: Phase) {
+        WorkerStats::sub(self.gauge(old), 1);
+        WorkerStats::add(self.gauge(new), 1);
+    }
+
+    fn on_socket_event(&mut self, key: usize, ev: &MioEvent) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            conn.blocked = false;
+            let gen = conn.gen;
+            self.mark_dirty(key, gen);
+        }
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.on_readable(key);
+        }
+    }
+
+    /// Reads what the connection's state reads.
+    fn on_readable(&mut self, key: usize) {
+        let now = self.now_ms();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match &mut conn.state {
+            ConnState::Request(_) => self.read_requests(key, now),
+            ConnState::Ws(_) => self.read_ws(key, now),
+            ConnState::Sse(_) | ConnState::Closing { .. } => match discard(&mut conn.stream) {
+                IoStatus::Closed => self.close(key, Closed::Normal),
+                IoStatus::Reset => self.close(key, Closed::PeerReset),
+                IoStatus::Error(_) => self.close(key, Closed::Error),
+                IoStatus::Progress(_) | IoStatus::WouldBlock => {}
+            },
+        }
+    }
+
+    /// Puts the connection on this turn's flush list.
+    fn mark_dirty(&mut self, key: usize, gen: u32) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push((key, gen));
+            }
+        }
+    }
+}
+
+/// What encoding an event for a subscriber needs: compression settings
+/// and the counters of compressions (each event is compressed once).
+struct Encoding<'a> {
+    deflate_min: usize,
+    ws_compressions: &'a AtomicU64,
+    gzip_compressions: &'a AtomicU64,
+}
+
+impl Encoding<'_> {
+    fn of(shared: &Shared) -> Encoding<'_> {
+        Encoding {
+            deflate_min: shared.config.ws.deflate_min_bytes,
+            ws_compressions: &shared.hub.stats.ws_compressions,
+            gzip_compressions: &shared.hub.stats.sse_gzip_compressions,
+        }
+    }
+}
+
+/// An event in a subscriber's wire format (the shared bytes of the event
+/// or of its compressed variant); `None` for a connection that takes no
+/// events. The caller records it with `ConnState::sent` once queued.
+fn event_bytes(state: &ConnState, ev: &Event, enc: &Encoding<'_>) -> Option<Bytes> {
+    match state {
+        ConnState::Ws(ws) => Some(ev.ws_frame(ws.deflate(), enc.deflate_min, enc.ws_compressions)),
+        ConnState::Sse(sse) => Some(sse.event(ev, enc.gzip_compressions)),
+        ConnState::Request(_) | ConnState::Closing { .. } => None,
+    }
+}
+
+/// The reset of `channel` in a subscriber's wire format (`event: reset`
+/// or `{"type":"reset"}`): its events were lost before they reached it.
+fn reset_bytes(state: &mut ConnState, channel: &str) -> Option<Bytes> {
+    match state {
+        ConnState::Sse(sse) => Some(sse.control(&sse::reset(channel))),
+        ConnState::Ws(_) => Some(reset_frame(channel)),
+        ConnState::Request(_) | ConnState::Closing { .. } => None,
+    }
+}
+
+/// The books of one fan-out pass: connections to flush, counters, and
+/// who used up their slow-consumer warnings.
+struct Fanout<'a> {
+    dirty: &'a mut Vec<(usize, u32)>,
+    stats: &'a WorkerStats,
+    too_slow: Vec<usize>,
+}
+
+impl Fanout<'_> {
+    /// Books what queueing one data event on `conn` did; true when queued.
+    fn settle(&mut self, outcome: Enqueued, key: usize, conn: &mut Conn) -> bool {
+        match outcome {
+            Enqueued::Queued => {
+                if !conn.dirty {
+                    conn.dirty = true;
+                    self.dirty.push((key, conn.gen));
+                }
+                true
+            }
+            Enqueued::Dropped => {
+                WorkerStats::add(&self.stats.dropped_queue_full, 1);
+                false
+            }
+            Enqueued::TooSlow => {
+                WorkerStats::add(&self.stats.dropped_queue_full, 1);
+                self.too_slow.push(key);
+                false
+            }
         }
     }
 }

@@ -15,10 +15,10 @@ use bytes::Bytes;
 
 use super::timer::TimerKind;
 use super::{Parked, Waiting, Worker};
-use crate::api::{self, RedisPublish};
-use crate::bridge::{self, Published, Refused, Reply};
+use crate::api::answers::{publish_ok, redis_unavailable};
 use crate::conn::ConnState;
-use crate::hub::Waiter;
+use crate::link::{Command, Publish, Refused};
+use crate::mailbox::PublishReply;
 
 impl Worker {
     /// Holds a request until Redis answers (or `redis.wait_ms` passes).
@@ -54,13 +54,9 @@ impl Worker {
     /// Gives back what a parked request held.
     pub(super) fn abandon(&mut self, key: usize, parked: Parked) {
         if let Waiting::Stream(start) = parked.what {
-            self.shared.sse_limiter.release(start.ip_slot);
-            let waiter = Waiter {
-                reactor: self.id,
-                key,
-                gen: parked.gen,
-            };
-            self.shared.hub.cancel_wait(&start.channels, waiter);
+            self.shared.access.sse.release(start.ip_slot);
+            let me = self.conn_ref(key, parked.gen);
+            self.shared.hub.cancel_wait(&start.channels, me);
         }
     }
 
@@ -69,12 +65,9 @@ impl Worker {
             return;
         }
         let channels: Vec<Arc<str>> = waiting.iter().map(|(c, _)| c.clone()).collect();
-        let waiter = Waiter {
-            reactor: self.id,
-            key,
-            gen,
-        };
-        self.shared.hub.cancel_wait(&channels, waiter);
+        self.shared
+            .hub
+            .cancel_wait(&channels, self.conn_ref(key, gen));
     }
 
     /// A parked request ran out of time: 503, then close (later pipelined
@@ -87,7 +80,7 @@ impl Worker {
             self.abandon(key, Parked { gen, what });
         }
         let message = "Redis did not answer in time; retry shortly";
-        let bytes = Bytes::from(api::redis_unavailable(message, false));
+        let bytes = Bytes::from(redis_unavailable(message, false));
         self.close_gracefully(key, Some(bytes), false, now);
     }
 
@@ -113,47 +106,44 @@ impl Worker {
 
     /// Hands a publish to the Redis command thread; the answer comes back
     /// through the mailbox ([`Worker::published`]).
-    pub(super) fn publish_via_redis(&mut self, key: usize, gen: u32, p: RedisPublish, now: u64) {
-        let Some(redis) = &self.shared.redis else {
-            return;
+    pub(super) fn publish_via_redis(
+        &mut self,
+        key: usize,
+        gen: u32,
+        publish: Publish,
+        keep_alive: bool,
+        now: u64,
+    ) {
+        let channel = publish.channel.clone();
+        let cmd = Command::Publish {
+            publish,
+            reply: self.conn_ref(key, gen),
         };
-        let keep_alive = p.keep_alive;
-        let cmd = bridge::Command::Publish(bridge::Publish {
-            channel: p.channel.clone(),
-            data: p.data,
-            publish_id: p.publish_id,
-            reply: Reply {
-                reactor: self.id,
-                key,
-                gen,
-            },
-        });
-        let refused = match redis.submit(cmd) {
+        let submitted = match &self.shared.redis {
+            Some(redis) => redis.submit(cmd),
+            None => Err(Refused::Down),
+        };
+        let refused = match submitted {
             Ok(()) => None,
             Err(Refused::Down) => Some("Redis is unreachable; retry shortly"),
             Err(Refused::Busy) => Some("too many publishes are waiting for Redis; retry shortly"),
         };
         if let Some(message) = refused {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            conn.queue
-                .push_control(Bytes::from(api::redis_unavailable(message, keep_alive)));
-            self.mark_dirty(key, gen);
+            self.push_control(key, Bytes::from(redis_unavailable(message, keep_alive)));
             if !keep_alive {
                 self.close_gracefully(key, None, false, now);
             }
             return;
         }
         let waiting = Waiting::Publish {
-            channel: p.channel,
+            channel,
             keep_alive,
         };
         self.park(key, waiting, now);
     }
 
     /// The Redis bridge answered the publish of `(key, gen)`.
-    pub(super) fn published(&mut self, key: usize, gen: u32, outcome: Published) {
+    pub(super) fn publish_answered(&mut self, key: usize, gen: u32, reply: PublishReply) {
         let now = self.now_ms();
         let waits_for_it = |p: &Parked| p.gen == gen && matches!(p.what, Waiting::Publish { .. });
         if !self.parked.get(&key).is_some_and(waits_for_it) {
@@ -166,17 +156,13 @@ impl Worker {
         else {
             return;
         };
-        let bytes = match outcome {
-            Published::Done { id, duplicate } => {
-                api::published(&id, &channel, duplicate, keep_alive)
+        let bytes = match reply {
+            PublishReply::Done { id, duplicate } => {
+                publish_ok(&id, &channel, duplicate, keep_alive)
             }
-            Published::Failed(message) => api::redis_unavailable(&message, keep_alive),
+            PublishReply::Failed(message) => redis_unavailable(&message, keep_alive),
         };
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        conn.queue.push_control(Bytes::from(bytes));
-        self.mark_dirty(key, gen);
+        self.push_control(key, Bytes::from(bytes));
         if !keep_alive {
             return self.close_gracefully(key, None, false, now);
         }

@@ -7,81 +7,21 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use serde::Deserialize;
-
 use super::timer::TimerKind;
 use super::{Closed, Worker};
+use crate::api::ws::{
+    error_frame, parse, pong_frame, subscribed_frame, unsubscribed_frame, CommandError, WsRequest,
+};
 use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Delivery, SlotKind, Sub, Ws};
-use crate::hub::{check_channel, ids, NotReady, Waiter};
+use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sub, Ws};
+use crate::hub::NotReady;
 use crate::metrics::WorkerStats;
 use crate::proto::ws::{self, close_code, Message, OpCode, Reassembler};
+use bytes::Bytes;
 
 /// Bytes read from a WebSocket per read call batch before decoding.
 const READ_CAP: usize = 64 * 1024;
-/// Close code for a slow consumer; the reason is the id to resume from.
-pub const CLOSE_SLOW: u16 = 4008;
-
-#[derive(Deserialize)]
-struct Command {
-    #[serde(rename = "type")]
-    kind: String,
-    channel: Option<String>,
-    symbol: Option<String>,
-    /// Resume point: replay the channel's events after this id.
-    since: Option<String>,
-}
-
-/// A command's error: code and message.
-type CommandError = (&'static str, String);
-
-/// The `since` of a subscribe: an event id redix gave out.
-fn parse_since(since: Option<&str>) -> Result<Option<u64>, CommandError> {
-    match since.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(v) => ids::parse(v).map(Some).ok_or_else(|| {
-            (
-                "bad_cursor",
-                format!("since {v:?} is not an event id redix gave out"),
-            )
-        }),
-    }
-}
-
-/// Longest market symbol (`BINANCE:BTCUSDT` and the like).
-const MAX_SYMBOL_LEN: usize = 32;
-
-fn json_frame(value: serde_json::Value) -> Bytes {
-    Bytes::from(ws::text(&value.to_string()))
-}
-
-fn error_frame(code: &str, message: &str) -> Bytes {
-    json_frame(serde_json::json!({ "type": "error", "code": code, "message": message }))
-}
-
-/// Events of `channel` were lost before they reached this client.
-pub(super) fn reset_frame(channel: &str) -> Bytes {
-    json_frame(serde_json::json!({"type": "reset", "channel": channel}))
-}
-
-/// The channel a subscribe/unsubscribe command names.
-fn target_channel(cmd: &Command) -> Result<String, String> {
-    match (&cmd.channel, &cmd.symbol) {
-        (Some(ch), None) => check_channel(ch).map(|_| ch.clone()),
-        (None, Some(sym)) => {
-            let ok = |c: char| c.is_ascii_alphanumeric() || ".:-_".contains(c);
-            if sym.is_empty() || sym.len() > MAX_SYMBOL_LEN || !sym.chars().all(ok) {
-                return Err(format!(
-                    "symbols are 1 to {MAX_SYMBOL_LEN} of A-Z a-z 0-9 . : - _"
-                ));
-            }
-            Ok(format!("trades:{sym}"))
-        }
-        _ => Err("name exactly one of \"channel\" or \"symbol\"".into()),
-    }
-}
 
 impl Worker {
     /// Sends the 101 and turns the connection into a WebSocket; `early`
@@ -107,9 +47,7 @@ impl Worker {
             next_ping_ms: now + ping_ms,
         };
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(Box::new(ws)));
-        let stats = &self.shared.stats[self.id];
-        WorkerStats::sub(super::dispatch::gauge(stats, &old), 1);
-        WorkerStats::add(&stats.conns_ws, 1);
+        self.moved(old.phase(), Phase::Ws);
         self.timers
             .schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
         self.mark_dirty(key, gen);
@@ -256,22 +194,13 @@ impl Worker {
 
     /// Runs one JSON command; the reply to queue, if any.
     fn ws_command(&mut self, key: usize, text: &str) -> Option<Bytes> {
-        let reply = match serde_json::from_str::<Command>(text) {
-            Err(e) => Err(("bad_json", e.to_string())),
-            Ok(cmd) => match cmd.kind.as_str() {
-                "ping" => Ok(Some(json_frame(serde_json::json!({"type": "pong"})))),
-                "subscribe" => target_channel(&cmd)
-                    .map_err(|m| ("bad_request", m))
-                    .and_then(|ch| Ok((ch, parse_since(cmd.since.as_deref())?)))
-                    .and_then(|(ch, since)| self.ws_subscribe(key, ch, since))
-                    .map(|()| None),
-                "unsubscribe" => target_channel(&cmd)
-                    .map_err(|m| ("bad_request", m))
-                    .and_then(|ch| self.ws_unsubscribe(key, ch))
-                    .map(Some),
-                other => Err(("unknown_type", format!("unknown message type {other:?}"))),
-            },
-        };
+        let reply = parse(text).and_then(|request| match request {
+            WsRequest::Ping => Ok(Some(pong_frame())),
+            WsRequest::Subscribe { channel, since } => {
+                self.ws_subscribe(key, channel, since).map(|()| None)
+            }
+            WsRequest::Unsubscribe { channel } => self.ws_unsubscribe(key, channel).map(Some),
+        });
         reply.unwrap_or_else(|(code, message)| {
             WorkerStats::add(&self.stats().ws_command_errors, 1);
             Some(error_frame(code, &message))
@@ -279,34 +208,30 @@ impl Worker {
     }
 
     fn ws_unsubscribe(&mut self, key: usize, channel: String) -> Result<Bytes, CommandError> {
-        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Err(("closing", "connection is closing".into()));
+        };
+        let gen = conn.gen;
+        let ConnState::Ws(ws) = &mut conn.state else {
             return Err(("closing", "connection is closing".into()));
         };
         if let Some(pos) = ws.waiting.iter().position(|(c, _)| **c == *channel) {
             let (ch, _) = ws.waiting.swap_remove(pos);
-            let gen = self.conns.get(key).map_or(0, |c| c.gen);
-            let waiter = Waiter {
-                reactor: self.id,
-                key,
-                gen,
-            };
-            self.shared.hub.cancel_wait(&[ch], waiter);
-            return Ok(json_frame(
-                serde_json::json!({"type": "unsubscribed", "channel": channel}),
-            ));
+            let me = self.conn_ref(key, gen);
+            self.shared.hub.cancel_wait(&[ch], me);
+            return Ok(unsubscribed_frame(&channel));
         }
         let Some(pos) = ws.channels.iter().position(|s| *s.channel == *channel) else {
             return Err(("not_subscribed", format!("not subscribed to {channel}")));
         };
         let sub = ws.channels.swap_remove(pos);
         self.unsubscribe(key, std::slice::from_ref(&sub));
-        Ok(json_frame(
-            serde_json::json!({"type": "unsubscribed", "channel": channel}),
-        ))
+        Ok(unsubscribed_frame(&channel))
     }
 
     /// Subscribes and queues, in order: the ack, a reset when the history
     /// no longer reaches back to `since`, the replay, then live events.
+    /// In Redis mode a channel still loading is acknowledged once loaded.
     fn ws_subscribe(
         &mut self,
         key: usize,
@@ -314,96 +239,53 @@ impl Worker {
         since: Option<u64>,
     ) -> Result<(), CommandError> {
         let max = self.shared.config.ws.max_subscriptions;
-        let deflate_min = self.shared.config.ws.deflate_min_bytes;
-        let Some(conn) = self.conns.get(key) else {
-            return Err(("closing", "connection is closing".into()));
-        };
+        let closing = || ("closing", "connection is closing".to_string());
+        let conn = self.conns.get(key).ok_or_else(closing)?;
+        let gen = conn.gen;
         let ConnState::Ws(ws) = &conn.state else {
-            return Err(("closing", "connection is closing".into()));
-        };
-        let waiter = Waiter {
-            reactor: self.id,
-            key,
-            gen: conn.gen,
+            return Err(closing());
         };
         if ws.waiting.iter().any(|(c, _)| **c == *channel) {
-            // Acknowledged once it has loaded.
             return Ok(());
         }
-        let ack = json_frame(serde_json::json!({"type": "subscribed", "channel": channel}));
-        let (already, full) = (
-            ws.channels.iter().any(|s| *s.channel == *channel),
-            ws.channels.len() + ws.waiting.len() >= max,
-        );
-        if !already && full {
+        if ws.channels.iter().any(|s| *s.channel == *channel) {
+            self.push_control(key, subscribed_frame(&channel));
+            return Ok(());
+        }
+        if ws.channels.len() + ws.waiting.len() >= max {
             return Err((
                 "too_many_subscriptions",
                 format!("at most {max} subscriptions per connection"),
             ));
         }
         let ch: Arc<str> = Arc::from(channel.as_str());
-        let snap = match already {
-            true => Default::default(),
-            false => {
-                match self
-                    .shared
-                    .hub
-                    .subscribe(self.id, std::slice::from_ref(&ch), since, waiter)
-                {
-                    Ok(snap) => snap,
-                    Err(NotReady::Loading) => {
-                        if let Some(ConnState::Ws(ws)) =
-                            self.conns.get_mut(key).map(|c| &mut c.state)
-                        {
-                            ws.waiting.push((ch, since));
-                        }
-                        return Ok(());
-                    }
-                    Err(NotReady::Unavailable) => {
-                        return Err((
-                            "unavailable",
-                            format!("{channel}: Redis is unreachable; subscribe again shortly"),
-                        ))
-                    }
-                    Err(NotReady::Full) => {
-                        return Err((
-                            "busy",
-                            format!(
-                                "{channel}: too many channels are loading; subscribe again shortly"
-                            ),
-                        ))
-                    }
+        let snap = match self.attach(key, gen, std::slice::from_ref(&ch), since) {
+            Ok(snap) => snap,
+            Err(NotReady::Loading) => {
+                if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
+                    ws.waiting.push((ch, since));
                 }
+                return Ok(());
+            }
+            Err(NotReady::Unavailable) => {
+                let why = format!("{channel}: Redis is unreachable; subscribe again shortly");
+                return Err(("unavailable", why));
+            }
+            Err(NotReady::Full) => {
+                let why =
+                    format!("{channel}: too many channels are loading; subscribe again shortly");
+                return Err(("busy", why));
             }
         };
-        let compressions = &self.shared.hub.stats.ws_compressions;
-        let Some(conn) = self.conns.get_mut(key) else {
-            return Ok(());
-        };
-        let gen = conn.gen;
-        let ConnState::Ws(ws) = &mut conn.state else {
-            return Ok(());
-        };
-        conn.queue.push_control(ack);
-        if !already {
-            for reset in &snap.resets {
-                conn.queue.push_control(reset_frame(reset));
-            }
-            let deflate = ws.deflate();
-            for ev in &snap.replay {
-                conn.queue
-                    .push_replay(ev.ws_frame(deflate, deflate_min, compressions), ev.id);
-                ws.delivery.last_queued = Some(ev.id);
-            }
+        self.push_control(key, subscribed_frame(&channel));
+        if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
             let live_from = snap.live_from.first().copied().unwrap_or(0);
-            ws.delivery.live_from_max = ws.delivery.live_from_max.max(live_from);
             ws.channels.push(Sub {
                 channel: ch.clone(),
                 live_from,
             });
-            self.index(key, ch);
         }
-        self.mark_dirty(key, gen);
+        self.begin_delivery(key, std::slice::from_ref(&ch), &snap);
         Ok(())
     }
 
@@ -417,12 +299,7 @@ impl Worker {
         for (ch, since) in waiting {
             if let Err((code, message)) = self.ws_subscribe(key, ch.to_string(), since) {
                 WorkerStats::add(&self.stats().ws_command_errors, 1);
-                let Some(conn) = self.conns.get_mut(key) else {
-                    return;
-                };
-                conn.queue.push_control(error_frame(code, &message));
-                let gen = conn.gen;
-                self.mark_dirty(key, gen);
+                self.push_control(key, error_frame(code, &message));
             }
         }
     }
@@ -451,10 +328,7 @@ impl Worker {
             self.ws_retry(key);
         }
         if ping {
-            if let Some(conn) = self.conns.get_mut(key) {
-                conn.queue.push_control(Bytes::from(ws::ping(b"")));
-                self.mark_dirty(key, gen);
-            }
+            self.push_control(key, Bytes::from(ws::ping(b"")));
         }
     }
 

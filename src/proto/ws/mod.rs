@@ -33,6 +33,8 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const RESTART: u16 = 1012;
+    /// redix: a slow consumer; the reason is the id to resume from.
+    pub const SLOW: u16 = 4008;
 }
 
 /// Largest control frame payload (RFC 6455 §5.5).

@@ -6,17 +6,24 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub mod answers;
+mod ops;
+pub mod ws;
+
 use serde::Deserialize;
 
 use crate::auth::Denied;
 use crate::config::Scope;
 use crate::hub::check_channel;
 use crate::limits::{client_ip, IpKey, IpLimiter};
-use crate::metrics::{self, WorkerStats};
+use crate::link::Publish;
+use crate::metrics::WorkerStats;
 use crate::proto::deflate::{self, Agreement};
-use crate::proto::http::{self, query_param, Head, HttpError, Method};
-use crate::proto::{gzip, ws};
+use crate::proto::gzip;
+use crate::proto::http::{query_param, Head, Method};
+use crate::proto::ws as wsproto;
 use crate::state::Shared;
+use answers::{json_ok, publish_ok, Reject};
 
 /// What the reactor should do with a request.
 #[derive(Debug)]
@@ -31,16 +38,7 @@ pub enum Action {
     Upgrade(Upgrade),
     /// Redis mode: hand the publish to the Redis bridge and answer when it
     /// is done.
-    Publish(RedisPublish),
-}
-
-#[derive(Debug)]
-pub struct RedisPublish {
-    pub channel: String,
-    /// One line of JSON.
-    pub data: String,
-    pub publish_id: Option<String>,
-    pub keep_alive: bool,
+    Publish { publish: Publish, keep_alive: bool },
 }
 
 #[derive(Debug)]
@@ -84,26 +82,12 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         "/ws" => upgrade(head, ctx, false),
         "/ws/echo" if ctx.shared.config.debug.ws_echo => upgrade(head, ctx, true),
         "/api/publish" => only(head, Method::Post).and_then(|_| publish(head, body, ctx)),
-        "/readyz" => only(head, Method::Get).and_then(|_| ready(head, ctx)),
+        "/readyz" => only(head, Method::Get).and_then(|_| ops::ready(head, ctx)),
         "/healthz" => only(head, Method::Get).map(|_| json_ok(head, r#"{"status":"ok"}"#.into())),
-        "/metrics/prom" => only(head, Method::Get).map(|_| Action::Respond {
-            bytes: http::response(
-                200,
-                metrics::CONTENT_TYPE,
-                ctx.shared.render_metrics().as_bytes(),
-                head.keep_alive,
-                &[],
-            ),
-            close: !head.keep_alive,
-        }),
+        "/metrics/prom" => only(head, Method::Get).map(|_| ops::metrics(head, ctx)),
         "/debug/fds" => only(head, Method::Get)
             .and_then(|_| authorize(head, ctx, Scope::Admin))
-            .map(|_| {
-                json_ok(
-                    head,
-                    crate::diag::report(ctx.shared.owned_fds()).to_string(),
-                )
-            }),
+            .map(|_| ops::fds(head, ctx)),
         _ => Err(Reject::new(
             404,
             "not_found",
@@ -111,35 +95,6 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         )),
     };
     result.unwrap_or_else(|r| r.into_action(head))
-}
-
-/// An error answer, with any extra headers it needs.
-struct Reject {
-    err: HttpError,
-    extra: Vec<String>,
-}
-
-impl Reject {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Reject {
-        Reject {
-            err: HttpError::new(status, code, message),
-            extra: Vec::new(),
-        }
-    }
-
-    fn with_header(mut self, line: String) -> Reject {
-        self.extra.push(line);
-        self
-    }
-
-    fn into_action(self, head: &Head) -> Action {
-        // A refused upgrade ends the connection: the client meant to leave HTTP.
-        let keep_alive = head.keep_alive && !head.connection_upgrade;
-        Action::Respond {
-            bytes: http::error_response(&self.err, keep_alive, &self.extra),
-            close: !keep_alive,
-        }
-    }
 }
 
 fn only(head: &Head, method: Method) -> Result<(), Reject> {
@@ -158,21 +113,13 @@ fn only(head: &Head, method: Method) -> Result<(), Reject> {
     .with_header(format!("Allow: {allow}")))
 }
 
-fn json_ok(head: &Head, body: String) -> Action {
-    Action::Respond {
-        bytes: http::response(
-            200,
-            "application/json",
-            body.as_bytes(),
-            head.keep_alive,
-            &[],
-        ),
-        close: !head.keep_alive,
-    }
-}
-
 fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
-    match ctx.shared.keys().check(scope, head.credential(), ctx.peer) {
+    match ctx
+        .shared
+        .access
+        .keys()
+        .check(scope, head.credential(), ctx.peer)
+    {
         Ok(()) => Ok(()),
         Err(Denied::Unauthenticated) => Err(Reject::new(
             401,
@@ -183,7 +130,7 @@ fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
         Err(Denied::Forbidden) => Err(Reject::new(
             403,
             "forbidden",
-            match ctx.shared.keys().any_configured() {
+            match ctx.shared.access.keys().any_configured() {
                 true => "this key lacks the scope for this endpoint",
                 false => "no API key is configured: only loopback clients may use this endpoint",
             },
@@ -202,7 +149,7 @@ fn rate_limit(head: &Head, ctx: &Ctx<'_>) -> Result<(), Reject> {
     if ip.is_loopback() {
         return Ok(());
     }
-    let keys = ctx.shared.keys();
+    let keys = ctx.shared.access.keys();
     let keyed = [Scope::Publish, Scope::Admin]
         .iter()
         .any(|s| keys.any_configured() && keys.check(*s, head.credential(), ctx.peer).is_ok());
@@ -211,67 +158,14 @@ fn rate_limit(head: &Head, ctx: &Ctx<'_>) -> Result<(), Reject> {
     }
     let now = ctx.shared.now_ms();
     ctx.shared
-        .request_limiter
+        .access
+        .requests
         .check(IpKey::of(ip), now)
         .map_err(|secs| {
             WorkerStats::add(&ctx.stats.rejected_rate_limit, 1);
             Reject::new(429, "rate_limited", "too many requests from this client IP")
                 .with_header(format!("Retry-After: {secs}"))
         })
-}
-
-/// A reactor that has not turned for this long counts as stuck.
-pub const STUCK_AFTER_MS: u64 = 5_000;
-
-/// Readiness: not draining, every reactor turning, and in Redis mode a
-/// canary that came back through Redis pub/sub within the window.
-fn ready(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
-    let shared = ctx.shared;
-    if shared.is_shutting_down() {
-        return Err(Reject::new(503, "shutting_down", "this node is draining")
-            .with_header("Retry-After: 1".into()));
-    }
-    if !shared.reactors_alive(STUCK_AFTER_MS) {
-        return Err(Reject::new(
-            503,
-            "reactor_stuck",
-            "a reactor thread has not turned for 5 s",
-        )
-        .with_header("Retry-After: 5".into()));
-    }
-    if let Some(redis) = &shared.redis {
-        redis
-            .ready(shared.now_ms())
-            .map_err(|why| unavailable("redis_unavailable", why))?;
-    }
-    Ok(json_ok(head, r#"{"status":"ready"}"#.into()))
-}
-
-/// 503 with a Retry-After: the client should come back shortly.
-fn unavailable(code: &'static str, message: impl Into<String>) -> Reject {
-    Reject::new(503, code, message).with_header("Retry-After: 1".into())
-}
-
-/// The 503 of a request that Redis could not serve.
-pub fn redis_unavailable(message: &str, keep_alive: bool) -> Vec<u8> {
-    let err = HttpError::new(503, "redis_unavailable", message.to_string());
-    http::error_response(&err, keep_alive, &["Retry-After: 1".to_string()])
-}
-
-/// The answer to a publish.
-pub fn published(id: &str, channel: &str, duplicate: bool, keep_alive: bool) -> Vec<u8> {
-    let body = serde_json::json!({
-        "id": id,
-        "channel": channel,
-        "duplicate": duplicate,
-    });
-    http::response(
-        200,
-        "application/json",
-        body.to_string().as_bytes(),
-        keep_alive,
-        &[],
-    )
 }
 
 fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
@@ -299,7 +193,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             format!("name 1 to {max} channels"),
         ));
     }
-    let key = take_slot(head, ctx, &shared.sse_limiter, "SSE streams")?;
+    let key = take_slot(head, ctx, &shared.access.sse, "SSE streams")?;
     Ok(Action::Stream(StreamStart {
         channels,
         ip_slot: key,
@@ -311,7 +205,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
 
 fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
     let shared = ctx.shared;
-    let accept = ws::check_upgrade(
+    let accept = wsproto::check_upgrade(
         head.method() == Method::Get,
         head.upgrade.as_deref(),
         head.connection_upgrade,
@@ -332,14 +226,14 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
             "this Origin may not open WebSockets here",
         ));
     }
-    let key = take_slot(head, ctx, &shared.ws_limiter, "WebSockets")?;
+    let key = take_slot(head, ctx, &shared.access.ws, "WebSockets")?;
     let deflate = match shared.config.ws.deflate {
         true => deflate::negotiate(head.ws_extensions.as_deref()),
         false => None,
     };
     let ext = deflate.map(|a| a.response_header());
     Ok(Action::Upgrade(Upgrade {
-        response: ws::accept_response(&accept, ext.as_deref()),
+        response: wsproto::accept_response(&accept, ext.as_deref()),
         deflate,
         ip_slot: key,
         echo,
@@ -434,19 +328,22 @@ fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
     let data = req.data.to_string();
     let shared = ctx.shared;
     if shared.redis.is_some() {
-        return Ok(Action::Publish(RedisPublish {
+        let publish = Publish {
             channel: req.channel,
             data,
             publish_id: req.id,
+        };
+        return Ok(Action::Publish {
+            publish,
             keep_alive: head.keep_alive,
-        }));
+        });
     }
     let done = shared
         .hub
         .publish(&req.channel, &data, req.id.as_deref(), shared.now_ms());
     let id = done.id.to_string();
     Ok(Action::Respond {
-        bytes: published(&id, &req.channel, done.duplicate, head.keep_alive),
+        bytes: publish_ok(&id, &req.channel, done.duplicate, head.keep_alive),
         close: !head.keep_alive,
     })
 }

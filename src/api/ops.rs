@@ -1,0 +1,102 @@
+//! The operator's endpoints: `/readyz`, `/metrics/prom` and `/debug/fds`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::answers::{json_ok, unavailable, Reject};
+use super::{Action, Ctx};
+use crate::health::STUCK_AFTER_MS;
+use crate::metrics::{self, ProcessFigures, RedisFigures};
+use crate::proto::http::{self, Head};
+use crate::state::Shared;
+
+/// Readiness: not draining, every reactor turning, and in Redis mode a
+/// canary that came back through Redis pub/sub within the window.
+pub fn ready(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
+    let shared = ctx.shared;
+    if shared.is_shutting_down() {
+        return Err(Reject::new(503, "shutting_down", "this node is draining")
+            .with_header("Retry-After: 1".into()));
+    }
+    if !shared.reactors_alive(STUCK_AFTER_MS) {
+        return Err(Reject::new(
+            503,
+            "reactor_stuck",
+            "a reactor thread has not turned for 5 s",
+        )
+        .with_header("Retry-After: 5".into()));
+    }
+    if let Some(redis) = &shared.redis {
+        redis
+            .ready(shared.now_ms())
+            .map_err(|why| unavailable("redis_unavailable", why))?;
+    }
+    Ok(json_ok(head, r#"{"status":"ready"}"#.into()))
+}
+
+/// `/metrics/prom`.
+pub fn metrics(head: &Head, ctx: &Ctx<'_>) -> Action {
+    Action::Respond {
+        bytes: http::response(
+            200,
+            metrics::CONTENT_TYPE,
+            render_metrics(ctx.shared).as_bytes(),
+            head.keep_alive,
+            &[],
+        ),
+        close: !head.keep_alive,
+    }
+}
+
+/// `/debug/fds`.
+pub fn fds(head: &Head, ctx: &Ctx<'_>) -> Action {
+    json_ok(
+        head,
+        crate::diag::report(ctx.shared.owned_fds()).to_string(),
+    )
+}
+
+/// The exposition text: per-reactor counters summed, process figures, and
+/// in Redis mode the link's.
+pub fn render_metrics(shared: &Shared) -> String {
+    let hub = &shared.hub.stats;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let figures = ProcessFigures {
+        open_fds: crate::diag::open_fd_count(),
+        fd_limit: shared.fds.fd_limit,
+        max_connections: shared.fds.max_conns as u64,
+        hub: shared.hub.figures(),
+        published: get(&hub.published),
+        duplicates: get(&hub.duplicates),
+        untracked: get(&hub.untracked),
+        replayed: get(&hub.replayed),
+        resets: get(&hub.resets),
+        inbox_drops: get(&hub.inbox_drops),
+        ip_tracked: (shared.access.sse.tracked() + shared.access.ws.tracked()) as u64,
+        ws_compressions: get(&hub.ws_compressions),
+        sse_gzip_compressions: get(&hub.sse_gzip_compressions),
+    };
+    let mut text = metrics::render(&shared.stats, &figures);
+    if let Some(redis) = &shared.redis {
+        let l = &redis.link;
+        let r = RedisFigures {
+            up: redis.is_up(shared.now_ms()),
+            pubsub_up: l.pubsub_up.load(Ordering::Relaxed),
+            command_up: l.command_up.load(Ordering::Relaxed),
+            reconnects: get(&l.reconnects),
+            received: get(&l.received),
+            lag_ms: get(&l.lag_ms),
+            backlog_bytes: get(&l.backlog_bytes),
+            canary_rtt_ms: get(&l.canary_rtt_ms),
+            subscribed: get(&l.subscribed),
+            dropped: get(&l.dropped),
+            publishes: get(&l.publishes),
+            publish_errors: get(&l.publish_errors),
+            loads: get(&hub.syncs),
+            repeats: get(&hub.remote_repeats),
+            held_dropped: get(&hub.held_dropped),
+            data_losses: get(&l.data_losses),
+        };
+        metrics::render_redis(&mut text, &r);
+    }
+    text
+}

@@ -1,0 +1,155 @@
+//! The WebSocket JSON protocol: client commands parsed and checked into a
+//! [`WsRequest`], and the JSON replies encoded as text frames. Pure: the
+//! reactor (`reactor/websocket.rs`) runs the requests.
+//!
+//! Commands: `{"type":"subscribe","channel":"c","since":"<id>"}` (or
+//! `"symbol":"AAPL"` for `trades:AAPL`), `unsubscribe`, `ping`.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::hub::{check_channel, ids};
+use crate::proto::ws;
+
+/// Longest market symbol (`BINANCE:BTCUSDT` and the like).
+const MAX_SYMBOL_LEN: usize = 32;
+
+#[derive(Deserialize)]
+struct Command {
+    #[serde(rename = "type")]
+    kind: String,
+    channel: Option<String>,
+    symbol: Option<String>,
+    /// Resume point: replay the channel's events after this id.
+    since: Option<String>,
+}
+
+/// A checked command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsRequest {
+    Ping,
+    Subscribe { channel: String, since: Option<u64> },
+    Unsubscribe { channel: String },
+}
+
+/// A command's error: code and message, sent back as an `error` reply.
+pub type CommandError = (&'static str, String);
+
+/// Reads one text message.
+pub fn parse(text: &str) -> Result<WsRequest, CommandError> {
+    let cmd: Command = serde_json::from_str(text).map_err(|e| ("bad_json", e.to_string()))?;
+    match cmd.kind.as_str() {
+        "ping" => Ok(WsRequest::Ping),
+        "subscribe" => {
+            let channel = target_channel(&cmd).map_err(|m| ("bad_request", m))?;
+            let since = parse_since(cmd.since.as_deref())?;
+            Ok(WsRequest::Subscribe { channel, since })
+        }
+        "unsubscribe" => {
+            let channel = target_channel(&cmd).map_err(|m| ("bad_request", m))?;
+            Ok(WsRequest::Unsubscribe { channel })
+        }
+        other => Err(("unknown_type", format!("unknown message type {other:?}"))),
+    }
+}
+
+/// The `since` of a subscribe: an event id redix gave out.
+fn parse_since(since: Option<&str>) -> Result<Option<u64>, CommandError> {
+    match since.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => ids::parse(v).map(Some).ok_or_else(|| {
+            (
+                "bad_cursor",
+                format!("since {v:?} is not an event id redix gave out"),
+            )
+        }),
+    }
+}
+
+/// The channel a subscribe/unsubscribe command names.
+fn target_channel(cmd: &Command) -> Result<String, String> {
+    match (&cmd.channel, &cmd.symbol) {
+        (Some(ch), None) => check_channel(ch).map(|_| ch.clone()),
+        (None, Some(sym)) => {
+            let ok = |c: char| c.is_ascii_alphanumeric() || ".:-_".contains(c);
+            if sym.is_empty() || sym.len() > MAX_SYMBOL_LEN || !sym.chars().all(ok) {
+                return Err(format!(
+                    "symbols are 1 to {MAX_SYMBOL_LEN} of A-Z a-z 0-9 . : - _"
+                ));
+            }
+            Ok(format!("trades:{sym}"))
+        }
+        _ => Err("name exactly one of \"channel\" or \"symbol\"".into()),
+    }
+}
+
+fn json_frame(value: serde_json::Value) -> Bytes {
+    Bytes::from(ws::text(&value.to_string()))
+}
+
+pub fn error_frame(code: &str, message: &str) -> Bytes {
+    json_frame(serde_json::json!({ "type": "error", "code": code, "message": message }))
+}
+
+pub fn pong_frame() -> Bytes {
+    json_frame(serde_json::json!({"type": "pong"}))
+}
+
+pub fn subscribed_frame(channel: &str) -> Bytes {
+    json_frame(serde_json::json!({"type": "subscribed", "channel": channel}))
+}
+
+pub fn unsubscribed_frame(channel: &str) -> Bytes {
+    json_frame(serde_json::json!({"type": "unsubscribed", "channel": channel}))
+}
+
+/// Events of `channel` were lost before they reached this client.
+pub fn reset_frame(channel: &str) -> Bytes {
+    json_frame(serde_json::json!({"type": "reset", "channel": channel}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        let sub = |c: &str, since| WsRequest::Subscribe {
+            channel: c.into(),
+            since,
+        };
+        let table: &[(&str, Result<WsRequest, &str>)] = &[
+            (r#"{"type":"ping"}"#, Ok(WsRequest::Ping)),
+            (r#"{"type":"subscribe","channel":"a"}"#, Ok(sub("a", None))),
+            (
+                r#"{"type":"subscribe","channel":"a","since":"42"}"#,
+                Ok(sub("a", Some(42))),
+            ),
+            (
+                r#"{"type":"subscribe","symbol":"AAPL"}"#,
+                Ok(sub("trades:AAPL", None)),
+            ),
+            (
+                r#"{"type":"unsubscribe","channel":"a"}"#,
+                Ok(WsRequest::Unsubscribe {
+                    channel: "a".into(),
+                }),
+            ),
+            (
+                r#"{"type":"subscribe","channel":"a","symbol":"B"}"#,
+                Err("bad_request"),
+            ),
+            (r#"{"type":"subscribe","symbol":"a b"}"#, Err("bad_request")),
+            (
+                r#"{"type":"subscribe","channel":"a","since":"x"}"#,
+                Err("bad_cursor"),
+            ),
+            (r#"{"type":"dance"}"#, Err("unknown_type")),
+            ("not json", Err("bad_json")),
+        ];
+        for (text, want) in table {
+            let got = parse(text).map_err(|(code, _)| code);
+            assert_eq!(&got, want, "{text}");
+        }
+    }
+}

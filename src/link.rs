@@ -1,0 +1,223 @@
+//! The reactors' handle on the Redis bridge (Redis mode): the bounded
+//! queue of commands for the command thread, the link's state that
+//! `/readyz` and the metrics read, and the key names redix uses in Redis.
+//!
+//! The bridge threads (`bridge/`) hold the same handle; nothing here
+//! blocks: a full queue or a link that is down refuses at once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::config::RedisConfig;
+use crate::mailbox::ConnRef;
+
+/// Key and channel names redix uses in Redis (see `scripts/publish.lua`).
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The stream holding a channel's history.
+    pub fn stream(&self, channel: &str) -> String {
+        format!("{}s:{channel}", self.prefix)
+    }
+
+    /// The pub/sub channel announcing a channel's events.
+    pub fn notify(&self, channel: &str) -> String {
+        format!("{}c:{channel}", self.prefix)
+    }
+
+    /// The redix channel a pub/sub channel announces.
+    pub fn channel_of<'a>(&self, notify: &'a str) -> Option<&'a str> {
+        notify.strip_prefix(&self.prefix)?.strip_prefix("c:")
+    }
+
+    /// The last id handed out, cluster-wide.
+    pub fn last_id(&self) -> String {
+        format!("{}last", self.prefix)
+    }
+
+    /// Remembers a publisher's id for deduplication.
+    pub fn seen(&self, publish_id: &str) -> String {
+        format!("{}p:{publish_id}", self.prefix)
+    }
+
+    /// Ids up to this stream id were lost with a Redis that restarted
+    /// empty; raised by every node that notices.
+    pub fn lost(&self) -> String {
+        format!("{}lost", self.prefix)
+    }
+
+    /// The node-private canary channel.
+    pub fn canary(&self, node: &str) -> String {
+        format!("{}canary:{node}", self.prefix)
+    }
+}
+
+/// The state of the Redis link, read by `/readyz` and the metrics.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    pub pubsub_up: AtomicBool,
+    pub command_up: AtomicBool,
+    /// When a canary last came back in time (hub clock, ms); 0: never.
+    pub canary_ok_ms: AtomicU64,
+    pub canary_rtt_ms: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Messages read from the pub/sub connection.
+    pub received: AtomicU64,
+    /// Publish time to arrival here of the last pub/sub message, ms.
+    pub lag_ms: AtomicU64,
+    /// Bytes received but not yet handled on the pub/sub connection.
+    pub backlog_bytes: AtomicU64,
+    /// Commands refused because the queue to the command thread was full.
+    pub dropped: AtomicU64,
+    pub publishes: AtomicU64,
+    pub publish_errors: AtomicU64,
+    /// Channels subscribed on the pub/sub connection.
+    pub subscribed: AtomicU64,
+    /// Open connections to Redis (file descriptors).
+    pub connections: AtomicU64,
+    /// Reconnects that found Redis without the newest id this node saw.
+    pub data_losses: AtomicU64,
+}
+
+/// Work for the command thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Run the publish; answer `reply` through its reactor's mailbox.
+    Publish { publish: Publish, reply: ConnRef },
+    /// Load a channel's history (the sync with `token`): the newest
+    /// events, or after a lost link everything after `after`.
+    Load {
+        channel: Arc<str>,
+        token: u64,
+        after: Option<u64>,
+    },
+}
+
+/// A publish request, checked by the API.
+#[derive(Debug)]
+pub struct Publish {
+    pub channel: String,
+    /// One line of JSON.
+    pub data: String,
+    pub publish_id: Option<String>,
+}
+
+/// Why a command was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The command link is down.
+    Down,
+    /// The queue is full.
+    Busy,
+}
+
+/// The reactors' handle on the bridge.
+pub struct Redis {
+    pub config: RedisConfig,
+    pub link: LinkState,
+    pub names: Names,
+    /// This process in the cluster (its canary channel).
+    pub node: String,
+    commands: Sender<Command>,
+    /// When a full queue was last logged (wall clock, ms).
+    last_drop_log_ms: AtomicU64,
+}
+
+impl Redis {
+    pub fn new(config: RedisConfig) -> (Redis, Receiver<Command>) {
+        let (tx, rx) = crossbeam_channel::bounded(config.queue);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let node = format!("{}-{nanos:x}", std::process::id());
+        let redis = Redis {
+            names: Names::new(&config.prefix),
+            config,
+            link: LinkState::default(),
+            node,
+            commands: tx,
+            last_drop_log_ms: AtomicU64::new(0),
+        };
+        (redis, rx)
+    }
+
+    /// Queues a command without waiting.
+    pub fn submit(&self, cmd: Command) -> Result<(), Refused> {
+        if !self.link.command_up.load(Ordering::Acquire) {
+            return Err(Refused::Down);
+        }
+        match self.commands.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let refused = self.link.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // One line per 10 s at most: the counter has the rest.
+                let now = wall_ms();
+                let last = self.last_drop_log_ms.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= 10_000
+                    && self
+                        .last_drop_log_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    log::warn!(
+                        "Redis command queue full ({} waiting): refusing with 503 ({refused} refused so far)",
+                        self.config.queue
+                    );
+                }
+                Err(Refused::Busy)
+            }
+        }
+    }
+
+    /// Ready: both connections up and a canary came back through pub/sub
+    /// in time, recently. Else why not.
+    pub fn ready(&self, now_ms: u64) -> Result<(), &'static str> {
+        if !self.link.command_up.load(Ordering::Acquire) {
+            return Err("the Redis command connection is down");
+        }
+        if !self.link.pubsub_up.load(Ordering::Acquire) {
+            return Err("the Redis pub/sub connection is down");
+        }
+        let ok = self.link.canary_ok_ms.load(Ordering::Acquire);
+        let window = self.config.ready_within_ms + self.config.canary_ms;
+        if ok == 0 || now_ms.saturating_sub(ok) > window {
+            return Err("no canary came back through Redis pub/sub in time");
+        }
+        Ok(())
+    }
+
+    pub fn is_up(&self, now_ms: u64) -> bool {
+        self.ready(now_ms).is_ok()
+    }
+}
+
+/// Milliseconds of the wall clock (Redis stream ids use it too).
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let n = Names::new("rx:");
+        assert_eq!(n.stream("a"), "rx:s:a");
+        assert_eq!(n.channel_of(&n.notify("trades:AAPL")), Some("trades:AAPL"));
+        assert_eq!(n.channel_of("other:c:x"), None);
+    }
+}

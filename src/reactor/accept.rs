@@ -1,0 +1,180 @@
+//! Admission: accepting connections in bounded batches, the global
+//! connection cap with hysteresis (stop at the cap, resume at or below
+//! 90 % of it), and backing off when accept(2) runs out of descriptors
+//! instead of spinning.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::timer::TimerKind;
+use super::Worker;
+use crate::conn::Conn;
+use crate::metrics::WorkerStats;
+
+/// Connections accepted per turn before other work gets a go.
+const ACCEPT_BATCH: usize = 256;
+/// Backoff while accept fails for lack of file descriptors.
+const EMFILE_BACKOFF_MIN_MS: u64 = 10;
+const EMFILE_BACKOFF_MAX_MS: u64 = 1_000;
+/// Re-check interval while the global connection cap holds accepts.
+const CAP_RECHECK_MS: u64 = 50;
+
+/// Accepting: ready (the listener may have more), or paused until a time.
+#[derive(Debug)]
+pub struct AcceptState {
+    pub ready: bool,
+    pub paused_until: Option<u64>,
+    /// Paused because the global connection cap was reached (else: EMFILE).
+    at_cap: bool,
+    backoff_ms: u64,
+}
+
+impl AcceptState {
+    pub fn new() -> AcceptState {
+        AcceptState {
+            ready: true,
+            paused_until: None,
+            at_cap: false,
+            backoff_ms: EMFILE_BACKOFF_MIN_MS,
+        }
+    }
+}
+
+/// Whether accepting may resume after a pause at the cap: at or below
+/// 90 % of it (hysteresis, so a full server does not flap at the edge).
+pub fn may_resume(open: usize, max: usize) -> bool {
+    open <= max.saturating_mul(9) / 10
+}
+
+impl Worker {
+    pub(super) fn accept_batch(&mut self, now: u64) {
+        if let Some(until) = self.accept.paused_until {
+            if now < until {
+                return;
+            }
+            let (open, max) = (self.shared.fds.open(), self.shared.fds.max_conns);
+            if self.accept.at_cap && !may_resume(open, max) {
+                self.accept.paused_until = Some(now + CAP_RECHECK_MS);
+                return;
+            }
+            self.accept.paused_until = None;
+            self.accept.ready = true;
+        }
+        if !self.accept.ready {
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            if self.shared.fds.open() >= self.shared.fds.max_conns {
+                return self.pause_accept(now, true);
+            }
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    self.accept.backoff_ms = EMFILE_BACKOFF_MIN_MS;
+                    self.admit(stream, addr, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept.ready = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    WorkerStats::add(&self.stats().accept_errors, 1);
+                    log::warn!(
+                        "reactor {}: accept: {e}; pausing accepts for {} ms (open connections {})",
+                        self.id,
+                        self.accept.backoff_ms,
+                        self.shared.fds.open()
+                    );
+                    return self.pause_accept(now, false);
+                }
+                Err(e) => {
+                    WorkerStats::add(&self.stats().accept_errors, 1);
+                    log::debug!("reactor {}: accept: {e}", self.id);
+                }
+            }
+        }
+    }
+
+    fn pause_accept(&mut self, now: u64, at_cap: bool) {
+        let wait = if at_cap {
+            WorkerStats::add(&self.stats().accept_pauses_cap, 1);
+            if !self.accept.at_cap || self.accept.paused_until.is_none() {
+                log::warn!(
+                    "reactor {}: connection cap {} reached; accepts resume at 90%",
+                    self.id,
+                    self.shared.fds.max_conns
+                );
+            }
+            CAP_RECHECK_MS
+        } else {
+            WorkerStats::add(&self.stats().accept_pauses_fds, 1);
+            let wait = self.accept.backoff_ms;
+            self.accept.backoff_ms = (wait * 2).min(EMFILE_BACKOFF_MAX_MS);
+            wait
+        };
+        self.accept.at_cap = at_cap;
+        self.accept.paused_until = Some(now + wait);
+    }
+
+    /// Registers an accepted socket and gives it a slot and a request deadline.
+    fn admit(&mut self, mut stream: TcpStream, addr: SocketAddr, now: u64) {
+        let tcp = &self.shared.config.tcp;
+        if tcp.nodelay {
+            let _ = stream.set_nodelay(true);
+        }
+        if tcp.send_buffer > 0 {
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(tcp.send_buffer);
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("reactor {}: register {addr}: {e}", self.id);
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        let deadline = now + self.shared.config.limits.header_timeout_ms;
+        entry.insert(Conn::new(stream, gen, addr.ip(), now, deadline));
+        self.shared.fds.open_conns.fetch_add(1, Ordering::Relaxed);
+        let stats = self.stats();
+        WorkerStats::add(&stats.accepted, 1);
+        WorkerStats::add(&stats.conns_http, 1);
+        self.timers.schedule(deadline, key, gen, TimerKind::Request);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_resume;
+
+    #[test]
+    fn accepting_resumes_at_ninety_percent_of_the_cap() {
+        // (open, cap, may resume)
+        let table = [
+            (20, 20, false),
+            (19, 20, false),
+            (18, 20, true),
+            (0, 20, true),
+            (10, 10, false),
+            (9, 10, true),
+            (14, 15, false),
+            (13, 15, true),
+            (900_001, 1_000_000, false),
+            (900_000, 1_000_000, true),
+        ];
+        for (open, max, want) in table {
+            assert_eq!(may_resume(open, max), want, "{open} of {max}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Fan-out and flush: a live event (or a reset) is queued on every local
+//! subscriber of its channel as the same shared bytes; overflow drops data
+//! for that connection only and counts a warning, and a connection out of
+//! warnings is ended with the id to resume from. Once per turn, every
+//! connection that got bytes is written with vectored writes, up to a
+//! budget, so one busy client cannot hold up the rest.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{event_bytes, reset_bytes, Closed, Encoding, Fanout, Worker};
+use crate::conn::io::IoStatus;
+use crate::conn::ConnState;
+use crate::event::Event;
+use crate::metrics::WorkerStats;
+use crate::proto::sse;
+use crate::proto::ws::close_code;
+
+/// Bytes one connection may write per reactor turn, so a big replay or
+/// burst to one client does not hold up every other connection.
+const FLUSH_BUDGET: usize = 256 * 1024;
+
+impl Worker {
+    /// Queues one event on every local subscriber of its channel.
+    pub(super) fn deliver(&mut self, ev: &Arc<Event>) {
+        let Some(subs) = self.topics.get(&*ev.channel) else {
+            return;
+        };
+        let max_warnings = self.shared.config.queue.slow_warnings;
+        let enc = Encoding::of(&self.shared);
+        let mut books = Fanout {
+            dirty: &mut self.dirty,
+            stats: &self.shared.stats[self.id],
+            too_slow: Vec::new(),
+        };
+        let mut batch_wanted = false;
+        for &key in subs {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if !conn.state.wants(ev.id, &ev.channel) {
+                continue;
+            }
+            if matches!(&conn.state, ConnState::Ws(ws) if ws.batch) {
+                batch_wanted = true;
+                continue;
+            }
+            let Some(bytes) = event_bytes(&conn.state, ev, &enc) else {
+                continue;
+            };
+            let outcome = conn.enqueue_event(bytes, ev.id, self.limits, max_warnings);
+            if books.settle(outcome, key, conn) {
+                conn.state.sent(ev);
+            }
+        }
+        let too_slow = books.too_slow;
+        let now = self.now_ms();
+        if batch_wanted {
+            self.add_to_batch(ev, now);
+        }
+        self.disconnect_all_slow(too_slow, now);
+    }
+
+    /// Tells every local subscriber of `channel` that events were lost
+    /// upstream (`event: reset`, or a WebSocket `{"type":"reset"}`).
+    pub(super) fn deliver_reset(&mut self, channel: &Arc<str>) {
+        let Some(subs) = self.topics.get(channel) else {
+            return;
+        };
+        let mut touched = Vec::new();
+        for &key in subs {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if let Some(bytes) = reset_bytes(&mut conn.state, channel) {
+                conn.queue.push_control(bytes);
+                touched.push((key, conn.gen));
+            }
+        }
+        for (key, gen) in touched {
+            self.mark_dirty(key, gen);
+        }
+    }
+
+    pub(super) fn disconnect_all_slow(&mut self, keys: Vec<usize>, now: u64) {
+        for key in keys {
+            self.disconnect_slow(key, now);
+        }
+    }
+
+    /// Ends a stream that kept overflowing: the data not yet started is
+    /// dropped and `event: slow` (WebSocket: close 4008) carries the id to
+    /// resume from.
+    fn disconnect_slow(&mut self, key: usize, now: u64) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let in_progress = conn.queue.in_progress_id();
+        let Some(delivery) = conn.state.delivery_mut() else {
+            return;
+        };
+        let resume = delivery.resume_id(in_progress);
+        let (is_ws, peer) = (matches!(conn.state, ConnState::Ws(_)), conn.peer);
+        let queued = conn.queue.len_bytes();
+        WorkerStats::add(&self.stats().slow_disconnects, 1);
+        log::info!(
+            "reactor {}: disconnecting slow consumer {peer} (resume from {resume:?}, {queued} bytes queued)",
+            self.id,
+        );
+        let resume = resume.map(|id| self.shared.hub.show_id(id));
+        if is_ws {
+            let reason = resume.unwrap_or_default();
+            return self.close_ws(key, close_code::SLOW, &reason, now);
+        }
+        let Some(ConnState::Sse(sse)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return;
+        };
+        // A gzip trailer covers every byte queued, so a gzip stream keeps
+        // its queue and sends `slow` after it.
+        let keep_queue = sse.gzip.is_some();
+        let last = sse.last(&sse::slow(resume.as_deref()));
+        self.close_gracefully(key, Some(last), !keep_queue, now);
+    }
+
+    /// Writes every connection that got bytes this turn.
+    pub(super) fn flush_dirty(&mut self, now: u64) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &(key, gen) in &dirty {
+            self.flush_one(key, gen, now);
+        }
+        // Keep the allocation for the next turn.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn flush_one(&mut self, key: usize, gen: u32, now: u64) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
+            return;
+        };
+        conn.dirty = false;
+        let closing = matches!(conn.state, ConnState::Closing { .. });
+        if conn.blocked || conn.queue.is_empty() && !closing || self.hold_sse(key, now) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let done = conn.flush(FLUSH_BUDGET);
+        let stats = &self.shared.stats[self.id];
+        WorkerStats::add(&stats.bytes_written, done.bytes as u64);
+        WorkerStats::add(&stats.events_written, done.events as u64);
+        WorkerStats::add(&stats.write_calls, done.calls as u64);
+        match done.status {
+            IoStatus::Closed | IoStatus::Reset => self.close(key, Closed::PeerReset),
+            IoStatus::Error(_) => self.close(key, Closed::Error),
+            IoStatus::WouldBlock => {}
+            // Budget spent with bytes left: the rest goes next turn.
+            IoStatus::Progress(_) if !conn.queue.is_empty() => {
+                conn.dirty = true;
+                self.dirty.push((key, gen));
+            }
+            IoStatus::Progress(_) => {
+                conn.shut_when_drained();
+            }
+        }
+    }
+
+    /// Queues a control frame (never dropped) and marks the connection for
+    /// this turn's flush.
+    pub(super) fn push_control(&mut self, key: usize, bytes: Bytes) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        conn.queue.push_control(bytes);
+        self.mark_dirty(key, gen);
+    }
+}

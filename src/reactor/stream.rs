@@ -1,0 +1,158 @@
+//! Subscriptions, for SSE and WebSocket alike: one routine attaches
+//! channels in the hub and queues, in order, a reset for each channel whose
+//! history no longer reaches the cursor, the replay, and then lets live
+//! events in by indexing the connection under its channels. The hub reads
+//! history and attaches under one lock, so replay and live delivery meet
+//! at `live_from` without a gap or a double.
+//!
+//! Also here: starting an SSE stream, and taking channels off the local
+//! index when a connection leaves them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::timer::TimerKind;
+use super::{event_bytes, reset_bytes, Encoding, Waiting, Worker};
+use crate::api::answers::redis_unavailable;
+use crate::api::StreamStart;
+use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sse, Sub};
+use crate::hub::{NotReady, Snapshot};
+use crate::proto::gzip::{self as gz, Trail};
+use crate::proto::sse;
+
+impl Worker {
+    /// Attaches `channels` for connection `(key, gen)` in the hub; the
+    /// snapshot says where each channel's live delivery starts and what
+    /// to replay. Redis mode may answer "not loaded yet".
+    pub(super) fn attach(
+        &mut self,
+        key: usize,
+        gen: u32,
+        channels: &[Arc<str>],
+        cursor: Option<u64>,
+    ) -> Result<Snapshot, NotReady> {
+        let conn = self.conn_ref(key, gen);
+        self.shared.hub.subscribe(conn, channels, cursor)
+    }
+
+    /// Queues what a new subscription owes before live events (resets,
+    /// then the replay), notes where live delivery starts, and indexes the
+    /// connection under `channels` so live events reach it.
+    pub(super) fn begin_delivery(&mut self, key: usize, channels: &[Arc<str>], snap: &Snapshot) {
+        let enc = Encoding::of(&self.shared);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let gen = conn.gen;
+        for ch in &snap.resets {
+            if let Some(bytes) = reset_bytes(&mut conn.state, ch) {
+                conn.queue.push_control(bytes);
+            }
+        }
+        for ev in &snap.replay {
+            let Some(bytes) = event_bytes(&conn.state, ev, &enc) else {
+                break;
+            };
+            conn.queue.push_replay(bytes, ev.id);
+            conn.state.sent(ev);
+        }
+        if let Some(d) = conn.state.delivery_mut() {
+            if let Some(last) = snap.replay.last() {
+                d.last_queued = Some(last.id);
+            }
+            let live_from = snap.live_from.iter().copied().max().unwrap_or(0);
+            d.live_from_max = d.live_from_max.max(live_from);
+        }
+        for ch in channels {
+            self.topics.entry(ch.clone()).or_default().insert(key);
+        }
+        self.mark_dirty(key, gen);
+    }
+
+    /// Turns a request into an SSE stream: head and `retry:` first, then
+    /// what the subscription owes, then live events.
+    pub(super) fn start_stream(&mut self, key: usize, start: StreamStart, now: u64) {
+        let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
+            return self.shared.access.sse.release(start.ip_slot);
+        };
+        let snap = match self.attach(key, gen, &start.channels, start.cursor) {
+            Ok(snap) => snap,
+            Err(NotReady::Loading) => return self.park(key, Waiting::Stream(start), now),
+            Err(why) => {
+                self.shared.access.sse.release(start.ip_slot);
+                let message = match why {
+                    NotReady::Full => "too many channels are loading from Redis; retry shortly",
+                    _ => "Redis is unreachable; retry shortly",
+                };
+                let bytes = Bytes::from(redis_unavailable(message, false));
+                return self.close_gracefully(key, Some(bytes), false, now);
+            }
+        };
+        let retry = {
+            let cfg = &self.shared.config.sse;
+            cfg.retry_ms + self.jitter(cfg.retry_jitter_ms)
+        };
+        let heartbeat = self.shared.config.sse.heartbeat_ms;
+        let Some(conn) = self.conns.get_mut(key) else {
+            // Gone meanwhile: undo the attach through the normal path.
+            self.shared.access.sse.release(start.ip_slot);
+            return self.release_channels(&start.channels);
+        };
+        conn.ip_slot = Some((SlotKind::Sse, start.ip_slot));
+        let mut sse = Sse {
+            channels: subs(&start.channels, &snap).collect(),
+            delivery: Delivery::default(),
+            next_ping_ms: now + heartbeat,
+            gzip: start.gzip.then(Trail::default),
+            batch: start.batch,
+            hold_until: None,
+        };
+        let mut head = match start.gzip {
+            true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
+            false => sse::HEAD.as_bytes().to_vec(),
+        };
+        head.extend_from_slice(&sse.control(&sse::retry(retry)));
+        conn.queue.push_control(Bytes::from(head));
+        let old = std::mem::replace(&mut conn.state, ConnState::Sse(sse));
+        self.moved(old.phase(), Phase::Sse);
+        self.timers
+            .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
+        self.begin_delivery(key, &start.channels, &snap);
+    }
+
+    /// Detaches channels that have no local subscriber.
+    pub(super) fn release_channels(&mut self, channels: &[Arc<str>]) {
+        for ch in channels {
+            if !self.topics.contains_key(ch) {
+                self.shared.hub.detach(self.id, ch);
+            }
+        }
+    }
+
+    /// Takes `key` off the local index of `channels`; a channel with no
+    /// local subscriber left is detached in the hub.
+    pub(super) fn unsubscribe(&mut self, key: usize, channels: &[Sub]) {
+        for Sub { channel: ch, .. } in channels {
+            if let Some(subs) = self.topics.get_mut(ch) {
+                subs.remove(&key);
+                if subs.is_empty() {
+                    self.topics.remove(ch);
+                    self.shared.hub.detach(self.id, ch);
+                }
+            }
+        }
+    }
+}
+
+/// The subscriptions a snapshot starts: each channel with where its live
+/// delivery begins.
+fn subs<'a>(channels: &'a [Arc<str>], snap: &'a Snapshot) -> impl Iterator<Item = Sub> + 'a {
+    channels
+        .iter()
+        .zip(&snap.live_from)
+        .map(|(c, &live_from)| Sub {
+            channel: c.clone(),
+            live_from,
+        })
+}

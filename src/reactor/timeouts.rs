@@ -1,0 +1,80 @@
+//! What a due timer does: a request that did not arrive in time (408, or
+//! a quiet close of an idle keep-alive), a parked request Redis did not
+//! answer, SSE and WebSocket heartbeats, the linger of a closing
+//! connection, and the end of an SSE batch window. An entry whose
+//! connection is gone, or whose deadline moved, does nothing or re-arms.
+
+use super::timer::{Entry, TimerKind};
+use super::{Closed, Worker};
+use crate::conn::ConnState;
+use crate::proto::http::HttpError;
+use crate::proto::sse;
+
+impl Worker {
+    pub(super) fn run_timers(&mut self, now: u64) {
+        let mut fired = std::mem::take(&mut self.fired);
+        self.timers.expire(now, &mut fired);
+        for entry in fired.drain(..) {
+            self.on_timer(entry, now);
+        }
+        self.fired = fired;
+    }
+
+    fn on_timer(&mut self, entry: Entry, now: u64) {
+        let (key, gen) = (entry.key, entry.gen);
+        let Some(conn) = self.conns.get(key).filter(|c| c.gen == gen) else {
+            return;
+        };
+        match (entry.kind, &conn.state) {
+            (TimerKind::Request, ConnState::Request(_)) => self.request_due(key, gen, now),
+            (TimerKind::Heartbeat, ConnState::Sse(_)) => self.sse_heartbeat(key, gen, now),
+            (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now),
+            (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
+            (TimerKind::Batch, ConnState::Sse(_)) => self.mark_dirty(key, gen),
+            _ => {}
+        }
+    }
+
+    /// The request deadline: re-arm if it moved, else end the wait.
+    fn request_due(&mut self, key: usize, gen: u32, now: u64) {
+        let Some(ConnState::Request(req)) = self.conns.get(key).map(|c| &c.state) else {
+            return;
+        };
+        if now < req.deadline_ms {
+            let at = req.deadline_ms;
+            self.timers.schedule(at, key, gen, TimerKind::Request);
+        } else if req.parked {
+            self.parked_timeout(key, now);
+        } else if req.buf.is_empty() && req.served > 0 {
+            // An idle keep-alive connection: just close it.
+            self.close(key, Closed::Timeout);
+        } else {
+            let err = HttpError::new(408, "request_timeout", "the request did not arrive in time");
+            self.reject(key, &err, now);
+        }
+    }
+
+    /// `: ping` when the stream has been quiet for a heartbeat period.
+    fn sse_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
+        let heartbeat = self.shared.config.sse.heartbeat_ms;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let ConnState::Sse(sse) = &mut conn.state else {
+            return;
+        };
+        if now >= sse.next_ping_ms {
+            sse.next_ping_ms = now + heartbeat;
+            if conn.queue.is_empty() {
+                let ping = sse.control(sse::PING);
+                conn.queue.push_control(ping);
+                self.mark_dirty(key, gen);
+            }
+        }
+        let Some(ConnState::Sse(sse)) = self.conns.get(key).map(|c| &c.state) else {
+            return;
+        };
+        let at = sse.next_ping_ms;
+        self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+    }
+}
