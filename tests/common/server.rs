@@ -186,3 +186,21 @@ pub fn fds_accounted(server: &Server) -> serde_json::Value {
     });
     last
 }
+
+/// The `/debug/fds` report once it shows exactly `open` fds, every one
+/// accounted for: the baseline a test expects, asserted (a connection still
+/// closing from an earlier request may show for a moment, so this asks
+/// again until the deadline).
+pub fn fds_at(server: &Server, open: usize) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until(
+        &format!("/debug/fds to show {open} fds, all accounted for"),
+        || {
+            let (status, body) = get(server.addr, "/debug/fds");
+            assert_eq!(status, 200, "{body}");
+            last = serde_json::from_str(&body).expect("json");
+            last["open"] == open && last["unaccounted"] == 0
+        },
+    );
+    last
+}
