@@ -1,0 +1,160 @@
+//! Real `redis-server`s for Redis mode: one per test on a free port (which
+//! the test can kill, restart, pause and resume), redix nodes attached to
+//! one, and Redis stream ids.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::http::get;
+use super::server::{wait_until, Server, DEADLINE};
+
+/// A real `redis-server` on a free port, killed on drop; the tests can
+/// kill, restart (same port), pause and resume it.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` from PATH without persistence and waits until
+    /// it answers PING.
+    pub fn start() -> RedisServer {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut r = RedisServer { child: None, port };
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("redis-server did not come up on any of 5 free ports");
+    }
+
+    /// Starts on a given port (one a node was already told about).
+    pub fn start_on(port: u16) -> RedisServer {
+        let mut r = RedisServer { child: None, port };
+        assert!(r.spawn(), "redis-server could not take port {port}");
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Spawns on `self.port`; false when it exited (the port was taken).
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH (the test command installs it)");
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < DEADLINE {
+            if self.ping() {
+                return true;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    self.child = None;
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server on port {port} did not answer PING");
+    }
+
+    /// Runs one command (RESP over a fresh connection); the raw reply.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).ok()?;
+        let mut buf = vec![0; 64 * 1024];
+        let n = s.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    pub fn ping(&self) -> bool {
+        self.command(&["PING"])
+            .is_some_and(|r| r.starts_with("+PONG"))
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server could not take port {} again",
+            self.port
+        );
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A redix node in Redis mode, started and waited on until `/readyz` says
+/// the Redis round trip works.
+pub fn redis_node(redis: &RedisServer, args: &[&str]) -> Server {
+    let url = redis.url();
+    let mut all = vec!["--redis", url.as_str()];
+    all.extend_from_slice(args);
+    let node = Server::start(&all);
+    wait_until("the node to be ready", || {
+        get(node.addr, "/readyz").0 == 200
+    });
+    node
+}
+
+/// Publishes and returns (status, body as JSON or the raw text as a string).
+/// A Redis stream id `ms-n` as a pair that orders like the id.
+pub fn stream_id(s: &str) -> (u64, u64) {
+    let (ms, n) = s
+        .split_once('-')
+        .unwrap_or_else(|| panic!("not a stream id: {s}"));
+    (ms.parse().expect("ms"), n.parse().expect("n"))
+}
