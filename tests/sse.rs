@@ -251,9 +251,16 @@ fn a_stalled_client_is_cut_off_with_its_resume_id_while_fast_ones_get_everything
 }
 
 #[test]
-fn at_the_connection_cap_accepting_pauses_and_resumes_below_ninety_percent() {
-    let server = Server::start(&["--set", "limits.max_connections=10"]);
-    let mut held: Vec<SseClient> = (0..10)
+fn at_the_connection_cap_accepting_pauses_and_resumes_at_ninety_percent() {
+    let server = Server::start(&[
+        "--set",
+        "limits.max_connections=20",
+        "--set",
+        "limits.sse_per_ip=50",
+    ]);
+    // One kept-alive connection to watch the server while it is full.
+    let mut watch = HttpConn::connect(server.addr);
+    let mut held: Vec<SseClient> = (0..19)
         .map(|_| SseClient::connect(server.addr, "cap"))
         .collect();
     assert!(held.iter().all(|c| c.status == 200));
@@ -262,10 +269,15 @@ fn at_the_connection_cap_accepting_pauses_and_resumes_below_ninety_percent() {
         let addr = server.addr;
         move || SseClient::connect(addr, "cap").status
     });
-    wait_until("cap log line", || {
-        server.logs().contains("connection cap 10 reached")
-    });
+    let paused = "redix_accept_pauses_total{reason=\"conn_cap\"}";
+    wait_until("a pause at the cap", || watch.metric(paused) >= 1.0);
     assert!(!waiting.is_finished(), "served while at the cap");
-    held.truncate(8);
+    // 19 of 20 is above 90 %: still paused.
+    held.truncate(18);
+    let sse = "redix_connections{transport=\"sse\"}";
+    wait_until("19 open", || watch.metric(sse) == 18.0);
+    assert!(!waiting.is_finished(), "served above 90 % of the cap");
+    // 18 of 20 is 90 %: accepting resumes.
+    held.truncate(17);
     assert_eq!(waiting.join().unwrap(), 200);
 }
