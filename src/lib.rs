@@ -1,26 +1,56 @@
 //! redix: a real-time fan-out gateway for SSE and WebSocket clients.
 //!
+//! Threads and the channels between them:
+//!
 //! ```text
-//!   clients ──► reactor 0 ─┐   each reactor: own Poll + SO_REUSEPORT listener,
-//!   clients ──► reactor 1 ─┤   Slab<Conn>, local topic index, timer wheel,
-//!   clients ──► reactor N ─┘   per-connection bounded write queues
-//!                  │  ▲
-//!   POST /api/publish (on any reactor)
-//!                  ▼  │ Arc<Event> (encoded once) over a bounded crossbeam
-//!                 Hub ┘ channel + mio::Waker, to reactors with subscribers
+//!  clients ─► reactor 0..N-1 (one mio Poll + SO_REUSEPORT listener each: Slab<Conn>,
+//!             │   ▲            local topic index, timer wheel, bounded write queues)
+//!             │   │ Mailbox = bounded crossbeam channel + mio::Waker, one per reactor;
+//!             │   │ Msg::{Event, Retry, Reset, PublishReply}, connections named by ConnRef
+//!             │   │
+//!  publish ──►├─► Hub (Arc, one Mutex): ids, history, dedupe; encodes each event once
+//!  (embedded) │   └─► hands the same Arc<Event> to every reactor with subscribers (Outbox)
+//!             │
+//!  Redis mode ├─► link::Redis.submit(Command) ── bounded queue, try_send ──► command thread
+//!             │      publishes (EVALSHA, pipelined), history loads, readiness canary
+//!             │      └─► Msg::PublishReply to the reactor that asked
+//!             │   pub/sub thread: SUBSCRIBEs the hub's wanted channels ◄── reader thread
+//!             │      (socket → 64 MiB bounded chunk queue) ─► Hub.receive ─► reactors
+//!             │
+//!  signals ───┴─► signal thread: SIGTERM drains (Health flag + wake every Mailbox), SIGHUP reloads
+//!  watchdog thread: pings systemd while every reactor's Health stamp is fresh
 //!
-//!   signal thread ── SIGTERM/SIGINT ──► shutting_down flag + wake every reactor
-//!
-//!   Redis mode: POST /api/publish ──► command thread ──► publish.lua (stream + PUBLISH)
-//!               Redis pub/sub ──► pub/sub thread ──► Hub (as above), on every node
+//!  to come: the market bridge (one upstream WebSocket, a Command queue like Redis's and
+//!  Hub.receive for `trades:*`) and the job workers (results as hub events) attach at the
+//!  same two points: a handle in `link`, answers and events through the Hub or a Mailbox.
 //! ```
 //!
-//! Where a byte enters and leaves: `reactor` accepts and polls, `conn` owns
-//! one socket's state and write queue, `proto` turns bytes into requests
-//! and events into bytes (no sockets, no clock), `api` routes requests,
-//! `hub` assigns ids and hands events to reactors, `bridge` talks to Redis
-//! in Redis mode, `limits`/`auth` decide
-//! who may do what, `metrics`/`diag` report.
+//! Invariants a contributor must keep:
+//! - **Who owns a socket**: a client socket belongs to the reactor that
+//!   accepted it, for its whole life; no other thread touches it. Other
+//!   threads name a connection by [`mailbox::ConnRef`] (reactor, slot,
+//!   generation) and reach it only through that reactor's [`mailbox::Mailbox`].
+//! - **Who may block**: nothing on a reactor, ever (no Redis call, no lock
+//!   held across I/O; the hub's lock covers memory work only). Bridge
+//!   threads may block on their own sockets; they hand work to reactors
+//!   with `try_send` and count what a full inbox refuses.
+//! - **What is bounded where**: each reactor's inbox ([`mailbox::INBOX_CAPACITY`]),
+//!   each connection's write queue (`queue.max_events`/`max_bytes`, control
+//!   replies with their own budget), request heads and bodies
+//!   (`limits.*`), history (`history.*`), the Redis command queue
+//!   (`redis.queue`) and pub/sub backlog (64 MiB), the timer wheel (one live
+//!   entry per kind per connection).
+//! - **Layers**: `proto` (bytes ↔ messages) and `hub` never import `mio`,
+//!   `std::net` or the clock; `event`, `mailbox`, `clock` are leaves below
+//!   the hub; `bridge` and `hub` import nothing from `reactor`; `state`
+//!   imports nothing from `bridge`; files of `reactor/` share only
+//!   `reactor/mod.rs`.
+//!
+//! Where a byte enters and leaves: `reactor` accepts and polls, `conn`
+//! owns one socket's state and write queue, `proto` turns bytes into
+//! requests and events into bytes, `api` decides what a request means,
+//! `hub` assigns ids and hands events to reactors, `bridge` talks to Redis,
+//! `limits`/`auth` decide who may do what, `metrics`/`diag` report.
 
 pub mod api;
 pub mod auth;

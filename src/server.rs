@@ -4,8 +4,10 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crossbeam_channel::Receiver;
 use mio::Poll;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -19,7 +21,7 @@ use crate::hub::history::HistoryLimits;
 use crate::hub::{Hub, HubConfig, MAX_REACTORS};
 use crate::limits::{connection_cap, raise_nofile_limit};
 use crate::link::Redis;
-use crate::mailbox::{Mailbox, Outbox};
+use crate::mailbox::{Mailbox, Msg, Outbox};
 use crate::reactor::{Worker, WAKER};
 use crate::state::{Shared, Sizing};
 
@@ -76,6 +78,117 @@ fn start_watchdog(shared: &Arc<Shared>) -> Result<(), String> {
         .map_err(|e| format!("spawn watchdog thread: {e}"))
 }
 
+/// Binds one listener per reactor on `addr`; returns them and the address
+/// they share (port 0 picks one).
+fn bind_all(
+    mut addr: SocketAddr,
+    backlog: i32,
+    n: usize,
+) -> Result<(Vec<mio::net::TcpListener>, SocketAddr), String> {
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let l = bind(addr, backlog).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        // With port 0 the first bind picks the port; the others share it.
+        addr = l
+            .local_addr()
+            .map_err(|e| format!("listener address: {e}"))?;
+        listeners.push(l);
+    }
+    Ok((listeners, addr))
+}
+
+/// A reactor's poll and the two ends of its mailbox.
+type ReactorIo = (Poll, (Arc<Mailbox>, Receiver<Msg>));
+
+fn reactor_io(n: usize) -> Result<Vec<ReactorIo>, String> {
+    (0..n)
+        .map(|_| {
+            let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
+            let mailbox = Mailbox::new(&poll, WAKER).map_err(|e| format!("waker: {e}"))?;
+            Ok((poll, mailbox))
+        })
+        .collect()
+}
+
+/// The hub, its first id and its outboxes (one per reactor mailbox).
+fn build_hub(config: &Config, mailboxes: &[Arc<Mailbox>]) -> Arc<Hub> {
+    let outboxes: Vec<Arc<dyn Outbox>> = mailboxes
+        .iter()
+        .map(|m| m.clone() as Arc<dyn Outbox>)
+        .collect();
+    // Embedded ids count from the clock in µs, so they grow across
+    // restarts; in Redis mode Redis hands them out and the hub only tracks
+    // the newest it has seen (none yet).
+    let first_id = match config.redis.enabled() {
+        true => 1,
+        false => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64),
+    };
+    Arc::new(Hub::new(outboxes, first_id, hub_config(config)))
+}
+
+/// Starts one thread per reactor.
+fn spawn_reactors(
+    shared: &Arc<Shared>,
+    io: Vec<ReactorIo>,
+    listeners: Vec<mio::net::TcpListener>,
+) -> Result<Vec<JoinHandle<()>>, String> {
+    let per_worker = shared.fds.max_conns / io.len().max(1) + 1;
+    let mut threads = Vec::with_capacity(io.len());
+    for (id, ((poll, mailbox), listener)) in io.into_iter().zip(listeners).enumerate() {
+        let capacity = per_worker.min(65_536);
+        let worker = Worker::new(id, poll, listener, mailbox, shared.clone(), capacity)
+            .map_err(|e| format!("reactor {id}: {e}"))?;
+        let handle = std::thread::Builder::new()
+            .name(format!("redix-reactor-{id}"))
+            .spawn(move || worker.run())
+            .map_err(|e| format!("spawn reactor {id}: {e}"))?;
+        threads.push(handle);
+    }
+    Ok(threads)
+}
+
+/// SIGTERM/SIGINT drain (a second one exits at once); SIGHUP reloads keys
+/// and limits.
+fn spawn_signal_thread(
+    shared: &Arc<Shared>,
+    stop: impl Fn() + Send + 'static,
+    reload: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
+) -> Result<(), String> {
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
+    let drain_ms = shared.config.shutdown.drain_ms;
+    let shared = shared.clone();
+    let on_signal = move || {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match reload() {
+                    Ok(new) => shared.access.reload(&new),
+                    Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                continue;
+            }
+            seen += 1;
+            if seen > 1 {
+                log::warn!("second signal {sig}: exiting now");
+                std::process::exit(1);
+            }
+            log::info!("signal {sig}: draining connections (up to {drain_ms} ms); a second signal exits at once");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            stop();
+        }
+    };
+    std::thread::Builder::new()
+        .name("redix-signals".into())
+        .spawn(on_signal)
+        .map(|_| ())
+        .map_err(|e| format!("spawn signal thread: {e}"))
+}
+
 /// Runs redix until a signal has drained it. Errors are start-up failures.
 ///
 /// `reload` builds the configuration again (file, environment, command
@@ -98,39 +211,10 @@ pub fn run(
             "no API key configured: publish and admin endpoints accept loopback clients only"
         );
     }
-
-    let mut addr = config.listen;
-    let mut listeners = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let l = bind(addr, config.backlog).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        // With port 0 the first bind picks the port; the others share it.
-        addr = l
-            .local_addr()
-            .map_err(|e| format!("listener address: {e}"))?;
-        listeners.push(l);
-    }
-    let mut polls = Vec::with_capacity(workers);
-    let mut mailboxes = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
-        mailboxes.push(Mailbox::new(&poll, WAKER).map_err(|e| format!("waker: {e}"))?);
-        polls.push(poll);
-    }
-    let outboxes: Vec<Arc<dyn Outbox>> = mailboxes
-        .iter()
-        .map(|(m, _)| m.clone() as Arc<dyn Outbox>)
-        .collect();
-    let wakers: Vec<Arc<Mailbox>> = mailboxes.iter().map(|(m, _)| m.clone()).collect();
-    // Embedded ids count from the clock in µs, so they grow across
-    // restarts; in Redis mode Redis hands them out and the hub only tracks
-    // the newest it has seen (none yet).
-    let first_id = match config.redis.enabled() {
-        true => 1,
-        false => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64),
-    };
-    let hub = Arc::new(Hub::new(outboxes, first_id, hub_config(&config)));
+    let (listeners, addr) = bind_all(config.listen, config.backlog, workers)?;
+    let io = reactor_io(workers)?;
+    let mailboxes: Vec<Arc<Mailbox>> = io.iter().map(|(_, (m, _))| m.clone()).collect();
+    let hub = build_hub(&config, &mailboxes);
     let (redis, commands) = match config.redis.enabled() {
         true => {
             let (redis, rx) = Redis::new(config.redis.clone());
@@ -145,29 +229,7 @@ pub fn run(
     };
     let clock = Clock::start();
     let shared = Shared::new(config, hub, clock, sizing, redis);
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
-
-    let per_worker = max_conns / workers + 1;
-    let mut threads = Vec::with_capacity(workers);
-    for (id, ((poll, listener), mailbox)) in
-        polls.into_iter().zip(listeners).zip(mailboxes).enumerate()
-    {
-        let worker = Worker::new(
-            id,
-            poll,
-            listener,
-            mailbox,
-            shared.clone(),
-            per_worker.min(65_536),
-        )
-        .map_err(|e| format!("reactor {id}: {e}"))?;
-        let handle = std::thread::Builder::new()
-            .name(format!("redix-reactor-{id}"))
-            .spawn(move || worker.run())
-            .map_err(|e| format!("spawn reactor {id}: {e}"))?;
-        threads.push(handle);
-    }
+    let threads = spawn_reactors(&shared, io, listeners)?;
     shared.fds.record_baseline();
     if let (Some(redis), Some(commands)) = (&shared.redis, commands) {
         bridge::start(bridge::Parts {
@@ -175,47 +237,18 @@ pub fn run(
             commands,
             hub: shared.hub.clone(),
             clock,
-            mailboxes: wakers.clone(),
+            mailboxes: mailboxes.clone(),
             retention: Retention::of(&shared.config),
         })?;
     }
-
     let stop = {
-        let (shared, wakers) = (shared.clone(), wakers.clone());
+        let shared = shared.clone();
         move || {
             shared.health.begin_shutdown();
-            wakers.iter().for_each(|w| w.wake());
+            mailboxes.iter().for_each(|w| w.wake());
         }
     };
-    let on_signal = stop.clone();
-    let drain_ms = shared.config.shutdown.drain_ms;
-    let reloading = shared.clone();
-    std::thread::Builder::new()
-        .name("redix-signals".into())
-        .spawn(move || {
-            let mut seen = 0;
-            for sig in signals.forever() {
-                if sig == SIGHUP {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
-                    match reload() {
-                        Ok(new) => reloading.access.reload(&new),
-                        Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
-                    }
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                    continue;
-                }
-                seen += 1;
-                if seen > 1 {
-                    log::warn!("second signal {sig}: exiting now");
-                    std::process::exit(1);
-                }
-                log::info!("signal {sig}: draining connections (up to {drain_ms} ms); a second signal exits at once");
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-                on_signal();
-            }
-        })
-        .map_err(|e| format!("spawn signal thread: {e}"))?;
-
+    spawn_signal_thread(&shared, stop.clone(), reload)?;
     log::info!(
         "{workers} reactors, connection cap {max_conns} (RLIMIT_NOFILE {soft}/{hard}), fd baseline {}",
         shared.fds.internal_fds.load(Ordering::Relaxed)
@@ -224,7 +257,11 @@ pub fn run(
     println!("redix listening on {addr}");
     let _ = std::io::stdout().flush();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    join_reactors(threads, stop)
+}
 
+/// Waits for every reactor; a panicked one shuts the others down.
+fn join_reactors(threads: Vec<JoinHandle<()>>, stop: impl Fn()) -> Result<(), String> {
     let mut failed = false;
     for (id, t) in threads.into_iter().enumerate() {
         if t.join().is_err() {

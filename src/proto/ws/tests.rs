@@ -1,6 +1,7 @@
 //! Tests of the WebSocket core: RFC 6455 vectors, every close-code path,
 //! fragmentation and fail-fast UTF-8.
 use super::*;
+use std::mem;
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 const MAX: usize = 1 << 16;

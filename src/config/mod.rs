@@ -13,10 +13,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 
-use clap::Parser;
 use serde::Deserialize;
+
+mod sources;
+
+use sources::{apply_cli, apply_env};
+pub use sources::{Cli, Subcommand};
 
 /// Default listen address: loopback only, so a fresh `cargo run` is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
@@ -393,55 +396,6 @@ impl Default for ShutdownConfig {
 }
 
 /// Command line. Flags left out fall back to the environment, then the file.
-#[derive(Debug, Parser)]
-#[command(
-    name = "redix",
-    version,
-    about = "Real-time SSE/WebSocket fan-out gateway"
-)]
-pub struct Cli {
-    /// TOML configuration file.
-    #[arg(short, long, env = "REDIX_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Listen address (`listen`), e.g. 0.0.0.0:4000; port 0 picks a free port.
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Reactor threads (`workers`); 0 = one per core.
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// API key with every scope (`auth.keys`); repeatable.
-    #[arg(long = "api-key")]
-    pub api_keys: Vec<String>,
-    /// Concurrent SSE streams per client IP (`limits.sse_per_ip`).
-    #[arg(long)]
-    pub sse_per_ip: Option<u32>,
-    /// Redis mode (`redis.url`), e.g. redis://127.0.0.1:6379.
-    #[arg(long, global = true)]
-    pub redis: Option<String>,
-    /// Any key: `--set section.key=value` (value in TOML syntax; bare strings allowed).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-    #[command(subcommand)]
-    pub command: Option<Subcommand>,
-}
-
-/// What to run instead of the server.
-#[derive(Debug, clap::Subcommand)]
-pub enum Subcommand {
-    /// Publish one event through Redis (needs `--redis` or `redis.url`),
-    /// exactly as a node does; prints the answer as JSON.
-    Publish {
-        /// Channel name.
-        channel: String,
-        /// Event data: JSON (anything else is sent as a JSON string).
-        data: String,
-        /// Publisher id: a second publish with it inside the dedupe window
-        /// is not delivered again.
-        #[arg(long)]
-        id: Option<String>,
-    },
-}
-
 /// A configuration problem, reported at start with the key it concerns.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -454,7 +408,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-type Table = toml::Table;
+pub(crate) type Table = toml::Table;
 
 impl Config {
     /// Builds the configuration from the command line, the process
@@ -616,196 +570,5 @@ pub enum Scope {
     Admin,
 }
 
-/// Parses a value the way TOML would; a bare word that is not TOML is a string.
-fn parse_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
-}
-
-/// Sets `section.key` (or a top-level `key`) in the table.
-fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), ConfigError> {
-    let mut parts = path.split('.');
-    let (first, rest) = (parts.next().unwrap_or(""), parts.next());
-    if first.is_empty() || parts.next().is_some() {
-        return Err(ConfigError(format!(
-            "config key `{path}`: expected `key` or `section.key`"
-        )));
-    }
-    match rest {
-        None => {
-            table.insert(first.to_string(), value);
-        }
-        Some(key) => {
-            let section = table
-                .entry(first.to_string())
-                .or_insert_with(|| toml::Value::Table(Table::new()));
-            match section {
-                toml::Value::Table(t) => {
-                    t.insert(key.to_string(), value);
-                }
-                _ => {
-                    return Err(ConfigError(format!(
-                        "config key `{first}` is not a section"
-                    )))
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-const SECTIONS: [&str; 12] = [
-    "auth", "limits", "sse", "ws", "queue", "history", "publish", "batch", "tcp", "shutdown",
-    "debug", "redis",
-];
-
-fn apply_env(table: &mut Table, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-    for (name, raw) in env {
-        let key = name["REDIX_".len()..].to_ascii_lowercase();
-        match key.as_str() {
-            "config" | "log" => continue,
-            "api_key" => {
-                let keys = raw.split(',').filter(|k| !k.is_empty());
-                push_keys(table, keys.map(str::to_string))?;
-                continue;
-            }
-            _ => {}
-        }
-        let path = match key.split_once('_') {
-            Some((section, rest)) if SECTIONS.contains(&section) => format!("{section}.{rest}"),
-            _ => key.clone(),
-        };
-        set_path(table, &path, parse_value(raw))
-            .map_err(|e| ConfigError(format!("{e} (from environment {name})")))?;
-    }
-    Ok(())
-}
-
-fn apply_cli(table: &mut Table, cli: &Cli) -> Result<(), ConfigError> {
-    if let Some(listen) = &cli.listen {
-        set_path(table, "listen", toml::Value::String(listen.clone()))?;
-    }
-    if let Some(workers) = cli.workers {
-        set_path(table, "workers", toml::Value::Integer(workers as i64))?;
-    }
-    if let Some(url) = &cli.redis {
-        set_path(table, "redis.url", toml::Value::String(url.clone()))?;
-    }
-    if let Some(n) = cli.sse_per_ip {
-        set_path(
-            table,
-            "limits.sse_per_ip",
-            toml::Value::Integer(i64::from(n)),
-        )?;
-    }
-    push_keys(table, cli.api_keys.iter().cloned())?;
-    for item in &cli.set {
-        let (path, raw) = item
-            .split_once('=')
-            .ok_or_else(|| ConfigError(format!("--set {item}: expected KEY=VALUE")))?;
-        set_path(table, path.trim(), parse_value(raw.trim()))?;
-    }
-    Ok(())
-}
-
-fn push_keys(table: &mut Table, keys: impl Iterator<Item = String>) -> Result<(), ConfigError> {
-    let mut keys = keys.peekable();
-    if keys.peek().is_none() {
-        return Ok(());
-    }
-    let mut all: Vec<toml::Value> = match table.get("auth").and_then(|a| a.get("keys")) {
-        Some(toml::Value::Array(existing)) => existing.clone(),
-        _ => Vec::new(),
-    };
-    all.extend(keys.map(toml::Value::String));
-    set_path(table, "auth.keys", toml::Value::Array(all))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cli(args: &[&str]) -> Cli {
-        let mut argv = vec!["redix"];
-        argv.extend_from_slice(args);
-        Cli::parse_from(argv)
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn the_example_file_is_complete_and_valid() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/redix.toml");
-        let c = Config::from_sources(&cli(&["--config", path]), &env(&[])).unwrap();
-        assert!(!c.redis.enabled());
-        let c = Config::from_sources(
-            &cli(&["--config", path, "--redis", "redis://10.0.0.5:6380"]),
-            &env(&[]),
-        )
-        .unwrap();
-        assert_eq!(c.redis.url, "redis://10.0.0.5:6380");
-        let bad = Config::from_sources(&cli(&["--redis", "http://x"]), &env(&[]));
-        assert!(bad.unwrap_err().0.contains("redis.url"));
-    }
-
-    #[test]
-    fn defaults_hold_without_sources() {
-        let c = Config::from_sources(&cli(&[]), &env(&[])).unwrap();
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.limits.sse_per_ip, DEFAULT_SSE_PER_IP);
-        assert_eq!(c.queue.max_events, DEFAULT_QUEUE_MAX_EVENTS);
-    }
-
-    #[test]
-    fn cli_beats_env_beats_file() {
-        let dir = std::env::temp_dir().join(format!("redix-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("a.toml");
-        std::fs::write(
-            &path,
-            "workers = 3\n[limits]\nsse_per_ip = 7\nmax_body_bytes = 99\n",
-        )
-        .unwrap();
-        let p = path.to_str().unwrap();
-        let e = env(&[("REDIX_LIMITS_SSE_PER_IP", "8"), ("REDIX_WORKERS", "4")]);
-        let c = Config::from_sources(&cli(&["-c", p, "--workers", "5"]), &e).unwrap();
-        assert_eq!(c.workers, 5, "cli over env");
-        assert_eq!(c.limits.sse_per_ip, 8, "env over file");
-        assert_eq!(c.limits.max_body_bytes, 99, "file over default");
-    }
-
-    #[test]
-    fn bad_values_name_the_key() {
-        let e = env(&[("REDIX_LIMITS_SSE_PER_IP", "lots")]);
-        let err = Config::from_sources(&cli(&[]), &e).unwrap_err().0;
-        assert!(err.contains("sse_per_ip"), "{err}");
-        let err = Config::from_sources(&cli(&["--set", "queue.max_event=3"]), &env(&[]))
-            .unwrap_err()
-            .0;
-        assert!(err.contains("max_event"), "{err}");
-        let err = Config::from_sources(&cli(&["--set", "queue.max_events=0"]), &env(&[]))
-            .unwrap_err()
-            .0;
-        assert!(err.contains("queue.max_events"), "{err}");
-        let err = Config::from_sources(&cli(&["--listen", "nowhere"]), &env(&[]))
-            .unwrap_err()
-            .0;
-        assert!(err.contains("listen"), "{err}");
-    }
-
-    #[test]
-    fn api_keys_merge_from_env_and_cli() {
-        let e = env(&[("REDIX_API_KEY", "a,b")]);
-        let c = Config::from_sources(&cli(&["--api-key", "c"]), &e).unwrap();
-        assert_eq!(c.auth.keys, vec!["a", "b", "c"]);
-        assert_eq!(c.keys_for(Scope::Publish).len(), 3);
-    }
-}
+mod tests;
