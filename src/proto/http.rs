@@ -90,23 +90,12 @@ impl HttpError {
 pub fn parse_head(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option<Head>, HttpError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
-    let status = match req.parse(buf) {
-        Ok(s) => s,
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::new(
-                431,
-                "headers_too_large",
-                "too many request headers",
-            ))
+    let status = req.parse(buf).map_err(|e| match e {
+        httparse::Error::TooManyHeaders => {
+            HttpError::new(431, "headers_too_large", "too many request headers")
         }
-        Err(e) => {
-            return Err(HttpError::new(
-                400,
-                "bad_request",
-                format!("malformed request: {e}"),
-            ))
-        }
-    };
+        e => HttpError::new(400, "bad_request", format!("malformed request: {e}")),
+    })?;
     let len = match status {
         httparse::Status::Complete(n) if n > max_head => return Err(head_too_large(max_head)),
         httparse::Status::Complete(n) => n,
@@ -134,54 +123,65 @@ pub fn parse_head(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| {
-                HttpError::new(
-                    400,
-                    "bad_request",
-                    format!("header {} is not UTF-8", h.name),
-                )
+                let why = format!("header {} is not UTF-8", h.name);
+                HttpError::new(400, "bad_request", why)
             })?
             .trim();
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .parse()
-                .map_err(|_| HttpError::new(400, "bad_request", "invalid Content-Length"))?;
-            if content_length.is_some_and(|old| old != n) {
-                return Err(HttpError::new(
-                    400,
-                    "bad_request",
-                    "conflicting Content-Length",
-                ));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            head.chunked = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    head.keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    head.keep_alive = true;
-                } else if token.eq_ignore_ascii_case("upgrade") {
-                    head.connection_upgrade = true;
-                }
-            }
-        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
-            // Several headers are one comma-separated list (RFC 9110 §5.3).
-            match &mut head.ws_extensions {
-                Some(list) => {
-                    list.push_str(", ");
-                    list.push_str(value);
-                }
-                None => head.ws_extensions = Some(value.to_string()),
-            }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            content_length = Some(content_length_of(value, content_length)?);
         } else {
-            let slot = match_header(&mut head, name);
-            if let Some(slot) = slot {
-                *slot = Some(value.to_string());
-            }
+            apply_header(&mut head, h.name, value);
         }
     }
+    check_body(&mut head, content_length, max_body)?;
+    Ok(Some(head))
+}
+
+/// A `Content-Length` value; a second one must agree with the first.
+fn content_length_of(value: &str, before: Option<usize>) -> Result<usize, HttpError> {
+    let n: usize = value
+        .parse()
+        .map_err(|_| HttpError::new(400, "bad_request", "invalid Content-Length"))?;
+    if before.is_some_and(|old| old != n) {
+        return Err(HttpError::new(
+            400,
+            "bad_request",
+            "conflicting Content-Length",
+        ));
+    }
+    Ok(n)
+}
+
+/// Records what one header (other than `Content-Length`) says.
+fn apply_header(head: &mut Head, name: &str, value: &str) {
+    if name.eq_ignore_ascii_case("transfer-encoding") {
+        head.chunked = true;
+    } else if name.eq_ignore_ascii_case("connection") {
+        for token in value.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("close") {
+                head.keep_alive = false;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                head.keep_alive = true;
+            } else if token.eq_ignore_ascii_case("upgrade") {
+                head.connection_upgrade = true;
+            }
+        }
+    } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+        // Several headers are one comma-separated list (RFC 9110 §5.3).
+        match &mut head.ws_extensions {
+            Some(list) => {
+                list.push_str(", ");
+                list.push_str(value);
+            }
+            None => head.ws_extensions = Some(value.to_string()),
+        }
+    } else if let Some(slot) = match_header(head, name) {
+        *slot = Some(value.to_string());
+    }
+}
+
+/// The body's framing: a length, no chunked bodies, at most `max_body`.
+fn check_body(head: &mut Head, length: Option<usize>, max_body: usize) -> Result<(), HttpError> {
     if head.chunked {
         return Err(HttpError::new(
             411,
@@ -189,7 +189,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option
             "chunked request bodies are not accepted; send Content-Length",
         ));
     }
-    head.content_length = content_length.unwrap_or(0);
+    head.content_length = length.unwrap_or(0);
     if head.content_length > max_body {
         return Err(HttpError::new(
             413,
@@ -197,7 +197,7 @@ pub fn parse_head(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option
             format!("request body over {max_body} bytes"),
         ));
     }
-    Ok(Some(head))
+    Ok(())
 }
 
 fn match_header<'a>(head: &'a mut Head, name: &str) -> Option<&'a mut Option<String>> {
