@@ -135,7 +135,7 @@ fn chunked(body: &[u8]) -> Vec<u8> {
 /// Feeds `stream` split in two at `split`, each half in 1-byte or 4 KiB pieces.
 fn feed_split(stream: &[u8], split: usize, feed: &mut dyn FnMut(&[u8]) -> Result<(), String>) {
     for piece in [&stream[..split], &stream[split..]] {
-        for tiny in piece.chunks(if split % 3 == 0 { 1 } else { 4096 }) {
+        for tiny in piece.chunks(if split.is_multiple_of(3) { 1 } else { 4096 }) {
             feed(tiny).unwrap_or_else(|e| panic!("split at {split}: {e}"));
         }
     }
