@@ -150,7 +150,6 @@ pub fn print_idle(name: &str, tr: Transport, r: &IdleResult) {
 
 pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
     let mut s = String::new();
-    let h = &r.hist;
     let _ = writeln!(
         s,
         "\n== {} fanout: {} {}subscribers{} × {} events/s × {} s{} ==",
@@ -188,6 +187,17 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
         ms(r.pub_rtt_p99_us),
         r.pub_max_in_flight
     );
+    deliveries(&mut s, r);
+    cpu_lines(&mut s, r);
+    generator_line(&mut s, r);
+    if let Some(e) = &r.first_err {
+        let _ = writeln!(s, "  first error         {e}");
+    }
+    print!("{s}");
+}
+/// The deliveries: counts, loss, rate and latency.
+fn deliveries(s: &mut String, r: &FanoutResult) {
+    let h = &r.hist;
     let lost_pct = if r.expected > 0 {
         r.lost as f64 * 100.0 / r.expected as f64
     } else {
@@ -224,6 +234,10 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
         ms(h.max),
         ms(h.mean() as u64)
     );
+}
+
+/// Server CPU (per node and redis-server's in Redis mode) and RSS.
+fn cpu_lines(s: &mut String, r: &FanoutResult) {
     let _ = writeln!(
         s,
         "  server CPU          {:.0} ms over {:.1} s  →  {:.3} µs per delivery (quiet baseline before publishing: {:.1} ms/s){}",
@@ -278,6 +292,10 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
             " (redix nodes together)"
         }
     );
+}
+
+/// The generator's CPU and the whole box's, split by who used it.
+fn generator_line(s: &mut String, r: &FanoutResult) {
     let redis_part = if r.redis_cpu_ms.is_some() {
         format!("redis-server {:.0} %, ", r.redis_pct())
     } else {
@@ -293,10 +311,6 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
         r.loadgen_cpu_pct,
         r.other_pct()
     );
-    if let Some(e) = &r.first_err {
-        let _ = writeln!(s, "  first error         {e}");
-    }
-    print!("{s}");
 }
 
 pub fn emit_json(v: &Value, a: &Args) {

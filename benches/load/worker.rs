@@ -95,10 +95,36 @@ struct WorkerCfg {
     connect_timeout: Duration,
 }
 
+/// This thread's counts since they were last added to `Shared`.
+#[derive(Default)]
+struct Counts {
+    ready: usize,
+    failed: usize,
+    dropped: usize,
+    slow_closed: usize,
+    retries: usize,
+    /// ns since `Shared::base` when the last connection became ready
+    last_ready: u64,
+}
+
+/// One generator thread: its connections, the ones waiting for an attempt, its tally.
+struct Worker {
+    cfg: WorkerCfg,
+    sh: Arc<Shared>,
+    poll: Poll,
+    conns: Vec<Conn>,
+    /// connections waiting for an attempt
+    queue: VecDeque<usize>,
+    /// connections being set up
+    in_flight: usize,
+    loc: Tally,
+    counts: Counts,
+}
+
 fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> Hists {
-    let mut loc = Tally::new(cfg.nodes.len(), u64::MAX, 0);
+    let loc = Tally::new(cfg.nodes.len(), u64::MAX, 0);
     let n = cfg.conns.len();
-    let mut poll = match Poll::new() {
+    let poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
             sh.err(format!("epoll: {e}"));
@@ -106,8 +132,7 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> Hists {
             return loc.into_hists();
         }
     };
-    let mut events = Events::with_capacity(1024);
-    let mut conns: Vec<Conn> = cfg
+    let conns = cfg
         .conns
         .iter()
         .map(|&(src, node)| Conn {
@@ -115,132 +140,157 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> Hists {
             ..Conn::new(src)
         })
         .collect();
-    let ws = cfg.nodes.first().is_some_and(|t| t.ws.is_some());
-    let mut queue: VecDeque<usize> = (0..n).collect();
-    let mut in_flight = 0usize;
-    let mut rbuf = vec![0u8; 64 * 1024];
-    let mut last_scan = Instant::now();
-    let (mut ready, mut failed, mut dropped, mut retries) = (0usize, 0usize, 0usize, 0usize);
-    let mut slow_closed = 0usize;
-    let mut last_ready = 0u64;
+    let mut w = Worker {
+        cfg,
+        sh,
+        poll,
+        conns,
+        queue: (0..n).collect(),
+        in_flight: 0,
+        loc,
+        counts: Counts::default(),
+    };
+    w.run();
+    w.loc.into_hists()
+}
 
-    // A connection attempt went wrong: retry it (bounded) or count it as failed.
-    macro_rules! attempt_failed {
-        ($i:expr, $msg:expr, $retryable:expr) => {{
-            let i = $i;
-            let c = &mut conns[i];
-            c.close(poll.registry(), true);
-            c.attempts += 1;
-            if $retryable && c.attempts < cfg.attempts {
-                retries += 1;
-                queue.push_back(i);
-            } else {
-                failed += 1;
-                sh.err(format!(
-                    "connection from {} failed after {} attempt(s): {}",
-                    c.src, c.attempts, $msg
-                ));
+impl Worker {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut last_scan = Instant::now();
+        while !self.sh.stop.load(Relaxed) && !interrupted() {
+            self.start_attempts();
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(50))) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.sh.err(format!("poll: {e}"));
+                    break;
+                }
             }
-        }};
+            self.loc.pub_start = self.sh.pub_start_ns.load(Relaxed);
+            for ev in events.iter() {
+                let drain = ev.is_read_closed() || ev.is_error();
+                self.on_event(ev.token().0, &mut rbuf, drain);
+            }
+            if last_scan.elapsed() > Duration::from_millis(250) {
+                last_scan = Instant::now();
+                self.time_out_attempts();
+            }
+            self.flush_counts();
+        }
+        // Reset rather than FIN: no TIME_WAIT left behind on either side.
+        for c in self.conns.iter_mut() {
+            c.close(self.poll.registry(), true);
+        }
     }
 
-    while !sh.stop.load(Relaxed) && !interrupted() {
-        while in_flight < cfg.concurrency {
-            let Some(i) = queue.pop_front() else { break };
-            let t = &cfg.nodes[conns[i].node];
-            match conns[i].start(i, t.addr, poll.registry(), t.ws.as_ref()) {
-                Ok(()) => in_flight += 1,
-                Err(e) => attempt_failed!(i, format!("socket/bind/connect: {e}"), true),
-            }
-        }
-        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(50))) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                sh.err(format!("poll: {e}"));
+    /// Starts waiting connections while fewer than `concurrency` are being set up.
+    fn start_attempts(&mut self) {
+        while self.in_flight < self.cfg.concurrency {
+            let Some(i) = self.queue.pop_front() else {
                 break;
+            };
+            let t = &self.cfg.nodes[self.conns[i].node];
+            match self.conns[i].start(i, t.addr, self.poll.registry(), t.ws.as_ref()) {
+                Ok(()) => self.in_flight += 1,
+                Err(e) => self.attempt_failed(i, format!("socket/bind/connect: {e}"), true),
             }
         }
-        loc.pub_start = sh.pub_start_ns.load(Relaxed);
-        for ev in events.iter() {
-            let i = ev.token().0;
-            let c = &mut conns[i];
-            if c.sock.is_none() {
+    }
+
+    /// A connection attempt went wrong: retry it (bounded) or count it as failed.
+    fn attempt_failed(&mut self, i: usize, msg: String, retryable: bool) {
+        let c = &mut self.conns[i];
+        c.close(self.poll.registry(), true);
+        c.attempts += 1;
+        if retryable && c.attempts < self.cfg.attempts {
+            self.counts.retries += 1;
+            self.queue.push_back(i);
+        } else {
+            self.counts.failed += 1;
+            self.sh.err(format!(
+                "connection from {} failed after {} attempt(s): {msg}",
+                c.src, c.attempts
+            ));
+        }
+    }
+
+    fn on_event(&mut self, i: usize, rbuf: &mut [u8], drain: bool) {
+        let c = &mut self.conns[i];
+        if c.sock.is_none() {
+            return;
+        }
+        self.loc.node = c.node;
+        match c.on_event(&self.cfg.nodes[c.node].req, rbuf, &mut self.loc, drain) {
+            Outcome::Continue => {
+                if !c.ready && c.in_body() && (!self.cfg.need_retry || c.got_retry()) {
+                    c.ready = true;
+                    self.sh.node_ready[c.node].fetch_add(1, Relaxed);
+                    self.loc
+                        .setup
+                        .record(c.started.elapsed().as_micros() as u64);
+                    self.in_flight -= 1;
+                    self.counts.ready += 1;
+                    self.counts.last_ready = self.sh.base.elapsed().as_nanos() as u64;
+                }
+            }
+            Outcome::Fail(msg, _) if c.ready => {
+                c.close(self.poll.registry(), true);
+                self.counts.dropped += 1;
+                if c.slow() {
+                    self.counts.slow_closed += 1;
+                }
+                self.sh.err(format!(
+                    "stream from {} ended after it was ready: {msg}",
+                    c.src
+                ));
+            }
+            Outcome::Fail(msg, retryable) => {
+                self.in_flight -= 1;
+                self.attempt_failed(i, msg, retryable);
+            }
+        }
+    }
+
+    /// Fails (for a retry) every attempt older than `--connect-timeout`.
+    fn time_out_attempts(&mut self) {
+        let ws = self.cfg.nodes.first().is_some_and(|t| t.ws.is_some());
+        let timeout = self.cfg.connect_timeout;
+        for i in 0..self.conns.len() {
+            let c = &self.conns[i];
+            if c.sock.is_none() || c.ready || c.started.elapsed() <= timeout {
                 continue;
             }
-            let drain = ev.is_read_closed() || ev.is_error();
-            loc.node = c.node;
-            match c.on_event(&cfg.nodes[c.node].req, &mut rbuf, &mut loc, drain) {
-                Outcome::Continue => {
-                    if !c.ready && c.in_body() && (!cfg.need_retry || c.got_retry()) {
-                        c.ready = true;
-                        sh.node_ready[c.node].fetch_add(1, Relaxed);
-                        loc.setup.record(c.started.elapsed().as_micros() as u64);
-                        in_flight -= 1;
-                        ready += 1;
-                        last_ready = sh.base.elapsed().as_nanos() as u64;
-                    }
-                }
-                Outcome::Fail(msg, retryable) => {
-                    if c.ready {
-                        c.close(poll.registry(), true);
-                        dropped += 1;
-                        if c.slow() {
-                            slow_closed += 1;
-                        }
-                        sh.err(format!(
-                            "stream from {} ended after it was ready: {msg}",
-                            c.src
-                        ));
-                    } else {
-                        in_flight -= 1;
-                        attempt_failed!(i, msg, retryable);
-                    }
-                }
-            }
+            let what = match (c.st, c.in_body(), ws) {
+                (St::Connecting, _, _) => "TCP connect",
+                (St::Sending(_), _, _) => "sending the request",
+                (_, false, false) => "response headers",
+                (_, true, false) => "the first `retry:` line",
+                (_, false, true) => "the 101 response",
+                (_, true, true) => "the `subscribed` ack",
+            };
+            self.in_flight -= 1;
+            let msg = format!("timed out after {timeout:?} waiting for {what}");
+            self.attempt_failed(i, msg, true);
         }
-        if last_scan.elapsed() > Duration::from_millis(250) {
-            last_scan = Instant::now();
-            for i in 0..n {
-                let c = &conns[i];
-                if c.sock.is_some() && !c.ready && c.started.elapsed() > cfg.connect_timeout {
-                    let what = match (c.st, c.in_body(), ws) {
-                        (St::Connecting, _, _) => "TCP connect",
-                        (St::Sending(_), _, _) => "sending the request",
-                        (_, false, false) => "response headers",
-                        (_, true, false) => "the first `retry:` line",
-                        (_, false, true) => "the 101 response",
-                        (_, true, true) => "the `subscribed` ack",
-                    };
-                    in_flight -= 1;
-                    attempt_failed!(
-                        i,
-                        format!(
-                            "timed out after {:?} waiting for {what}",
-                            cfg.connect_timeout
-                        ),
-                        true
-                    );
-                }
-            }
+    }
+
+    /// Adds this thread's counts to `Shared` and starts them again from zero.
+    fn flush_counts(&mut self) {
+        let (sh, c, loc) = (&self.sh, std::mem::take(&mut self.counts), &mut self.loc);
+        if c.ready > 0 {
+            sh.ready.fetch_add(c.ready, Relaxed);
+            sh.last_ready_ns.fetch_max(c.last_ready, Relaxed);
         }
-        // flush counters
-        if ready > 0 {
-            sh.ready.fetch_add(ready, Relaxed);
-            sh.last_ready_ns.fetch_max(last_ready, Relaxed);
-            ready = 0;
+        if c.failed > 0 {
+            sh.failed.fetch_add(c.failed, Relaxed);
         }
-        if failed > 0 {
-            sh.failed.fetch_add(failed, Relaxed);
-            failed = 0;
+        if c.dropped > 0 {
+            sh.dropped.fetch_add(c.dropped, Relaxed);
+            sh.slow_closed.fetch_add(c.slow_closed, Relaxed);
         }
-        if dropped > 0 {
-            sh.dropped.fetch_add(dropped, Relaxed);
-            sh.slow_closed.fetch_add(slow_closed, Relaxed);
-            dropped = 0;
-            slow_closed = 0;
-        }
-        if retries > 0 {
-            sh.retries.fetch_add(retries, Relaxed);
-            retries = 0;
+        if c.retries > 0 {
+            sh.retries.fetch_add(c.retries, Relaxed);
         }
         if loc.events > 0 {
             sh.events.fetch_add(loc.events, Relaxed);
@@ -256,11 +306,6 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> Hists {
             loc.bytes = 0;
         }
     }
-    // Reset rather than FIN: no TIME_WAIT left behind on either side.
-    for c in conns.iter_mut() {
-        c.close(poll.registry(), true);
-    }
-    loc.into_hists()
 }
 
 /// A set of SSE or WebSocket connections spread over the generator threads, and split evenly
