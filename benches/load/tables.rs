@@ -1,0 +1,289 @@
+//! The tables at the end of a run: the comparison with the DESIGN.md targets (round 1 of
+//! every server × transport × mode) and, with `--rounds` > 1, one row per round.
+
+use std::fmt::Write as _;
+
+use crate::cli::{fanout_plan, Args, Mode, ScenarioSel, Transport, TransportSel};
+use crate::fanout::{per_delivery_us, FanoutResult};
+use crate::idle::IdleResult;
+use crate::output::label;
+use crate::plan::SubRate;
+use crate::server::Kind;
+use crate::support::report::{ms, thousands};
+
+pub struct TargetResult {
+    pub kind: Kind,
+    pub mode: Mode,
+    pub transport: Transport,
+    /// one per round; the comparison table shows round 1 (a fresh server)
+    pub idle: Vec<IdleResult>,
+    pub fanout: Vec<FanoutResult>,
+    pub errors: Vec<String>,
+    pub note: String,
+    pub exit: String,
+}
+
+/// One row of the comparison table: figure, target, one cell per server.
+type Row = (String, String, Vec<String>);
+
+pub fn comparison_table(results: &[TargetResult], a: &Args) -> String {
+    let mut rows: Vec<Row> = Vec::new();
+    if a.scenario != ScenarioSel::Fanout {
+        idle_rows(results, a, &mut rows);
+    }
+    let any_redis = results.iter().any(|r| r.mode == Mode::Redis);
+    if a.scenario != ScenarioSel::Idle {
+        for sr in fanout_plan(a) {
+            fanout_rows(results, sr, &mut rows);
+            cost_rows(results, sr, any_redis, &mut rows);
+        }
+    }
+    let mut s = String::from("\n| figure | target |");
+    for r in results {
+        let _ = write!(s, " {} |", label(r.kind, r.mode, r.transport, a));
+    }
+    s.push_str("\n|---|---|");
+    for _ in results {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for (f, t, cells) in rows {
+        let _ = write!(s, "| {f} | {t} |");
+        for c in cells {
+            let _ = write!(s, " {c} |");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Each server's cells, "—" where it has no figure.
+fn cells(results: &[TargetResult], f: &dyn Fn(&TargetResult) -> Option<String>) -> Vec<String> {
+    results
+        .iter()
+        .map(|r| f(r).unwrap_or_else(|| "—".into()))
+        .collect()
+}
+
+/// Each server's cells for the round-1 fanout run `sr`.
+fn fanout_cells(
+    results: &[TargetResult],
+    sr: SubRate,
+    f: &dyn Fn(&FanoutResult) -> String,
+) -> Vec<String> {
+    cells(results, &|r| {
+        r.fanout
+            .iter()
+            .find(|x| x.subs == sr.subs && x.rate == sr.rate && x.round == 1)
+            .map(f)
+    })
+}
+
+/// The DESIGN.md targets (latency p99, CPU per delivery, deliveries/s) of the standard runs
+/// (1,000 subscribers at 20 and 1,000 events/s).
+fn targets(sr: SubRate) -> (&'static str, &'static str, &'static str) {
+    match (sr.subs == 1000, sr.rate as u64) {
+        (true, 20) => ("≤ 3 ms", "≤ 1.5 µs", ""),
+        (true, 1000) => ("≤ 100 ms", "≤ 0.5 µs", "≥ 900k/s"),
+        _ => ("", "", ""),
+    }
+}
+
+/// RSS per idle connection, setup rate, ready / failed.
+fn idle_rows(results: &[TargetResult], a: &Args, rows: &mut Vec<Row>) {
+    let cell = |f: &dyn Fn(&TargetResult) -> Option<String>| cells(results, f);
+    let (what, target) = match a.transport {
+        TransportSel::Sse => ("SSE conn", "≤ 1 KiB"),
+        TransportSel::Ws => ("WebSocket", "≤ 1.5 KiB"),
+        TransportSel::Both => ("conn", "≤ 1 KiB SSE, ≤ 1.5 KiB WS"),
+    };
+    rows.push((
+        format!("idle: RSS per idle {what} ({} conns)", a.conns),
+        target.into(),
+        cell(&|r| {
+            r.idle.first().map(|i| {
+                format!(
+                    "{:.2} KiB ({} B)",
+                    i.per_conn_bytes / 1024.0,
+                    thousands(i.per_conn_bytes)
+                )
+            })
+        }),
+    ));
+    rows.push((
+        "idle: connection setup".into(),
+        "≥ 20k handshakes/s".into(),
+        cell(&|r| {
+            r.idle
+                .first()
+                .map(|i| format!("{}/s", thousands(i.handshakes_per_s)))
+        }),
+    ));
+    rows.push((
+        "idle: connections ready / failed".into(),
+        "".into(),
+        cell(&|r| {
+            r.idle
+                .first()
+                .map(|i| format!("{} / {}", i.ready, i.failed))
+        }),
+    ));
+}
+
+/// Deliveries, loss, publish rate and latency of fanout run `sr`.
+fn fanout_rows(results: &[TargetResult], sr: SubRate, rows: &mut Vec<Row>) {
+    let tag = format!("fanout {}×{}/s", sr.subs, sr.rate);
+    let (t_lat, _, t_rate) = targets(sr);
+    let g = |f: &dyn Fn(&FanoutResult) -> String| fanout_cells(results, sr, f);
+    rows.push((
+        format!("{tag}: deliveries/s received"),
+        t_rate.into(),
+        g(&|f| format!("{}/s", thousands(f.deliveries_per_s))),
+    ));
+    rows.push((
+        format!("{tag}: received / expected (lost)"),
+        "no loss".into(),
+        g(&|f| {
+            format!(
+                "{} / {} ({})",
+                thousands(f.received as f64),
+                thousands(f.expected as f64),
+                thousands(f.lost as f64)
+            )
+        }),
+    ));
+    rows.push((
+        format!("{tag}: events published/s"),
+        format!("{}/s", sr.rate),
+        g(&|f| format!("{:.1}/s", f.publish_rate)),
+    ));
+    rows.push((
+        format!("{tag}: latency p50 / p90 / p99 / max"),
+        if t_lat.is_empty() {
+            String::new()
+        } else {
+            format!("p99 {t_lat}")
+        },
+        g(&|f| {
+            format!(
+                "{} / {} / {} / {} ms",
+                ms(f.hist.percentile(50.0)),
+                ms(f.hist.percentile(90.0)),
+                ms(f.hist.percentile(99.0)),
+                ms(f.hist.max)
+            )
+        }),
+    ));
+}
+
+/// Per-node latency (Redis mode), CPU, RSS and the generator's share of fanout run `sr`.
+fn cost_rows(results: &[TargetResult], sr: SubRate, any_redis: bool, rows: &mut Vec<Row>) {
+    let tag = format!("fanout {}×{}/s", sr.subs, sr.rate);
+    let (_, t_cpu, _) = targets(sr);
+    let g = |f: &dyn Fn(&FanoutResult) -> String| fanout_cells(results, sr, f);
+    if any_redis {
+        rows.push((
+            format!("{tag}: latency p50 / p99 per node (A; B; …)"),
+            "".into(),
+            g(&|f| {
+                let v: Vec<String> = f
+                    .nodes
+                    .iter()
+                    .map(|n| match n.hist.n {
+                        0 => format!("{}: nothing received", n.name),
+                        _ => format!(
+                            "{}: {} / {} ms",
+                            n.name,
+                            ms(n.hist.percentile(50.0)),
+                            ms(n.hist.percentile(99.0))
+                        ),
+                    })
+                    .collect();
+                if v.is_empty() {
+                    "—".into()
+                } else {
+                    v.join("; ")
+                }
+            }),
+        ));
+    }
+    rows.push((
+        format!("{tag}: server CPU per delivery"),
+        t_cpu.into(),
+        g(&|f| format!("{:.3} µs", f.cpu_per_delivery_us)),
+    ));
+    if any_redis {
+        rows.push((
+            format!("{tag}: redis-server CPU per delivery / per event"),
+            "".into(),
+            g(&|f| match f.redis_cpu_ms {
+                Some(m) => format!(
+                    "{:.3} µs / {:.1} µs",
+                    per_delivery_us(m, f.received),
+                    per_delivery_us(m, f.published_ok)
+                ),
+                None => "—".into(),
+            }),
+        ));
+    }
+    rows.push((
+        format!("{tag}: server RSS at end"),
+        "".into(),
+        g(&|f| format!("{} KiB", thousands(f.rss_end as f64))),
+    ));
+    rows.push((
+        format!("{tag}: load generator CPU / whole box busy"),
+        "".into(),
+        g(&|f| format!("{:.0} % / {:.0} %", f.loadgen_cpu_pct, f.box_busy_pct)),
+    ));
+}
+
+/// With --rounds > 1: one row per target and round, to show the spread.
+pub fn rounds_table(results: &[TargetResult], a: &Args) -> String {
+    let plan = fanout_plan(a);
+    let mut s = String::from("\n| target | round | idle RSS/conn | idle setup |");
+    for SubRate { subs, rate } in &plan {
+        let _ = write!(
+            s,
+            " {subs}×{rate}/s: deliveries/s, p50 / p99, CPU/delivery, other CPU |"
+        );
+    }
+    s.push_str("\n|---|---|---|---|");
+    for _ in &plan {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for t in results {
+        for round in 1..=a.rounds.max(1) {
+            let idle = t.idle.iter().find(|i| i.round == round);
+            let _ = write!(
+                s,
+                "| {} | {round} | {} | {} |",
+                label(t.kind, t.mode, t.transport, a),
+                idle.map(|i| format!("{} B", thousands(i.per_conn_bytes)))
+                    .unwrap_or_else(|| "—".into()),
+                idle.map(|i| format!("{}/s", thousands(i.handshakes_per_s)))
+                    .unwrap_or_else(|| "—".into())
+            );
+            for &SubRate { subs, rate } in &plan {
+                let cell = t
+                    .fanout
+                    .iter()
+                    .find(|f| f.round == round && f.subs == subs && f.rate == rate)
+                    .map(|f| {
+                        format!(
+                            "{}/s, {} / {} ms, {:.2} µs, {:.0} %",
+                            thousands(f.deliveries_per_s),
+                            ms(f.hist.percentile(50.0)),
+                            ms(f.hist.percentile(99.0)),
+                            f.cpu_per_delivery_us,
+                            f.other_pct()
+                        )
+                    });
+                let _ = write!(s, " {} |", cell.unwrap_or_else(|| "—".into()));
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
