@@ -152,12 +152,11 @@ fn spawn_reactors(
 /// SIGTERM/SIGINT drain (a second one exits at once); SIGHUP reloads keys
 /// and limits.
 fn spawn_signal_thread(
+    mut signals: Signals,
     shared: &Arc<Shared>,
     stop: impl Fn() + Send + 'static,
     reload: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
 ) -> Result<(), String> {
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     let drain_ms = shared.config.shutdown.drain_ms;
     let shared = shared.clone();
     let on_signal = move || {
@@ -229,6 +228,8 @@ pub fn run(
     };
     let clock = Clock::start();
     let shared = Shared::new(config, hub, clock, sizing, redis);
+    // Before the fd baseline: the signal pipe is an fd of its own.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     let threads = spawn_reactors(&shared, io, listeners)?;
     shared.fds.record_baseline();
     if let (Some(redis), Some(commands)) = (&shared.redis, commands) {
@@ -248,7 +249,7 @@ pub fn run(
             mailboxes.iter().for_each(|w| w.wake());
         }
     };
-    spawn_signal_thread(&shared, stop.clone(), reload)?;
+    spawn_signal_thread(signals, &shared, stop.clone(), reload)?;
     log::info!(
         "{workers} reactors, connection cap {max_conns} (RLIMIT_NOFILE {soft}/{hard}), fd baseline {}",
         shared.fds.internal_fds.load(Ordering::Relaxed)
