@@ -39,6 +39,17 @@ pub struct WorkerStats {
     pub slow_disconnects: AtomicU64,
     pub peer_resets: AtomicU64,
     pub accept_errors: AtomicU64,
+    /// Connections closed because their queued bytes made no write
+    /// progress within `limits.write_timeout_ms`.
+    pub write_timeouts: AtomicU64,
+    /// Times a connection's read budget for one turn ran out with bytes
+    /// left (it is read again next turn).
+    pub reads_deferred: AtomicU64,
+    /// Times reading a connection paused because its answers piled up
+    /// unread.
+    pub read_pauses: AtomicU64,
+    /// Entries in the reactor's timer wheel (a gauge).
+    pub timer_entries: AtomicU64,
     /// Times accepting paused because the connection cap was reached.
     pub accept_pauses_cap: AtomicU64,
     /// Times accepting paused because accept(2) ran out of descriptors.
@@ -107,6 +118,10 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_ws_protocol_errors_total", "counter", "WebSocket connections closed for a protocol violation.", "", |s| &s.ws_protocol_errors),
     ("redix_ws_command_errors_total", "counter", "WebSocket JSON commands answered with an error.", "", |s| &s.ws_command_errors),
     ("redix_accept_errors_total", "counter", "accept(2) failures other than WouldBlock.", "", |s| &s.accept_errors),
+    ("redix_write_timeouts_total", "counter", "Connections closed because queued bytes made no write progress within limits.write_timeout_ms.", "", |s| &s.write_timeouts),
+    ("redix_reads_deferred_total", "counter", "Times a connection was put off to be read next turn (its read budget ran out, or paused reading resumed).", "", |s| &s.reads_deferred),
+    ("redix_read_pauses_total", "counter", "Times reading a connection paused until its unread answers drained.", "", |s| &s.read_pauses),
+    ("redix_timer_entries", "gauge", "Entries in the reactors' timer wheels.", "", |s| &s.timer_entries),
     ("redix_accept_pauses_total", "counter", "Times accepting paused, by reason (the connection cap resumes below 90%; out of fds backs off).", "reason=\"conn_cap\"", |s| &s.accept_pauses_cap),
     ("redix_accept_pauses_total", "counter", "", "reason=\"fd_limit\"", |s| &s.accept_pauses_fds),
 ];

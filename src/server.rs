@@ -188,6 +188,20 @@ fn spawn_signal_thread(
         .map_err(|e| format!("spawn signal thread: {e}"))
 }
 
+/// Samples figures that are too costly to read on a reactor (the process's
+/// open fds) once a second, for `/metrics/prom`.
+fn start_sampler(shared: &Arc<Shared>) -> Result<(), String> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("redix-sampler".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            shared.fds.sample();
+        })
+        .map(|_| ())
+        .map_err(|e| format!("spawn sampler thread: {e}"))
+}
+
 /// Runs redix until a signal has drained it. Errors are start-up failures.
 ///
 /// `reload` builds the configuration again (file, environment, command
@@ -232,6 +246,7 @@ pub fn run(
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     let threads = spawn_reactors(&shared, io, listeners)?;
     shared.fds.record_baseline();
+    shared.fds.sample();
     if let (Some(redis), Some(commands)) = (&shared.redis, commands) {
         bridge::start(bridge::Parts {
             redis: redis.clone(),
@@ -255,6 +270,7 @@ pub fn run(
         shared.fds.internal_fds.load(Ordering::Relaxed)
     );
     start_watchdog(&shared)?;
+    start_sampler(&shared)?;
     println!("redix listening on {addr}");
     let _ = std::io::stdout().flush();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -83,6 +83,9 @@ pub struct FdBook {
     /// Fds that are neither connections nor listeners, counted once every
     /// reactor is up and before the first accept.
     pub internal_fds: AtomicU64,
+    /// Open fds of the process, sampled once a second off the reactors
+    /// (listing `/proc/self/fd` costs O(fds)); `/metrics/prom` reads this.
+    pub open_fds: AtomicU64,
 }
 
 impl FdBook {
@@ -95,6 +98,12 @@ impl FdBook {
         let open = diag::open_fd_count();
         let internal = open.saturating_sub(self.listeners as u64);
         self.internal_fds.store(internal, Ordering::Relaxed);
+    }
+
+    /// Samples the process's open fds (see `open_fds`).
+    pub fn sample(&self) {
+        self.open_fds
+            .store(diag::open_fd_count(), Ordering::Relaxed);
     }
 
     /// What redix owns, with `redis` connections to Redis.
@@ -132,6 +141,7 @@ impl Shared {
                 fd_limit: sizing.fd_limit,
                 listeners: sizing.reactors,
                 internal_fds: AtomicU64::new(0),
+                open_fds: AtomicU64::new(0),
             },
             health: Health::new(sizing.reactors),
             config,

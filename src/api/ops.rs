@@ -61,7 +61,7 @@ pub fn render_metrics(shared: &Shared) -> String {
     let hub = &shared.hub.stats;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let figures = ProcessFigures {
-        open_fds: crate::diag::open_fd_count(),
+        open_fds: shared.fds.open_fds.load(Ordering::Relaxed),
         fd_limit: shared.fds.fd_limit,
         max_connections: shared.fds.max_conns as u64,
         hub: shared.hub.figures(),

@@ -31,9 +31,17 @@ pub const DEFAULT_REQUESTS_PER_SEC: u32 = 20;
 pub const DEFAULT_REQUEST_BURST: u32 = 60;
 /// Concurrent SSE streams per client IP (IPv6 counted per /64).
 pub const DEFAULT_SSE_PER_IP: u32 = 20;
-/// Time for a request's headers and body to arrive, and for an idle
-/// keep-alive connection to send its next request.
+/// Time for a request's headers and body to arrive once its first byte
+/// came.
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// An idle keep-alive connection (no request in progress) is closed after
+/// this long.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 15_000;
+/// A connection whose queued bytes make no write progress for this long
+/// is closed: the peer stopped reading.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Plain HTTP (keep-alive) connections per client IP (IPv6 per /64).
+pub const DEFAULT_HTTP_PER_IP: u32 = 64;
 /// Largest request head (request line + headers); larger gets 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Largest request body; larger gets 413.
@@ -186,6 +194,13 @@ pub struct LimitsConfig {
     /// Global connection cap; 0 derives it from `RLIMIT_NOFILE`.
     pub max_connections: usize,
     pub header_timeout_ms: u64,
+    /// Queued bytes that make no write progress for this long close the
+    /// connection (the peer stopped reading).
+    pub write_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this long.
+    pub keepalive_timeout_ms: u64,
+    /// Plain HTTP connections (not streams) per client IP.
+    pub http_per_ip: u32,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     /// Peers whose `X-Forwarded-For` is trusted for the client IP.
@@ -349,6 +364,9 @@ impl Default for LimitsConfig {
             ws_per_ip: DEFAULT_WS_PER_IP,
             max_connections: 0,
             header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            keepalive_timeout_ms: DEFAULT_KEEPALIVE_TIMEOUT_MS,
+            http_per_ip: DEFAULT_HTTP_PER_IP,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             trusted_proxies: Vec::new(),
@@ -451,6 +469,18 @@ impl Config {
             (
                 self.limits.header_timeout_ms > 0,
                 "limits.header_timeout_ms must be positive",
+            ),
+            (
+                self.limits.write_timeout_ms > 0,
+                "limits.write_timeout_ms must be positive",
+            ),
+            (
+                self.limits.keepalive_timeout_ms > 0,
+                "limits.keepalive_timeout_ms must be positive",
+            ),
+            (
+                self.limits.http_per_ip > 0,
+                "limits.http_per_ip must be at least 1",
             ),
             (
                 self.limits.max_header_bytes >= 256,

@@ -56,20 +56,22 @@ pub fn read_into<R: Read>(src: &mut R, buf: &mut Vec<u8>, cap: usize) -> IoStatu
     }
 }
 
-/// Reads and throws away everything available (for streams whose clients
-/// have nothing more to say). `Closed` on EOF, `Reset` on reset.
-pub fn discard<R: Read>(src: &mut R) -> IoStatus {
+/// Reads and throws away what is available, up to `budget` bytes (for
+/// streams whose clients have nothing more to say): `WouldBlock` once the
+/// socket is drained, `Progress(n)` when the budget ran out first,
+/// `Closed` on EOF, `Reset` on reset.
+pub fn discard<R: Read>(src: &mut R, budget: usize) -> IoStatus {
     let mut chunk = [0u8; 2048];
     let mut total = 0;
-    loop {
+    while total < budget {
         match src.read(&mut chunk) {
             Ok(0) => return IoStatus::Closed,
             Ok(n) => total += n,
             Err(e) => match classify(&e) {
                 None => continue,
-                Some(IoStatus::WouldBlock) => return IoStatus::Progress(total),
                 Some(status) => return status,
             },
         }
     }
+    IoStatus::Progress(total)
 }

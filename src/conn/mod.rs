@@ -34,6 +34,13 @@ pub struct Request {
     /// Waiting for Redis (see `reactor::Parked`): no further request is
     /// read until the answer is queued.
     pub parked: bool,
+    /// Reading stopped because answers piled up unread; it resumes once
+    /// the queue drains below its cap.
+    pub paused: bool,
+    /// When the one live request timer fires; `None`: none is live.
+    /// Keeps the timer wheel at one entry per connection however often
+    /// the deadline moves.
+    pub timer_at: Option<u64>,
 }
 
 /// What a subscriber connection (SSE or WebSocket) has been sent.
@@ -188,6 +195,14 @@ pub struct Conn {
     pub blocked: bool,
     /// Queued in the reactor's flush list this turn.
     pub dirty: bool,
+    /// Queued in the reactor's list of connections to read again (a read
+    /// budget ran out with bytes left).
+    pub read_queued: bool,
+    /// A write-deadline timer is live.
+    pub write_armed: bool,
+    /// Since when queued bytes have made no write progress (ms on the
+    /// reactor clock); 0: writes are not stalled.
+    pub stalled_since_ms: u64,
     /// A per-IP slot this connection must give back.
     pub ip_slot: Option<(SlotKind, IpKey)>,
     pub opened_ms: u64,
@@ -281,6 +296,9 @@ impl Conn {
             queue: WriteQueue::default(),
             blocked: false,
             dirty: false,
+            read_queued: false,
+            write_armed: false,
+            stalled_since_ms: 0,
             ip_slot: None,
             opened_ms: now_ms,
         }

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::timer::TimerKind;
 use super::Worker;
 use crate::conn::Conn;
 use crate::metrics::WorkerStats;
@@ -150,7 +149,7 @@ impl Worker {
         let stats = self.stats();
         WorkerStats::add(&stats.accepted, 1);
         WorkerStats::add(&stats.conns_http, 1);
-        self.timers.schedule(deadline, key, gen, TimerKind::Request);
+        self.arm_request(key);
     }
 }
 

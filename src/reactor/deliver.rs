@@ -150,13 +150,38 @@ impl Worker {
             return;
         };
         let done = conn.flush(FLUSH_BUDGET);
+        // The write deadline counts from the last write that moved bytes
+        // and then blocked; a write that does not block ends the stall.
+        let stalled = done.status == IoStatus::WouldBlock;
+        match stalled {
+            true if done.bytes > 0 || conn.stalled_since_ms == 0 => {
+                conn.stalled_since_ms = now.max(1);
+            }
+            true => {}
+            false => conn.stalled_since_ms = 0,
+        }
+        let reply_cap = self.shared.config.queue.max_bytes;
+        let resume = match &mut conn.state {
+            ConnState::Request(req) if req.paused && conn.queue.len_bytes() < reply_cap => {
+                req.paused = false;
+                true
+            }
+            _ => false,
+        };
         let stats = &self.shared.stats[self.id];
         WorkerStats::add(&stats.bytes_written, done.bytes as u64);
         WorkerStats::add(&stats.events_written, done.events as u64);
         WorkerStats::add(&stats.write_calls, done.calls as u64);
+        if resume {
+            self.read_again(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         match done.status {
             IoStatus::Closed | IoStatus::Reset => self.close(key, Closed::PeerReset),
             IoStatus::Error(_) => self.close(key, Closed::Error),
+            IoStatus::WouldBlock if stalled => self.arm_write(key),
             IoStatus::WouldBlock => {}
             // Budget spent with bytes left: the rest goes next turn.
             IoStatus::Progress(_) if !conn.queue.is_empty() => {

@@ -36,7 +36,7 @@ mod websocket;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,10 @@ use timer::TimerWheel;
 pub const LISTENER: Token = Token(usize::MAX - 1);
 pub const WAKER: Token = Token(usize::MAX - 2);
 
+/// Bytes read from one connection per turn; past it the connection is
+/// read again next turn (edge-triggered: it is put on a list), so one
+/// busy client cannot hold the reactor.
+const READ_BUDGET: usize = 64 * 1024;
 /// Inbox messages handled per turn.
 const INBOX_BUDGET: usize = 4096;
 /// Longest poll sleep, so a quiet reactor still notices shutdown promptly.
@@ -84,6 +88,9 @@ pub struct Worker {
     topics: HashMap<Arc<str>, HashSet<usize>>,
     /// Connections with bytes queued this turn, as (key, gen).
     dirty: Vec<(usize, u32)>,
+    /// Connections to read again next turn (their read budget ran out, or
+    /// their unread answers drained), as (key, gen).
+    read_later: Vec<(usize, u32)>,
     timers: TimerWheel,
     fired: Vec<timer::Entry>,
     epoch: Instant,
@@ -147,6 +154,7 @@ impl Worker {
             next_gen: 0,
             topics: HashMap::new(),
             dirty: Vec::new(),
+            read_later: Vec::new(),
             timers: TimerWheel::new(TIMER_SLOTS, TIMER_TICK_MS),
             fired: Vec::new(),
             epoch: Instant::now(),
@@ -210,6 +218,7 @@ impl Worker {
             if self.shared.is_shutting_down() && self.drain_deadline.is_none() {
                 self.begin_shutdown(now);
             }
+            self.read_deferred();
             if self.inbox_ready {
                 self.drain_inbox();
             }
@@ -219,6 +228,8 @@ impl Worker {
             self.flush_due_batches(now);
             self.flush_dirty(now);
             self.shared.health.turned(self.id, self.shared.now_ms());
+            let entries = self.timers.len() as u64;
+            self.stats().timer_entries.store(entries, Ordering::Relaxed);
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     break;
@@ -232,7 +243,8 @@ impl Worker {
     fn poll_timeout(&self, now: u64) -> u64 {
         let accept_now =
             self.accept.ready && self.accept.paused_until.is_none() && self.listener.is_some();
-        if self.inbox_ready || accept_now || !self.dirty.is_empty() {
+        let work_left = !self.dirty.is_empty() || !self.read_later.is_empty();
+        if self.inbox_ready || accept_now || work_left {
             return 0;
         }
         let mut t = MAX_POLL_MS;
@@ -333,12 +345,50 @@ impl Worker {
         match &mut conn.state {
             ConnState::Request(_) => self.read_requests(key, now),
             ConnState::Ws(_) => self.read_ws(key, now),
-            ConnState::Sse(_) | ConnState::Closing { .. } => match discard(&mut conn.stream) {
-                IoStatus::Closed => self.close(key, Closed::Normal),
-                IoStatus::Reset => self.close(key, Closed::PeerReset),
-                IoStatus::Error(_) => self.close(key, Closed::Error),
-                IoStatus::Progress(_) | IoStatus::WouldBlock => {}
-            },
+            ConnState::Sse(_) | ConnState::Closing { .. } => {
+                match discard(&mut conn.stream, READ_BUDGET) {
+                    IoStatus::Closed => self.close(key, Closed::Normal),
+                    IoStatus::Reset => self.close(key, Closed::PeerReset),
+                    IoStatus::Error(_) => self.close(key, Closed::Error),
+                    IoStatus::Progress(_) => self.read_again(key),
+                    IoStatus::WouldBlock => {}
+                }
+            }
+        }
+    }
+
+    /// Puts the connection on the list to read next turn (its read budget
+    /// ran out, or reading was paused and may go on).
+    fn read_again(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.read_queued {
+            conn.read_queued = true;
+            self.read_later.push((key, conn.gen));
+            WorkerStats::add(&self.shared.stats[self.id].reads_deferred, 1);
+        }
+    }
+
+    /// Reads the connections put off from earlier turns, each with a
+    /// fresh budget.
+    fn read_deferred(&mut self) {
+        if self.read_later.is_empty() {
+            return;
+        }
+        let later = std::mem::take(&mut self.read_later);
+        for &(key, gen) in &later {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
+                continue;
+            };
+            conn.read_queued = false;
+            self.on_readable(key);
+        }
+        // Keep the allocation for the next turn.
+        let mut later = later;
+        later.clear();
+        if self.read_later.is_empty() {
+            self.read_later = later;
         }
     }
 

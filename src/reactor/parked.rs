@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::timer::TimerKind;
 use super::{Parked, Waiting, Worker};
 use crate::api::answers::{publish_ok, redis_unavailable};
 use crate::conn::ConnState;
@@ -31,10 +30,8 @@ impl Worker {
         };
         let gen = conn.gen;
         req.parked = true;
-        let wait = self.shared.config.redis.wait_ms;
-        req.deadline_ms = now + wait;
-        self.timers
-            .schedule(now + wait, key, gen, TimerKind::Request);
+        req.deadline_ms = now + self.shared.config.redis.wait_ms;
+        self.arm_request(key);
         self.parked.insert(key, Parked { gen, what });
     }
 
@@ -166,9 +163,17 @@ impl Worker {
         if !keep_alive {
             return self.close_gracefully(key, None, false, now);
         }
+        let limits = &self.shared.config.limits;
+        let (idle_ms, header_ms) = (limits.keepalive_timeout_ms, limits.header_timeout_ms);
         if let Some(ConnState::Request(req)) = self.conns.get_mut(key).map(|c| &mut c.state) {
-            req.deadline_ms = now + self.shared.config.limits.header_timeout_ms;
+            req.deadline_ms = now
+                + if req.buf.is_empty() {
+                    idle_ms
+                } else {
+                    header_ms
+                };
         }
+        self.arm_request(key);
         // Requests that arrived meanwhile, and what is left in the socket.
         self.read_requests(key, now);
     }

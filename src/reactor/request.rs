@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::{Closed, Worker};
+use super::{Closed, Worker, READ_BUDGET};
 use crate::api::{self, Action, Ctx};
 use crate::conn::io::{self, IoStatus};
 use crate::conn::ConnState;
@@ -13,10 +13,19 @@ use crate::metrics::WorkerStats;
 use crate::proto::http::{self, HttpError};
 
 impl Worker {
-    /// Reads until the socket is drained, answering every complete request.
+    /// Reads and answers requests until the socket is drained, the turn's
+    /// read budget is spent (then again next turn), or reading pauses: a
+    /// request waits for Redis, or answers pile up unread past
+    /// `queue.max_bytes` (reading resumes when they drain; the write
+    /// deadline ends a peer that never reads).
     pub(super) fn read_requests(&mut self, key: usize, now: u64) {
         let limits = &self.shared.config.limits;
-        let cap = limits.max_header_bytes + limits.max_body_bytes;
+        let (cap, header_ms) = (
+            limits.max_header_bytes + limits.max_body_bytes,
+            limits.header_timeout_ms,
+        );
+        let reply_cap = self.shared.config.queue.max_bytes;
+        let mut budget = READ_BUDGET;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -24,51 +33,77 @@ impl Worker {
             let ConnState::Request(req) = &mut conn.state else {
                 return;
             };
-            let status = io::read_into(&mut conn.stream, &mut req.buf, cap);
-            self.answer_requests(key, now);
-            let Some(conn) = self.conns.get_mut(key) else {
+            if req.parked {
                 return;
-            };
-            let in_request = matches!(conn.state, ConnState::Request(_));
-            let closing = matches!(conn.state, ConnState::Closing { .. });
-            let parked = matches!(&conn.state, ConnState::Request(r) if r.parked);
-            match status {
-                // Waiting for Redis: read on once answered.
-                IoStatus::Progress(_) | IoStatus::WouldBlock if parked => return,
-                // The buffer filled up: the answers made room, read on.
-                IoStatus::Progress(_) if in_request => continue,
-                // Upgraded with more bytes waiting: the new state reads
-                // them (edge-triggered: nobody would call again).
-                IoStatus::Progress(_) if !closing => return self.on_readable(key),
-                IoStatus::Progress(_) | IoStatus::WouldBlock => return,
-                IoStatus::Closed if in_request && !conn.queue.is_empty() => {
-                    // Half-closed after its requests: answer, then close.
-                    self.close_gracefully(key, None, false, now);
-                    return;
+            }
+            if conn.queue.len_bytes() >= reply_cap {
+                if !req.paused {
+                    req.paused = true;
+                    WorkerStats::add(&self.shared.stats[self.id].read_pauses, 1);
                 }
-                // A closing connection still gets its last bytes (the
-                // linger timer bounds it); a stream whose client left ends.
-                IoStatus::Closed if closing => return,
-                IoStatus::Closed => return self.close(key, Closed::Normal),
-                IoStatus::Reset => return self.close(key, Closed::PeerReset),
-                IoStatus::Error(_) => return self.close(key, Closed::Error),
+                return;
+            }
+            if budget == 0 {
+                return self.read_again(key);
+            }
+            let before = req.buf.len();
+            let status = io::read_into(&mut conn.stream, &mut req.buf, cap.min(before + budget));
+            budget -= req.buf.len() - before;
+            if before == 0 && !req.buf.is_empty() && req.served > 0 {
+                // A request began on an idle keep-alive connection: it has
+                // the header deadline from its first byte.
+                req.deadline_ms = now + header_ms;
+                self.arm_request(key);
+            }
+            self.answer_requests(key, now);
+            if !self.after_read(key, status, now) {
+                return;
             }
         }
+    }
+
+    /// What a read's status means once its requests are answered: true
+    /// to read on.
+    fn after_read(&mut self, key: usize, status: IoStatus, now: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let in_request = matches!(conn.state, ConnState::Request(_));
+        let closing = matches!(conn.state, ConnState::Closing { .. });
+        match status {
+            // The budget or the buffer ran out: the loop decides.
+            IoStatus::Progress(_) if in_request => return true,
+            // Upgraded with more bytes waiting: the new state reads them
+            // (edge-triggered: nobody would call again).
+            IoStatus::Progress(_) if !closing => self.on_readable(key),
+            IoStatus::Progress(_) | IoStatus::WouldBlock => {}
+            IoStatus::Closed if in_request && !conn.queue.is_empty() => {
+                // Half-closed after its requests: answer, then close.
+                self.close_gracefully(key, None, false, now);
+            }
+            // A closing connection still gets its last bytes (the linger
+            // timer bounds it); a stream whose client left ends.
+            IoStatus::Closed if closing => {}
+            IoStatus::Closed => self.close(key, Closed::Normal),
+            IoStatus::Reset => self.close(key, Closed::PeerReset),
+            IoStatus::Error(_) => self.close(key, Closed::Error),
+        }
+        false
     }
 
     /// Parses and answers the complete requests at the front of the buffer.
     fn answer_requests(&mut self, key: usize, now: u64) {
         let shared = self.shared.clone();
         let limits = &shared.config.limits;
+        let reply_cap = shared.config.queue.max_bytes;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let gen = conn.gen;
             let ConnState::Request(req) = &mut conn.state else {
                 return;
             };
-            if req.buf.is_empty() || req.parked {
+            if req.buf.is_empty() || req.parked || conn.queue.len_bytes() >= reply_cap {
                 return;
             }
             let head =
@@ -93,25 +128,54 @@ impl Worker {
                 req.buf = Vec::new();
             }
             req.served += 1;
-            req.deadline_ms = now + limits.header_timeout_ms;
-            match action {
-                Action::Respond { bytes, close } => {
-                    conn.queue.push_control(Bytes::from(bytes));
-                    self.mark_dirty(key, gen);
-                    if close {
-                        return self.close_gracefully(key, None, false, now);
-                    }
+            // The next request: idle until it starts, then the header
+            // deadline from its first byte (see `read_requests`).
+            req.deadline_ms = match req.buf.is_empty() {
+                true => now + limits.keepalive_timeout_ms,
+                false => now + limits.header_timeout_ms,
+            };
+            if !self.act(key, action, now) {
+                return;
+            }
+        }
+    }
+
+    /// Carries out what the API decided; false when the connection stops
+    /// reading requests (it streams, upgraded, waits or closes).
+    fn act(&mut self, key: usize, action: Action, now: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let gen = conn.gen;
+        match action {
+            Action::Respond { bytes, close } => {
+                conn.queue.push_control(Bytes::from(bytes));
+                self.mark_dirty(key, gen);
+                self.arm_request(key);
+                if close {
+                    self.close_gracefully(key, None, false, now);
                 }
-                Action::Stream(start) => return self.start_stream(key, start, now),
-                Action::Upgrade(up) => {
-                    // Frames the client sent right behind its request.
-                    let early = std::mem::take(&mut req.buf);
-                    return self.start_ws(key, up, early, now);
-                }
-                Action::Publish {
-                    publish,
-                    keep_alive,
-                } => self.publish_via_redis(key, gen, publish, keep_alive, now),
+                !close
+            }
+            Action::Stream(start) => {
+                self.start_stream(key, start, now);
+                false
+            }
+            Action::Upgrade(up) => {
+                // Frames the client sent right behind its request.
+                let early = match &mut conn.state {
+                    ConnState::Request(req) => std::mem::take(&mut req.buf),
+                    _ => Vec::new(),
+                };
+                self.start_ws(key, up, early, now);
+                false
+            }
+            Action::Publish {
+                publish,
+                keep_alive,
+            } => {
+                self.publish_via_redis(key, gen, publish, keep_alive, now);
+                true
             }
         }
     }

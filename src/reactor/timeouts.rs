@@ -7,6 +7,7 @@
 use super::timer::{Entry, TimerKind};
 use super::{Closed, Worker};
 use crate::conn::ConnState;
+use crate::metrics::WorkerStats;
 use crate::proto::http::HttpError;
 use crate::proto::sse;
 
@@ -26,23 +27,46 @@ impl Worker {
             return;
         };
         match (entry.kind, &conn.state) {
-            (TimerKind::Request, ConnState::Request(_)) => self.request_due(key, gen, now),
+            (TimerKind::Request, ConnState::Request(_)) => self.request_due(key, now),
             (TimerKind::Heartbeat, ConnState::Sse(_)) => self.sse_heartbeat(key, gen, now),
             (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now),
             (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
             (TimerKind::Batch, ConnState::Sse(_)) => self.mark_dirty(key, gen),
+            (TimerKind::Write, _) => self.write_due(key, gen, now),
             _ => {}
         }
     }
 
-    /// The request deadline: re-arm if it moved, else end the wait.
-    fn request_due(&mut self, key: usize, gen: u32, now: u64) {
-        let Some(ConnState::Request(req)) = self.conns.get(key).map(|c| &c.state) else {
+    /// Makes sure the request timer fires by the connection's deadline,
+    /// keeping one live entry: a new one only when the deadline is earlier
+    /// than the live one (which then finds nothing to do).
+    pub(super) fn arm_request(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let ConnState::Request(req) = &mut conn.state else {
+            return;
+        };
+        let at = req.deadline_ms;
+        if req.timer_at.is_some_and(|live| live <= at) {
+            return;
+        }
+        req.timer_at = Some(at);
+        self.timers.schedule(at, key, conn.gen, TimerKind::Request);
+    }
+
+    /// The request timer: ignored unless it is the live one; then end the
+    /// wait if the deadline passed, else arm for the deadline.
+    fn request_due(&mut self, key: usize, now: u64) {
+        let Some(ConnState::Request(req)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return;
+        };
+        if req.timer_at.is_none_or(|live| now < live) {
+            return;
+        }
+        req.timer_at = None;
         if now < req.deadline_ms {
-            let at = req.deadline_ms;
-            self.timers.schedule(at, key, gen, TimerKind::Request);
+            self.arm_request(key);
         } else if req.parked {
             self.parked_timeout(key, now);
         } else if req.buf.is_empty() && req.served > 0 {
@@ -76,5 +100,43 @@ impl Worker {
         };
         let at = sse.next_ping_ms;
         self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+    }
+
+    /// Arms the write deadline of a connection whose writes just stalled.
+    pub(super) fn arm_write(&mut self, key: usize) {
+        let timeout = self.shared.config.limits.write_timeout_ms;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.write_armed || conn.stalled_since_ms == 0 {
+            return;
+        }
+        conn.write_armed = true;
+        let at = conn.stalled_since_ms + timeout;
+        self.timers.schedule(at, key, conn.gen, TimerKind::Write);
+    }
+
+    /// The write deadline: close a connection whose queued bytes made no
+    /// progress for `limits.write_timeout_ms`; re-arm if they moved since.
+    fn write_due(&mut self, key: usize, gen: u32, now: u64) {
+        let timeout = self.shared.config.limits.write_timeout_ms;
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
+            return;
+        };
+        conn.write_armed = false;
+        let since = conn.stalled_since_ms;
+        if since == 0 {
+            return;
+        }
+        if now < since + timeout {
+            return self.arm_write(key);
+        }
+        let (peer, queued) = (conn.peer, conn.queue.len_bytes());
+        WorkerStats::add(&self.stats().write_timeouts, 1);
+        log::info!(
+            "reactor {}: {peer} read nothing for {timeout} ms ({queued} bytes queued); closing",
+            self.id
+        );
+        self.close(key, Closed::Timeout);
     }
 }

@@ -20,6 +20,8 @@ pub enum TimerKind {
     Linger,
     /// An SSE batch window closes: write what it collected.
     Batch,
+    /// Queued bytes that made no write progress: the write deadline.
+    Write,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

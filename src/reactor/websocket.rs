@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::timer::TimerKind;
-use super::{Closed, Worker};
+use super::{Closed, Worker, READ_BUDGET};
 use crate::api::ws::{
     error_frame, parse, pong_frame, subscribed_frame, unsubscribed_frame, CommandError, WsRequest,
 };
@@ -54,9 +54,14 @@ impl Worker {
         self.decode_ws(key, now);
     }
 
-    /// Reads until the socket would block, decoding as it goes.
+    /// Reads until the socket would block or the turn's read budget is
+    /// spent (then again next turn), decoding as it goes.
     pub(super) fn read_ws(&mut self, key: usize, now: u64) {
+        let mut budget = READ_BUDGET;
         loop {
+            if budget == 0 {
+                return self.read_again(key);
+            }
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
@@ -64,7 +69,9 @@ impl Worker {
                 return;
             };
             let before = ws.rbuf.len();
-            let status = io::read_into(&mut conn.stream, &mut ws.rbuf, READ_CAP);
+            let cap = READ_CAP.min(before + budget);
+            let status = io::read_into(&mut conn.stream, &mut ws.rbuf, cap);
+            budget -= ws.rbuf.len() - before;
             if ws.rbuf.len() > before {
                 ws.last_seen_ms = now;
             }

@@ -35,8 +35,14 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        // Two reactors unless the test says otherwise.
+        let workers: &[&str] = match args.contains(&"--workers") {
+            true => &[],
+            false => &["--workers", "2"],
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_redix"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(workers)
             .args(args)
             .env("REDIX_LOG", "info")
             .envs(env.iter().copied())
@@ -78,6 +84,19 @@ impl Server {
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory of the server process (`VmRSS`), KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()));
+        status
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            })
             .unwrap_or(0)
     }
 

@@ -1,0 +1,73 @@
+//! Hardening: what a hostile or broken peer can make the server hold or
+//! wait for. Every test runs the real server over real sockets and checks
+//! bounds while other clients keep being served.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Writes `total` bytes of pipelined `GET path` requests and never reads;
+/// stops early when the server stops taking them (a write blocks for a
+/// second) or closes. Returns the bytes written and the open socket.
+fn pipeline_without_reading(
+    addr: std::net::SocketAddr,
+    path: &str,
+    total: usize,
+) -> (usize, TcpStream) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let one = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let chunk = one.repeat(64 * 1024 / one.len());
+    let mut sent = 0;
+    let mut w = &stream;
+    while sent < total {
+        match w.write(chunk.as_bytes()) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sent += n,
+        }
+    }
+    (sent, stream)
+}
+
+/// Finding 1 of the hardening review: a client that pipelines requests
+/// (`/metrics/prom`: ~5 KB answered for ~40 B asked) and never reads its
+/// answers must not grow the server's memory, and must not stall the
+/// reactor: a subscriber on the same server keeps getting events and
+/// `/readyz` keeps answering. A write deadline ends the silent peer.
+#[test]
+fn a_client_that_pipelines_and_never_reads_holds_bounded_memory_and_stalls_nobody() {
+    let server = Server::start(&["--workers", "1", "--set", "limits.write_timeout_ms=3000"]);
+    let mut sse = SseClient::connect(server.addr, "live");
+    assert_eq!(sse.status, 200);
+    let rss_before = server.rss_kib();
+    let started = Instant::now();
+    let (sent, attacker) = pipeline_without_reading(server.addr, "/metrics/prom", 4 << 20);
+    // Whatever it took, the one reactor is still turning for others.
+    let id = publish(server.addr, "live", r#"{"n":1}"#);
+    let got = sse.next_message().expect("the subscriber's event");
+    assert_eq!(got.id, Some(id.to_string()));
+    assert_eq!(get(server.addr, "/readyz").0, 200);
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 16 * 1024,
+        "RSS grew by {grown} KiB for {sent} bytes of pipelined requests in {:?}",
+        started.elapsed()
+    );
+    // The peer never reads: its queued answers make no progress, and the
+    // write deadline closes it.
+    let timeouts = "redix_write_timeouts_total";
+    wait_until("the write deadline", || {
+        metric(server.addr, timeouts) >= 1.0
+    });
+    drop(attacker);
+    assert_eq!(
+        metric(server.addr, "redix_connections{transport=\"http\"}"),
+        1.0
+    );
+}
