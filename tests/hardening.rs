@@ -71,3 +71,28 @@ fn a_client_that_pipelines_and_never_reads_holds_bounded_memory_and_stalls_nobod
         1.0
     );
 }
+
+/// Finding 6: in Redis mode every publish parks its request until Redis
+/// answers; each park used to leave a timer entry that re-armed itself for
+/// ever, so a keep-alive publisher doing N publishes left N live entries.
+/// Timers must stay O(live connections).
+#[test]
+fn a_keep_alive_publisher_in_redis_mode_leaves_one_timer_entry() {
+    let redis = RedisServer::start();
+    let node = redis_node(&redis, &["--workers", "1"]);
+    // Connections closed before (readiness polls) leave entries that
+    // expire with their deadlines; count from here.
+    let before = metric(node.addr, "redix_timer_entries");
+    let mut publisher = Publisher::connect(node.addr);
+    for i in 0..300 {
+        publisher.publish_id("timers", &format!("{i}"));
+    }
+    // The publisher's two (its idle deadline, and the earlier one of its
+    // first park), one each for the two scrapes' connections: four,
+    // whatever the number of publishes (the old scheme left 907).
+    let entries = metric(node.addr, "redix_timer_entries");
+    assert!(
+        entries - before <= 4.0,
+        "{before} → {entries} timer entries over 300 publishes"
+    );
+}
