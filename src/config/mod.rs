@@ -14,9 +14,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod sources;
+mod validate;
 
 use sources::{apply_cli, apply_env};
 pub use sources::{Cli, Subcommand};
@@ -72,6 +73,9 @@ pub const DEFAULT_HISTORY_MAX_AGE_MS: u64 = 300_000;
 pub const DEFAULT_HISTORY_SWEEP_MS: u64 = 60_000;
 /// Channels the hub tracks at most (with history or subscribers).
 pub const DEFAULT_HISTORY_MAX_CHANNELS: usize = 100_000;
+/// Bytes all channel histories hold together at most; past it the oldest
+/// events go first, whatever their channel.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 << 20;
 /// How long a publisher's `id` is remembered for deduplication.
 pub const DEFAULT_DEDUPE_TTL_MS: u64 = 300_000;
 /// Publisher ids remembered at most.
@@ -107,7 +111,7 @@ pub const DEFAULT_REDIS_BACKOFF_MIN_MS: u64 = 50;
 pub const DEFAULT_REDIS_BACKOFF_MAX_MS: u64 = 2_000;
 
 /// The whole configuration of one redix process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address every reactor listens on (`SO_REUSEPORT`). Port 0 picks a free port.
@@ -132,7 +136,7 @@ pub struct Config {
 
 /// Redis mode: with `url` set, publishes, history and fan-out go through
 /// Redis, so several nodes serve one consistent set of channels.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`; empty runs embedded.
@@ -171,7 +175,7 @@ impl RedisConfig {
 
 /// API keys. With none configured, publish and admin endpoints accept
 /// loopback clients only.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Keys with every scope.
@@ -182,7 +186,7 @@ pub struct AuthConfig {
     pub admin_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// HTTP requests per second per client IP (token bucket); 0 disables.
@@ -207,7 +211,7 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<IpAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SseConfig {
     pub heartbeat_ms: u64,
@@ -216,7 +220,7 @@ pub struct SseConfig {
     pub max_channels: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     pub ping_ms: u64,
@@ -231,7 +235,7 @@ pub struct WsConfig {
 }
 
 /// Per-channel history for resuming clients.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
     /// Events kept per channel; 0 keeps none (every resume is a reset).
@@ -239,6 +243,9 @@ pub struct HistoryConfig {
     pub max_age_ms: u64,
     pub sweep_ms: u64,
     pub max_channels: usize,
+    /// Bytes of every channel's history together (both encodings of each
+    /// event); the oldest events are evicted first.
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -248,13 +255,14 @@ impl Default for HistoryConfig {
             max_age_ms: DEFAULT_HISTORY_MAX_AGE_MS,
             sweep_ms: DEFAULT_HISTORY_SWEEP_MS,
             max_channels: DEFAULT_HISTORY_MAX_CHANNELS,
+            max_bytes: DEFAULT_HISTORY_MAX_BYTES,
         }
     }
 }
 
 /// Batching for clients that ask for it (`?batch=1`). Off while
 /// `window_ms` is 0; 50 is a good first value.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     pub window_ms: u64,
@@ -271,7 +279,7 @@ impl Default for BatchConfig {
 }
 
 /// Publishing.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PublishConfig {
     pub dedupe_ttl_ms: u64,
@@ -288,14 +296,14 @@ impl Default for PublishConfig {
 }
 
 /// Diagnostics that are off in production.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DebugConfig {
     /// Serve `/ws/echo`, which echoes every message (for conformance suites).
     pub ws_echo: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueConfig {
     pub max_events: usize,
@@ -303,7 +311,7 @@ pub struct QueueConfig {
     pub slow_warnings: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TcpConfig {
     /// `SO_SNDBUF` for accepted sockets in bytes; 0 keeps the kernel's autotuning.
@@ -312,7 +320,7 @@ pub struct TcpConfig {
     pub nodelay: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     pub drain_ms: u64,
@@ -456,123 +464,6 @@ impl Config {
             toml::from_str(&text).map_err(|e| ConfigError(format!("config: {e}")))?;
         config.validate()?;
         Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let checks: &[(bool, &str)] = &[
-            (self.workers <= 256, "workers must be at most 256"),
-            (self.backlog > 0, "backlog must be positive"),
-            (
-                self.limits.sse_per_ip > 0,
-                "limits.sse_per_ip must be at least 1",
-            ),
-            (
-                self.limits.header_timeout_ms > 0,
-                "limits.header_timeout_ms must be positive",
-            ),
-            (
-                self.limits.write_timeout_ms > 0,
-                "limits.write_timeout_ms must be positive",
-            ),
-            (
-                self.limits.keepalive_timeout_ms > 0,
-                "limits.keepalive_timeout_ms must be positive",
-            ),
-            (
-                self.limits.http_per_ip > 0,
-                "limits.http_per_ip must be at least 1",
-            ),
-            (
-                self.limits.max_header_bytes >= 256,
-                "limits.max_header_bytes must be at least 256",
-            ),
-            (
-                self.sse.heartbeat_ms > 0,
-                "sse.heartbeat_ms must be positive",
-            ),
-            (
-                (1..=1024).contains(&self.sse.max_channels),
-                "sse.max_channels must be between 1 and 1024",
-            ),
-            (
-                self.queue.max_events > 0,
-                "queue.max_events must be at least 1",
-            ),
-            (
-                self.queue.max_bytes >= 1024,
-                "queue.max_bytes must be at least 1024",
-            ),
-            (
-                self.queue.slow_warnings > 0,
-                "queue.slow_warnings must be at least 1",
-            ),
-            (
-                self.limits.ws_per_ip > 0,
-                "limits.ws_per_ip must be at least 1",
-            ),
-            (self.ws.ping_ms > 0, "ws.ping_ms must be positive"),
-            (
-                self.ws.idle_timeout_ms >= self.ws.ping_ms,
-                "ws.idle_timeout_ms must be at least ws.ping_ms",
-            ),
-            (
-                (125..=64 << 20).contains(&self.ws.max_message_bytes),
-                "ws.max_message_bytes must be between 125 and 64 MiB",
-            ),
-            (
-                (1..=4096).contains(&self.ws.max_subscriptions),
-                "ws.max_subscriptions must be between 1 and 4096",
-            ),
-            (
-                self.history.max_age_ms > 0,
-                "history.max_age_ms must be positive",
-            ),
-            (
-                self.history.sweep_ms > 0,
-                "history.sweep_ms must be positive",
-            ),
-            (
-                self.history.max_channels > 0,
-                "history.max_channels must be at least 1",
-            ),
-            (
-                self.publish.dedupe_ttl_ms > 0,
-                "publish.dedupe_ttl_ms must be positive",
-            ),
-            (
-                (1..=10_000).contains(&self.batch.max_events),
-                "batch.max_events must be between 1 and 10000",
-            ),
-            (
-                self.batch.window_ms <= 10_000,
-                "batch.window_ms must be at most 10000",
-            ),
-            (
-                !self.redis.enabled() || redis::parse_redis_url(&self.redis.url).is_some(),
-                "redis.url must look like redis://host:port",
-            ),
-            (
-                self.redis.prefix.len() <= 64,
-                "redis.prefix must be at most 64 bytes",
-            ),
-            (
-                self.redis.timeout_ms > 0 && self.redis.wait_ms > 0 && self.redis.queue > 0,
-                "redis.timeout_ms, redis.wait_ms and redis.queue must be positive",
-            ),
-            (
-                self.redis.canary_ms > 0 && self.redis.ready_within_ms >= self.redis.canary_ms,
-                "redis.canary_ms must be positive and at most redis.ready_within_ms",
-            ),
-            (
-                self.redis.backoff_min_ms > 0
-                    && self.redis.backoff_max_ms >= self.redis.backoff_min_ms,
-                "redis.backoff_min_ms must be positive and at most redis.backoff_max_ms",
-            ),
-        ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, msg)) => Err(ConfigError(format!("invalid config: {msg}"))),
-            None => Ok(()),
-        }
     }
 
     /// Reactor threads to start.

@@ -2,12 +2,12 @@
 //! ([`Cli`]), `REDIX_*` environment variables, and `--set` paths, each
 //! merged into the TOML table before the one typed deserialisation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::{ConfigError, Table};
+use super::{Config, ConfigError, Table};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,13 +108,18 @@ pub(super) fn apply_env(
     table: &mut Table,
     env: &BTreeMap<String, String>,
 ) -> Result<(), ConfigError> {
+    let known = known_keys();
     for (name, raw) in env {
         let key = name["REDIX_".len()..].to_ascii_lowercase();
         match key.as_str() {
             "config" | "log" => continue,
+            "api_key" if raw.trim().is_empty() => {
+                return Err(ConfigError(format!(
+                    "{name} is set but empty: give comma-separated API keys or unset it"
+                )));
+            }
             "api_key" => {
-                let keys = raw.split(',').filter(|k| !k.is_empty());
-                push_keys(table, keys.map(str::to_string))?;
+                push_keys(table, raw.split(',').map(|k| k.trim().to_string()))?;
                 continue;
             }
             _ => {}
@@ -123,10 +128,35 @@ pub(super) fn apply_env(
             Some((section, rest)) if SECTIONS.contains(&section) => format!("{section}.{rest}"),
             _ => key.clone(),
         };
+        if !known.contains(&path) {
+            // Deployment scripts set their own REDIX_* variables; the file
+            // and the command line stay strict.
+            log::warn!("environment variable {name} is not a redix setting ({path}); ignored");
+            continue;
+        }
         set_path(table, &path, parse_value(raw))
             .map_err(|e| ConfigError(format!("{e} (from environment {name})")))?;
     }
     Ok(())
+}
+
+/// Every configuration key, as `key` or `section.key`.
+fn known_keys() -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let Ok(toml::Value::Table(table)) = toml::Value::try_from(Config::default()) else {
+        return keys;
+    };
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(section) => {
+                keys.extend(section.keys().map(|k| format!("{name}.{k}")));
+            }
+            _ => {
+                keys.insert(name);
+            }
+        }
+    }
+    keys
 }
 
 pub(super) fn apply_cli(table: &mut Table, cli: &Cli) -> Result<(), ConfigError> {

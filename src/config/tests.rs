@@ -83,3 +83,80 @@ fn api_keys_merge_from_env_and_cli() {
     assert_eq!(c.auth.keys, vec!["a", "b", "c"]);
     assert_eq!(c.keys_for(Scope::Publish).len(), 3);
 }
+
+#[test]
+fn every_numeric_key_is_bounded_and_the_message_names_the_bound() {
+    let table = [
+        (
+            vec!["--workers", "256"],
+            "workers = 256 is above its maximum 64",
+        ),
+        (
+            // TOML integers stop at i64::MAX; u64::MAX is a type error.
+            vec!["--set", "sse.retry_jitter_ms=9223372036854775807"],
+            "sse.retry_jitter_ms = 9223372036854775807 is above its maximum",
+        ),
+        (
+            vec!["--set", "sse.retry_jitter_ms=18446744073709551615"],
+            "retry_jitter_ms",
+        ),
+        (
+            vec!["--set", "limits.header_timeout_ms=0"],
+            "below its minimum 1",
+        ),
+        (
+            vec!["--set", "history.max_bytes=1"],
+            "history.max_bytes = 1 is below",
+        ),
+        (
+            vec!["--set", "limits.max_body_bytes=1048576"],
+            "queue.max_bytes must exceed limits.max_body_bytes",
+        ),
+    ];
+    for (args, want) in table {
+        let err = Config::from_sources(&cli(&args), &env(&[])).unwrap_err().0;
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(Config::from_sources(&cli(&["--workers", "64"]), &env(&[])).is_ok());
+}
+
+#[test]
+fn empty_or_blank_api_keys_are_refused() {
+    let cases: [(Vec<&str>, Vec<(&str, &str)>, &str); 4] = [
+        (vec!["--api-key", ""], vec![], "auth.keys[0] is empty"),
+        (
+            vec!["--api-key", "ok", "--api-key", " "],
+            vec![],
+            "auth.keys[1]",
+        ),
+        (
+            vec![],
+            vec![("REDIX_API_KEY", "")],
+            "REDIX_API_KEY is set but empty",
+        ),
+        (
+            vec!["--set", "auth.admin_keys=[\"\"]"],
+            vec![],
+            "auth.admin_keys[0]",
+        ),
+    ];
+    for (args, vars, want) in cases {
+        let err = Config::from_sources(&cli(&args), &env(&vars))
+            .unwrap_err()
+            .0;
+        assert!(err.contains(want), "{args:?} {vars:?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_environment_variables_are_ignored_but_the_file_and_flags_stay_strict() {
+    let vars = env(&[
+        ("REDIX_BIN", "/usr/bin/redix"),
+        ("REDIX_SSE_PER_IP", "9"),
+        ("REDIX_LIMITS_SSE_PER_IP", "7"),
+    ]);
+    let c = Config::from_sources(&cli(&[]), &vars).unwrap();
+    assert_eq!(c.limits.sse_per_ip, 7);
+    let err = Config::from_sources(&cli(&["--set", "limits.nonsense=1"]), &env(&[]));
+    assert!(err.unwrap_err().0.contains("nonsense"));
+}

@@ -183,7 +183,7 @@ impl Worker {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        self.rng % (max + 1)
+        self.rng % max.saturating_add(1)
     }
 
     /// Runs until shutdown has drained every connection.

@@ -1,0 +1,147 @@
+//! Checks a loaded configuration before anything starts: every numeric key
+//! within its bounds (the message names the key and the bound it crossed),
+//! keys that must agree with each other, and API keys that are not empty.
+
+use super::{Config, ConfigError};
+use crate::hub::MAX_REACTORS;
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+const MIB: u64 = 1 << 20;
+
+/// A numeric key, its value and its inclusive bounds.
+type Bound = (&'static str, u64, u64, u64);
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value, min, max) in self.bounds() {
+            if value < min {
+                return Err(invalid(format!(
+                    "{key} = {value} is below its minimum {min}"
+                )));
+            }
+            if value > max {
+                return Err(invalid(format!(
+                    "{key} = {value} is above its maximum {max}"
+                )));
+            }
+        }
+        self.check_keys()?;
+        self.check_relations()?;
+        self.check_redis()
+    }
+
+    /// Every numeric key with its bounds.
+    #[rustfmt::skip]
+    fn bounds(&self) -> Vec<Bound> {
+        let n = |v: usize| v as u64;
+        let (l, s, w, q) = (&self.limits, &self.sse, &self.ws, &self.queue);
+        let (h, r) = (&self.history, &self.redis);
+        vec![
+            ("workers", n(self.workers), 0, n(MAX_REACTORS)),
+            ("backlog", self.backlog.max(0) as u64, 1, 65_535),
+            ("limits.requests_per_sec", u64::from(l.requests_per_sec), 0, 1_000_000),
+            ("limits.request_burst", u64::from(l.request_burst), 1, 1_000_000),
+            ("limits.sse_per_ip", u64::from(l.sse_per_ip), 1, 1_000_000),
+            ("limits.ws_per_ip", u64::from(l.ws_per_ip), 1, 1_000_000),
+            ("limits.http_per_ip", u64::from(l.http_per_ip), 1, 1_000_000),
+            ("limits.max_connections", n(l.max_connections), 0, 10_000_000),
+            ("limits.header_timeout_ms", l.header_timeout_ms, 1, HOUR_MS),
+            ("limits.write_timeout_ms", l.write_timeout_ms, 1, HOUR_MS),
+            ("limits.keepalive_timeout_ms", l.keepalive_timeout_ms, 1, HOUR_MS),
+            ("limits.max_header_bytes", n(l.max_header_bytes), 256, MIB),
+            ("limits.max_body_bytes", n(l.max_body_bytes), 0, 64 * MIB),
+            ("sse.heartbeat_ms", s.heartbeat_ms, 1, HOUR_MS),
+            ("sse.retry_ms", s.retry_ms, 0, HOUR_MS),
+            ("sse.retry_jitter_ms", s.retry_jitter_ms, 0, HOUR_MS),
+            ("sse.max_channels", n(s.max_channels), 1, 1024),
+            ("ws.ping_ms", w.ping_ms, 1, HOUR_MS),
+            ("ws.idle_timeout_ms", w.idle_timeout_ms, 1, DAY_MS),
+            ("ws.max_message_bytes", n(w.max_message_bytes), 125, 64 * MIB),
+            ("ws.max_subscriptions", n(w.max_subscriptions), 1, 4096),
+            ("ws.deflate_min_bytes", n(w.deflate_min_bytes), 0, 64 * MIB),
+            ("queue.max_events", n(q.max_events), 1, 1_000_000),
+            ("queue.max_bytes", n(q.max_bytes), 1024, 1024 * MIB),
+            ("queue.slow_warnings", u64::from(q.slow_warnings), 1, 1_000_000),
+            ("history.max_events", n(h.max_events), 0, 1_000_000),
+            ("history.max_age_ms", h.max_age_ms, 1, 30 * DAY_MS),
+            ("history.sweep_ms", h.sweep_ms, 1, DAY_MS),
+            ("history.max_channels", n(h.max_channels), 1, 10_000_000),
+            ("history.max_bytes", n(h.max_bytes), MIB, 1 << 40),
+            ("publish.dedupe_ttl_ms", self.publish.dedupe_ttl_ms, 1, 30 * DAY_MS),
+            ("publish.dedupe_max", n(self.publish.dedupe_max), 0, 100_000_000),
+            ("batch.window_ms", self.batch.window_ms, 0, 10_000),
+            ("batch.max_events", n(self.batch.max_events), 1, 10_000),
+            ("tcp.send_buffer", n(self.tcp.send_buffer), 0, 64 * MIB),
+            ("shutdown.drain_ms", self.shutdown.drain_ms, 0, HOUR_MS),
+            ("shutdown.linger_ms", self.shutdown.linger_ms, 0, HOUR_MS),
+            ("redis.timeout_ms", r.timeout_ms, 1, HOUR_MS),
+            ("redis.wait_ms", r.wait_ms, 1, HOUR_MS),
+            ("redis.queue", n(r.queue), 1, 10_000_000),
+            ("redis.canary_ms", r.canary_ms, 1, HOUR_MS),
+            ("redis.ready_within_ms", r.ready_within_ms, 1, HOUR_MS),
+            ("redis.backoff_min_ms", r.backoff_min_ms, 1, HOUR_MS),
+            ("redis.backoff_max_ms", r.backoff_max_ms, 1, HOUR_MS),
+        ]
+    }
+
+    /// No API key may be empty or blank: it would match an empty header.
+    fn check_keys(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        let lists = [
+            ("auth.keys", &a.keys),
+            ("auth.publish_keys", &a.publish_keys),
+            ("auth.admin_keys", &a.admin_keys),
+        ];
+        for (name, keys) in lists {
+            if let Some(i) = keys.iter().position(|k| k.trim().is_empty()) {
+                return Err(invalid(format!(
+                    "{name}[{i}] is empty or blank; an API key needs at least one visible character"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys whose values must agree.
+    fn check_relations(&self) -> Result<(), ConfigError> {
+        let checks = [
+            (
+                self.ws.idle_timeout_ms >= self.ws.ping_ms,
+                "ws.idle_timeout_ms must be at least ws.ping_ms",
+            ),
+            (
+                self.redis.ready_within_ms >= self.redis.canary_ms,
+                "redis.canary_ms must be at most redis.ready_within_ms",
+            ),
+            (
+                self.redis.backoff_max_ms >= self.redis.backoff_min_ms,
+                "redis.backoff_min_ms must be at most redis.backoff_max_ms",
+            ),
+            (
+                // One published event (the body, plus its envelope) must
+                // fit a subscriber's queue, or it is dropped for everyone.
+                self.queue.max_bytes >= self.limits.max_body_bytes + 1024,
+                "queue.max_bytes must exceed limits.max_body_bytes by at least 1024 (one event must fit a subscriber's queue)",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, msg)) => Err(invalid(msg.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_redis(&self) -> Result<(), ConfigError> {
+        if self.redis.enabled() && redis::parse_redis_url(&self.redis.url).is_none() {
+            return Err(invalid("redis.url must look like redis://host:port".into()));
+        }
+        if self.redis.prefix.len() > 64 {
+            return Err(invalid("redis.prefix must be at most 64 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: String) -> ConfigError {
+    ConfigError(format!("invalid config: {message}"))
+}
