@@ -122,7 +122,8 @@ fn every_numeric_key_is_bounded_and_the_message_names_the_bound() {
 
 #[test]
 fn empty_or_blank_api_keys_are_refused() {
-    let cases: [(Vec<&str>, Vec<(&str, &str)>, &str); 4] = [
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 4] = [
         (vec!["--api-key", ""], vec![], "auth.keys[0] is empty"),
         (
             vec!["--api-key", "ok", "--api-key", " "],
