@@ -1,15 +1,25 @@
-//! API keys: constant-time comparison, and the loopback-only fallback when
-//! no key is configured.
+//! API keys, and the local-only fallback when no key is configured.
+//!
+//! Keys are kept as SHA-256 digests and a presented key is compared by
+//! digest, every stored key in turn, each comparison over the fixed 32
+//! bytes: how long a check takes says nothing about a key's length or
+//! where it differs.
 
-use std::net::IpAddr;
+use sha2::{Digest, Sha256};
 
 use crate::config::{Config, Scope};
+
+type KeyDigest = [u8; 32];
+
+fn digest(key: &[u8]) -> KeyDigest {
+    Sha256::digest(key).into()
+}
 
 /// Keys per scope, copied out of the configuration at start.
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
-    publish: Vec<Vec<u8>>,
-    admin: Vec<Vec<u8>>,
+    publish: Vec<KeyDigest>,
+    admin: Vec<KeyDigest>,
     any_configured: bool,
 }
 
@@ -18,14 +28,14 @@ pub struct Keys {
 pub enum Denied {
     /// No or unknown credential: 401.
     Unauthenticated,
-    /// A known key without the scope, or a non-loopback client when no keys
-    /// are configured: 403.
+    /// A known key without the scope, or a client that is not local when
+    /// no keys are configured: 403.
     Forbidden,
 }
 
 impl Keys {
     pub fn from_config(config: &Config) -> Keys {
-        let bytes = |v: Vec<String>| v.into_iter().map(String::into_bytes).collect::<Vec<_>>();
+        let bytes = |v: Vec<String>| v.iter().map(|k| digest(k.as_bytes())).collect::<Vec<_>>();
         let a = &config.auth;
         Keys {
             publish: bytes(config.keys_for(Scope::Publish)),
@@ -40,30 +50,26 @@ impl Keys {
         self.any_configured
     }
 
-    /// May a request from `peer` presenting `credential` use `scope`?
-    pub fn check(
-        &self,
-        scope: Scope,
-        credential: Option<&str>,
-        peer: IpAddr,
-    ) -> Result<(), Denied> {
+    /// May a request presenting `credential` use `scope`? Without any key
+    /// configured, only a `local` client may (see `api::is_local`).
+    pub fn check(&self, scope: Scope, credential: Option<&str>, local: bool) -> Result<(), Denied> {
         if !self.any_configured {
-            return if peer.is_loopback() || is_mapped_loopback(peer) {
-                Ok(())
-            } else {
-                Err(Denied::Forbidden)
+            return match local {
+                true => Ok(()),
+                false => Err(Denied::Forbidden),
             };
         }
-        let Some(cred) = credential else {
+        let Some(cred) = credential.filter(|c| !c.is_empty()) else {
             return Err(Denied::Unauthenticated);
         };
+        let cred = digest(cred.as_bytes());
         let (wanted, other) = match scope {
             Scope::Publish => (&self.publish, &self.admin),
             Scope::Admin => (&self.admin, &self.publish),
         };
-        if contains(wanted, cred.as_bytes()) {
+        if contains(wanted, &cred) {
             Ok(())
-        } else if contains(other, cred.as_bytes()) {
+        } else if contains(other, &cred) {
             Err(Denied::Forbidden)
         } else {
             Err(Denied::Unauthenticated)
@@ -71,24 +77,14 @@ impl Keys {
     }
 }
 
-fn is_mapped_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        IpAddr::V4(_) => false,
-    }
-}
-
-/// Compares against every key without stopping early, each comparison in
-/// time independent of where the bytes differ.
-fn contains(keys: &[Vec<u8>], candidate: &[u8]) -> bool {
+/// Compares against every key without stopping early, each comparison
+/// over the whole digest.
+fn contains(keys: &[KeyDigest], candidate: &KeyDigest) -> bool {
     keys.iter()
         .fold(false, |found, key| found | ct_eq(key, candidate))
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
+fn ct_eq(a: &KeyDigest, b: &KeyDigest) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
 }
@@ -105,15 +101,12 @@ mod tests {
     }
 
     #[test]
-    fn without_keys_only_loopback() {
+    fn without_keys_only_local_clients() {
         let k = keys(&[], &[]);
+        assert_eq!(k.check(Scope::Publish, None, true), Ok(()));
+        assert_eq!(k.check(Scope::Admin, None, true), Ok(()));
         assert_eq!(
-            k.check(Scope::Publish, None, "127.0.0.1".parse().unwrap()),
-            Ok(())
-        );
-        assert_eq!(k.check(Scope::Admin, None, "::1".parse().unwrap()), Ok(()));
-        assert_eq!(
-            k.check(Scope::Publish, Some("x"), "10.1.1.1".parse().unwrap()),
+            k.check(Scope::Publish, Some("x"), false),
             Err(Denied::Forbidden)
         );
     }
@@ -121,20 +114,25 @@ mod tests {
     #[test]
     fn scopes_are_enforced() {
         let k = keys(&["root"], &["pub"]);
-        let ip = "10.1.1.1".parse().unwrap();
-        assert_eq!(k.check(Scope::Publish, Some("root"), ip), Ok(()));
-        assert_eq!(k.check(Scope::Admin, Some("root"), ip), Ok(()));
-        assert_eq!(k.check(Scope::Publish, Some("pub"), ip), Ok(()));
+        assert_eq!(k.check(Scope::Publish, Some("root"), false), Ok(()));
+        assert_eq!(k.check(Scope::Admin, Some("root"), false), Ok(()));
+        assert_eq!(k.check(Scope::Publish, Some("pub"), false), Ok(()));
         assert_eq!(
-            k.check(Scope::Admin, Some("pub"), ip),
+            k.check(Scope::Admin, Some("pub"), false),
             Err(Denied::Forbidden)
         );
         assert_eq!(
-            k.check(Scope::Publish, Some("nope"), ip),
+            k.check(Scope::Publish, Some("nope"), false),
             Err(Denied::Unauthenticated)
         );
+        // With keys configured, being local is no credential.
         assert_eq!(
-            k.check(Scope::Publish, None, "127.0.0.1".parse().unwrap()),
+            k.check(Scope::Publish, None, true),
+            Err(Denied::Unauthenticated)
+        );
+        // An empty credential never matches, even a (refused) empty key.
+        assert_eq!(
+            k.check(Scope::Publish, Some(""), false),
             Err(Denied::Unauthenticated)
         );
     }

@@ -30,19 +30,45 @@ impl IpKey {
     }
 }
 
+/// Whether `ip` is one of the trusted proxies, comparing canonical forms
+/// (`::ffff:10.0.0.1` on a dual-stack listener is `10.0.0.1`).
+pub fn is_trusted(ip: IpAddr, trusted: &[IpAddr]) -> bool {
+    let ip = ip.to_canonical();
+    trusted.iter().any(|t| t.to_canonical() == ip)
+}
+
+/// One `X-Forwarded-For` entry: an address, or an address with a port
+/// (`1.2.3.4:5678`, `[::1]:5678`) as some proxies write it.
+fn forwarded_entry(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse::<IpAddr>()
+        .or_else(|_| s.parse::<std::net::SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
 /// The client IP of a request: the peer, or, when the peer is a trusted
-/// proxy, the right-most `X-Forwarded-For` entry that is not one.
+/// proxy, the right-most `X-Forwarded-For` entry that is not one. The walk
+/// stops at an entry that does not parse: what lies left of it was written
+/// by nobody we trust, so the last trusted hop is the client we know.
 pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
-        return peer;
+    let mut client = peer.to_canonical();
+    if !is_trusted(client, trusted) {
+        return client;
     }
     let Some(list) = forwarded_for else {
-        return peer;
+        return client;
     };
-    list.rsplit(',')
-        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-        .find(|ip| !trusted.contains(ip))
-        .unwrap_or(peer)
+    for entry in list.rsplit(',') {
+        let Some(ip) = forwarded_entry(entry) else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(ip, trusted) {
+            return ip;
+        }
+    }
+    client
 }
 
 /// Concurrent connections per [`IpKey`]. An entry exists only while its
@@ -222,6 +248,33 @@ mod tests {
         assert_eq!(client_ip(other, xff, &[proxy]), other);
         assert_eq!(client_ip(proxy, xff, &[proxy]).to_string(), "2.2.2.2");
         assert_eq!(client_ip(proxy, Some("junk"), &[proxy]), proxy);
+    }
+
+    #[test]
+    fn trusted_proxies_match_on_dual_stack_and_junk_ends_the_walk() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let t = [proxy];
+        // (peer, X-Forwarded-For, client)
+        let table = [
+            // A v4 proxy seen on a dual-stack listener is still trusted.
+            (mapped, "2.2.2.2", "2.2.2.2"),
+            // The walk ends at an entry that does not parse: a client's
+            // own "127.0.0.1" further left never becomes the client IP.
+            (proxy, "127.0.0.1, bogus, 10.0.0.1", "10.0.0.1"),
+            (proxy, "127.0.0.1, bogus", "10.0.0.1"),
+            // Ports some proxies append are understood.
+            (proxy, "2.2.2.2:4321", "2.2.2.2"),
+            (proxy, "[2001:db8::1]:443", "2001:db8::1"),
+            // Only trusted hops are skipped.
+            (proxy, "3.3.3.3, 10.0.0.1, 2.2.2.2", "2.2.2.2"),
+            (mapped, "::ffff:4.4.4.4", "4.4.4.4"),
+        ];
+        for (peer, xff, want) in table {
+            assert_eq!(client_ip(peer, Some(xff), &t).to_string(), want, "{xff}");
+        }
+        assert!(is_trusted(mapped, &t));
+        assert!(!is_trusted("10.0.0.2".parse().unwrap(), &t));
     }
 
     #[test]

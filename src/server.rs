@@ -221,7 +221,7 @@ pub fn run(
         && config.auth.admin_keys.is_empty()
     {
         log::warn!(
-            "no API key configured: publish and admin endpoints accept loopback clients only"
+            "no API key configured: publish and admin endpoints accept clients on this machine only, not requests a proxy forwards (X-Forwarded-For, Forwarded, X-Real-IP from a peer outside limits.trusted_proxies); configure auth.keys"
         );
     }
     let (listeners, addr) = bind_all(config.listen, config.backlog, workers)?;

@@ -37,6 +37,8 @@ pub struct Access {
     keys: RwLock<Keys>,
     pub sse: IpLimiter,
     pub ws: IpLimiter,
+    /// Plain HTTP connections per peer IP (trusted proxies exempt).
+    pub http: IpLimiter,
     pub requests: RateLimiter,
 }
 
@@ -47,6 +49,7 @@ impl Access {
             keys: RwLock::new(Keys::from_config(config)),
             sse: IpLimiter::new(limits.sse_per_ip),
             ws: IpLimiter::new(limits.ws_per_ip),
+            http: IpLimiter::new(limits.http_per_ip),
             requests: RateLimiter::new(limits.requests_per_sec, limits.request_burst),
         }
     }
@@ -63,10 +66,12 @@ impl Access {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
         self.sse.set_max(new.limits.sse_per_ip);
         self.ws.set_max(new.limits.ws_per_ip);
+        self.http.set_max(new.limits.http_per_ip);
         log::info!(
-            "SIGHUP: reloaded API keys ({count} entries) and per-IP limits (SSE {}, WebSocket {}); other keys apply at the next start",
+            "SIGHUP: reloaded API keys ({count} entries) and per-IP limits (SSE {}, WebSocket {}, HTTP {}); other keys apply at the next start",
             new.limits.sse_per_ip,
-            new.limits.ws_per_ip
+            new.limits.ws_per_ip,
+            new.limits.http_per_ip
         );
     }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::auth::Denied;
 use crate::config::Scope;
 use crate::hub::check_channel;
-use crate::limits::{client_ip, IpKey, IpLimiter};
+use crate::limits::{client_ip, is_trusted, IpKey, IpLimiter};
 use crate::link::Publish;
 use crate::metrics::WorkerStats;
 use crate::proto::deflate::{self, Agreement};
@@ -113,12 +113,26 @@ fn only(head: &Head, method: Method) -> Result<(), Reject> {
     .with_header(format!("Allow: {allow}")))
 }
 
+/// Whether the client is this machine: the client IP (the peer, or what
+/// a trusted proxy forwarded) is loopback, and no proxy we do not know
+/// forwarded the request (a reverse proxy on this host would make every
+/// internet client look local).
+fn is_local(head: &Head, ctx: &Ctx<'_>) -> bool {
+    let trusted = &ctx.shared.config.limits.trusted_proxies;
+    let proxied = head.forwarded_for.is_some() || head.forwarded;
+    if proxied && !is_trusted(ctx.peer, trusted) {
+        return false;
+    }
+    client_ip(ctx.peer, head.forwarded_for.as_deref(), trusted).is_loopback()
+}
+
 fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
+    let local = is_local(head, ctx);
     match ctx
         .shared
         .access
         .keys()
-        .check(scope, head.credential(), ctx.peer)
+        .check(scope, head.credential(), local)
     {
         Ok(()) => Ok(()),
         Err(Denied::Unauthenticated) => Err(Reject::new(
@@ -132,27 +146,27 @@ fn authorize(head: &Head, ctx: &Ctx<'_>, scope: Scope) -> Result<(), Reject> {
             "forbidden",
             match ctx.shared.access.keys().any_configured() {
                 true => "this key lacks the scope for this endpoint",
-                false => "no API key is configured: only loopback clients may use this endpoint",
+                false => "no API key is configured: only clients on this machine may use this endpoint, and requests a proxy forwards do not count as such; configure auth.keys (or list the proxy in limits.trusted_proxies)",
             },
         )),
     }
 }
 
-/// The per-client request rate. Monitoring endpoints, loopback clients and
-/// requests with a valid API key are not limited.
+/// The per-client request rate. Monitoring endpoints, local clients (see
+/// [`is_local`]) and requests with a valid API key are not limited.
 fn rate_limit(head: &Head, ctx: &Ctx<'_>) -> Result<(), Reject> {
     if matches!(head.path.as_str(), "/healthz" | "/readyz" | "/metrics/prom") {
         return Ok(());
     }
     let trusted = &ctx.shared.config.limits.trusted_proxies;
     let ip = client_ip(ctx.peer, head.forwarded_for.as_deref(), trusted);
-    if ip.is_loopback() {
+    if is_local(head, ctx) {
         return Ok(());
     }
     let keys = ctx.shared.access.keys();
     let keyed = [Scope::Publish, Scope::Admin]
         .iter()
-        .any(|s| keys.any_configured() && keys.check(*s, head.credential(), ctx.peer).is_ok());
+        .any(|s| keys.any_configured() && keys.check(*s, head.credential(), false).is_ok());
     if keyed {
         return Ok(());
     }

@@ -169,6 +169,8 @@ impl Ws {
 /// Which per-IP limit a connection's slot belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotKind {
+    /// A plain HTTP connection, counted by peer IP from its accept.
+    Http,
     Sse,
     Ws,
 }

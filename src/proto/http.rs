@@ -41,6 +41,8 @@ pub struct Head {
     pub authorization: Option<String>,
     pub api_key: Option<String>,
     pub forwarded_for: Option<String>,
+    /// A `Forwarded` or `X-Real-IP` header came: a proxy forwarded this.
+    pub forwarded: bool,
     pub accept_encoding: Option<String>,
     pub origin: Option<String>,
     pub ws_key: Option<String>,
@@ -139,9 +141,12 @@ pub fn parse_head(buf: &[u8], max_head: usize, max_body: usize) -> Result<Option
 
 /// A `Content-Length` value; a second one must agree with the first.
 fn content_length_of(value: &str, before: Option<usize>) -> Result<usize, HttpError> {
-    let n: usize = value
-        .parse()
-        .map_err(|_| HttpError::new(400, "bad_request", "invalid Content-Length"))?;
+    // Digits only (RFC 9110 §8.6): Rust's integer parse would take `+5`.
+    let invalid = || HttpError::new(400, "bad_request", "invalid Content-Length");
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let n: usize = value.parse().map_err(|_| invalid())?;
     if before.is_some_and(|old| old != n) {
         return Err(HttpError::new(
             400,
@@ -156,6 +161,8 @@ fn content_length_of(value: &str, before: Option<usize>) -> Result<usize, HttpEr
 fn apply_header(head: &mut Head, name: &str, value: &str) {
     if name.eq_ignore_ascii_case("transfer-encoding") {
         head.chunked = true;
+    } else if name.eq_ignore_ascii_case("forwarded") || name.eq_ignore_ascii_case("x-real-ip") {
+        head.forwarded = true;
     } else if name.eq_ignore_ascii_case("connection") {
         for token in value.split(',').map(str::trim) {
             if token.eq_ignore_ascii_case("close") {
@@ -366,9 +373,12 @@ mod tests {
 
     #[test]
     fn errors_carry_their_status() {
-        let table: [(&str, u16); 6] = [
+        let table: [(&str, u16); 9] = [
             ("GARBAGE\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: -0\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n", 400),
             (
                 "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 400,

@@ -4,15 +4,18 @@
 //! instead of spinning.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::Worker;
-use crate::conn::Conn;
+use super::{release_slot, Worker};
+use crate::conn::{Conn, SlotKind};
+use crate::limits::{is_trusted, IpKey};
 use crate::metrics::WorkerStats;
+use crate::proto::http::{self, HttpError};
 
 /// Connections accepted per turn before other work gets a go.
 const ACCEPT_BATCH: usize = 256;
@@ -131,6 +134,7 @@ impl Worker {
         if tcp.send_buffer > 0 {
             let _ = socket2::SockRef::from(&stream).set_send_buffer_size(tcp.send_buffer);
         }
+        let slot = self.http_slot(addr.ip());
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -139,17 +143,49 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("reactor {}: register {addr}: {e}", self.id);
-            return;
+            let slot = slot.ok().flatten().map(|ip| (SlotKind::Http, ip));
+            return release_slot(&self.shared.access, slot);
         }
         self.next_gen = self.next_gen.wrapping_add(1);
         let gen = self.next_gen;
         let deadline = now + self.shared.config.limits.header_timeout_ms;
-        entry.insert(Conn::new(stream, gen, addr.ip(), now, deadline));
+        let mut conn = Conn::new(stream, gen, addr.ip(), now, deadline);
+        conn.ip_slot = slot.ok().flatten().map(|ip| (SlotKind::Http, ip));
+        entry.insert(conn);
         self.shared.fds.open_conns.fetch_add(1, Ordering::Relaxed);
         let stats = self.stats();
         WorkerStats::add(&stats.accepted, 1);
         WorkerStats::add(&stats.conns_http, 1);
         self.arm_request(key);
+        if slot.is_err() {
+            self.refuse_ip_limit(key, now);
+        }
+    }
+
+    /// A plain HTTP slot for `peer` (none needed for a trusted proxy); Err
+    /// when the peer holds `limits.http_per_ip` already.
+    fn http_slot(&self, peer: IpAddr) -> Result<Option<IpKey>, ()> {
+        if is_trusted(peer, &self.shared.config.limits.trusted_proxies) {
+            return Ok(None);
+        }
+        let key = IpKey::of(peer);
+        match self.shared.access.http.acquire(key) {
+            true => Ok(Some(key)),
+            false => Err(()),
+        }
+    }
+
+    /// 429 to a connection over the per-IP cap of plain HTTP connections.
+    fn refuse_ip_limit(&mut self, key: usize, now: u64) {
+        WorkerStats::add(&self.stats().rejected_ip_limit, 1);
+        let max = self.shared.access.http.max();
+        let err = HttpError::new(
+            429,
+            "too_many_connections",
+            format!("at most {max} HTTP connections per client IP"),
+        );
+        let bytes = http::error_response(&err, false, &["Retry-After: 5".to_string()]);
+        self.close_gracefully(key, Some(Bytes::from(bytes)), false, now);
     }
 }
 

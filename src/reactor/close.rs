@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::timer::TimerKind;
-use super::{Closed, Worker};
-use crate::conn::{ConnState, Phase, SlotKind};
+use super::{release_slot, Closed, Worker};
+use crate::conn::{ConnState, Phase};
 use crate::metrics::WorkerStats;
 use crate::proto::sse;
 use crate::proto::ws::close_code;
@@ -96,11 +96,7 @@ impl Worker {
             WorkerStats::add(&stats.peer_resets, 1);
         }
         self.leave(key, conn.gen, &conn.state);
-        match conn.ip_slot.take() {
-            Some((SlotKind::Sse, ip)) => self.shared.access.sse.release(ip),
-            Some((SlotKind::Ws, ip)) => self.shared.access.ws.release(ip),
-            None => {}
-        }
+        release_slot(&self.shared.access, conn.ip_slot.take());
         self.shared.fds.open_conns.fetch_sub(1, Ordering::Relaxed);
         log::trace!("reactor {}: closed {} ({why:?})", self.id, conn.peer);
     }

@@ -51,12 +51,13 @@ use crate::api::ws::reset_frame;
 use crate::api::StreamStart;
 use crate::conn::io::{discard, IoStatus};
 use crate::conn::queue::QueueLimits;
-use crate::conn::{Conn, ConnState, Enqueued, Phase};
+use crate::conn::{Conn, ConnState, Enqueued, Phase, SlotKind};
 use crate::event::Event;
+use crate::limits::IpKey;
 use crate::mailbox::{ConnRef, Mailbox, Msg};
 use crate::metrics::WorkerStats;
 use crate::proto::sse;
-use crate::state::Shared;
+use crate::state::{Access, Shared};
 use accept::AcceptState;
 use timer::TimerWheel;
 
@@ -439,6 +440,16 @@ fn reset_bytes(state: &mut ConnState, channel: &str) -> Option<Bytes> {
         ConnState::Sse(sse) => Some(sse.control(&sse::reset(channel))),
         ConnState::Ws(_) => Some(reset_frame(channel)),
         ConnState::Request(_) | ConnState::Closing { .. } => None,
+    }
+}
+
+/// Gives a per-IP slot back to its limiter.
+fn release_slot(access: &Access, slot: Option<(SlotKind, IpKey)>) {
+    match slot {
+        Some((SlotKind::Http, ip)) => access.http.release(ip),
+        Some((SlotKind::Sse, ip)) => access.sse.release(ip),
+        Some((SlotKind::Ws, ip)) => access.ws.release(ip),
+        None => {}
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::timer::TimerKind;
-use super::{event_bytes, reset_bytes, Encoding, Waiting, Worker};
+use super::{event_bytes, release_slot, reset_bytes, Encoding, Waiting, Worker};
 use crate::api::answers::redis_unavailable;
 use crate::api::StreamStart;
 use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sse, Sub};
@@ -99,7 +99,8 @@ impl Worker {
             self.shared.access.sse.release(start.ip_slot);
             return self.release_channels(&start.channels);
         };
-        conn.ip_slot = Some((SlotKind::Sse, start.ip_slot));
+        let http_slot = conn.ip_slot.replace((SlotKind::Sse, start.ip_slot));
+        release_slot(&self.shared.access, http_slot);
         let mut sse = Sse {
             channels: subs(&start.channels, &snap).collect(),
             delivery: Delivery::default(),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::timer::TimerKind;
-use super::{Closed, Worker, READ_BUDGET};
+use super::{release_slot, Closed, Worker, READ_BUDGET};
 use crate::api::ws::{
     error_frame, parse, pong_frame, subscribed_frame, unsubscribed_frame, CommandError, WsRequest,
 };
@@ -33,7 +33,8 @@ impl Worker {
             return;
         };
         let gen = conn.gen;
-        conn.ip_slot = Some((SlotKind::Ws, up.ip_slot));
+        let http_slot = conn.ip_slot.replace((SlotKind::Ws, up.ip_slot));
+        release_slot(&self.shared.access, http_slot);
         conn.queue.push_control(Bytes::from(up.response));
         let ws = Ws {
             channels: Vec::new(),
