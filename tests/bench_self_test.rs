@@ -3,6 +3,7 @@
 //! benches' own files, included by path (they are leaf modules: std and external crates).
 
 // Each bench module below is used here only in part (the rest serves the benches).
+#[allow(dead_code)] // only part of the module is tested
 #[path = "../benches/load/attack_figs.rs"]
 mod attack_figs;
 #[allow(dead_code)] // only part of the module is tested
@@ -412,8 +413,8 @@ fn thousands_and_ms() {
 // ---- the pipelining attacker's figures and the acceptance checks ------------------------------
 
 use attack_figs::{
-    checks, compare_table, pipeline_buf, request, requests_completed, AttackFigs, Probe,
-    ProbeOutcome, ProbeTally, Side,
+    checks, compare_table, pipeline_buf, probe_line, request, requests_completed, AttackFigs,
+    Probe, ProbeOutcome, ProbeTally, Side,
 };
 
 #[test]
@@ -534,4 +535,24 @@ fn comparison_table_verdict() {
     assert!(!all && t.ends_with("verdict: FAIL\n"), "{t}");
     assert_eq!(t.matches("| FAIL |").count(), 3, "{t}");
     assert!(t.contains("| 600 / 1000 (400 lost) |"), "{t}");
+}
+
+#[test]
+fn readyz_line_and_guard_text() {
+    let ps = [
+        probe(ProbeOutcome::Status(200), 1234),
+        probe(ProbeOutcome::Timeout, 2_000_100),
+        probe(ProbeOutcome::Error, 10),
+        probe(ProbeOutcome::Status(503), 40_000),
+    ];
+    assert_eq!(probe_line(&ps), "200/1.2 T E 503/40.0");
+    let mut f = figs(11_000, 1_100_000, ProbeOutcome::Timeout);
+    f.guard = Some((4.5, 1_100_000));
+    f.rss_series_kib = vec![11 * 1024, 100 * 1024, 500 * 1024, 1_100_000];
+    let t = attack_figs::text(&f);
+    assert!(t.contains("ATTACK STOPPED      at 4.5 s"), "{t}");
+    assert!(t.contains("RSS each second     11 500 MiB"), "{t}");
+    let j = attack_figs::json(&f);
+    assert_eq!(j["stopped_by_guard"], true);
+    assert_eq!(j["readyz"]["timeouts"], 1);
 }
