@@ -413,8 +413,8 @@ fn thousands_and_ms() {
 // ---- the pipelining attacker's figures and the acceptance checks ------------------------------
 
 use attack_figs::{
-    checks, compare_table, pipeline_buf, probe_line, request, requests_completed, AttackFigs,
-    Probe, ProbeOutcome, ProbeTally, Side,
+    checks, compare_table, pct_counting_lost, pipeline_buf, probe_line, request,
+    requests_completed, AttackFigs, Probe, ProbeOutcome, ProbeTally, Side,
 };
 
 #[test]
@@ -485,10 +485,12 @@ fn figs(before: u64, peak: u64, readyz: ProbeOutcome) -> AttackFigs {
     }
 }
 
+/// 1,000 expected; p99 of what arrived `p99_us`; over 1 % lost makes the p99 of all "never".
 fn side(p99_us: u64, received: u64, f: &AttackFigs) -> Side<'_> {
     Side {
         p50_us: p99_us / 2,
         p99_us,
+        p99_all_us: pct_counting_lost(99.0, received, 1000).map(|_| p99_us),
         received,
         expected: 1000,
         figs: f,
@@ -512,6 +514,12 @@ fn acceptance_checks() {
     assert_eq!(pass(&grew, 8000, 1000), [false, true, true]);
     assert_eq!(pass(&good, 8001, 1000), [true, false, true]);
     assert_eq!(pass(&good, 100, 0), [true, false, true], "nothing received");
+    assert_eq!(
+        pass(&good, 100, 500),
+        [true, false, true],
+        "half lost, fast p99"
+    );
+    assert_eq!(pass(&good, 100, 990), [true, true, true], "1 % lost");
     let slow = figs(11_000, 11_000, ProbeOutcome::Timeout);
     assert_eq!(pass(&slow, 4000, 1000), [true, true, false]);
     let e503 = figs(11_000, 11_000, ProbeOutcome::Status(503));
@@ -534,7 +542,8 @@ fn comparison_table_verdict() {
     let (t, all) = compare_table("t", &side(4000, 1000, &base), &side(50_000, 600, &bad));
     assert!(!all && t.ends_with("verdict: FAIL\n"), "{t}");
     assert_eq!(t.matches("| FAIL |").count(), 3, "{t}");
-    assert!(t.contains("| 600 / 1000 (400 lost) |"), "{t}");
+    assert!(t.contains("600 / 1000 (400 lost = 40.0 %)"), "{t}");
+    assert!(t.contains("| ∞ (40.0 % lost) | FAIL |"), "{t}");
 }
 
 #[test]
@@ -555,4 +564,16 @@ fn readyz_line_and_guard_text() {
     let j = attack_figs::json(&f);
     assert_eq!(j["stopped_by_guard"], true);
     assert_eq!(j["readyz"]["timeouts"], 1);
+}
+
+#[test]
+fn p99_counting_lost_deliveries() {
+    assert_eq!(pct_counting_lost(99.0, 1000, 1000), Some(99.0));
+    let q = pct_counting_lost(99.0, 990, 1000).unwrap();
+    assert!((q - 100.0).abs() < 1e-9, "{q}");
+    assert_eq!(pct_counting_lost(99.0, 989, 1000), None);
+    assert_eq!(pct_counting_lost(99.0, 0, 1000), None);
+    assert_eq!(pct_counting_lost(99.0, 0, 0), None);
+    // more received than expected (duplicates): a lower rank of what arrived
+    assert_eq!(pct_counting_lost(99.0, 2000, 1000), Some(49.5));
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::attack_figs::{compare_table, Side};
+use crate::attack_figs::{compare_table, pct_counting_lost, Side};
 use crate::cli::{fanout_plan, Args, AttackPass, Mode, ScenarioSel, Transport, TransportSel};
 use crate::fanout::{per_delivery_us, FanoutResult};
 use crate::idle::IdleResult;
@@ -345,6 +345,7 @@ fn side(f: &FanoutResult) -> Option<Side<'_>> {
     f.attack.as_ref().map(|figs| Side {
         p50_us: f.hist.percentile(50.0),
         p99_us: f.hist.percentile(99.0),
+        p99_all_us: pct_counting_lost(99.0, f.received, f.expected).map(|q| f.hist.percentile(q)),
         received: f.received,
         expected: f.expected,
         figs,
