@@ -524,6 +524,13 @@ fn acceptance_checks() {
     assert_eq!(pass(&slow, 4000, 1000), [true, true, false]);
     let e503 = figs(11_000, 11_000, ProbeOutcome::Status(503));
     assert_eq!(pass(&e503, 4000, 1000), [true, true, false]);
+    let mut late = figs(11_000, 11_000, ok);
+    late.rss_after_kib = 11_000 + 16 * 1024;
+    assert_eq!(
+        pass(&late, 4000, 1000),
+        [false, true, true],
+        "grew after the attack"
+    );
     let mut guarded = figs(11_000, 11_000, ok);
     guarded.guard = Some((3.0, 1 << 21));
     assert_eq!(pass(&guarded, 4000, 1000), [false, true, true]);
@@ -542,7 +549,7 @@ fn comparison_table_verdict() {
     let (t, all) = compare_table("t", &side(4000, 1000, &base), &side(50_000, 600, &bad));
     assert!(!all && t.ends_with("verdict: FAIL\n"), "{t}");
     assert_eq!(t.matches("| FAIL |").count(), 3, "{t}");
-    assert!(t.contains("600 / 1000 (400 lost = 40.0 %)"), "{t}");
+    assert!(t.contains("600 / 1,000 (400 lost = 40.0 %)"), "{t}");
     assert!(t.contains("| ∞ (40.0 % lost) | FAIL |"), "{t}");
 }
 

@@ -100,6 +100,9 @@ pub struct AttackFigs {
     pub rss_before_kib: u64,
     pub rss_end_kib: u64,
     pub rss_peak_kib: u64,
+    /// after the drain, when the fanout figures are read: an unfixed server keeps working off
+    /// the requests already in its socket buffer after the attack stops
+    pub rss_after_kib: u64,
     /// VmRSS every 500 ms from the start of the attack
     pub rss_series_kib: Vec<u64>,
     pub rss_cap_kib: u64,
@@ -110,16 +113,30 @@ pub struct AttackFigs {
 }
 
 impl AttackFigs {
-    /// peak (or end, if later samples missed it) − before
+    /// the most VmRSS seen (peak, end of the attack, after the drain) − before
     pub fn growth_kib(&self) -> u64 {
         self.rss_peak_kib
             .max(self.rss_end_kib)
+            .max(self.rss_after_kib)
             .saturating_sub(self.rss_before_kib)
     }
 
     pub fn tally(&self) -> ProbeTally {
         ProbeTally::of(&self.probes)
     }
+}
+
+/// `1234567` → `"1,234,567"`.
+pub fn grouped(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn mib(kib: u64) -> String {
@@ -161,7 +178,7 @@ pub fn text(f: &AttackFigs) -> String {
         let _ = writeln!(
             s,
             "  attacker            {} conn(s) from {} pipelining GET {} for {:.1} s, never reading: {} bytes, {} requests sent; {} reconnects (server closed it / write failed), {} connect errors; writes blocked {:.1} s in all{}",
-            f.conns, f.src, f.path, f.attack_s, f.bytes_sent, f.requests_sent, f.reconnects,
+            f.conns, f.src, f.path, f.attack_s, grouped(f.bytes_sent), grouped(f.requests_sent), f.reconnects,
             f.connect_errors, f.write_blocked_s,
             f.last_close.as_deref().map(|c| format!(" (last close: {c})")).unwrap_or_default()
         );
@@ -181,10 +198,11 @@ pub fn text(f: &AttackFigs) -> String {
     }
     let _ = writeln!(
         s,
-        "  server RSS (attack) before {}, peak {}, at the end {} (growth {}; VmRSS every 500 ms)",
+        "  server RSS (attack) before {}, peak {}, at the end {}, after the drain {} (growth {}; VmRSS every 500 ms)",
         mib(f.rss_before_kib),
         mib(f.rss_peak_kib),
         mib(f.rss_end_kib),
+        mib(f.rss_after_kib),
         mib(f.growth_kib())
     );
     let every_s: Vec<String> = f
@@ -211,7 +229,7 @@ pub fn json(f: &AttackFigs) -> Value {
         "bytes_sent": f.bytes_sent, "requests_sent": f.requests_sent,
         "reconnects": f.reconnects, "connect_errors": f.connect_errors,
         "write_blocked_s": (f.write_blocked_s * 100.0).round() / 100.0, "last_close": f.last_close,
-        "rss_before_kib": f.rss_before_kib, "rss_peak_kib": f.rss_peak_kib, "rss_end_kib": f.rss_end_kib,
+        "rss_before_kib": f.rss_before_kib, "rss_peak_kib": f.rss_peak_kib, "rss_end_kib": f.rss_end_kib, "rss_after_drain_kib": f.rss_after_kib,
         "rss_growth_kib": f.growth_kib(), "rss_every_500ms_kib": f.rss_series_kib,
         "rss_cap_kib": f.rss_cap_kib, "stopped_by_guard": f.guard.is_some(),
         "stopped_at_s": f.guard.map(|g| g.0),
@@ -292,9 +310,9 @@ fn lost_pct(sd: &Side) -> String {
 fn loss(sd: &Side) -> String {
     format!(
         "{} / {} ({} lost = {})",
-        sd.received,
-        sd.expected,
-        sd.expected.saturating_sub(sd.received),
+        grouped(sd.received),
+        grouped(sd.expected),
+        grouped(sd.expected.saturating_sub(sd.received)),
         lost_pct(sd)
     )
 }
@@ -315,10 +333,11 @@ pub fn compare_table(title: &str, base: &Side, att: &Side) -> (String, bool) {
     let (b, a) = (base.figs, att.figs);
     let rss = |f: &AttackFigs| {
         format!(
-            "{} → peak {} → end {} (+{})",
+            "{} → peak {} → end {} → after drain {} (+{})",
             mib(f.rss_before_kib),
             mib(f.rss_peak_kib),
             mib(f.rss_end_kib),
+            mib(f.rss_after_kib),
             mib(f.growth_kib())
         )
     };
@@ -329,7 +348,11 @@ pub fn compare_table(title: &str, base: &Side, att: &Side) -> (String, bool) {
             latency_cell(att),
         ),
         ("deliveries received / expected", loss(base), loss(att)),
-        ("server RSS before → peak → end", rss(b), rss(a)),
+        (
+            "server RSS before → peak → end → after drain",
+            rss(b),
+            rss(a),
+        ),
         (
             "/readyz (2 s limit)",
             readyz_cell(&b.tally()),
@@ -338,7 +361,12 @@ pub fn compare_table(title: &str, base: &Side, att: &Side) -> (String, bool) {
         (
             "attacker bytes / requests / reconnects",
             "—".into(),
-            format!("{} / {} / {}", a.bytes_sent, a.requests_sent, a.reconnects),
+            format!(
+                "{} / {} / {}",
+                grouped(a.bytes_sent),
+                grouped(a.requests_sent),
+                a.reconnects
+            ),
         ),
     ];
     let mut s =

@@ -254,7 +254,7 @@ pub fn run_fanout(
     let (addr, pid) = (dep.primary().addr, dep.primary().pid);
     let attack = Attack::start(pass, addr, pid, a, window)?;
     let p = publish(dep, a, sr.rate, deadline)?;
-    let attack = attack.map(Attack::finish);
+    let mut attack = attack.map(Attack::finish);
     let expected = p.ok * ready as u64;
     let drain_until = (Instant::now() + Duration::from_secs_f64(a.drain_timeout)).min(deadline);
     let drain_s = drain(dep, &sh, expected, drain_until)?;
@@ -265,6 +265,9 @@ pub fn run_fanout(
         .map(|n| rss_kib(n.pid))
         .collect::<Res<Vec<u64>>>()?;
     let redis_rss_end = dep.redis.as_ref().map(|r| rss_kib(r.pid)).transpose()?;
+    if let Some(f) = attack.as_mut() {
+        f.rss_after_kib = rss_end_each[0];
+    }
     dep.check_alive()?;
     let run = Run {
         sr,
