@@ -4,6 +4,9 @@
 
 // Each bench module below is used here only in part (the rest serves the benches).
 #[allow(dead_code)] // only part of the module is tested
+#[path = "../benches/load/attack_figs.rs"]
+mod attack_figs;
+#[allow(dead_code)] // only part of the module is tested
 #[path = "../benches/load/event.rs"]
 mod event;
 #[allow(dead_code)] // only part of the module is tested
@@ -405,4 +408,179 @@ fn thousands_and_ms() {
     assert_eq!(report::thousands(-12345.0), "-12,345");
     assert_eq!(report::ms(1234), "1.23");
     assert_eq!(report::round(2.3456, 2), 2.35);
+}
+
+// ---- the pipelining attacker's figures and the acceptance checks ------------------------------
+
+use attack_figs::{
+    checks, compare_table, pct_counting_lost, pipeline_buf, probe_line, request,
+    requests_completed, AttackFigs, Probe, ProbeOutcome, ProbeTally, Side,
+};
+
+#[test]
+fn attacker_pipeline_is_whole_requests() {
+    let req = request("/metrics/prom");
+    assert_eq!(req, b"GET /metrics/prom HTTP/1.1\r\nHost: x\r\n\r\n");
+    for min in [0, 1, req.len() - 1, req.len(), req.len() + 1, 64 * 1024] {
+        let buf = pipeline_buf(&req, min);
+        assert!(buf.len() >= min.max(1), "{min}");
+        assert_eq!(buf.len() % req.len(), 0, "{min}");
+        assert!(buf.chunks(req.len()).all(|c| c == req.as_slice()));
+    }
+}
+
+#[test]
+fn attacker_counts_requests_over_any_write_sizes() {
+    let req_len = 44u64;
+    for step in [1u64, 7, 43, 44, 45, 1000, 65_536] {
+        let (mut sent, mut done) = (0u64, 0u64);
+        while sent < 100_000 {
+            done += requests_completed(sent, step, req_len);
+            sent += step;
+        }
+        assert_eq!(done, sent / req_len, "writes of {step}");
+    }
+}
+
+fn probe(outcome: ProbeOutcome, lat_us: u64) -> Probe {
+    Probe {
+        at_ms: 0,
+        outcome,
+        lat_us,
+    }
+}
+
+#[test]
+fn readyz_tally() {
+    let ps = [
+        probe(ProbeOutcome::Status(200), 900),
+        probe(ProbeOutcome::Status(503), 1200),
+        probe(ProbeOutcome::Timeout, 2_000_500),
+        probe(ProbeOutcome::Error, 50),
+        probe(ProbeOutcome::Status(200), 700),
+    ];
+    let t = ProbeTally::of(&ps);
+    let want = ProbeTally {
+        ok: 2,
+        non_200: 2,
+        timeouts: 1,
+        max_lat_us: 2_000_500,
+    };
+    assert_eq!(t, want);
+    assert!(!t.always_200());
+    assert!(ProbeTally::of(&ps[4..]).always_200());
+    assert!(!ProbeTally::of(&[]).always_200(), "no probe is no evidence");
+}
+
+/// A pass: RSS before/peak in KiB, probes all 200 unless `readyz` says otherwise.
+fn figs(before: u64, peak: u64, readyz: ProbeOutcome) -> AttackFigs {
+    AttackFigs {
+        attacking: true,
+        rss_before_kib: before,
+        rss_peak_kib: peak,
+        rss_end_kib: peak,
+        rss_cap_kib: 1 << 20,
+        probes: vec![probe(ProbeOutcome::Status(200), 500), probe(readyz, 800)],
+        ..AttackFigs::default()
+    }
+}
+
+/// 1,000 expected; p99 of what arrived `p99_us`; over 1 % lost makes the p99 of all "never".
+fn side(p99_us: u64, received: u64, f: &AttackFigs) -> Side<'_> {
+    Side {
+        p50_us: p99_us / 2,
+        p99_us,
+        p99_all_us: pct_counting_lost(99.0, received, 1000).map(|_| p99_us),
+        received,
+        expected: 1000,
+        figs: f,
+    }
+}
+
+#[test]
+fn acceptance_checks() {
+    let ok = ProbeOutcome::Status(200);
+    let base = figs(11_000, 11_500, ok);
+    let b = side(4000, 1000, &base);
+    let pass = |f: &AttackFigs, p99, received| -> Vec<bool> {
+        checks(&b, &side(p99, received, f))
+            .iter()
+            .map(|c| c.pass)
+            .collect()
+    };
+    let good = figs(11_000, 11_000 + 16 * 1024 - 1, ok);
+    assert_eq!(pass(&good, 8000, 1000), [true, true, true]);
+    let grew = figs(11_000, 11_000 + 16 * 1024, ok);
+    assert_eq!(pass(&grew, 8000, 1000), [false, true, true]);
+    assert_eq!(pass(&good, 8001, 1000), [true, false, true]);
+    assert_eq!(pass(&good, 100, 0), [true, false, true], "nothing received");
+    assert_eq!(
+        pass(&good, 100, 500),
+        [true, false, true],
+        "half lost, fast p99"
+    );
+    assert_eq!(pass(&good, 100, 990), [true, true, true], "1 % lost");
+    let slow = figs(11_000, 11_000, ProbeOutcome::Timeout);
+    assert_eq!(pass(&slow, 4000, 1000), [true, true, false]);
+    let e503 = figs(11_000, 11_000, ProbeOutcome::Status(503));
+    assert_eq!(pass(&e503, 4000, 1000), [true, true, false]);
+    let mut late = figs(11_000, 11_000, ok);
+    late.rss_after_kib = 11_000 + 16 * 1024;
+    assert_eq!(
+        pass(&late, 4000, 1000),
+        [false, true, true],
+        "grew after the attack"
+    );
+    let mut guarded = figs(11_000, 11_000, ok);
+    guarded.guard = Some((3.0, 1 << 21));
+    assert_eq!(pass(&guarded, 4000, 1000), [false, true, true]);
+}
+
+#[test]
+fn comparison_table_verdict() {
+    let ok = ProbeOutcome::Status(200);
+    let (base, good, bad) = (
+        figs(11_000, 11_500, ok),
+        figs(11_000, 12_000, ok),
+        figs(11_000, 500_000, ProbeOutcome::Timeout),
+    );
+    let (t, all) = compare_table("t", &side(4000, 1000, &base), &side(5000, 1000, &good));
+    assert!(all && t.ends_with("verdict: PASS\n"), "{t}");
+    let (t, all) = compare_table("t", &side(4000, 1000, &base), &side(50_000, 600, &bad));
+    assert!(!all && t.ends_with("verdict: FAIL\n"), "{t}");
+    assert_eq!(t.matches("| FAIL |").count(), 3, "{t}");
+    assert!(t.contains("600 / 1,000 (400 lost = 40.0 %)"), "{t}");
+    assert!(t.contains("| ∞ (40.0 % lost) | FAIL |"), "{t}");
+}
+
+#[test]
+fn readyz_line_and_guard_text() {
+    let ps = [
+        probe(ProbeOutcome::Status(200), 1234),
+        probe(ProbeOutcome::Timeout, 2_000_100),
+        probe(ProbeOutcome::Error, 10),
+        probe(ProbeOutcome::Status(503), 40_000),
+    ];
+    assert_eq!(probe_line(&ps), "200/1.2 T E 503/40.0");
+    let mut f = figs(11_000, 1_100_000, ProbeOutcome::Timeout);
+    f.guard = Some((4.5, 1_100_000));
+    f.rss_series_kib = vec![11 * 1024, 100 * 1024, 500 * 1024, 1_100_000];
+    let t = attack_figs::text(&f);
+    assert!(t.contains("ATTACK STOPPED      at 4.5 s"), "{t}");
+    assert!(t.contains("RSS each second     11 500 MiB"), "{t}");
+    let j = attack_figs::json(&f);
+    assert_eq!(j["stopped_by_guard"], true);
+    assert_eq!(j["readyz"]["timeouts"], 1);
+}
+
+#[test]
+fn p99_counting_lost_deliveries() {
+    assert_eq!(pct_counting_lost(99.0, 1000, 1000), Some(99.0));
+    let q = pct_counting_lost(99.0, 990, 1000).unwrap();
+    assert!((q - 100.0).abs() < 1e-9, "{q}");
+    assert_eq!(pct_counting_lost(99.0, 989, 1000), None);
+    assert_eq!(pct_counting_lost(99.0, 0, 1000), None);
+    assert_eq!(pct_counting_lost(99.0, 0, 0), None);
+    // more received than expected (duplicates): a lower rank of what arrived
+    assert_eq!(pct_counting_lost(99.0, 2000, 1000), Some(49.5));
 }

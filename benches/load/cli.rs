@@ -89,6 +89,46 @@ pub enum NchanStart {
     Never,
 }
 
+/// `--attacker`: the pipelining attacker of the hardening acceptance (see `attack`)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttackerSel {
+    /// no attacker (the fanout figures as always)
+    None,
+    /// pipelined GETs, never read, while the publisher runs
+    Pipeline,
+    /// every run twice: first without (RSS and /readyz still sampled), then with, and a
+    /// comparison table with the acceptance checks
+    Compare,
+}
+
+/// One pass of the runs: without anything, the sampled pass without attacker, or attacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttackPass {
+    Off,
+    Baseline,
+    Pipeline,
+}
+
+impl AttackPass {
+    /// appended to the server's label
+    pub fn tag(self) -> &'static str {
+        match self {
+            AttackPass::Off => "",
+            AttackPass::Baseline => " (no attacker)",
+            AttackPass::Pipeline => " + attacker",
+        }
+    }
+}
+
+/// The passes `--attacker` asks for, in order.
+pub fn attack_passes(a: &Args) -> Vec<AttackPass> {
+    match a.attacker {
+        AttackerSel::None => vec![AttackPass::Off],
+        AttackerSel::Pipeline => vec![AttackPass::Pipeline],
+        AttackerSel::Compare => vec![AttackPass::Baseline, AttackPass::Pipeline],
+    }
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "load",
@@ -191,6 +231,19 @@ pub struct Args {
     /// run the whole scenario list this many times against the same server (shows RSS growth)
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// fanout: a pipelining attacker while publishing (BENCHMARKS.md "Pipelining attacker");
+    /// `compare` runs without, then with it, and checks the hardening's acceptance figures
+    #[arg(long, value_enum, default_value = "none")]
+    pub attacker: AttackerSel,
+    /// attacker connections (one thread each, from 127.0.0.250)
+    #[arg(long, default_value_t = 1)]
+    pub attacker_conns: usize,
+    /// what the attacker requests, pipelined
+    #[arg(long, default_value = "/metrics/prom")]
+    pub attacker_path: String,
+    /// the attack stops (and the run fails) when the server's VmRSS passes this many MiB
+    #[arg(long, default_value_t = 1024)]
+    pub attacker_rss_cap_mib: u64,
     /// passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     pub bench: bool,

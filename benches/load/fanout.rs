@@ -1,6 +1,8 @@
 //! The fanout scenario: S subscribers split over the deployment's nodes, the publisher on the
 //! first node at E events/s for D seconds; latency, deliveries/s, loss, and server CPU per
 //! delivery (Δ utime+stime / deliveries received), with a quiet baseline before publishing.
+//! With `--attacker` the pipelining attacker (`attack`) runs, on its own threads, for the
+//! publishing window against the first node.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -8,7 +10,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::cli::{Args, Transport};
+use crate::attack::Attack;
+use crate::attack_figs::AttackFigs;
+use crate::cli::{Args, AttackPass, Transport};
 use crate::deployment::{node_name, Deployment};
 use crate::hist::Histogram;
 use crate::now_ns;
@@ -63,6 +67,8 @@ pub struct FanoutResult {
     /// Redis mode: redis-server's CPU in the quiet baseline, ms/s
     pub redis_quiet_ms_per_s: Option<f64>,
     pub redis_rss_end: Option<u64>,
+    /// `--attacker`: the attack's (or the sampled pass's) figures
+    pub attack: Option<AttackFigs>,
 }
 
 /// One node's share of a fanout run (Redis mode).
@@ -225,6 +231,7 @@ pub fn run_fanout(
     srcs: &mut SrcAlloc,
     sr: SubRate,
     round: usize,
+    pass: AttackPass,
 ) -> Res<FanoutResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
     let name = label(dep.kind, dep.mode, tr, a);
@@ -243,7 +250,11 @@ pub fn run_fanout(
         "[{name}] fanout {}×{}/s: {ready} subscribers ready; publishing for {} s…",
         sr.subs, sr.rate, a.duration
     );
+    let window = Duration::from_secs_f64(a.duration);
+    let (addr, pid) = (dep.primary().addr, dep.primary().pid);
+    let attack = Attack::start(pass, addr, pid, a, window)?;
     let p = publish(dep, a, sr.rate, deadline)?;
+    let mut attack = attack.map(Attack::finish);
     let expected = p.ok * ready as u64;
     let drain_until = (Instant::now() + Duration::from_secs_f64(a.drain_timeout)).min(deadline);
     let drain_s = drain(dep, &sh, expected, drain_until)?;
@@ -254,6 +265,9 @@ pub fn run_fanout(
         .map(|n| rss_kib(n.pid))
         .collect::<Res<Vec<u64>>>()?;
     let redis_rss_end = dep.redis.as_ref().map(|r| rss_kib(r.pid)).transpose()?;
+    if let Some(f) = attack.as_mut() {
+        f.rss_after_kib = rss_end_each[0];
+    }
     dep.check_alive()?;
     let run = Run {
         sr,
@@ -265,6 +279,7 @@ pub fn run_fanout(
         rss_end_each,
         redis_rss_end,
         drain_s,
+        attack,
     };
     Ok(run.result(dep, a, set, &p, &s0, &s1))
 }
@@ -281,6 +296,7 @@ struct Run {
     rss_end_each: Vec<u64>,
     redis_rss_end: Option<u64>,
     drain_s: f64,
+    attack: Option<AttackFigs>,
 }
 
 impl Run {
@@ -356,6 +372,7 @@ impl Run {
             redis_cpu_ms: dep.redis.as_ref().map(|_| ms_each[nn]),
             redis_quiet_ms_per_s: self.quiet.get(nn).copied(),
             redis_rss_end: self.redis_rss_end,
+            attack: self.attack,
         }
     }
 

@@ -37,11 +37,18 @@
 //! bounded in time; servers it starts are stopped on exit (and get PR_SET_PDEATHSIG).
 //! Load only ever goes to 127.0.0.0/8.
 //!
+//! * `--attacker pipeline` (fanout only): while publishing, connections from 127.0.0.250 pipeline
+//!   `GET /metrics/prom` without ever reading, a probe asks `/readyz` each second and the
+//!   server's VmRSS is sampled (`attack`, figures in `attack_figs`); `--attacker compare` runs
+//!   everything without, then with the attacker and checks the hardening's acceptance figures.
+//!
 //! Layout: `cli` (flags) → `deployment` (`server`, `peers`: the processes measured) →
 //! scenarios `idle` and `fanout`, which drive `worker` (generator threads running `conn`s,
 //! whose bytes `event` parses into `hist`) and `publisher`; `output` and `tables` print.
 //! `support` is shared with the wire bench.
 
+mod attack;
+mod attack_figs;
 mod cli;
 mod conn;
 mod deployment;
@@ -64,13 +71,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 
-use cli::{fanout_plan, Args, Mode, ModeSel, ScenarioSel, TargetSel, Transport, TransportSel};
+use cli::{
+    attack_passes, fanout_plan, Args, AttackPass, AttackerSel, Mode, ModeSel, ScenarioSel,
+    TargetSel, Transport, TransportSel,
+};
 use deployment::Deployment;
 use output::{base_name, emit_json, fanout_json, idle_json, label, print_fanout, print_idle};
 use server::Kind;
 use support::proc::{box_busy_pct, box_cpu};
 use support::spawn::{install_signal_handlers, interrupted};
-use tables::{comparison_table, rounds_table, TargetResult};
+use tables::{attack_comparisons, comparison_table, rounds_table, TargetResult};
 use worker::SrcAlloc;
 
 type Res<T> = Result<T, String>;
@@ -145,19 +155,27 @@ fn run(a: &Args) -> Res<bool> {
             "open-file limit {nofile} is below the {need} this run needs; lower --conns/--subs"
         ));
     }
+    if a.attacker != AttackerSel::None {
+        if a.scenario != ScenarioSel::Fanout {
+            return Err("--attacker needs --scenario fanout".into());
+        }
+        attack::check_args(a)?;
+    }
     let mut srcs = SrcAlloc { next: 2 };
     let mut results = Vec::new();
-    for (kind, transport, mode) in runs(a) {
-        results.push(run_target(kind, transport, mode, a, &mut srcs));
-        if interrupted() {
-            break;
+    'passes: for pass in attack_passes(a) {
+        for (kind, transport, mode) in runs(a) {
+            results.push(run_target(kind, transport, mode, pass, a, &mut srcs));
+            if interrupted() {
+                break 'passes;
+            }
         }
     }
-    print_summary(&results, a);
+    let checks_ok = print_summary(&results, a);
     if interrupted() {
         return Err("interrupted".into());
     }
-    Ok(results.iter().all(|r| r.errors.is_empty()))
+    Ok(checks_ok && results.iter().all(|r| r.errors.is_empty()))
 }
 
 /// One server × transport × mode: start it, run every round, stop it.
@@ -165,14 +183,16 @@ fn run_target(
     kind: Kind,
     transport: Transport,
     mode: Mode,
+    pass: AttackPass,
     a: &Args,
     srcs: &mut SrcAlloc,
 ) -> TargetResult {
-    let name = label(kind, mode, transport, a);
+    let name = label(kind, mode, transport, a) + pass.tag();
     let mut tr = TargetResult {
         kind,
         mode,
         transport,
+        pass,
         idle: vec![],
         fanout: vec![],
         errors: vec![],
@@ -229,7 +249,7 @@ fn run_round(
     round: usize,
 ) -> bool {
     let (kind, mode, transport) = (tr.kind, tr.mode, tr.transport);
-    let name = label(kind, mode, transport, a);
+    let name = label(kind, mode, transport, a) + tr.pass.tag();
     let base = base_name(kind, mode);
     if a.scenario != ScenarioSel::Fanout && !interrupted() {
         match idle::run_idle(dep, a, transport, srcs, round) {
@@ -256,10 +276,16 @@ fn run_round(
         if interrupted() {
             break;
         }
-        match fanout::run_fanout(dep, a, transport, srcs, sr, round) {
+        match fanout::run_fanout(dep, a, transport, srcs, sr, round, tr.pass) {
             Ok(r) => {
                 print_fanout(base, transport, &r);
                 emit_json(&fanout_json(kind, mode, transport, &r), a);
+                if let Some((at, kib)) = r.attack.as_ref().and_then(|f| f.guard) {
+                    tr.errors.push(format!(
+                        "fanout {}×{}/s: attack stopped at {at:.1} s, server RSS {kib} KiB passed --attacker-rss-cap-mib {}",
+                        sr.subs, sr.rate, a.attacker_rss_cap_mib
+                    ));
+                }
                 tr.fanout.push(r);
             }
             Err(e) => {
@@ -276,14 +302,21 @@ fn run_round(
     true
 }
 
-/// The tables, then per server its note, how it ended, and its errors.
-fn print_summary(results: &[TargetResult], a: &Args) {
+/// The tables, then per server its note, how it ended, and its errors; false when an
+/// `--attacker compare` check failed.
+fn print_summary(results: &[TargetResult], a: &Args) -> bool {
     println!("{}", comparison_table(results, a));
     if a.rounds > 1 {
         println!("{}", rounds_table(results, a));
     }
+    let mut checks_ok = true;
+    if a.attacker == AttackerSel::Compare {
+        let (table, ok) = attack_comparisons(results, a);
+        println!("{table}");
+        checks_ok = ok;
+    }
     for r in results {
-        let name = label(r.kind, r.mode, r.transport, a);
+        let name = label(r.kind, r.mode, r.transport, a) + r.pass.tag();
         println!(
             "{name}: {}; {}",
             r.note,
@@ -293,6 +326,7 @@ fn print_summary(results: &[TargetResult], a: &Args) {
             println!("{name} ERROR {e}");
         }
     }
+    checks_ok
 }
 
 fn main() {

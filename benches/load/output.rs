@@ -7,6 +7,7 @@ use std::io::Write as _;
 
 use serde_json::{json, Value};
 
+use crate::attack_figs;
 use crate::cli::{Args, Mode, Transport, TransportSel};
 use crate::fanout::{per_delivery_us, FanoutResult};
 use crate::idle::IdleResult;
@@ -85,6 +86,9 @@ pub fn fanout_json(kind: Kind, mode: Mode, tr: Transport, r: &FanoutResult) -> V
             })
             .collect();
     }
+    if let Some(f) = &r.attack {
+        v["attack"] = attack_figs::json(f);
+    }
     v
 }
 
@@ -152,7 +156,7 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n== {} fanout: {} {}subscribers{} × {} events/s × {} s{} ==",
+        "\n== {} fanout: {} {}subscribers{} × {} events/s × {} s{}{} ==",
         name,
         r.subs,
         match tr {
@@ -170,6 +174,11 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
             format!(" (round {})", r.round)
         } else {
             String::new()
+        },
+        match &r.attack {
+            Some(f) if f.attacking => ", pipelining attacker",
+            Some(_) => ", no attacker",
+            None => "",
         }
     );
     let _ = writeln!(s, "  subscribers ready   {} / {}", r.ready, r.subs);
@@ -190,6 +199,9 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
     deliveries(&mut s, r);
     cpu_lines(&mut s, r);
     generator_line(&mut s, r);
+    if let Some(f) = &r.attack {
+        s.push_str(&attack_figs::text(f));
+    }
     if let Some(e) = &r.first_err {
         let _ = writeln!(s, "  first error         {e}");
     }

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::cli::{fanout_plan, Args, Mode, ScenarioSel, Transport, TransportSel};
+use crate::attack_figs::{compare_table, pct_counting_lost, Side};
+use crate::cli::{fanout_plan, Args, AttackPass, Mode, ScenarioSel, Transport, TransportSel};
 use crate::fanout::{per_delivery_us, FanoutResult};
 use crate::idle::IdleResult;
 use crate::output::label;
@@ -15,6 +16,8 @@ pub struct TargetResult {
     pub kind: Kind,
     pub mode: Mode,
     pub transport: Transport,
+    /// `--attacker`: which pass this run belongs to
+    pub pass: AttackPass,
     /// one per round; the comparison table shows round 1 (a fresh server)
     pub idle: Vec<IdleResult>,
     pub fanout: Vec<FanoutResult>,
@@ -40,7 +43,12 @@ pub fn comparison_table(results: &[TargetResult], a: &Args) -> String {
     }
     let mut s = String::from("\n| figure | target |");
     for r in results {
-        let _ = write!(s, " {} |", label(r.kind, r.mode, r.transport, a));
+        let _ = write!(
+            s,
+            " {}{} |",
+            label(r.kind, r.mode, r.transport, a),
+            r.pass.tag()
+        );
     }
     s.push_str("\n|---|---|");
     for _ in results {
@@ -286,4 +294,60 @@ pub fn rounds_table(results: &[TargetResult], a: &Args) -> String {
         }
     }
     s
+}
+
+/// `--attacker compare`: for every server × transport × mode, fanout run and round, the pass
+/// without the attacker beside the pass with it, and the acceptance checks; true when every
+/// check passed and every attacked run has its pair.
+pub fn attack_comparisons(results: &[TargetResult], a: &Args) -> (String, bool) {
+    let (mut out, mut all) = (String::new(), true);
+    for att in results.iter().filter(|r| r.pass == AttackPass::Pipeline) {
+        let base = results.iter().find(|b| {
+            b.pass == AttackPass::Baseline
+                && (b.kind, b.mode, b.transport) == (att.kind, att.mode, att.transport)
+        });
+        let name = label(att.kind, att.mode, att.transport, a);
+        for f in &att.fanout {
+            let bf = base.and_then(|b| {
+                b.fanout
+                    .iter()
+                    .find(|x| (x.subs, x.rate, x.round) == (f.subs, f.rate, f.round))
+            });
+            let title = format!(
+                "{name} fanout {}×{}/s (round {}): without vs with the pipelining attacker",
+                f.subs, f.rate, f.round
+            );
+            match (bf.and_then(side), side(f)) {
+                (Some(b), Some(w)) => {
+                    let (t, ok) = compare_table(&title, &b, &w);
+                    out.push_str(&t);
+                    all &= ok;
+                }
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "\n{title}: no run without the attacker to compare with — FAIL"
+                    );
+                    all = false;
+                }
+            }
+        }
+        if att.fanout.is_empty() {
+            let _ = writeln!(out, "\n{name}: the attacked run produced no figures — FAIL");
+            all = false;
+        }
+    }
+    (out, all)
+}
+
+/// One pass of a fanout run, for the comparison (None without attack figures).
+fn side(f: &FanoutResult) -> Option<Side<'_>> {
+    f.attack.as_ref().map(|figs| Side {
+        p50_us: f.hist.percentile(50.0),
+        p99_us: f.hist.percentile(99.0),
+        p99_all_us: pct_counting_lost(99.0, f.received, f.expected).map(|q| f.hist.percentile(q)),
+        received: f.received,
+        expected: f.expected,
+        figs,
+    })
 }
