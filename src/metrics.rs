@@ -86,6 +86,7 @@ pub struct ProcessFigures {
     pub replayed: u64,
     pub resets: u64,
     pub inbox_drops: u64,
+    pub evicted: u64,
     pub ip_tracked: u64,
     pub ws_compressions: u64,
     pub sse_gzip_compressions: u64,
@@ -161,7 +162,7 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
     }
     #[rustfmt::skip]
     let h = &p.hub;
-    let gauges: [(&str, &str, &str, u64); 16] = [
+    let gauges: [(&str, &str, &str, u64); 17] = [
         (
             "redix_open_fds",
             "gauge",
@@ -222,6 +223,12 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
             "counter",
             "Events replayed to resuming subscribers.",
             p.replayed,
+        ),
+        (
+            "redix_history_evicted_total",
+            "counter",
+            "Events evicted, oldest first over all channels, because histories reached history.max_bytes.",
+            p.evicted,
         ),
         (
             "redix_resets_total",

@@ -46,6 +46,7 @@ fn hub_config(config: &Config) -> HubConfig {
             max_age_ms: config.history.max_age_ms,
         },
         max_channels: config.history.max_channels,
+        max_bytes: config.history.max_bytes,
         dedupe_ttl_ms: config.publish.dedupe_ttl_ms,
         dedupe_max: config.publish.dedupe_max,
         redis: config.redis.enabled(),

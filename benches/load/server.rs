@@ -239,7 +239,8 @@ impl Drop for Server {
     }
 }
 
-/// `redix --listen 127.0.0.1:0 --workers N --sse-per-ip 1000000 …`, quiet logs unless the
+/// `redix --listen 127.0.0.1:0 --workers N --sse-per-ip 1000000 --set limits.http_per_ip=1000000 …`
+/// (binaries older than that key refuse it), quiet logs unless the
 /// caller chose a level, stdout piped for the "listening" line.
 fn redix_command(a: &Args, tr: Transport, node: Option<(usize, &str)>) -> Command {
     let workers = match node {
@@ -254,6 +255,10 @@ fn redix_command(a: &Args, tr: Transport, node: Option<(usize, &str)>) -> Comman
         &workers.to_string(),
         "--sse-per-ip",
         "1000000",
+        // Plain HTTP connections per IP default to 64; up to 512 of the
+        // generator's connections per address are in their HTTP phase at once.
+        "--set",
+        "limits.http_per_ip=1000000",
     ])
     .args(node.into_iter().flat_map(|(_, url)| ["--redis", url]))
     // WebSockets per client IP default to 50; the generator puts 2,000 on each address.

@@ -71,6 +71,7 @@ pub fn render_metrics(shared: &Shared) -> String {
         replayed: get(&hub.replayed),
         resets: get(&hub.resets),
         inbox_drops: get(&hub.inbox_drops),
+        evicted: get(&hub.evicted),
         ip_tracked: (shared.access.sse.tracked() + shared.access.ws.tracked()) as u64,
         ws_compressions: get(&hub.ws_compressions),
         sse_gzip_compressions: get(&hub.sse_gzip_compressions),

@@ -55,6 +55,28 @@ impl History {
         self.trimmed_to
     }
 
+    /// The id of the oldest event kept.
+    pub fn oldest_id(&self) -> Option<u64> {
+        self.events.front().map(|(_, ev)| ev.id)
+    }
+
+    /// What the history holds, as a delta that removes it all.
+    pub fn removal(&self) -> Delta {
+        Delta {
+            events: -(self.events.len() as isize),
+            bytes: -(self.bytes as isize),
+        }
+    }
+
+    /// Drops the oldest event (the global byte cap evicts it).
+    pub fn evict_oldest(&mut self) -> Delta {
+        let delta = self.pop_front();
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        delta
+    }
+
     /// Ids up to `id` are known to be gone (a Redis stream trimmed them):
     /// a cursor below it gets a reset.
     pub fn raise_floor(&mut self, id: u64) {

@@ -14,7 +14,7 @@
 //!
 //! No sockets and no clock here: reactors are reached through [`Outbox`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -68,6 +68,9 @@ pub struct HubConfig {
     /// Channels the hub tracks at most; past it, events for channels nobody
     /// subscribes to are delivered to no one and kept nowhere.
     pub max_channels: usize,
+    /// Bytes of all histories together; past it the oldest events over
+    /// every channel are evicted first.
+    pub max_bytes: usize,
     pub dedupe_ttl_ms: u64,
     pub dedupe_max: usize,
     /// Redis mode: events arrive from the Redis bridge with stream ids, a
@@ -85,6 +88,7 @@ impl Default for HubConfig {
                 max_age_ms: 300_000,
             },
             max_channels: 100_000,
+            max_bytes: 256 << 20,
             dedupe_ttl_ms: 300_000,
             dedupe_max: 100_000,
             redis: false,
@@ -127,6 +131,10 @@ struct Inner {
     forgotten_to: u64,
     history_events: usize,
     history_bytes: usize,
+    /// Channels by the id of their oldest kept event (ids grow with time),
+    /// so the global byte cap evicts the oldest events first, whatever
+    /// their channel.
+    by_age: BTreeSet<(u64, Arc<str>)>,
     dedupe: Dedupe,
     /// Redis mode: channels created or removed since the bridge last
     /// looked, so it can (un)subscribe them.
@@ -139,6 +147,56 @@ impl Inner {
     fn account(&mut self, d: Delta) {
         self.history_events = self.history_events.saturating_add_signed(d.events);
         self.history_bytes = self.history_bytes.saturating_add_signed(d.bytes);
+    }
+
+    /// Moves `name` in the age index after its history changed; `before`
+    /// is its oldest id before the change.
+    fn reindex(&mut self, name: &Arc<str>, before: Option<u64>) {
+        let after = self.channels.get(name).and_then(|c| c.history.oldest_id());
+        if before == after {
+            return;
+        }
+        if let Some(id) = before {
+            self.by_age.remove(&(id, name.clone()));
+        }
+        if let Some(id) = after {
+            self.by_age.insert((id, name.clone()));
+        }
+    }
+
+    /// Removes a channel with everything its history held.
+    fn remove_channel(&mut self, name: &str) -> Option<Channel> {
+        let (name, ch) = self.channels.remove_entry(name)?;
+        if let Some(id) = ch.history.oldest_id() {
+            self.by_age.remove(&(id, name));
+        }
+        self.account(ch.history.removal());
+        Some(ch)
+    }
+
+    /// Evicts the oldest events over all channels until the histories
+    /// hold at most `max_bytes`; returns how many went.
+    fn evict(&mut self, max_bytes: usize) -> u64 {
+        let mut evicted = 0;
+        while self.history_bytes > max_bytes {
+            let Some((id, name)) = self.by_age.pop_first() else {
+                break;
+            };
+            let Some(ch) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            let oldest = ch.history.oldest_id();
+            let delta = match oldest == Some(id) {
+                true => ch.history.evict_oldest(),
+                false => Delta::default(),
+            };
+            evicted += u64::from(delta.events < 0);
+            if let Some(next) = ch.history.oldest_id() {
+                self.by_age.insert((next, name));
+            }
+            self.account(delta);
+        }
+        evicted
     }
 }
 
@@ -163,6 +221,9 @@ pub struct HubStats {
     /// Redis mode: live events dropped because a loading channel held
     /// too many back.
     pub held_dropped: AtomicU64,
+    /// Events evicted from history because all histories together reached
+    /// `history.max_bytes`.
+    pub evicted: AtomicU64,
     /// Redis mode: channel histories loaded from Redis streams.
     pub syncs: AtomicU64,
 }
@@ -218,6 +279,7 @@ impl Hub {
                 forgotten_to: 0,
                 history_events: 0,
                 history_bytes: 0,
+                by_age: BTreeSet::new(),
                 dedupe: Dedupe::new(config.dedupe_ttl_ms, config.dedupe_max),
                 changed: HashSet::new(),
                 sync_tokens: 0,
@@ -312,9 +374,8 @@ impl Hub {
         if self.config.redis {
             // Nobody here listens: the channel stops being kept in sync.
             if !ch.wanted() {
-                let name = Arc::from(channel);
-                inner.channels.remove(channel);
-                inner.changed.insert(name);
+                inner.remove_channel(channel);
+                inner.changed.insert(Arc::from(channel));
             }
             return;
         }
@@ -322,6 +383,14 @@ impl Hub {
             let trimmed = ch.history.trimmed_to();
             inner.channels.remove(channel);
             inner.forgotten_to = inner.forgotten_to.max(trimmed);
+        }
+    }
+
+    /// Applies the global byte cap after histories grew.
+    fn enforce_max_bytes(&self, inner: &mut Inner) {
+        let evicted = inner.evict(self.config.max_bytes);
+        if evicted > 0 {
+            self.stats.evicted.fetch_add(evicted, Ordering::Relaxed);
         }
     }
 
@@ -387,14 +456,17 @@ impl Hub {
         let (name, mask) = (name.clone(), ch.reactors);
         let event = Arc::new(Event::new(id, name.clone(), data_json));
         (done.reactors, done.dropped) = self.fan_out(&event, mask);
-        let delta = match inner.channels.get_mut(&name) {
+        let (delta, before) = match inner.channels.get_mut(&name) {
             Some(ch) => {
                 ch.last_id = id;
-                ch.history.push(event, now_ms, limits)
+                let before = ch.history.oldest_id();
+                (ch.history.push(event, now_ms, limits), before)
             }
-            None => Delta::default(),
+            None => (Delta::default(), None),
         };
+        inner.reindex(&name, before);
         inner.account(delta);
+        self.enforce_max_bytes(&mut inner);
         done
     }
 
@@ -440,11 +512,21 @@ impl Hub {
         let mut forgotten = inner.forgotten_to;
         let before = inner.channels.len();
         let redis = self.config.redis;
-        inner.channels.retain(|_, ch| {
+        let Inner {
+            channels, by_age, ..
+        } = &mut *inner;
+        channels.retain(|name, ch| {
+            let before = ch.history.oldest_id();
             delta.add(ch.history.expire(now_ms, limits));
             let keep = ch.wanted() || !redis && !ch.history.is_empty();
+            let after = ch.history.oldest_id().filter(|_| keep);
+            if before != after {
+                before.map(|id| by_age.remove(&(id, name.clone())));
+                after.map(|id| by_age.insert((id, name.clone())));
+            }
             if !keep {
                 forgotten = forgotten.max(ch.history.trimmed_to());
+                delta.add(ch.history.removal());
             }
             keep
         });

@@ -148,7 +148,7 @@ impl Hub {
                 sync.waiters.retain(|w| *w != waiter);
             }
             if !ch.wanted() {
-                inner.channels.remove(name);
+                inner.remove_channel(name);
                 inner.changed.insert(name.clone());
             }
         }
@@ -183,19 +183,33 @@ impl Hub {
             Some(sync) if !sync.synced => return Received::NotHere,
             _ => {}
         }
-        let delta = self.append(&mut inner, &name, &[event], now_ms);
-        inner.account(delta);
+        self.append(&mut inner, &name, &[event], now_ms);
         Received::Delivered
     }
 
     /// Appends events (in id order, repeats skipped) to a channel's history
     /// and hands them to its reactors.
-    fn append(&self, inner: &mut Inner, name: &str, events: &[Arc<Event>], now_ms: u64) -> Delta {
+    /// Appends events to a channel's history (accounted, under the byte
+    /// cap) and fans them out.
+    fn append(&self, inner: &mut Inner, name: &Arc<str>, events: &[Arc<Event>], now_ms: u64) {
+        let delta = self.push_events(inner, name, events, now_ms);
+        inner.account(delta);
+        self.enforce_max_bytes(inner);
+    }
+
+    fn push_events(
+        &self,
+        inner: &mut Inner,
+        name: &Arc<str>,
+        events: &[Arc<Event>],
+        now_ms: u64,
+    ) -> Delta {
         let mut delta = Delta::default();
         let limits = self.config.history;
         let Some(ch) = inner.channels.get_mut(name) else {
             return delta;
         };
+        let before = ch.history.oldest_id();
         let mut last = 0;
         for ev in events {
             if ev.id <= ch.last_id {
@@ -208,6 +222,7 @@ impl Hub {
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
         inner.next_id = inner.next_id.max(last + 1);
+        inner.reindex(name, before);
         delta
     }
 
@@ -279,8 +294,7 @@ impl Hub {
         sync.synced = true;
         sync.floor = sync.floor.max(trimmed_to);
         let waiters = std::mem::take(&mut sync.waiters);
-        let delta = self.append(&mut inner, &name, &all, now_ms);
-        inner.account(delta);
+        self.append(&mut inner, &name, &all, now_ms);
         drop(inner);
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         for w in waiters {
@@ -314,7 +328,7 @@ impl Hub {
             }
         }
         for name in gone {
-            inner.channels.remove(&name);
+            inner.remove_channel(&name);
             inner.changed.insert(name);
         }
         drop(inner);

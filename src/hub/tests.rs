@@ -51,6 +51,7 @@ pub(super) fn config(max_events: usize) -> HubConfig {
             max_age_ms: 1000,
         },
         max_channels: 10,
+        max_bytes: 1 << 30,
         dedupe_ttl_ms: 500,
         dedupe_max: 100,
         redis: false,
@@ -188,4 +189,65 @@ fn channel_names() {
     assert!(check_channel("").is_err());
     assert!(check_channel("a\"b").is_err());
     assert!(check_channel(&"x".repeat(MAX_CHANNEL_LEN + 1)).is_err());
+}
+
+#[test]
+fn the_byte_cap_evicts_the_oldest_events_over_all_channels() {
+    let size = history::event_bytes(&Event::new(1, Arc::from("a"), "1"));
+    let cfg = HubConfig {
+        // Room for four one-digit events.
+        max_bytes: 4 * size + size / 2,
+        ..config(100)
+    };
+    let rec = Arc::new(Recorder::default());
+    let hub = Hub::new(vec![rec as Arc<dyn Outbox>], 1, cfg);
+    let old = hub.publish("a", "1", None, 0).id;
+    for _ in 0..3 {
+        hub.publish("b", "2", None, 0);
+    }
+    assert_eq!(hub.figures().history_events, 4);
+    // A fifth event: the oldest of all (on "a") makes room.
+    hub.publish("b", "3", None, 0);
+    let f = hub.figures();
+    assert_eq!(
+        (f.history_events, hub.stats.evicted.load(Ordering::Relaxed)),
+        (4, 1)
+    );
+    assert!(f.history_bytes <= cfg.max_bytes, "{f:?}");
+    // A resume from before the evicted event is told so.
+    let snap = sub(&hub, 0, &chans(&["a"]), Some(old - 1));
+    assert_eq!(snap.resets, chans(&["a"]));
+    // Then "b" loses its oldest, one per new event.
+    hub.publish("a", "4", None, 0);
+    hub.publish("a", "5", None, 0);
+    assert_eq!(hub.figures().history_events, 4);
+    assert_eq!(hub.stats.evicted.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn a_redis_mode_channel_that_leaves_gives_its_history_bytes_back() {
+    let rec = Arc::new(Recorder::default());
+    let cfg = HubConfig {
+        redis: true,
+        ..config(10)
+    };
+    let hub = Hub::new(vec![rec as Arc<dyn Outbox>], 1, cfg);
+    hub.set_link(true);
+    let c = chans(&["c"]);
+    let w = ConnRef { reactor: 0, ..W };
+    assert!(hub.subscribe(w, &c, None).is_err(), "loads first");
+    let (token, _) = hub.begin_sync("c").unwrap();
+    let ev = |id: u64| RemoteEvent {
+        id,
+        id_text: ids::stream_id(id),
+        data: "1".into(),
+    };
+    assert!(hub.finish_sync("c", token, vec![ev(1 << 20), ev(2 << 20)], 0, 0));
+    hub.subscribe(w, &c, None).unwrap();
+    assert_eq!(hub.figures().history_events, 2);
+    // The last local subscriber leaves: the channel goes, and so do the
+    // bytes its history held (they stayed counted before).
+    hub.detach(0, "c");
+    let f = hub.figures();
+    assert_eq!((f.channels, f.history_events, f.history_bytes), (0, 0, 0));
 }
