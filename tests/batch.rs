@@ -128,3 +128,32 @@ fn an_sse_batch_window_goes_out_in_few_writes() {
     // The publisher's answers and this scrape's write are in there too.
     assert!(writes <= 10.0, "50 events took {writes} writes");
 }
+
+/// Finding 8 of the hardening review: a window whose events add up to
+/// more than a subscriber's queue (`queue.max_bytes`) used to become one
+/// frame too big to queue, dropped for every batching client, fast
+/// readers included. The window now goes out in frames that fit.
+#[test]
+fn a_window_bigger_than_the_queue_reaches_a_fast_batching_reader_whole() {
+    let server = Server::start(&[
+        "--set",
+        "batch.window_ms=500",
+        "--set",
+        "queue.max_bytes=65536",
+        "--set",
+        "limits.max_body_bytes=8192",
+    ]);
+    let mut ws = RawWs::connect(server.addr, "/ws?batch=1", &[]);
+    ws_subscribe(&mut ws, "wide");
+    let mut publisher = Publisher::connect(server.addr);
+    let data = format!(r#""{}""#, "x".repeat(6000));
+    // 20 × 6 KB inside one window: 120 KB, twice the queue.
+    let ids: Vec<u64> = (0..20).map(|_| publisher.publish("wide", &data)).collect();
+    let (got, kinds) = read_events(&mut ws, 20);
+    assert_eq!(got, ids, "every event once, in order");
+    assert!(kinds.iter().all(|k| k == "batch"), "{kinds:?}");
+    assert_eq!(
+        server.metric("redix_events_dropped_total{reason=\"queue_full\"}"),
+        0.0
+    );
+}

@@ -6,7 +6,9 @@
 //!   one write. The events themselves are the shared per-event bytes.
 //! - WebSocket: per reactor and channel, the events of a window become one
 //!   `{"type":"batch","events":[…]}` frame, built (and compressed) once and
-//!   queued on every batching subscriber of the channel. A subscriber that
+//!   queued on every batching subscriber of the channel. A window's frame
+//!   goes out early when it reaches `batch.max_events` or a quarter of
+//!   `queue.max_bytes`, so it always fits a queue. A subscriber that
 //!   joined in the middle of a window (its replay already holds the first
 //!   events) gets the rest one by one instead.
 
@@ -20,6 +22,14 @@ use super::{Fanout, Worker};
 use crate::conn::ConnState;
 use crate::event::Event;
 use crate::proto::{deflate, ws};
+
+/// The events of one channel collected in the open window.
+#[derive(Default)]
+pub(super) struct Pending {
+    events: Vec<Arc<Event>>,
+    /// Bytes of their JSON in a batch frame.
+    bytes: usize,
+}
 
 /// One window's events of one channel, encoded once per wire variant.
 struct BatchFrames {
@@ -64,17 +74,22 @@ impl BatchFrames {
 
 impl Worker {
     /// Collects an event for the batching WebSocket subscribers of its channel.
+    /// The window's frame goes out early once it holds `batch.max_events`
+    /// or a quarter of `queue.max_bytes` (a frame bigger than a
+    /// subscriber's queue could never be queued, fast reader or not).
     pub(super) fn add_to_batch(&mut self, ev: &Arc<Event>, now: u64) {
         let max = self.shared.config.batch.max_events;
+        let max_bytes = self.shared.config.queue.max_bytes / 4;
         let pending = self.ws_batches.entry(ev.channel.clone()).or_default();
-        pending.push(ev.clone());
-        let full = pending.len() >= max;
+        pending.events.push(ev.clone());
+        pending.bytes += ev.json().len() + 1;
+        let full = pending.events.len() >= max || pending.bytes >= max_bytes;
         if self.batch_due.is_none() {
             self.batch_due = Some(now + self.shared.config.batch.window_ms);
         }
         if full {
-            if let Some(events) = self.ws_batches.remove(&ev.channel) {
-                self.flush_ws_batch(&ev.channel, events, now);
+            if let Some(pending) = self.ws_batches.remove(&ev.channel) {
+                self.flush_ws_batch(&ev.channel, pending.events, now);
             }
         }
     }
@@ -87,8 +102,8 @@ impl Worker {
         }
         self.batch_due = None;
         let pending = std::mem::take(&mut self.ws_batches);
-        for (channel, events) in pending {
-            self.flush_ws_batch(&channel, events, now);
+        for (channel, pending) in pending {
+            self.flush_ws_batch(&channel, pending.events, now);
         }
     }
 

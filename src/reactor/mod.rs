@@ -99,7 +99,7 @@ pub struct Worker {
     inbox_ready: bool,
     drain_deadline: Option<u64>,
     /// WebSocket batches being collected, per channel.
-    ws_batches: HashMap<Arc<str>, Vec<Arc<Event>>>,
+    ws_batches: HashMap<Arc<str>, batch::Pending>,
     /// When the open batch window closes.
     batch_due: Option<u64>,
     /// Reactor 0 sweeps the hub (expired history, idle channels) on this schedule.
