@@ -96,3 +96,31 @@ fn a_keep_alive_publisher_in_redis_mode_leaves_one_timer_entry() {
         "{before} → {entries} timer entries over 300 publishes"
     );
 }
+
+/// Finding 13: a partly received message used to be kept as long as the
+/// client kept sending pings. It now has a deadline of its own.
+#[test]
+fn a_message_that_never_completes_is_closed_even_while_the_client_pings() {
+    let server = Server::start(&[
+        "--set",
+        "ws.ping_ms=100",
+        "--set",
+        "ws.idle_timeout_ms=10000",
+        "--set",
+        "ws.message_timeout_ms=300",
+    ]);
+    let mut ws = RawWs::connect(server.addr, "/ws", &[]);
+    // The first fragment of a text message (FIN clear), never continued.
+    ws.send_frame(0x01, br#"{"type":"#, true);
+    let started = Instant::now();
+    let close = loop {
+        assert!(started.elapsed() < DEADLINE, "never closed");
+        ws.send_frame(0x89, b"alive", true);
+        match ws.read_frame() {
+            Some(f) if f.opcode == 0x8 => break f.close_code(),
+            Some(_) => continue,
+            None => panic!("connection ended without a close frame"),
+        }
+    };
+    assert_eq!(close, (1008, "message not completed in time".to_string()));
+}

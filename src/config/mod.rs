@@ -59,6 +59,9 @@ pub const DEFAULT_WS_PER_IP: u32 = 50;
 pub const DEFAULT_WS_PING_MS: u64 = 30_000;
 /// A WebSocket silent this long (no frame at all) is closed.
 pub const DEFAULT_WS_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// A client message (all its fragments) must be complete this long after
+/// its first frame began.
+pub const DEFAULT_WS_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 /// Largest WebSocket message a client may send (inflated size); larger closes with 1009.
 pub const DEFAULT_WS_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Subscriptions one WebSocket connection may hold.
@@ -225,6 +228,8 @@ pub struct SseConfig {
 pub struct WsConfig {
     pub ping_ms: u64,
     pub idle_timeout_ms: u64,
+    /// A client message must be complete this long after it began.
+    pub message_timeout_ms: u64,
     pub max_message_bytes: usize,
     pub max_subscriptions: usize,
     /// Offer permessage-deflate to clients that ask for it.
@@ -354,6 +359,7 @@ impl Default for WsConfig {
         WsConfig {
             ping_ms: DEFAULT_WS_PING_MS,
             idle_timeout_ms: DEFAULT_WS_IDLE_TIMEOUT_MS,
+            message_timeout_ms: DEFAULT_WS_MESSAGE_TIMEOUT_MS,
             max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
             max_subscriptions: DEFAULT_WS_MAX_SUBSCRIPTIONS,
             deflate: true,

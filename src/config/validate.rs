@@ -57,6 +57,7 @@ impl Config {
             ("sse.max_channels", n(s.max_channels), 1, 1024),
             ("ws.ping_ms", w.ping_ms, 1, HOUR_MS),
             ("ws.idle_timeout_ms", w.idle_timeout_ms, 1, DAY_MS),
+            ("ws.message_timeout_ms", w.message_timeout_ms, 1, DAY_MS),
             ("ws.max_message_bytes", n(w.max_message_bytes), 125, 64 * MIB),
             ("ws.max_subscriptions", n(w.max_subscriptions), 1, 4096),
             ("ws.deflate_min_bytes", n(w.deflate_min_bytes), 0, 64 * MIB),

@@ -156,6 +156,8 @@ pub struct Ws {
     pub batch: bool,
     /// Last time any byte arrived from the client.
     pub last_seen_ms: u64,
+    /// When the message being received began; 0 between messages.
+    pub message_since_ms: u64,
     pub next_ping_ms: u64,
 }
 

@@ -45,6 +45,7 @@ impl Worker {
             echo: up.echo,
             batch: up.batch,
             last_seen_ms: now,
+            message_since_ms: 0,
             next_ping_ms: now + ping_ms,
         };
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(Box::new(ws)));
@@ -121,6 +122,11 @@ impl Worker {
             if !buf.is_empty() {
                 ws.rbuf = buf;
             }
+            ws.message_since_ms = match ws.rx.in_message() {
+                true if ws.message_since_ms == 0 => now.max(1),
+                true => ws.message_since_ms,
+                false => 0,
+            };
         }
         if let Some(e) = failure {
             WorkerStats::add(&self.stats().ws_protocol_errors, 1);
@@ -315,13 +321,19 @@ impl Worker {
     /// Heartbeat timer: close a silent client, else ping on schedule.
     pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
         let cfg = &self.shared.config.ws;
-        let (ping_ms, idle_ms) = (cfg.ping_ms, cfg.idle_timeout_ms);
+        let (ping_ms, idle_ms, message_ms) =
+            (cfg.ping_ms, cfg.idle_timeout_ms, cfg.message_timeout_ms);
         let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
             return;
         };
         let idle_deadline = ws.last_seen_ms + idle_ms;
         if now >= idle_deadline {
             return self.close_ws(key, close_code::GOING_AWAY, "idle timeout", now);
+        }
+        // Pings keep a connection alive, not a message that never ends.
+        if ws.message_since_ms != 0 && now >= ws.message_since_ms + message_ms {
+            let reason = "message not completed in time";
+            return self.close_ws(key, close_code::POLICY, reason, now);
         }
         let mut ping = false;
         if now >= ws.next_ping_ms {
