@@ -122,6 +122,33 @@ impl IpLimiter {
     }
 }
 
+/// One token bucket, for a rate on something a single connection does
+/// (its own commands). Starts full; time is passed in.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bucket {
+    /// Tokens spent below the burst (so a new bucket is full at zero).
+    spent: f32,
+    at_ms: u64,
+}
+
+impl Bucket {
+    /// Takes a token at `per_min` per minute up to `burst`; false when
+    /// none is left. A rate of 0 never limits.
+    pub fn take(&mut self, now_ms: u64, per_min: u32, burst: u32) -> bool {
+        if per_min == 0 {
+            return true;
+        }
+        let refill = now_ms.saturating_sub(self.at_ms) as f32 * per_min as f32 / 60_000.0;
+        self.spent = (self.spent - refill).max(0.0);
+        self.at_ms = now_ms;
+        if self.spent + 1.0 > burst as f32 {
+            return false;
+        }
+        self.spent += 1.0;
+        true
+    }
+}
+
 /// Client keys a [`RateLimiter`] tracks at most; past it, full buckets are
 /// swept, and a client that still finds no room is let through untracked
 /// (failing open: the connection caps still hold).
@@ -130,14 +157,22 @@ pub const RATE_LIMITER_MAX_CLIENTS: usize = 100_000;
 /// Per-client token buckets for HTTP requests. Time is passed in.
 pub struct RateLimiter {
     /// Tokens per second; 0 disables the limiter.
-    rate: u32,
+    rate: f64,
     burst: u32,
     /// Client → (tokens, last refill in ms).
     buckets: Mutex<HashMap<IpKey, (f64, u64)>>,
 }
 
 impl RateLimiter {
-    pub fn new(rate: u32, burst: u32) -> RateLimiter {
+    pub fn new(per_sec: u32, burst: u32) -> RateLimiter {
+        RateLimiter::with_rate(f64::from(per_sec), burst)
+    }
+
+    pub fn per_minute(per_min: u32, burst: u32) -> RateLimiter {
+        RateLimiter::with_rate(f64::from(per_min) / 60.0, burst)
+    }
+
+    fn with_rate(rate: f64, burst: u32) -> RateLimiter {
         RateLimiter {
             rate,
             burst: burst.max(1),
@@ -147,10 +182,17 @@ impl RateLimiter {
 
     /// Takes a token for `key`; `Err(seconds)` says when one will be there.
     pub fn check(&self, key: IpKey, now_ms: u64) -> Result<(), u64> {
-        if self.rate == 0 {
+        self.take(key, 1, now_ms)
+    }
+
+    /// Takes `n` tokens for `key` at once, or none; `Err(seconds)` says
+    /// when enough will be there.
+    pub fn take(&self, key: IpKey, n: u32, now_ms: u64) -> Result<(), u64> {
+        if self.rate <= 0.0 || n == 0 {
             return Ok(());
         }
-        let (rate, burst) = (f64::from(self.rate), f64::from(self.burst));
+        let n = f64::from(n);
+        let (rate, burst) = (self.rate, f64::from(self.burst));
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if buckets.len() >= RATE_LIMITER_MAX_CLIENTS && !buckets.contains_key(&key) {
             buckets.retain(|_, (tokens, at)| {
@@ -163,11 +205,11 @@ impl RateLimiter {
         let (tokens, at) = buckets.entry(key).or_insert((burst, now_ms));
         *tokens = (*tokens + (now_ms.saturating_sub(*at) as f64) * rate / 1000.0).min(burst);
         *at = now_ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if *tokens >= n {
+            *tokens -= n;
             return Ok(());
         }
-        Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        Err(((n - *tokens) / rate).ceil().max(1.0) as u64)
     }
 
     pub fn tracked(&self) -> usize {
@@ -294,5 +336,21 @@ mod tests {
         assert_eq!(connection_cap(0, 20_000), 20_000 - FD_RESERVE as usize);
         assert_eq!(connection_cap(500, 20_000), 500);
         assert_eq!(connection_cap(50_000, 20_000), 20_000 - FD_RESERVE as usize);
+    }
+
+    #[test]
+    fn a_bucket_takes_its_burst_then_refills_per_minute() {
+        let mut b = Bucket::default();
+        assert!((0..3).all(|_| b.take(0, 60, 3)));
+        assert!(!b.take(0, 60, 3), "burst spent");
+        assert!(!b.take(999, 60, 3), "one a second: not yet");
+        assert!(b.take(1000, 60, 3));
+        assert!(!b.take(1000, 60, 3));
+        assert!(
+            (0..3).all(|_| b.take(1_000_000, 60, 3)),
+            "refilled to the burst, no more"
+        );
+        assert!(!b.take(1_000_000, 60, 3));
+        assert!((0..1000).all(|_| b.take(0, 0, 1)), "0 never limits");
     }
 }

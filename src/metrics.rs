@@ -27,6 +27,10 @@ pub struct WorkerStats {
     pub rejected_bad_request: AtomicU64,
     pub rejected_origin: AtomicU64,
     pub rejected_rate_limit: AtomicU64,
+    /// Subscriptions refused: the client IP's budget of new channels, or
+    /// the connection's subscribe rate, ran out.
+    pub rejected_new_channels: AtomicU64,
+    pub rejected_subscribe_rate: AtomicU64,
     /// WebSocket connections closed for a protocol violation.
     pub ws_protocol_errors: AtomicU64,
     /// JSON protocol errors answered on WebSocket connections.
@@ -109,6 +113,8 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_connections_rejected_total", "counter", "", "reason=\"bad_request\"", |s| &s.rejected_bad_request),
     ("redix_connections_rejected_total", "counter", "", "reason=\"origin\"", |s| &s.rejected_origin),
     ("redix_connections_rejected_total", "counter", "", "reason=\"rate_limit\"", |s| &s.rejected_rate_limit),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"new_channels\"", |s| &s.rejected_new_channels),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"subscribe_rate\"", |s| &s.rejected_subscribe_rate),
     ("redix_http_requests_total", "counter", "HTTP requests parsed.", "", |s| &s.requests),
     ("redix_events_written_total", "counter", "Data events completely written to clients.", "", |s| &s.events_written),
     ("redix_bytes_written_total", "counter", "Bytes written to clients.", "", |s| &s.bytes_written),

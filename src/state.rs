@@ -40,6 +40,8 @@ pub struct Access {
     /// Plain HTTP connections per peer IP (trusted proxies exempt).
     pub http: IpLimiter,
     pub requests: RateLimiter,
+    /// New channels per client IP (see `limits.new_channels_per_min`).
+    pub new_channels: RateLimiter,
 }
 
 impl Access {
@@ -51,6 +53,10 @@ impl Access {
             ws: IpLimiter::new(limits.ws_per_ip),
             http: IpLimiter::new(limits.http_per_ip),
             requests: RateLimiter::new(limits.requests_per_sec, limits.request_burst),
+            new_channels: RateLimiter::per_minute(
+                limits.new_channels_per_min,
+                limits.new_channel_burst,
+            ),
         }
     }
 

@@ -124,3 +124,61 @@ fn a_message_that_never_completes_is_closed_even_while_the_client_pings() {
     };
     assert_eq!(close, (1008, "message not completed in time".to_string()));
 }
+
+/// The reply to the next JSON command: its `type` and, for errors, `code`.
+fn next_reply(ws: &mut RawWs) -> (String, String) {
+    let f = ws.read_non_ping().expect("a reply");
+    let v: serde_json::Value = serde_json::from_str(&f.text()).expect("json");
+    let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (field("type"), field("code"))
+}
+
+/// Finding 7: subscribe churn. A connection's subscribe commands have a
+/// rate, and a client IP has a budget of channels nobody listens to yet
+/// (each costs a hub entry, and in Redis mode a SUBSCRIBE and a load);
+/// channels that exist cost nothing from it.
+#[test]
+fn subscribe_churn_is_bounded_per_connection_and_per_ip() {
+    let server = Server::start(&[
+        "--set",
+        "ws.subscribes_per_min=1",
+        "--set",
+        "ws.subscribe_burst=4",
+        "--set",
+        "limits.new_channels_per_min=1",
+        "--set",
+        "limits.new_channel_burst=3",
+    ]);
+    let mut owner = RawWs::connect(server.addr, "/ws", &[]);
+    ws_subscribe(&mut owner, "existing");
+    let mut churn = RawWs::connect(server.addr, "/ws", &[]);
+    let mut replies = Vec::new();
+    for name in ["n1", "n2", "existing", "n3", "n4"] {
+        churn.send_text(&format!(r#"{{"type":"subscribe","channel":"{name}"}}"#));
+        replies.push(next_reply(&mut churn));
+    }
+    let sub = |t: &str| (t.to_string(), String::new());
+    let err = |c: &str| ("error".to_string(), c.to_string());
+    // The IP's budget had three new channels (one went to "existing"'s
+    // owner); "existing" costs none; the fifth command is over the rate.
+    assert_eq!(
+        replies,
+        [
+            sub("subscribed"),
+            sub("subscribed"),
+            sub("subscribed"),
+            err("too_many_new_channels"),
+            err("rate_limited"),
+        ]
+    );
+    // An SSE stream naming a new channel is refused too, with a hint.
+    let sse = SseClient::connect(server.addr, "n5");
+    assert_eq!(sse.status, 429);
+    assert!(sse.head.contains("Retry-After: "), "{}", sse.head);
+    let m = |r: &str| {
+        server.metric(&format!(
+            "redix_connections_rejected_total{{reason=\"{r}\"}}"
+        ))
+    };
+    assert_eq!((m("new_channels"), m("subscribe_rate")), (2.0, 1.0));
+}

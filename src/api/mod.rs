@@ -207,6 +207,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             format!("name 1 to {max} channels"),
         ));
     }
+    charge_new_channels(ctx, client_key(head, ctx), &channels)?;
     let key = take_slot(head, ctx, &shared.access.sse, "SSE streams")?;
     Ok(Action::Stream(StreamStart {
         channels,
@@ -277,6 +278,28 @@ fn take_slot(head: &Head, ctx: &Ctx<'_>, limiter: &IpLimiter, what: &str) -> Res
         .with_header("Retry-After: 5".into()));
     }
     Ok(key)
+}
+
+/// Charges the client IP's budget of new channels for those of
+/// `channels` nobody here listens to yet (each would cost a hub entry, and
+/// in Redis mode a SUBSCRIBE and a history load).
+fn charge_new_channels(ctx: &Ctx<'_>, ip: IpKey, channels: &[Arc<str>]) -> Result<(), Reject> {
+    let shared = ctx.shared;
+    let new = shared.hub.unknown(channels) as u32;
+    let now = shared.now_ms();
+    shared
+        .access
+        .new_channels
+        .take(ip, new, now)
+        .map_err(|secs| {
+            WorkerStats::add(&ctx.stats.rejected_new_channels, 1);
+            Reject::new(
+                429,
+                "too_many_new_channels",
+                "this client IP subscribes to too many channels nobody listens to",
+            )
+            .with_header(format!("Retry-After: {secs}"))
+        })
 }
 
 /// `?batch=1` (or `true`), honoured while a batch window is configured.

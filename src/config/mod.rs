@@ -43,6 +43,14 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 15_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
 /// Plain HTTP (keep-alive) connections per client IP (IPv6 per /64).
 pub const DEFAULT_HTTP_PER_IP: u32 = 64;
+/// Channels a client IP may bring into existence (subscribing to a name
+/// nobody here listens to) per minute, and at once.
+pub const DEFAULT_NEW_CHANNELS_PER_MIN: u32 = 600;
+pub const DEFAULT_NEW_CHANNEL_BURST: u32 = 200;
+/// WebSocket subscribe/unsubscribe commands per connection per minute,
+/// and at once.
+pub const DEFAULT_WS_SUBSCRIBES_PER_MIN: u32 = 600;
+pub const DEFAULT_WS_SUBSCRIBE_BURST: u32 = 128;
 /// Largest request head (request line + headers); larger gets 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Largest request body; larger gets 413.
@@ -208,6 +216,10 @@ pub struct LimitsConfig {
     pub keepalive_timeout_ms: u64,
     /// Plain HTTP connections (not streams) per client IP.
     pub http_per_ip: u32,
+    /// New channels (names nobody here listens to) a client IP may
+    /// subscribe to per minute; 0 turns the budget off.
+    pub new_channels_per_min: u32,
+    pub new_channel_burst: u32,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     /// Peers whose `X-Forwarded-For` is trusted for the client IP.
@@ -230,6 +242,10 @@ pub struct WsConfig {
     pub idle_timeout_ms: u64,
     /// A client message must be complete this long after it began.
     pub message_timeout_ms: u64,
+    /// Subscribe/unsubscribe commands per connection per minute; 0 turns
+    /// the rate off.
+    pub subscribes_per_min: u32,
+    pub subscribe_burst: u32,
     pub max_message_bytes: usize,
     pub max_subscriptions: usize,
     /// Offer permessage-deflate to clients that ask for it.
@@ -360,6 +376,8 @@ impl Default for WsConfig {
             ping_ms: DEFAULT_WS_PING_MS,
             idle_timeout_ms: DEFAULT_WS_IDLE_TIMEOUT_MS,
             message_timeout_ms: DEFAULT_WS_MESSAGE_TIMEOUT_MS,
+            subscribes_per_min: DEFAULT_WS_SUBSCRIBES_PER_MIN,
+            subscribe_burst: DEFAULT_WS_SUBSCRIBE_BURST,
             max_message_bytes: DEFAULT_WS_MAX_MESSAGE_BYTES,
             max_subscriptions: DEFAULT_WS_MAX_SUBSCRIPTIONS,
             deflate: true,
@@ -381,6 +399,8 @@ impl Default for LimitsConfig {
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             keepalive_timeout_ms: DEFAULT_KEEPALIVE_TIMEOUT_MS,
             http_per_ip: DEFAULT_HTTP_PER_IP,
+            new_channels_per_min: DEFAULT_NEW_CHANNELS_PER_MIN,
+            new_channel_burst: DEFAULT_NEW_CHANNEL_BURST,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             trusted_proxies: Vec::new(),

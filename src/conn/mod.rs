@@ -17,7 +17,7 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 
 use crate::event::Event;
-use crate::limits::IpKey;
+use crate::limits::{Bucket, IpKey};
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
 use io::IoStatus;
@@ -158,6 +158,8 @@ pub struct Ws {
     pub last_seen_ms: u64,
     /// When the message being received began; 0 between messages.
     pub message_since_ms: u64,
+    /// Subscribe/unsubscribe commands (`ws.subscribes_per_sec`).
+    pub commands: Bucket,
     pub next_ping_ms: u64,
 }
 

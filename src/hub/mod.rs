@@ -394,6 +394,16 @@ impl Hub {
         }
     }
 
+    /// How many of `channels` the hub does not track yet (subscribing to
+    /// them would create them).
+    pub fn unknown(&self, channels: &[Arc<str>]) -> usize {
+        let inner = self.lock();
+        channels
+            .iter()
+            .filter(|c| !inner.channels.contains_key(*c))
+            .count()
+    }
+
     pub fn figures(&self) -> HubFigures {
         let inner = self.lock();
         HubFigures {

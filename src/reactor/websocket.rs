@@ -16,6 +16,7 @@ use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
 use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sub, Ws};
 use crate::hub::NotReady;
+use crate::limits::Bucket;
 use crate::metrics::WorkerStats;
 use crate::proto::ws::{self, close_code, Message, OpCode, Reassembler};
 use bytes::Bytes;
@@ -46,6 +47,7 @@ impl Worker {
             batch: up.batch,
             last_seen_ms: now,
             message_since_ms: 0,
+            commands: Bucket::default(),
             next_ping_ms: now + ping_ms,
         };
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(Box::new(ws)));
@@ -210,6 +212,14 @@ impl Worker {
     fn ws_command(&mut self, key: usize, text: &str) -> Option<Bytes> {
         let reply = parse(text).and_then(|request| match request {
             WsRequest::Ping => Ok(Some(pong_frame())),
+            WsRequest::Subscribe { .. } | WsRequest::Unsubscribe { .. }
+                if !self.take_command(key) =>
+            {
+                Err((
+                    "rate_limited",
+                    "too many subscribe/unsubscribe commands; slow down".into(),
+                ))
+            }
             WsRequest::Subscribe { channel, since } => {
                 self.ws_subscribe(key, channel, since).map(|()| None)
             }
@@ -273,6 +283,7 @@ impl Worker {
             ));
         }
         let ch: Arc<str> = Arc::from(channel.as_str());
+        self.charge_new_channel(key, &ch)?;
         let snap = match self.attach(key, gen, std::slice::from_ref(&ch), since) {
             Ok(snap) => snap,
             Err(NotReady::Loading) => {
@@ -301,6 +312,45 @@ impl Worker {
         }
         self.begin_delivery(key, std::slice::from_ref(&ch), &snap);
         Ok(())
+    }
+
+    /// Takes a token of the connection's subscribe rate; false (counted)
+    /// when it is spent.
+    fn take_command(&mut self, key: usize) -> bool {
+        let now = self.now_ms();
+        let cfg = &self.shared.config.ws;
+        let (rate, burst) = (cfg.subscribes_per_min, cfg.subscribe_burst);
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return false;
+        };
+        if ws.commands.take(now, rate, burst) {
+            return true;
+        }
+        WorkerStats::add(&self.stats().rejected_subscribe_rate, 1);
+        false
+    }
+
+    /// A channel nobody here listens to costs the client IP's budget of
+    /// new channels.
+    fn charge_new_channel(&mut self, key: usize, channel: &Arc<str>) -> Result<(), CommandError> {
+        let Some(ip) = self
+            .conns
+            .get(key)
+            .and_then(|c| c.ip_slot)
+            .map(|(_, ip)| ip)
+        else {
+            return Ok(());
+        };
+        let shared = &self.shared;
+        let new = shared.hub.unknown(std::slice::from_ref(channel)) as u32;
+        let now = shared.now_ms();
+        shared.access.new_channels.take(ip, new, now).map_err(|secs| {
+            WorkerStats::add(&shared.stats[self.id].rejected_new_channels, 1);
+            let why = format!(
+                "this client IP subscribes to too many channels nobody listens to; retry in {secs} s"
+            );
+            ("too_many_new_channels", why)
+        })
     }
 
     /// Channels this WebSocket waited for have loaded (or cannot): try its
