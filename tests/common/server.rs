@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,21 +36,45 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn(args, env, None)
+    }
+
+    /// [`Server::start`] under an open-file limit of `nofile` (soft and
+    /// hard), set in the child before it runs.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Server {
+        Self::spawn(args, &[], Some(nofile))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Server {
         // Two reactors unless the test says otherwise.
         let workers: &[&str] = match args.contains(&"--workers") {
             true => &[],
             false => &["--workers", "2"],
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redix"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_redix"));
+        child
             .args(["--listen", "127.0.0.1:0"])
             .args(workers)
             .args(args)
             .env("REDIX_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn redix");
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit(2) is async-signal-safe; it runs in the
+            // forked child before exec and touches nothing else.
+            unsafe {
+                child.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
+        }
+        let mut child = child.spawn().expect("spawn redix");
         let stderr = Arc::new(Mutex::new(String::new()));
         keep_lines(child.stderr.take().expect("stderr"), stderr.clone(), |_| {});
         let stdout = Arc::new(Mutex::new(String::new()));
@@ -85,6 +110,22 @@ impl Server {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// CPU time the server process used so far (user + system), ms.
+    pub fn cpu_ms(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        ticks * 1000 / hz
     }
 
     /// Resident memory of the server process (`VmRSS`), KiB.
