@@ -180,7 +180,8 @@ impl Shared {
         sub: &mut Option<Arc<Sub>>,
     ) -> Option<Vec<u8>> {
         let verb = String::from_utf8_lossy(args.first()?).to_ascii_uppercase();
-        let text = |i: usize| String::from_utf8_lossy(args.get(i).map_or(&[][..], |a| a)).into_owned();
+        let text =
+            |i: usize| String::from_utf8_lossy(args.get(i).map_or(&[][..], |a| a)).into_owned();
         Some(match verb.as_str() {
             "CLIENT" | "SELECT" | "AUTH" => b"+OK\r\n".to_vec(),
             "PING" if sub.is_some() => array(&[bulk(b"pong"), bulk(b"")]),
@@ -347,9 +348,12 @@ fn message(channel: &str, payload: &[u8]) -> Vec<u8> {
     array(&[bulk(b"message"), bulk(channel.as_bytes()), bulk(payload)])
 }
 
+/// A command's arguments and the bytes it took.
+type Parsed = (Vec<Vec<u8>>, usize);
+
 /// One command (an array of bulk strings) from the front of `buf`, and
 /// the bytes it took; `Err` for anything else.
-fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ()> {
+fn parse_command(buf: &[u8]) -> Result<Option<Parsed>, ()> {
     let mut pos = 0;
     let Some(n) = header(buf, &mut pos, b'*')? else {
         return Ok(None);
@@ -371,7 +375,11 @@ fn parse_command(buf: &[u8]) -> Result<Option<(Vec<Vec<u8>>, usize)>, ()> {
 /// Reads `<kind><number>\r\n` at `pos`.
 fn header(buf: &[u8], pos: &mut usize, kind: u8) -> Result<Option<usize>, ()> {
     let Some(end) = buf[*pos..].windows(2).position(|w| w == b"\r\n") else {
-        return if buf.len() - *pos > 32 { Err(()) } else { Ok(None) };
+        return if buf.len() - *pos > 32 {
+            Err(())
+        } else {
+            Ok(None)
+        };
     };
     let line = &buf[*pos..*pos + end];
     if line.first() != Some(&kind) {

@@ -1,0 +1,152 @@
+//! Redis-mode faults. A fake Redis (`common::fake_redis`) plays what a real
+//! server will not do on demand: a pub/sub flood the node cannot keep up
+//! with, canaries that never return, RESP garbage, ids no Redis hands out.
+//! A real `redis-server` plays the rest (a password that needs decoding).
+//!
+//! After each fault the node must come back by itself: a new pub/sub
+//! connection within the backoff cap, `/readyz` 200, one reader thread,
+//! every fd accounted for, and events published afterwards delivered.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fake_redis::{sha1_hex, FakeRedis};
+use common::*;
+
+/// The backoff cap the nodes here run with.
+const BACKOFF_MAX_MS: u64 = 500;
+
+fn ready(node: &Server) -> bool {
+    get(node.addr, "/readyz").0 == 200
+}
+
+/// A node on the fake Redis with a fast canary and a short backoff cap,
+/// waited on until ready; `extra` adds settings.
+fn fake_node(fake: &FakeRedis, extra: &[&str]) -> Server {
+    let url = fake.url();
+    let cap = format!("redis.backoff_max_ms={BACKOFF_MAX_MS}");
+    let mut args = vec![
+        "--redis",
+        &url,
+        "--set",
+        "redis.canary_ms=100",
+        "--set",
+        &cap,
+    ];
+    args.extend_from_slice(extra);
+    let node = Server::start(&args);
+    wait_until("the node to be ready", || ready(&node));
+    node
+}
+
+/// Threads of the node named after the pub/sub reader (names are cut to
+/// 15 bytes by the kernel).
+fn reader_threads(node: &Server) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", node.pid())).expect("tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "redix-redis-rea")
+        .count()
+}
+
+/// The node's `/debug/fds` report.
+fn fd_report(node: &Server) -> serde_json::Value {
+    let (status, body) = get(node.addr, "/debug/fds");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// Waits until the node has as many fds open and unaccounted for as in
+/// `baseline`, with its two Redis connections. (The baseline's
+/// `unaccounted` is 0 where the signal thread's socket pair is counted;
+/// `server::run` records the fd baseline before it opens them.)
+fn fds_back_to(node: &Server, baseline: &serde_json::Value) {
+    let mut last = serde_json::Value::Null;
+    let what = format!("fds back to the baseline {baseline}");
+    wait_until(&what, || {
+        last = fd_report(node);
+        last["open"] == baseline["open"]
+            && last["unaccounted"] == baseline["unaccounted"]
+            && last["owned"]["redis"] == 2
+    });
+}
+
+/// The next data event's (id, data).
+fn next_data(c: &mut SseClient) -> (String, serde_json::Value) {
+    let ev = c.next_message().expect("an event");
+    assert_eq!(ev.event.as_deref(), Some("message"), "{ev:?}");
+    let v: serde_json::Value = serde_json::from_str(&ev.data).expect("json");
+    (ev.id.expect("id"), v["data"].clone())
+}
+
+/// A client on `channel` that has seen one event go through, so the
+/// channel is subscribed and loaded.
+fn live_client(node: &Server, channel: &str) -> SseClient {
+    let mut c = SseClient::connect(node.addr, channel);
+    assert_eq!(c.status, 200, "{}", c.head);
+    let id = publish_stream_id(node.addr, channel, r#""first""#);
+    assert_eq!(next_data(&mut c).0, id);
+    c
+}
+
+/// After a fault on the first pub/sub connection: the second one came
+/// within the backoff cap, the node is ready, one reader thread is left,
+/// and an event published now reaches a new client of `channel`.
+fn assert_recovered(fake: &FakeRedis, node: &Server, channel: &str) {
+    wait_until("a new pub/sub connection", || {
+        fake.pubsub_connections() >= 2
+    });
+    let gap = fake.reconnect_gap().expect("the first connection ended");
+    // The wait is at most the cap; the rest is connecting on a busy machine.
+    let slack = Duration::from_millis(1500);
+    assert!(
+        gap <= Duration::from_millis(BACKOFF_MAX_MS) + slack,
+        "reconnected after {gap:?}"
+    );
+    wait_until("the node to be ready again", || ready(node));
+    assert!(node.metric("redix_redis_reconnects_total") >= 1.0);
+    wait_until("one pub/sub reader thread", || reader_threads(node) == 1);
+    let mut c = SseClient::connect(node.addr, channel);
+    let id = publish_stream_id(node.addr, channel, r#""after""#);
+    assert_eq!(next_data(&mut c), (id, serde_json::json!("after")));
+}
+
+#[test]
+fn a_node_behind_a_flood_that_loses_its_canary_reconnects() {
+    let fake = FakeRedis::start();
+    let node = fake_node(&fake, &["--set", "redis.ready_within_ms=1000"]);
+    let baseline = fd_report(&node);
+    let flooded = live_client(&node, "flood");
+    // Events pour in faster than the node handles them and no canary
+    // returns: the reader ends up blocked on its full queue when the
+    // session gives up on the connection.
+    fake.stall_pubsub("redix:c:flood");
+    assert_recovered(&fake, &node, "flood");
+    drop(flooded);
+    fds_back_to(&node, &baseline);
+}
+
+#[test]
+fn resp_garbage_behind_a_flood_ends_the_connection_and_the_node_reconnects() {
+    let fake = FakeRedis::start();
+    // The canary may lag as it likes: the garbage is what ends the session.
+    let node = fake_node(&fake, &["--set", "redis.ready_within_ms=60000"]);
+    let baseline = fd_report(&node);
+    let flooded = live_client(&node, "flood");
+    fake.stall_pubsub("redix:c:flood");
+    wait_until("the pub/sub backlog to fill", || {
+        node.metric("redix_redis_pubsub_backlog_bytes") > 48e6
+    });
+    fake.inject(b"%not RESP\r\n");
+    assert_recovered(&fake, &node, "flood");
+    assert!(node.logs().contains("protocol"), "{}", node.logs());
+    drop(flooded);
+    fds_back_to(&node, &baseline);
+}
+
+#[test]
+fn the_fake_answers_script_loads_with_the_real_sha1() {
+    assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+    assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
+}
