@@ -150,3 +150,45 @@ fn the_fake_answers_script_loads_with_the_real_sha1() {
     assert_eq!(sha1_hex(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
     assert_eq!(sha1_hex(b""), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
 }
+
+/// A node on `url` (a real Redis that wants a password) becomes ready,
+/// which needs both connections, and an event goes through.
+fn assert_serves(url: &str) {
+    let node = Server::start(&["--redis", url]);
+    wait_until("both connections to authenticate", || ready(&node));
+    let _client = live_client(&node, "auth");
+    assert_eq!(node.metric("redix_redis_reconnects_total"), 0.0);
+}
+
+#[test]
+fn a_password_with_reserved_characters_authenticates_both_connections() {
+    let redis = RedisServer::start();
+    let pass = "p@ss:w/rd%25";
+    let set = redis.command(&["CONFIG", "SET", "requirepass", pass]);
+    assert!(
+        set.as_deref().is_some_and(|r| r.starts_with("+OK")),
+        "{set:?}"
+    );
+    // Percent-encoded in the URL, as RFC 3986 wants for `@ : / %`.
+    assert_serves(&format!(
+        "redis://:p%40ss%3Aw%2Frd%2525@127.0.0.1:{}",
+        redis.port
+    ));
+}
+
+#[test]
+fn a_user_name_with_reserved_characters_authenticates_both_connections() {
+    let redis = RedisServer::start();
+    let acl = [
+        "ACL", "SETUSER", "us@r:1", "on", ">p@ss/2", "~*", "&*", "+@all",
+    ];
+    let set = redis.command(&acl);
+    assert!(
+        set.as_deref().is_some_and(|r| r.starts_with("+OK")),
+        "{set:?}"
+    );
+    assert_serves(&format!(
+        "redis://us%40r%3A1:p%40ss%2F2@127.0.0.1:{}",
+        redis.port
+    ));
+}
