@@ -192,3 +192,66 @@ fn a_user_name_with_reserved_characters_authenticates_both_connections() {
         redis.port
     ));
 }
+
+#[test]
+fn ids_no_redis_hands_out_do_not_pin_a_channel() {
+    let fake = FakeRedis::start();
+    let node = fake_node(&fake, &[]);
+    let mut c = live_client(&node, "pinned");
+    // A plain number (embedded mode's format), the largest packed stream
+    // id, ids past any clock and ones that do not fit: none is an event.
+    for id in [
+        "18446744073709551615",
+        "17592186044415-1048575",
+        "999999999999999-0",
+        "99999999999999999999-0",
+        "1-99999999",
+    ] {
+        fake.message("redix:c:pinned", &format!("{id} \"bogus\""));
+    }
+    let id = publish_stream_id(node.addr, "pinned", r#""after""#);
+    assert_eq!(next_data(&mut c), (id, serde_json::json!("after")));
+    assert!(ready(&node));
+    assert_eq!(reader_threads(&node), 1);
+    assert_eq!(node.metric("redix_redis_reconnects_total"), 0.0);
+}
+
+/// The status of a stream request on channel `c` with `query` and
+/// `headers` (only the head is read: a 200 is a stream that goes on).
+fn stream_status(node: &Server, query: &str, headers: &[&str]) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(node.addr).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let mut req = format!("GET /api/stream?channels=c{query} HTTP/1.1\r\nHost: t\r\n");
+    for h in headers {
+        req.push_str(&format!("{h}\r\n"));
+    }
+    s.write_all(format!("{req}\r\n").as_bytes()).expect("write");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("status line");
+    status_of(&line)
+}
+
+#[test]
+fn a_cursor_in_the_other_mode_s_format_is_refused() {
+    let fake = FakeRedis::start();
+    let redis_mode = fake_node(&fake, &[]);
+    let embedded = Server::start(&[]);
+    for (node, cursor) in [
+        (&redis_mode, "18446744073709551615"),
+        (&redis_mode, "42"),
+        (&embedded, "1732412345678-3"),
+    ] {
+        let header = format!("Last-Event-ID: {cursor}");
+        assert_eq!(stream_status(node, "", &[&header]), 400, "{cursor}");
+        let query = format!("&lastEventId={cursor}");
+        assert_eq!(stream_status(node, &query, &[]), 400, "{cursor}");
+    }
+    // Each mode's own format still resumes.
+    for (node, cursor) in [(&redis_mode, "1732412345678-3"), (&embedded, "42")] {
+        let header = format!("Last-Event-ID: {cursor}");
+        assert_eq!(stream_status(node, "", &[&header]), 200, "{cursor}");
+        let query = format!("&lastEventId={cursor}");
+        assert_eq!(stream_status(node, &query, &[]), 200, "{cursor}");
+    }
+}

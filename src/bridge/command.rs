@@ -146,12 +146,12 @@ fn parse_load(
     let [trimmed, Value::Array(entries), lost] = parts.as_slice() else {
         return Err(bad());
     };
-    let mut floor = text(trimmed).and_then(ids::parse).unwrap_or(0);
+    let mut floor = text(trimmed).and_then(ids::parse_stream).unwrap_or(0);
     // On a first load, ids up to a data-loss mark count as gone too: a
     // client resuming from before the loss gets a reset. (A reload keeps
     // what this node delivered; it was live when Redis went away.)
     if after.is_none() {
-        floor = floor.max(text(lost).and_then(ids::parse).unwrap_or(0));
+        floor = floor.max(text(lost).and_then(ids::parse_stream).unwrap_or(0));
     }
     let mut events = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -164,7 +164,7 @@ fn parse_load(
         let Some(id_text) = text(id) else {
             return Err(bad());
         };
-        let Some(id) = ids::parse(id_text) else {
+        let Some(id) = ids::parse_stream(id_text) else {
             log::warn!("stream {channel}: id {id_text:?} is not one redix can order; skipped");
             continue;
         };
@@ -212,7 +212,7 @@ fn check_data_kept(con: &mut Connection, hub: &Hub, redis: &Redis, keep: Retenti
     let Ok(last) = last else {
         return;
     };
-    let known = last.as_deref().and_then(ids::parse).unwrap_or(0);
+    let known = last.as_deref().and_then(ids::parse_stream).unwrap_or(0);
     if known >= seen {
         return;
     }

@@ -346,7 +346,7 @@ impl<'a> Session<'a> {
         };
         link.received.fetch_add(1, Ordering::Relaxed);
         let Some(ev) = parse_payload(payload) else {
-            log::warn!("pub/sub message on {name} is not \"<id> <data>\"; ignored");
+            log::warn!("pub/sub message on {name} is not \"<stream id> <data>\"; ignored");
             return;
         };
         let sent_ms = ev.id >> ids::SEQ_BITS;
@@ -461,12 +461,12 @@ fn read_loop(stream: Arc<TcpStream>, tx: Sender<Chunk>, queued: Arc<AtomicU64>) 
     }
 }
 
-/// Reads `"<id> <data>"`.
+/// Reads `"<id> <data>"`; the id must be a stream id.
 fn parse_payload(payload: &[u8]) -> Option<RemoteEvent> {
     let text = std::str::from_utf8(payload).ok()?;
     let (id_text, data) = text.split_once(' ')?;
     Some(RemoteEvent {
-        id: ids::parse(id_text)?,
+        id: ids::parse_stream(id_text)?,
         id_text: id_text.to_string(),
         data: data.to_string(),
     })
@@ -480,10 +480,13 @@ mod tests {
     fn payloads() {
         let ev = parse_payload(b"1732412345678-2 {\"a\":1}").unwrap();
         assert_eq!(ev.id_text, "1732412345678-2");
-        assert_eq!(ev.id, ids::parse("1732412345678-2").unwrap());
+        assert_eq!(ev.id, ids::parse_stream("1732412345678-2").unwrap());
         assert_eq!(ev.data, "{\"a\":1}");
         assert!(parse_payload(b"nospace").is_none());
         assert!(parse_payload(b"x-1 {}").is_none());
+        // Embedded mode's plain numbers are no stream ids.
+        assert!(parse_payload(b"18446744073709551615 {}").is_none());
+        assert!(parse_payload(b"42 {}").is_none());
     }
 
     #[test]
