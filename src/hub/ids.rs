@@ -23,6 +23,7 @@ pub const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
 /// Largest millisecond timestamp of a stream id: 2499-12-31T23:59:59.999Z
 /// (below `u64::MAX >> SEQ_BITS`, so packing never loses bits).
 pub const MAX_MS: u64 = 16_725_225_599_999;
+const _: () = assert!(MAX_MS < u64::MAX >> SEQ_BITS);
 
 /// How ids are written; a hub uses one format for its whole life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +126,6 @@ mod tests {
 
     #[test]
     fn the_largest_stream_id_packs_without_loss_and_leaves_room_to_count() {
-        assert!(MAX_MS < u64::MAX >> SEQ_BITS);
         let max = pack(MAX_MS, MAX_SEQ).unwrap();
         assert_eq!(stream_id(max), format!("{MAX_MS}-{MAX_SEQ}"));
         assert!(max.checked_add(1 << SEQ_BITS).is_some());
