@@ -247,8 +247,14 @@ fn a_cursor_in_the_other_mode_s_format_is_refused() {
         let query = format!("&lastEventId={cursor}");
         assert_eq!(stream_status(node, &query, &[]), 400, "{cursor}");
     }
-    // Each mode's own format still resumes.
-    for (node, cursor) in [(&redis_mode, "1732412345678-3"), (&embedded, "42")] {
+    // Each mode's own format still resumes, and `0` is the start in both.
+    let good = [
+        (&redis_mode, "1732412345678-3"),
+        (&redis_mode, "0"),
+        (&embedded, "42"),
+        (&embedded, "0"),
+    ];
+    for (node, cursor) in good {
         let header = format!("Last-Event-ID: {cursor}");
         assert_eq!(stream_status(node, "", &[&header]), 200, "{cursor}");
         let query = format!("&lastEventId={cursor}");

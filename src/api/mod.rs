@@ -303,7 +303,7 @@ fn stream_cursor(head: &Head, ctx: &Ctx<'_>) -> Result<Option<u64>, Reject> {
     let format = crate::hub::ids::Format::of_redis_mode(ctx.shared.redis.is_some());
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(v) => format.parse(v).map(Some).ok_or_else(|| {
+        Some(v) => format.parse_cursor(v).map(Some).ok_or_else(|| {
             Reject::new(
                 400,
                 "bad_cursor",

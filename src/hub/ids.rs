@@ -8,7 +8,7 @@
 //!
 //! An id is read in its mode's format only ([`Format::parse`]): ids from
 //! Redis and cursors clients send back (`Last-Event-ID`, `?lastEventId=`,
-//! WebSocket `since`) alike. A number in Redis mode, or a stream id in
+//! WebSocket `since`) alike; a cursor may also be `0`, "from the start". A number in Redis mode, or a stream id in
 //! embedded mode, is no id redix gave out: taken as one it would sit far
 //! from every real id and pin a channel (or a client) there.
 //!
@@ -47,6 +47,15 @@ impl Format {
         match self {
             Format::Decimal => parse_decimal(s),
             Format::Stream => parse_stream(s),
+        }
+    }
+
+    /// Reads a client's resume point: an id in this format, or `0` for
+    /// "from the start" in either (the zero id, which pins nothing).
+    pub fn parse_cursor(self, s: &str) -> Option<u64> {
+        match s {
+            "0" => Some(0),
+            _ => self.parse(s),
         }
     }
 }
@@ -120,6 +129,12 @@ mod tests {
             assert_eq!(Format::Stream.parse(s), stream, "{s:?}");
             assert_eq!(Format::Decimal.parse(s), decimal, "{s:?}");
         }
+        assert_eq!(Format::Stream.parse("0"), None);
+        assert_eq!(Format::Stream.parse_cursor("0"), Some(0));
+        assert_eq!(Format::Stream.parse_cursor("00"), None);
+        assert_eq!(Format::Stream.parse_cursor("1-2"), Some(1 << SEQ_BITS | 2));
+        assert_eq!(Format::Decimal.parse_cursor("0"), Some(0));
+        assert_eq!(Format::Decimal.parse_cursor("1-2"), None);
         assert_eq!(Format::of_redis_mode(true), Format::Stream);
         assert_eq!(Format::of_redis_mode(false), Format::Decimal);
     }
