@@ -336,9 +336,11 @@ fn stream_cursor(head: &Head, ctx: &Ctx<'_>) -> Result<Option<u64>, Reject> {
         Some(v) => Some(v.clone()),
         None => query_param(&head.query, "lastEventId"),
     };
+    // Only the format of the ids this node gives out.
+    let format = crate::hub::ids::Format::of_redis_mode(ctx.shared.redis.is_some());
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(v) => ctx.shared.hub.parse_id(v).map(Some).ok_or_else(|| {
+        Some(v) => format.parse_cursor(v).map(Some).ok_or_else(|| {
             Reject::new(
                 400,
                 "bad_cursor",

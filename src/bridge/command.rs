@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::RecvTimeoutError;
 use redis::{Connection, RedisError, Script, Value};
 
-use super::{Backoff, Parts, Retention};
+use super::{Backoff, Endpoint, Parts, Retention};
 use crate::clock::Clock;
 use crate::hub::{ids, Hub, RemoteEvent};
 use crate::link::{Command, Names, Publish, Redis};
@@ -34,8 +34,8 @@ fn load_script() -> &'static Script {
 }
 
 /// Opens a command connection with timeouts on connect, read and write.
-pub fn connect(url: &str, timeout: Duration) -> Result<Connection, RedisError> {
-    let client = redis::Client::open(url)?;
+pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, RedisError> {
+    let client = redis::Client::open(endpoint.connection_info()?)?;
     let con = client.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;
@@ -146,12 +146,12 @@ fn parse_load(
     let [trimmed, Value::Array(entries), lost] = parts.as_slice() else {
         return Err(bad());
     };
-    let mut floor = text(trimmed).and_then(ids::parse).unwrap_or(0);
+    let mut floor = text(trimmed).and_then(ids::parse_stream).unwrap_or(0);
     // On a first load, ids up to a data-loss mark count as gone too: a
     // client resuming from before the loss gets a reset. (A reload keeps
     // what this node delivered; it was live when Redis went away.)
     if after.is_none() {
-        floor = floor.max(text(lost).and_then(ids::parse).unwrap_or(0));
+        floor = floor.max(text(lost).and_then(ids::parse_stream).unwrap_or(0));
     }
     let mut events = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -164,7 +164,7 @@ fn parse_load(
         let Some(id_text) = text(id) else {
             return Err(bad());
         };
-        let Some(id) = ids::parse(id_text) else {
+        let Some(id) = ids::parse_stream(id_text) else {
             log::warn!("stream {channel}: id {id_text:?} is not one redix can order; skipped");
             continue;
         };
@@ -212,7 +212,7 @@ fn check_data_kept(con: &mut Connection, hub: &Hub, redis: &Redis, keep: Retenti
     let Ok(last) = last else {
         return;
     };
-    let known = last.as_deref().and_then(ids::parse).unwrap_or(0);
+    let known = last.as_deref().and_then(ids::parse_stream).unwrap_or(0);
     if known >= seen {
         return;
     }
@@ -275,6 +275,7 @@ struct CommandThread {
     clock: Clock,
     retention: Retention,
     mailboxes: Vec<Arc<Mailbox>>,
+    endpoint: Endpoint,
     con: Option<Connection>,
     backoff: Backoff,
     quiet: super::Quiet,
@@ -285,7 +286,7 @@ struct CommandThread {
 }
 
 /// Runs the command thread until every sender of the queue is gone.
-pub fn run(parts: Parts) {
+pub fn run(parts: Parts, endpoint: Endpoint) {
     let Parts {
         redis,
         commands: rx,
@@ -301,6 +302,7 @@ pub fn run(parts: Parts) {
         clock,
         retention,
         mailboxes,
+        endpoint,
         con: None,
         backoff,
         quiet: super::Quiet::default(),
@@ -349,7 +351,7 @@ impl CommandThread {
         }
         let redis = self.redis.clone();
         let timeout = Duration::from_millis(redis.config.timeout_ms);
-        match connect(&redis.config.url, timeout) {
+        match connect(&self.endpoint, timeout) {
             Ok(mut con) => {
                 let loaded = publish_script()
                     .load(&mut con)
@@ -584,8 +586,9 @@ pub fn publish_cli(
     }
     let data = crate::hub::compact_json(data);
     let timeout = Duration::from_millis(config.redis.timeout_ms);
-    let mut con = connect(&config.redis.url, timeout)
-        .map_err(|e| (1, format!("{}: {e}", config.redis.url)))?;
+    let endpoint = Endpoint::parse(&config.redis.url).map_err(|e| (2, e))?;
+    let mut con = connect(&endpoint, timeout)
+        .map_err(|e| (1, format!("{}:{}: {e}", endpoint.host, endpoint.port)))?;
     let names = Names::new(&config.redis.prefix);
     let args = PublishArgs {
         names: &names,

@@ -29,17 +29,21 @@ use crate::hub::Hub;
 use crate::link::{Command, Redis};
 use crate::mailbox::Mailbox;
 
-/// Where a Redis endpoint is, from a `redis://` URL.
+/// Where a Redis endpoint is, from a `redis://` URL. User name and
+/// password are decoded here, once, for both connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The database of the command connection (pub/sub has none).
+    pub db: i64,
 }
 
 impl Endpoint {
-    /// Reads `redis://[user:password@]host[:port][/db]`.
+    /// Reads `redis://[user:password@]host[:port][/db]`; user name and
+    /// password may be percent-encoded (`@ : / %` must be).
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         let parsed = ::redis::parse_redis_url(url)
             .ok_or_else(|| format!("{url:?} is not a redis:// URL"))?;
@@ -56,14 +60,67 @@ impl Endpoint {
             .to_string();
         let username = Some(parsed.username())
             .filter(|u| !u.is_empty())
-            .map(str::to_string);
+            .map(|u| percent_decode(u).map_err(|e| format!("{url:?}: the user name {e}")))
+            .transpose()?;
+        let password = parsed
+            .password()
+            .map(|p| percent_decode(p).map_err(|e| format!("{url:?}: the password {e}")))
+            .transpose()?;
+        let db = match parsed.path().trim_matches('/') {
+            "" => 0,
+            db => db
+                .parse()
+                .map_err(|_| format!("{url:?}: {db:?} is not a database number"))?,
+        };
         Ok(Endpoint {
             host,
             port: parsed.port().unwrap_or(6379),
             username,
-            password: parsed.password().map(str::to_string),
+            password,
+            db,
         })
     }
+
+    /// What the `redis` crate needs for the command connection: the same
+    /// decoded credentials the pub/sub connection sends.
+    pub fn connection_info(&self) -> ::redis::RedisResult<::redis::ConnectionInfo> {
+        use ::redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+        let mut settings = RedisConnectionInfo::default().set_db(self.db);
+        if let Some(user) = &self.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(pass) = &self.password {
+            settings = settings.set_password(pass);
+        }
+        let info = ConnectionAddr::Tcp(self.host.clone(), self.port).into_connection_info()?;
+        Ok(info.set_redis_settings(settings))
+    }
+}
+
+/// Decodes `%XX` escapes (a `%` without two hex digits stays as it is);
+/// the result must be UTF-8.
+fn percent_decode(s: &str) -> Result<String, &'static str> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| (h * 16 + l) as u8),
+            _ => None,
+        };
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once decoded")
 }
 
 /// Exponential backoff with jitter, from `min` to `max`.
@@ -184,7 +241,7 @@ pub fn start(parts: Parts) -> Result<(), String> {
         redis: redis.clone(),
         hub: parts.hub.clone(),
         clock: parts.clock,
-        endpoint,
+        endpoint: endpoint.clone(),
     };
     std::thread::Builder::new()
         .name("redix-redis-pubsub".into())
@@ -192,7 +249,7 @@ pub fn start(parts: Parts) -> Result<(), String> {
         .map_err(|e| format!("spawn Redis pub/sub thread: {e}"))?;
     std::thread::Builder::new()
         .name("redix-redis-command".into())
-        .spawn(move || command::run(parts))
+        .spawn(move || command::run(parts, endpoint))
         .map_err(|e| format!("spawn Redis command thread: {e}"))?;
     Ok(())
 }
@@ -214,8 +271,26 @@ mod tests {
             ("10.0.0.1", 6380, Some("u"), Some("p"))
         );
         assert_eq!(Endpoint::parse("redis://h").unwrap().port, 6379);
+        assert_eq!(Endpoint::parse("redis://h/3").unwrap().db, 3);
+        assert!(Endpoint::parse("redis://h/x").is_err());
         assert!(Endpoint::parse("http://h").is_err());
         assert!(Endpoint::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn credentials_are_percent_decoded_once() {
+        let e = Endpoint::parse("redis://us%40r%3A1:p%40ss%3Aw%2Frd%2525@h:1").unwrap();
+        assert_eq!(e.username.as_deref(), Some("us@r:1"));
+        assert_eq!(e.password.as_deref(), Some("p@ss:w/rd%25"));
+        let info = e.connection_info().unwrap();
+        let settings = info.redis_settings();
+        assert_eq!(settings.username(), Some("us@r:1"));
+        assert_eq!(settings.password(), Some("p@ss:w/rd%25"));
+        for (raw, decoded) in [("a%zz", "a%zz"), ("%", "%"), ("%C3%A9", "\u{e9}"), ("", "")] {
+            assert_eq!(percent_decode(raw).as_deref(), Ok(decoded), "{raw:?}");
+        }
+        assert!(percent_decode("%FF").is_err());
+        assert!(Endpoint::parse("redis://:%FF@h").is_err());
     }
 
     #[test]

@@ -66,9 +66,13 @@ impl PubSub {
                 Ok(mut session) => {
                     redis.link.connections.fetch_add(1, Ordering::Relaxed);
                     let why = session.serve();
+                    let worked = session.worked;
+                    // The reader thread has ended and the socket is closed
+                    // once this returns (see `Reader`'s drop).
+                    drop(session);
                     redis.link.connections.fetch_sub(1, Ordering::Relaxed);
                     // Only a link that worked starts the backoff over.
-                    if session.worked {
+                    if worked {
                         backoff.reset();
                         quiet.reset();
                     }
@@ -77,6 +81,7 @@ impl PubSub {
                 Err(e) => e,
             };
             redis.link.pubsub_up.store(false, Ordering::Release);
+            redis.link.backlog_bytes.store(0, Ordering::Relaxed);
             redis.link.subscribed.store(0, Ordering::Relaxed);
             self.hub.set_link(false);
             let wait = backoff.next_wait();
@@ -96,11 +101,7 @@ struct Session<'a> {
     /// Shared with the reader thread (`Read` and `Write` work on
     /// `&TcpStream`): one socket, one descriptor.
     stream: Arc<TcpStream>,
-    /// Chunks the reader thread took off the socket; `Err` ends the session.
-    chunks: Receiver<Result<Vec<u8>, String>>,
-    /// Bytes in `chunks`.
-    queued: Arc<AtomicU64>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    reader: Reader,
     buf: Vec<u8>,
     /// Channels asked of Redis (SUBSCRIBE sent, no UNSUBSCRIBE since).
     subscribed: HashSet<Arc<str>>,
@@ -129,22 +130,13 @@ impl<'a> Session<'a> {
         };
         setup(&stream).map_err(|e| format!("socket options: {e}"))?;
         let stream = Arc::new(stream);
-        let read_half = stream.clone();
-        let (tx, chunks) = crossbeam_channel::bounded(MAX_BACKLOG / READ_CHUNK);
-        let queued = Arc::new(AtomicU64::new(0));
-        let counter = queued.clone();
-        let reader = std::thread::Builder::new()
-            .name("redix-redis-reader".into())
-            .spawn(move || read_loop(read_half, tx, counter))
-            .map_err(|e| format!("spawn the pub/sub reader: {e}"))?;
+        let reader = Reader::start(stream.clone())?;
         let mut session = Session {
             redis,
             hub: &ps.hub,
             clock: ps.clock,
             stream,
-            chunks,
-            queued,
-            reader: Some(reader),
+            reader,
             buf: Vec::with_capacity(64 * 1024),
             subscribed: HashSet::new(),
             canary: redis.names.canary(&redis.node),
@@ -204,9 +196,10 @@ impl<'a> Session<'a> {
                 return e;
             }
             self.retry_unsent();
-            match self.chunks.recv_timeout(READ_TIMEOUT) {
+            match self.reader.chunks.recv_timeout(READ_TIMEOUT) {
                 Ok(Ok(chunk)) => {
-                    self.queued.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                    let n = chunk.len() as u64;
+                    self.reader.queued.fetch_sub(n, Ordering::Relaxed);
                     self.buf.extend_from_slice(&chunk);
                     if let Err(e) = self.drain_messages() {
                         return e;
@@ -353,7 +346,7 @@ impl<'a> Session<'a> {
         };
         link.received.fetch_add(1, Ordering::Relaxed);
         let Some(ev) = parse_payload(payload) else {
-            log::warn!("pub/sub message on {name} is not \"<id> <data>\"; ignored");
+            log::warn!("pub/sub message on {name} is not \"<stream id> <data>\"; ignored");
             return;
         };
         let sent_ms = ev.id >> ids::SEQ_BITS;
@@ -370,7 +363,7 @@ impl<'a> Session<'a> {
         // SAFETY: FIONREAD writes one c_int through the pointer we pass.
         let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::FIONREAD, &mut pending) };
         let in_socket = if rc == 0 { pending.max(0) as u64 } else { 0 };
-        let read = self.queued.load(Ordering::Relaxed) + self.buf.len() as u64;
+        let read = self.reader.queued.load(Ordering::Relaxed) + self.buf.len() as u64;
         self.redis
             .link
             .backlog_bytes
@@ -395,19 +388,61 @@ impl<'a> Session<'a> {
     }
 }
 
-impl Drop for Session<'_> {
+/// What the reader thread hands over: bytes, or why the connection ended.
+type Chunk = Result<Vec<u8>, String>;
+
+/// The reader thread and the queue it fills. Dropping it ends the thread
+/// whatever it is blocked on, so a session's teardown cannot hang: not on
+/// a read (the socket is shut down) and not on a full queue, which is
+/// exactly where the reader sits when the node is behind (the receiver
+/// goes first, so its send fails). The join then waits for a thread that
+/// is already on its way out, and with it goes its handle on the socket.
+struct Reader {
+    stream: Arc<TcpStream>,
+    /// Chunks the reader thread took off the socket; `Err` ends the session.
+    chunks: Receiver<Chunk>,
+    /// Bytes in `chunks`.
+    queued: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(stream: Arc<TcpStream>) -> Result<Reader, String> {
+        let (tx, chunks) = crossbeam_channel::bounded(MAX_BACKLOG / READ_CHUNK);
+        let queued = Arc::new(AtomicU64::new(0));
+        let (read_half, counter) = (stream.clone(), queued.clone());
+        let thread = std::thread::Builder::new()
+            .name("redix-redis-reader".into())
+            .spawn(move || read_loop(read_half, tx, counter))
+            .map_err(|e| format!("spawn the pub/sub reader: {e}"))?;
+        Ok(Reader {
+            stream,
+            chunks,
+            queued,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Reader {
     fn drop(&mut self) {
-        // Ends the reader's blocking read; it exits on the error.
+        // Ends a blocking read: the reader gets EOF or an error.
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+        // Ends a blocking send: with no receiver left it fails at once.
+        drop(std::mem::replace(
+            &mut self.chunks,
+            crossbeam_channel::never(),
+        ));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
 
 /// The reader thread: socket to queue, nothing else. A full queue blocks
-/// it (the bound on what waits here); EOF or an error ends the session.
-fn read_loop(stream: Arc<TcpStream>, tx: Sender<Result<Vec<u8>, String>>, queued: Arc<AtomicU64>) {
+/// it (the bound on what waits here); EOF or an error ends the session,
+/// and so does the queue's receiver going away.
+fn read_loop(stream: Arc<TcpStream>, tx: Sender<Chunk>, queued: Arc<AtomicU64>) {
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         let msg = match (&*stream).read(&mut chunk) {
@@ -426,12 +461,12 @@ fn read_loop(stream: Arc<TcpStream>, tx: Sender<Result<Vec<u8>, String>>, queued
     }
 }
 
-/// Reads `"<id> <data>"`.
+/// Reads `"<id> <data>"`; the id must be a stream id.
 fn parse_payload(payload: &[u8]) -> Option<RemoteEvent> {
     let text = std::str::from_utf8(payload).ok()?;
     let (id_text, data) = text.split_once(' ')?;
     Some(RemoteEvent {
-        id: ids::parse(id_text)?,
+        id: ids::parse_stream(id_text)?,
         id_text: id_text.to_string(),
         data: data.to_string(),
     })
@@ -445,9 +480,39 @@ mod tests {
     fn payloads() {
         let ev = parse_payload(b"1732412345678-2 {\"a\":1}").unwrap();
         assert_eq!(ev.id_text, "1732412345678-2");
-        assert_eq!(ev.id, ids::parse("1732412345678-2").unwrap());
+        assert_eq!(ev.id, ids::parse_stream("1732412345678-2").unwrap());
         assert_eq!(ev.data, "{\"a\":1}");
         assert!(parse_payload(b"nospace").is_none());
         assert!(parse_payload(b"x-1 {}").is_none());
+        // Embedded mode's plain numbers are no stream ids.
+        assert!(parse_payload(b"18446744073709551615 {}").is_none());
+        assert!(parse_payload(b"42 {}").is_none());
+    }
+
+    #[test]
+    fn dropping_a_reader_blocked_on_its_full_queue_ends_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        // Small writes: every read is a chunk, so the queue fills by count.
+        std::thread::spawn(move || while peer.write_all(&[b'x'; 512]).is_ok() {});
+        let reader = Reader::start(Arc::new(stream)).unwrap();
+        let full = std::time::Instant::now();
+        while !reader.chunks.is_full() {
+            assert!(
+                full.elapsed() < Duration::from_secs(20),
+                "the queue never filled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (done, dropped) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            drop(reader);
+            let _ = done.send(());
+        });
+        assert!(
+            dropped.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "dropping the reader hung"
+        );
     }
 }

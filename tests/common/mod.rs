@@ -4,7 +4,8 @@
 //! - [`server`]: the process harness ([`Server`], [`wait_until`], [`DEADLINE`]);
 //! - [`http`]: requests, keep-alive connections, publishing, metrics;
 //! - [`sse`]: the SSE client; [`ws`]: WebSocket clients;
-//! - [`redis`]: `redis-server`s and Redis-mode nodes;
+//! - [`redis`]: `redis-server`s and Redis-mode nodes; [`fake_redis`]: a
+//!   fake Redis for faults the real one will not produce on demand;
 //! - [`churn`]: clients that drop and resume, and the check of what they got.
 //!
 //! Test files `use common::*;` and need not know the layout.
@@ -12,6 +13,8 @@
 // Each test binary uses a subset of the helpers; the rest is not dead.
 #[allow(dead_code)]
 mod churn;
+#[allow(dead_code)]
+pub mod fake_redis;
 #[allow(dead_code)]
 mod http;
 #[allow(dead_code)]
