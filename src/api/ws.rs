@@ -8,7 +8,8 @@
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::hub::{check_channel, ids};
+use crate::hub::check_channel;
+use crate::hub::ids::Format;
 use crate::proto::ws;
 
 /// Longest market symbol (`BINANCE:BTCUSDT` and the like).
@@ -35,14 +36,14 @@ pub enum WsRequest {
 /// A command's error: code and message, sent back as an `error` reply.
 pub type CommandError = (&'static str, String);
 
-/// Reads one text message.
-pub fn parse(text: &str) -> Result<WsRequest, CommandError> {
+/// Reads one text message; ids (`since`) are read in the node's `format`.
+pub fn parse(text: &str, format: Format) -> Result<WsRequest, CommandError> {
     let cmd: Command = serde_json::from_str(text).map_err(|e| ("bad_json", e.to_string()))?;
     match cmd.kind.as_str() {
         "ping" => Ok(WsRequest::Ping),
         "subscribe" => {
             let channel = target_channel(&cmd).map_err(|m| ("bad_request", m))?;
-            let since = parse_since(cmd.since.as_deref())?;
+            let since = parse_since(cmd.since.as_deref(), format)?;
             Ok(WsRequest::Subscribe { channel, since })
         }
         "unsubscribe" => {
@@ -53,11 +54,11 @@ pub fn parse(text: &str) -> Result<WsRequest, CommandError> {
     }
 }
 
-/// The `since` of a subscribe: an event id redix gave out.
-fn parse_since(since: Option<&str>) -> Result<Option<u64>, CommandError> {
+/// The `since` of a subscribe: an event id redix gave out (or `0`).
+fn parse_since(since: Option<&str>, format: Format) -> Result<Option<u64>, CommandError> {
     match since.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(v) => ids::parse(v).map(Some).ok_or_else(|| {
+        Some(v) => format.parse_cursor(v).map(Some).ok_or_else(|| {
             (
                 "bad_cursor",
                 format!("since {v:?} is not an event id redix gave out"),
@@ -148,8 +149,17 @@ mod tests {
             ("not json", Err("bad_json")),
         ];
         for (text, want) in table {
-            let got = parse(text).map_err(|(code, _)| code);
+            let got = parse(text, Format::Decimal).map_err(|(code, _)| code);
             assert_eq!(&got, want, "{text}");
         }
+        // A cursor in the other mode's format is refused.
+        let stream = r#"{"type":"subscribe","channel":"a","since":"5-1"}"#;
+        assert!(parse(stream, Format::Decimal).is_err());
+        assert!(parse(stream, Format::Stream).is_ok());
+        let plain = r#"{"type":"subscribe","channel":"a","since":"18446744073709551615"}"#;
+        assert_eq!(
+            parse(plain, Format::Stream).map_err(|e| e.0),
+            Err("bad_cursor")
+        );
     }
 }

@@ -299,11 +299,6 @@ impl Hub {
         }
     }
 
-    /// Reads an id a client sent back.
-    pub fn parse_id(&self, s: &str) -> Option<u64> {
-        ids::parse(s)
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves counters, masks and queues
         // that are each consistent: keep serving.
@@ -331,7 +326,7 @@ impl Hub {
         }
         let reactor = conn.reactor;
         let mut snap = Snapshot::default();
-        let (forgotten_to, last_id) = (inner.forgotten_to, inner.next_id - 1);
+        let (forgotten_to, last_id) = (inner.forgotten_to, inner.next_id.saturating_sub(1));
         for name in channels {
             let known = inner.channels.contains_key(name);
             let ch = inner.channels.entry(name.clone()).or_default();
@@ -437,7 +432,7 @@ impl Hub {
             }
         }
         let id = inner.next_id;
-        inner.next_id += 1;
+        inner.next_id = id.saturating_add(1);
         if let Some(key) = publish_id {
             inner.dedupe.insert(key, id, now_ms);
         }

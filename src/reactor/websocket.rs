@@ -15,6 +15,7 @@ use crate::api::ws::{
 use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
 use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sub, Ws};
+use crate::hub::ids::Format;
 use crate::hub::NotReady;
 use crate::limits::Bucket;
 use crate::metrics::WorkerStats;
@@ -210,7 +211,8 @@ impl Worker {
 
     /// Runs one JSON command; the reply to queue, if any.
     fn ws_command(&mut self, key: usize, text: &str) -> Option<Bytes> {
-        let reply = parse(text).and_then(|request| match request {
+        let format = Format::of_redis_mode(self.shared.redis.is_some());
+        let reply = parse(text, format).and_then(|request| match request {
             WsRequest::Ping => Ok(Some(pong_frame())),
             WsRequest::Subscribe { .. } | WsRequest::Unsubscribe { .. }
                 if !self.take_command(key) =>
