@@ -122,6 +122,14 @@ pub enum Refused {
     Busy,
 }
 
+/// The command thread's ends of the two queues.
+pub struct Queues {
+    /// Publishes, from the reactors.
+    pub commands: Receiver<Command>,
+    /// History loads, from the pub/sub thread.
+    pub loads: Receiver<Command>,
+}
+
 /// The reactors' handle on the bridge.
 pub struct Redis {
     pub config: RedisConfig,
@@ -130,13 +138,17 @@ pub struct Redis {
     /// This process in the cluster (its canary channel).
     pub node: String,
     commands: Sender<Command>,
+    /// History loads, apart from publishes.
+    loads: Sender<Command>,
     /// When a full queue was last logged (wall clock, ms).
     last_drop_log_ms: AtomicU64,
 }
 
 impl Redis {
-    pub fn new(config: RedisConfig) -> (Redis, Receiver<Command>) {
+    /// The handle, and the receiving ends of its two queues.
+    pub fn new(config: RedisConfig) -> (Redis, Queues) {
         let (tx, rx) = crossbeam_channel::bounded(config.queue);
+        let (loads_tx, loads_rx) = crossbeam_channel::bounded(config.queue);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -147,9 +159,14 @@ impl Redis {
             link: LinkState::default(),
             node,
             commands: tx,
+            loads: loads_tx,
             last_drop_log_ms: AtomicU64::new(0),
         };
-        (redis, rx)
+        let queues = Queues {
+            commands: rx,
+            loads: loads_rx,
+        };
+        (redis, queues)
     }
 
     /// Queues a command without waiting.
@@ -157,7 +174,13 @@ impl Redis {
         if !self.link.command_up.load(Ordering::Acquire) {
             return Err(Refused::Down);
         }
-        match self.commands.try_send(cmd) {
+        // History loads have a queue of their own: a flood of subscribes
+        // to new channels cannot fill the one publishes wait in.
+        let queue = match cmd {
+            Command::Publish { .. } => &self.commands,
+            Command::Load { .. } => &self.loads,
+        };
+        match queue.try_send(cmd) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 let refused = self.link.dropped.fetch_add(1, Ordering::Relaxed) + 1;

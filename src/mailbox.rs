@@ -47,8 +47,9 @@ pub enum PublishReply {
 pub enum Msg {
     /// Queue this event on the local subscribers of its channel.
     Event(Arc<Event>),
-    /// The connection waited for channels to load: try again.
-    Retry(ConnRef),
+    /// The connection waited for `channel` to load; it has (or cannot):
+    /// try again.
+    Retry { conn: ConnRef, channel: Arc<str> },
     /// Events of the channel were lost upstream: tell its subscribers.
     Reset(Arc<str>),
     /// The answer to a publish the connection handed to the Redis bridge.
@@ -60,9 +61,9 @@ pub enum Msg {
 pub trait Outbox: Send + Sync {
     /// Queues the event for the reactor.
     fn deliver(&self, event: Arc<Event>) -> bool;
-    /// Tells the reactor that `conn` waited for channels that are now
+    /// Tells the reactor that `conn` waited for `channel`, which is now
     /// ready (or will not be): it should try again.
-    fn retry(&self, conn: ConnRef) -> bool;
+    fn retry(&self, conn: ConnRef, channel: Arc<str>) -> bool;
     /// Events of `channel` were lost before this node could deliver them
     /// (Redis mode): its subscribers get a reset, in order with events.
     fn reset(&self, channel: Arc<str>) -> bool;
@@ -121,8 +122,8 @@ impl Outbox for Mailbox {
         self.send(Msg::Event(event))
     }
 
-    fn retry(&self, conn: ConnRef) -> bool {
-        self.send(Msg::Retry(conn))
+    fn retry(&self, conn: ConnRef, channel: Arc<str>) -> bool {
+        self.send(Msg::Retry { conn, channel })
     }
 
     fn reset(&self, channel: Arc<str>) -> bool {

@@ -229,7 +229,7 @@ pub fn run(
     let io = reactor_io(workers)?;
     let mailboxes: Vec<Arc<Mailbox>> = io.iter().map(|(_, (m, _))| m.clone()).collect();
     let hub = build_hub(&config, &mailboxes);
-    let (redis, commands) = match config.redis.enabled() {
+    let (redis, queues) = match config.redis.enabled() {
         true => {
             let (redis, rx) = Redis::new(config.redis.clone());
             (Some(Arc::new(redis)), Some(rx))
@@ -248,10 +248,10 @@ pub fn run(
     let threads = spawn_reactors(&shared, io, listeners)?;
     shared.fds.record_baseline();
     shared.fds.sample();
-    if let (Some(redis), Some(commands)) = (&shared.redis, commands) {
+    if let (Some(redis), Some(queues)) = (&shared.redis, queues) {
         bridge::start(bridge::Parts {
             redis: redis.clone(),
-            commands,
+            queues,
             hub: shared.hub.clone(),
             clock,
             mailboxes: mailboxes.clone(),

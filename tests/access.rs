@@ -103,9 +103,11 @@ fn plain_http_connections_are_capped_per_ip_and_idle_ones_end() {
         "--set",
         "limits.keepalive_timeout_ms=300",
     ]);
+    let baseline = server.fd_count();
     let held: Vec<TcpStream> = (0..3)
         .map(|_| TcpStream::connect(server.addr).unwrap())
         .collect();
+    wait_until("the three accepted", || server.fd_count() == baseline + 3);
     let refused = raw_exchange(server.addr, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(status_of(&refused), 429, "{refused}");
     assert!(refused.contains("Retry-After: "), "{refused}");

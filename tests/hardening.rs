@@ -8,6 +8,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::fake_redis::FakeRedis;
 use common::*;
 
 /// Writes `total` bytes of pipelined `GET path` requests and never reads;
@@ -181,4 +182,52 @@ fn subscribe_churn_is_bounded_per_connection_and_per_ip() {
         ))
     };
     assert_eq!((m("new_channels"), m("subscribe_rate")), (2.0, 1.0));
+}
+
+/// Finding 7, Redis side: every new channel costs a SUBSCRIBE and a
+/// history load on the command thread. Loads now have their own queue and
+/// run a pipeline per turn between publishes, so a flood of subscribes to
+/// new names (against a Redis slow to answer loads) cannot turn publishes
+/// into 503s.
+#[test]
+fn a_flood_of_new_channels_does_not_starve_publishes_in_redis_mode() {
+    let fake = FakeRedis::start();
+    // 10 ms a load: the command thread cannot keep up with the flood (a
+    // pipeline of loads stays well within the command timeout).
+    fake.slow_loads(10);
+    let url = fake.url();
+    let node = Server::start(&[
+        "--redis",
+        &url,
+        "--set",
+        "redis.queue=16",
+        "--set",
+        "redis.timeout_ms=5000",
+        "--set",
+        "limits.new_channels_per_min=0",
+        "--set",
+        "ws.subscribes_per_min=0",
+        "--set",
+        "ws.max_subscriptions=1000",
+    ]);
+    wait_until("ready", || get(node.addr, "/readyz").0 == 200);
+    let mut floods: Vec<RawWs> = (0..4)
+        .map(|_| RawWs::connect(node.addr, "/ws", &[]))
+        .collect();
+    for (i, ws) in floods.iter_mut().enumerate() {
+        for k in 0..500 {
+            ws.send_text(&format!(
+                r#"{{"type":"subscribe","channel":"flood-{i}-{k}"}}"#
+            ));
+        }
+    }
+    // The loads are queued: 2,000 channels subscribed, loads behind them.
+    let subscribed = "redix_redis_channels_subscribed";
+    wait_until("the flood's SUBSCRIBEs", || {
+        metric(node.addr, subscribed) >= 2000.0
+    });
+    let answers: Vec<(u16, serde_json::Value)> = (0..20)
+        .map(|n| try_publish(node.addr, &format!(r#"{{"channel":"pub","data":{n}}}"#)))
+        .collect();
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
 }

@@ -8,260 +8,27 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::RecvTimeoutError;
-use redis::{Connection, RedisError, Script, Value};
+use crossbeam_channel::Receiver;
+use redis::{Connection, RedisError, Value};
 
+use super::wire::{
+    check_data_kept, connect, link_failed, load_cmd, load_once, load_script, parse_load,
+    publish_once, publish_pipelined, publish_script, PublishArgs, PUBLISH_BATCH,
+};
 use super::{Backoff, Endpoint, Parts, Retention};
 use crate::clock::Clock;
-use crate::hub::{ids, Hub, RemoteEvent};
-use crate::link::{Command, Names, Publish, Redis};
+use crate::hub::Hub;
+use crate::link::{Command, Names, Publish, Queues, Redis};
 use crate::mailbox::{ConnRef, Mailbox, Msg, PublishReply};
 
 /// Loads waiting for the connection, at most (one per channel at a time).
 const MAX_WAITING_LOADS: usize = 100_000;
-
-fn publish_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("scripts/publish.lua")))
-}
-
-fn load_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(include_str!("scripts/load.lua")))
-}
-
-/// Opens a command connection with timeouts on connect, read and write.
-pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, RedisError> {
-    let client = redis::Client::open(endpoint.connection_info()?)?;
-    let con = client.get_connection_with_timeout(timeout)?;
-    con.set_read_timeout(Some(timeout))?;
-    con.set_write_timeout(Some(timeout))?;
-    Ok(con)
-}
-
-/// What one publish needs besides the connection.
-pub struct PublishArgs<'a> {
-    pub names: &'a Names,
-    pub retention: Retention,
-}
-
-/// A publish's stream id and whether its publisher id had been seen.
-type PublishResult = Result<(String, bool), RedisError>;
-
-/// Publishes (or history loads) sent in one pipeline, at most.
-const PUBLISH_BATCH: usize = 256;
-
-/// The `EVALSHA` of one publish (the script must be loaded).
-fn publish_cmd(args: &PublishArgs<'_>, p: &Publish) -> redis::Cmd {
-    let (names, keep) = (args.names, args.retention);
-    let (channel, publish_id) = (&p.channel, p.publish_id.as_deref());
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(publish_script().get_hash())
-        .arg(if publish_id.is_some() { 3 } else { 2 })
-        .arg(names.stream(channel))
-        .arg(names.last_id());
-    if let Some(pid) = publish_id {
-        cmd.arg(names.seen(pid));
-    }
-    cmd.arg(names.notify(channel))
-        .arg(&p.data)
-        .arg(keep.max_events.max(1))
-        .arg(keep.max_age_ms)
-        .arg(keep.dedupe_ttl_ms);
-    cmd
-}
-
-/// Runs the publish script once (loading it first): returns the stream id
-/// and whether the publisher id had been seen (then nothing was published).
-pub fn publish_once(
-    con: &mut Connection,
-    args: &PublishArgs<'_>,
-    p: &Publish,
-) -> Result<(String, bool), RedisError> {
-    publish_script().load(con)?;
-    let (id, seen): (String, i64) = publish_cmd(args, p).query(con)?;
-    Ok((id, seen == 1))
-}
-
-/// Runs publishes in one pipeline, one answer each. `Err` when the wire
-/// failed (then nothing is known about any of them).
-fn publish_pipelined(
-    con: &mut Connection,
-    args: &PublishArgs<'_>,
-    batch: &[Pending],
-) -> Result<Vec<PublishResult>, RedisError> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for p in batch {
-        pipe.add_command(publish_cmd(args, &p.publish));
-    }
-    let results: Vec<Result<(String, i64), RedisError>> = pipe.query(con)?;
-    Ok(results
-        .into_iter()
-        .map(|r| r.map(|(id, seen)| (id, seen == 1)))
-        .collect())
-}
-
-/// Reads a channel's history from its stream, oldest first: on a first
-/// load the newest `max_events`, on a reload everything after `after`.
-/// Also returns the highest id known to be gone from the stream.
-pub fn load_once(
-    con: &mut Connection,
-    names: &Names,
-    channel: &str,
-    max_events: usize,
-    after: Option<u64>,
-) -> Result<(Vec<RemoteEvent>, u64), RedisError> {
-    load_script().load(con)?;
-    let reply: Value = load_cmd(names, channel, max_events, after).query(con)?;
-    parse_load(channel, reply, max_events, after)
-}
-
-/// The `EVALSHA` of one load (the script must be loaded).
-fn load_cmd(names: &Names, channel: &str, max_events: usize, after: Option<u64>) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(load_script().get_hash())
-        .arg(2)
-        .arg(names.stream(channel))
-        .arg(names.lost())
-        .arg(max_events)
-        .arg(after.map(ids::stream_id).unwrap_or_default());
-    cmd
-}
-
-/// A load's reply as events (oldest first) and the floor.
-fn parse_load(
-    channel: &str,
-    reply: Value,
-    max_events: usize,
-    after: Option<u64>,
-) -> Result<(Vec<RemoteEvent>, u64), RedisError> {
-    let bad = || RedisError::from((redis::ErrorKind::Parse, "unexpected load reply"));
-    let Value::Array(parts) = reply else {
-        return Err(bad());
-    };
-    let [trimmed, Value::Array(entries), lost] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let mut floor = text(trimmed).and_then(ids::parse_stream).unwrap_or(0);
-    // On a first load, ids up to a data-loss mark count as gone too: a
-    // client resuming from before the loss gets a reset. (A reload keeps
-    // what this node delivered; it was live when Redis went away.)
-    if after.is_none() {
-        floor = floor.max(text(lost).and_then(ids::parse_stream).unwrap_or(0));
-    }
-    let mut events = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let Value::Array(pair) = entry else {
-            return Err(bad());
-        };
-        let [id, Value::Array(fields)] = pair.as_slice() else {
-            return Err(bad());
-        };
-        let Some(id_text) = text(id) else {
-            return Err(bad());
-        };
-        let Some(id) = ids::parse_stream(id_text) else {
-            log::warn!("stream {channel}: id {id_text:?} is not one redix can order; skipped");
-            continue;
-        };
-        let data = fields
-            .chunks(2)
-            .find(|kv| kv.first().and_then(text) == Some("d"))
-            .and_then(|kv| kv.get(1).and_then(text))
-            .unwrap_or("null");
-        events.push(RemoteEvent {
-            id,
-            id_text: id_text.to_string(),
-            data: data.to_string(),
-        });
-    }
-    // A first load reads one more than it keeps: that one marks what is
-    // gone before the history.
-    if after.is_none() && events.len() > max_events {
-        let extra = events.len() - max_events;
-        for gone in events.drain(..extra) {
-            floor = floor.max(gone.id);
-        }
-    }
-    Ok((events, floor))
-}
-
-fn text(v: &Value) -> Option<&str> {
-    match v {
-        Value::BulkString(b) => std::str::from_utf8(b).ok(),
-        Value::SimpleString(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// After a reconnect: does Redis still know the newest id this node has
-/// seen? If not, it restarted empty (or was flushed): the streams are gone,
-/// and a client resuming from an older id on a node that reloads a channel
-/// will not be told what it missed. Say so loudly, and count it.
-fn check_data_kept(con: &mut Connection, hub: &Hub, redis: &Redis, keep: Retention) {
-    let seen = hub.last_id();
-    if seen == 0 {
-        return;
-    }
-    let last: Result<Option<String>, RedisError> =
-        redis::cmd("GET").arg(redis.names.last_id()).query(con);
-    let Ok(last) = last else {
-        return;
-    };
-    let known = last.as_deref().and_then(ids::parse_stream).unwrap_or(0);
-    if known >= seen {
-        return;
-    }
-    redis.link.data_losses.fetch_add(1, Ordering::Relaxed);
-    log::error!(
-        "Redis no longer knows the newest event id this node saw ({} < {}): it restarted without its data or was flushed; streams published before are gone (run Redis with persistence). Resumes from before that get a reset.",
-        last.as_deref().unwrap_or("none"),
-        ids::stream_id(seen)
-    );
-    // Every node's first loads read this mark as a floor: a client
-    // resuming from an older id is told (reset) instead of silently
-    // missing what was lost with Redis.
-    let marked: Result<Value, RedisError> = lost_script()
-        .key(redis.names.lost())
-        .arg(ids::stream_id(seen))
-        .arg(keep.max_age_ms)
-        .invoke(con);
-    if let Err(e) = marked {
-        log::warn!("marking the loss in Redis: {e}");
-    }
-}
-
-/// Raises the data-loss mark (a stream id) to ARGV[1] if that is newer;
-/// it lasts as long as history does (ARGV[2] ms): later, what was lost
-/// would have expired anyway.
-fn lost_script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| {
-        Script::new(
-            "local function key(id) \
-               local ms, n = string.match(id, '^(%d+)-(%d+)$') \
-               return tonumber(ms), tonumber(n) \
-             end \
-             local cur = redis.call('GET', KEYS[1]) \
-             if cur then \
-               local cm, cn = key(cur) \
-               local am, an = key(ARGV[1]) \
-               if am < cm or (am == cm and an <= cn) then return 0 end \
-             end \
-             redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-             return 1",
-        )
-    })
-}
-
-/// The wire failed (as opposed to Redis answering with an error).
-fn link_failed(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
-}
+/// History loads per pipeline: a turn's loads hold the publishes behind
+/// them for one such round trip at most.
+const LOAD_BATCH: usize = 64;
 
 /// A publish waiting for its answer, and who waits for it.
 struct Pending {
@@ -289,7 +56,7 @@ struct CommandThread {
 pub fn run(parts: Parts, endpoint: Endpoint) {
     let Parts {
         redis,
-        commands: rx,
+        queues,
         hub,
         clock,
         mailboxes,
@@ -310,6 +77,13 @@ pub fn run(parts: Parts, endpoint: Endpoint) {
         next_canary: Instant::now(),
         waiting_loads: VecDeque::new(),
     };
+    let Queues {
+        commands: rx,
+        loads,
+    } = queues;
+    // Each turn: the publishes waiting (one pipeline), then one pipeline of
+    // history loads, so a flood of loads delays publishes by one round
+    // trip at most.
     loop {
         t.ensure_connected();
         if t.con.is_some() && Instant::now() >= t.next_canary {
@@ -319,27 +93,21 @@ pub fn run(parts: Parts, endpoint: Endpoint) {
             t.run_waiting_loads();
         }
         let wake = match t.con {
+            Some(_) if !t.waiting_loads.is_empty() => Instant::now(),
             Some(_) => t.next_canary,
             None => t.reconnect_at,
         };
         let wait = wake.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(cmd) => {
-                // Whatever else is queued goes in the same round trip.
-                let mut publishes = Vec::new();
-                let more = std::iter::once(cmd).chain(rx.try_iter().take(PUBLISH_BATCH - 1));
-                for cmd in more {
-                    match cmd {
-                        Command::Publish { publish, reply } => {
-                            publishes.push(Pending { publish, reply })
-                        }
-                        load => t.handle(load),
-                    }
-                }
-                t.publish(publishes);
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+        crossbeam_channel::select! {
+            recv(rx) -> cmd => match cmd {
+                Ok(cmd) => t.publish_queued(cmd, &rx),
+                Err(_) => return,
+            },
+            recv(loads) -> cmd => match cmd {
+                Ok(cmd) => t.take_loads(cmd, &loads),
+                Err(_) => return,
+            },
+            default(wait) => {}
         }
     }
 }
@@ -396,6 +164,28 @@ impl CommandThread {
         self.reconnect_at = Instant::now() + wait;
     }
 
+    /// Publishes `first` and whatever else is queued, in one round trip.
+    fn publish_queued(&mut self, first: Command, rx: &Receiver<Command>) {
+        let mut publishes = Vec::new();
+        let more = std::iter::once(first).chain(rx.try_iter().take(PUBLISH_BATCH - 1));
+        for cmd in more {
+            match cmd {
+                Command::Publish { publish, reply } => publishes.push(Pending { publish, reply }),
+                load => self.handle(load),
+            }
+        }
+        self.publish(publishes);
+    }
+
+    /// Moves `first` and the loads queued behind it to the waiting list;
+    /// they run a pipeline per turn.
+    fn take_loads(&mut self, first: Command, loads: &Receiver<Command>) {
+        let more = std::iter::once(first).chain(loads.try_iter().take(PUBLISH_BATCH - 1));
+        for cmd in more {
+            self.handle(cmd);
+        }
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Publish { publish, reply } => self.publish(vec![Pending { publish, reply }]),
@@ -406,9 +196,6 @@ impl CommandThread {
             } => {
                 if self.waiting_loads.len() < MAX_WAITING_LOADS {
                     self.waiting_loads.push_back((channel, token, after));
-                }
-                if self.con.is_some() {
-                    self.run_waiting_loads();
                 }
             }
         }
@@ -429,7 +216,7 @@ impl CommandThread {
             names: &redis.names,
             retention: self.retention,
         };
-        let results = match publish_pipelined(con, &args, &batch) {
+        let results = match publish_pipelined(con, &args, batch.iter().map(|p| &p.publish)) {
             Ok(results) => results,
             Err(e) => {
                 redis
@@ -488,16 +275,17 @@ impl CommandThread {
         }
     }
 
-    /// Runs the waiting loads, up to [`PUBLISH_BATCH`] per pipeline (after
-    /// a reconnect every channel reloads at once).
+    /// Runs one pipeline of waiting loads, up to [`LOAD_BATCH`] (after a
+    /// reconnect every channel reloads at once; the loop runs the rest a
+    /// pipeline per turn, publishes between them).
     fn run_waiting_loads(&mut self) {
         let redis = self.redis.clone();
         let max = self.retention.max_events;
-        while !self.waiting_loads.is_empty() {
+        if !self.waiting_loads.is_empty() {
             let Some(con) = self.con.as_mut() else {
                 return;
             };
-            let n = self.waiting_loads.len().min(PUBLISH_BATCH);
+            let n = self.waiting_loads.len().min(LOAD_BATCH);
             let batch: Vec<_> = self.waiting_loads.drain(..n).collect();
             let mut pipe = redis::pipe();
             pipe.ignore_errors();

@@ -17,16 +17,15 @@
 
 pub mod command;
 pub mod pubsub;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
-
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::link::{Command, Redis};
+use crate::link::{Queues, Redis};
 use crate::mailbox::Mailbox;
 
 /// Where a Redis endpoint is, from a `redis://` URL. User name and
@@ -217,8 +216,9 @@ impl Retention {
 /// Everything the two threads are given.
 pub struct Parts {
     pub redis: Arc<Redis>,
-    /// The command queue the reactors fill through `redis`.
-    pub commands: Receiver<Command>,
+    /// The queues the reactors (publishes) and the pub/sub thread
+    /// (history loads) fill through `redis`.
+    pub queues: Queues,
     pub hub: Arc<Hub>,
     pub clock: Clock,
     /// Where publish answers go, by reactor.

@@ -301,7 +301,7 @@ impl Hub {
         self.stats.syncs.fetch_add(1, Ordering::Relaxed);
         for w in waiters {
             if let Some(outbox) = self.outboxes.get(w.reactor) {
-                outbox.retry(w);
+                outbox.retry(w, name.clone());
             }
         }
         true
@@ -323,7 +323,7 @@ impl Hub {
             if let Some(sync) = ch.sync.as_mut() {
                 sync.token = 0;
                 sync.held = Vec::new();
-                woken.append(&mut sync.waiters);
+                woken.extend(sync.waiters.drain(..).map(|w| (w, name.clone())));
             }
             if !ch.wanted() {
                 gone.push(name.clone());
@@ -334,9 +334,9 @@ impl Hub {
             inner.changed.insert(name);
         }
         drop(inner);
-        for w in woken {
+        for (w, name) in woken {
             if let Some(outbox) = self.outboxes.get(w.reactor) {
-                outbox.retry(w);
+                outbox.retry(w, name);
             }
         }
     }

@@ -21,7 +21,7 @@ impl Outbox for Recorder {
         true
     }
 
-    fn retry(&self, conn: ConnRef) -> bool {
+    fn retry(&self, conn: ConnRef, _channel: Arc<str>) -> bool {
         self.retried.lock().unwrap().push((conn.key, conn.gen));
         true
     }

@@ -284,7 +284,7 @@ impl Worker {
         for _ in 0..INBOX_BUDGET {
             match self.inbox.try_recv() {
                 Ok(Msg::Event(ev)) => self.deliver(&ev),
-                Ok(Msg::Retry(conn)) => self.retry_parked(conn.key, conn.gen),
+                Ok(Msg::Retry { conn, channel }) => self.retry_parked(conn, &channel),
                 Ok(Msg::Reset(channel)) => self.deliver_reset(&channel),
                 Ok(Msg::PublishReply { conn, reply }) => {
                     self.publish_answered(conn.key, conn.gen, reply)

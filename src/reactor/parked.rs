@@ -17,7 +17,7 @@ use super::{Parked, Waiting, Worker};
 use crate::api::answers::{publish_ok, redis_unavailable};
 use crate::conn::ConnState;
 use crate::link::{Command, Publish, Refused};
-use crate::mailbox::PublishReply;
+use crate::mailbox::{ConnRef, PublishReply};
 
 impl Worker {
     /// Holds a request until Redis answers (or `redis.wait_ms` passes).
@@ -82,7 +82,8 @@ impl Worker {
     }
 
     /// Channels that `(key, gen)` waited for have loaded, or cannot load.
-    pub(super) fn retry_parked(&mut self, key: usize, gen: u32) {
+    pub(super) fn retry_parked(&mut self, conn: ConnRef, channel: &Arc<str>) {
+        let (key, gen) = (conn.key, conn.gen);
         let now = self.now_ms();
         let Some(conn) = self.conns.get(key) else {
             return;
@@ -91,7 +92,7 @@ impl Worker {
             return;
         }
         if matches!(conn.state, ConnState::Ws(_)) {
-            return self.ws_retry(key);
+            return self.ws_retry_one(key, channel);
         }
         if !matches!(self.parked.get(&key), Some(p) if matches!(p.what, Waiting::Stream(_))) {
             return;

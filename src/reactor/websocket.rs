@@ -370,6 +370,24 @@ impl Worker {
         }
     }
 
+    /// `channel`, which this WebSocket waited for, has loaded (or cannot):
+    /// try that subscription again. One channel per wake-up, so a client
+    /// waiting on many channels costs O(its subscriptions) per load, not
+    /// O(waiting) retries each.
+    pub(super) fn ws_retry_one(&mut self, key: usize, channel: &Arc<str>) {
+        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+            return;
+        };
+        let Some(pos) = ws.waiting.iter().position(|(c, _)| c == channel) else {
+            return;
+        };
+        let (ch, since) = ws.waiting.remove(pos);
+        if let Err((code, message)) = self.ws_subscribe(key, ch.to_string(), since) {
+            WorkerStats::add(&self.stats().ws_command_errors, 1);
+            self.push_control(key, error_frame(code, &message));
+        }
+    }
+
     /// Heartbeat timer: close a silent client, else ping on schedule.
     pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
         let cfg = &self.shared.config.ws;

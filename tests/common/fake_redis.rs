@@ -47,6 +47,8 @@ struct Shared {
     opened: Mutex<Vec<Instant>>,
     closed: Mutex<Vec<Instant>>,
     next_sub: AtomicUsize,
+    /// Each history load takes this long to answer (ms).
+    load_delay_ms: AtomicUsize,
 }
 
 /// One pub/sub connection.
@@ -93,6 +95,12 @@ impl FakeRedis {
             sub.deaf.store(true, Ordering::Relaxed);
             *sub.flood.lock().unwrap() = Some(notify.to_string());
         }
+    }
+
+    /// Every history load from now on takes `ms` to answer (a Redis busy
+    /// with big streams).
+    pub fn slow_loads(&self, ms: usize) {
+        self.shared.load_delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Writes raw bytes on every pub/sub connection open now.
@@ -244,6 +252,10 @@ impl Shared {
             return array(&[bulk(id.as_bytes()), b":0\r\n".to_vec()]);
         }
         if sha.as_deref() == Some(&sha1_hex(LOAD_LUA.as_bytes())) {
+            let slow = self.load_delay_ms.load(Ordering::Relaxed);
+            if slow > 0 {
+                std::thread::park_timeout(Duration::from_millis(slow as u64));
+            }
             return array(&[bulk(b"0-0"), array(&[]), bulk(b"0-0")]);
         }
         b":0\r\n".to_vec()
