@@ -178,7 +178,11 @@ impl Redis {
         // to new channels cannot fill the one publishes wait in.
         let queue = match cmd {
             Command::Publish { .. } => &self.commands,
-            Command::Load { .. } => &self.loads,
+            // A load that finds no room waits with its sender (the pub/sub
+            // thread) and is offered again: nobody is refused.
+            Command::Load { .. } => {
+                return self.loads.try_send(cmd).map_err(|_| Refused::Busy);
+            }
         };
         match queue.try_send(cmd) {
             Ok(()) => Ok(()),
