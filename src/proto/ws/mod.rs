@@ -319,9 +319,10 @@ pub fn text(s: &str) -> Vec<u8> {
     encode_frame(OpCode::Text, s.as_bytes(), false)
 }
 
-/// A text frame compressed for a client that agreed to permessage-deflate.
-pub fn compressed_text(s: &str) -> Vec<u8> {
-    encode_frame(OpCode::Text, &deflate::compress(s.as_bytes()), true)
+/// A text frame compressed for a client that agreed to permessage-deflate
+/// with a `window`.
+pub fn compressed_text(s: &str, window: deflate::WindowBits) -> Vec<u8> {
+    encode_frame(OpCode::Text, &deflate::compress(s.as_bytes(), window), true)
 }
 
 /// A ping; the payload is cut to 125 bytes.
