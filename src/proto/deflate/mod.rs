@@ -84,9 +84,13 @@ impl WindowBits {
 thread_local! {
     // A zlib-rs compressor is a few hundred KiB (the hash table does not
     // shrink with the window): one per thread and window actually used,
-    // never per connection. Level 1: events are small JSON compressed once
-    // on the fan-out path, where speed counts more than the last few
-    // percent of ratio.
+    // never per connection. Level 2, not 1: zlib's level 1 only has fixed
+    // Huffman codes; on a 182-byte SSE event it sends 153 bytes in 1.5 µs
+    // against level 2's 136 bytes in 5 µs (what miniz's level 1 sent, in
+    // about 7 µs), and on 10 KiB of JSON level 2 is both smaller (2.3 KiB
+    // against 3.4) and faster (22 µs against 30). Narrow windows cost more:
+    // zlib slides its whole hash table every 2^N bytes (about 100 µs for
+    // those 10 KiB at 9 bits), once per event and window.
     static COMPRESSORS: RefCell<[Option<Compress>; WindowBits::COMPRESSORS]> =
         const { RefCell::new([None, None, None, None, None, None, None]) };
 }
@@ -111,7 +115,7 @@ pub fn compress(payload: &[u8], window: WindowBits) -> Vec<u8> {
     COMPRESSORS.with(|all| {
         let mut all = all.borrow_mut();
         let c = all[window.compressor_index()].get_or_insert_with(|| {
-            Compress::new_with_window_bits(Compression::fast(), false, window.compressor_bits())
+            Compress::new_with_window_bits(Compression::new(2), false, window.compressor_bits())
         });
         let mut out = full_flush(c, payload);
         if out.ends_with(&SYNC_TAIL) {
