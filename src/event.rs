@@ -1,13 +1,15 @@
 //! One published event, encoded once for every wire format it is sent in
-//! (SSE, WebSocket, and on first need permessage-deflate and gzip), so
-//! that fan-out queues the same shared bytes on every subscriber.
+//! (SSE, WebSocket, and on first need permessage-deflate, once per window
+//! size in use, and gzip), so that fan-out queues the same shared bytes on
+//! every subscriber.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use crate::proto::{deflate, gzip, ws};
+use crate::proto::deflate::{self, WindowBits};
+use crate::proto::{gzip, ws};
 
 /// One published event, encoded for every wire format it is sent in.
 #[derive(Debug)]
@@ -20,9 +22,9 @@ pub struct Event {
     pub ws: Bytes,
     /// Where the JSON starts in `ws` (after the frame header).
     ws_header_len: usize,
-    /// The permessage-deflate frame, made by the first subscriber that
-    /// needs it and shared by all the others.
-    ws_deflated: OnceLock<Bytes>,
+    /// The permessage-deflate frames, each made by the first subscriber
+    /// with its window that needs it and shared by all the others.
+    ws_deflated: DeflatedFrames,
     /// The SSE event as a flushed gzip chunk, made on first need.
     sse_gzip: OnceLock<Bytes>,
 }
@@ -48,7 +50,7 @@ impl Event {
             sse: Bytes::from(crate::proto::sse::event(id_text, "message", &json)),
             ws: Bytes::from(frame),
             ws_header_len: header_len,
-            ws_deflated: OnceLock::new(),
+            ws_deflated: DeflatedFrames::default(),
             sse_gzip: OnceLock::new(),
             channel,
         }
@@ -69,21 +71,59 @@ impl Event {
             .clone()
     }
 
-    /// The WebSocket frame for a client: compressed when it agreed to
-    /// permessage-deflate and the JSON is at least `min_bytes` long.
-    /// Compression happens at most once per event; `compressions` counts it.
-    pub fn ws_frame(&self, deflate: bool, min_bytes: usize, compressions: &AtomicU64) -> Bytes {
+    /// The WebSocket frame for a client: compressed with its window when
+    /// it agreed to permessage-deflate (`deflate` is `Some`) and the JSON is
+    /// at least `min_bytes` long. Compression happens at most once per event
+    /// and window; `compressions` counts it.
+    pub fn ws_frame(
+        &self,
+        deflate: Option<WindowBits>,
+        min_bytes: usize,
+        compressions: &AtomicU64,
+    ) -> Bytes {
         let json = &self.ws[self.ws_header_len..];
-        if !deflate || json.len() < min_bytes {
-            return self.ws.clone();
+        match deflate {
+            Some(window) if json.len() >= min_bytes => {
+                self.ws_deflated.frame(json, window, compressions)
+            }
+            _ => self.ws.clone(),
         }
-        self.ws_deflated
-            .get_or_init(|| {
-                compressions.fetch_add(1, Ordering::Relaxed);
-                let packed = deflate::compress(json);
-                Bytes::from(ws::encode_frame(ws::OpCode::Text, &packed, true))
-            })
-            .clone()
+    }
+}
+
+/// One message's permessage-deflate text frames, one per compressor window
+/// (see [`WindowBits::compressor_bits`]), each compressed on first need.
+/// The 15-bit frame (every browser's) is inline; the narrower ones, which
+/// few clients ask for, cost one pointer until one is needed.
+#[derive(Debug, Default)]
+pub struct DeflatedFrames {
+    full: OnceLock<Bytes>,
+    narrow: OnceLock<Box<[OnceLock<Bytes>; WindowBits::COMPRESSORS - 1]>>,
+}
+
+impl DeflatedFrames {
+    /// The frame of `payload` compressed with `window`, compressing it
+    /// (and counting that in `compressions`) only the first time.
+    pub fn frame(&self, payload: &[u8], window: WindowBits, compressions: &AtomicU64) -> Bytes {
+        let index = window.compressor_index();
+        let slot = match self.narrow_slots(index) {
+            Some(slot) => slot,
+            None => &self.full,
+        };
+        slot.get_or_init(|| {
+            compressions.fetch_add(1, Ordering::Relaxed);
+            let packed = deflate::compress(payload, window);
+            Bytes::from(ws::encode_frame(ws::OpCode::Text, &packed, true))
+        })
+        .clone()
+    }
+
+    /// The slot of a narrow window's compressor; `None` for 15 bits.
+    fn narrow_slots(&self, index: usize) -> Option<&OnceLock<Bytes>> {
+        if index + 1 >= WindowBits::COMPRESSORS {
+            return None;
+        }
+        self.narrow.get_or_init(Default::default).get(index)
     }
 }
 
@@ -115,15 +155,50 @@ mod tests {
         let big = format!("\"{}\"", "abc".repeat(200));
         let ev = Event::new(1, Arc::from("c"), &big);
         let count = AtomicU64::new(0);
-        let a = ev.ws_frame(true, 256, &count);
-        let b = ev.ws_frame(true, 256, &count);
+        let full = Some(WindowBits::MAX);
+        let a = ev.ws_frame(full, 256, &count);
+        let b = ev.ws_frame(full, 256, &count);
         assert_eq!(count.load(Ordering::Relaxed), 1);
         assert_eq!(a, b);
         assert_eq!(a[0], 0xc1, "FIN + RSV1 + text");
         assert!(a.len() < ev.ws.len());
-        assert_eq!(ev.ws_frame(false, 256, &count), ev.ws);
+        assert!(ev.ws_deflated.narrow.get().is_none(), "no narrow slots yet");
+        assert_eq!(ev.ws_frame(None, 256, &count), ev.ws);
         let small = Event::new(2, Arc::from("c"), "1");
-        assert_eq!(small.ws_frame(true, 256, &count), small.ws);
+        assert_eq!(small.ws_frame(full, 256, &count), small.ws);
         assert_eq!(count.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn one_compression_per_event_and_window_in_use() {
+        let ev = Event::new(1, Arc::from("c"), &format!("\"{}\"", "abc".repeat(200)));
+        let count = AtomicU64::new(0);
+        let bits = |b| WindowBits::new(b);
+        // Many subscribers with a 10-bit window: compressed once.
+        let ten: Vec<Bytes> = (0..100).map(|_| ev.ws_frame(bits(10), 0, &count)).collect();
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        assert!(ten.iter().all(|f| f == &ten[0]));
+        // One compression more for each other window; 8 and 9 are one.
+        // (subscribers, window, compressions so far)
+        let table = [
+            (50, 15, 2),
+            (50, 10, 2),
+            (10, 9, 3),
+            (10, 8, 3),
+            (5, 12, 4),
+            (5, 15, 4),
+        ];
+        for (subscribers, b, total) in table {
+            for _ in 0..subscribers {
+                let frame = ev.ws_frame(bits(b), 0, &count);
+                assert_eq!(frame[0], 0xc1, "FIN + RSV1 + text");
+            }
+            assert_eq!(count.load(Ordering::Relaxed), total, "window {b}");
+        }
+        // The frames are the compressor's bytes for each window.
+        let packed = deflate::compress(ev.json(), WindowBits::new(8).expect("valid"));
+        let nine = ev.ws_frame(bits(9), 0, &count);
+        assert!(nine.ends_with(&packed));
+        assert_eq!(ev.ws_frame(bits(8), 0, &count), nine);
     }
 }

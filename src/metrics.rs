@@ -257,7 +257,7 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
         (
             "redix_ws_compressions_total",
             "counter",
-            "Events compressed for permessage-deflate (once per event).",
+            "Events compressed for permessage-deflate (once per event and window size).",
             p.ws_compressions,
         ),
         (

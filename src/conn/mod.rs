@@ -18,6 +18,7 @@ use mio::net::TcpStream;
 
 use crate::event::Event;
 use crate::limits::{Bucket, IpKey};
+use crate::proto::deflate::WindowBits;
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
 use io::IoStatus;
@@ -164,9 +165,10 @@ pub struct Ws {
 }
 
 impl Ws {
-    /// The client agreed to permessage-deflate.
-    pub fn deflate(&self) -> bool {
-        self.rx.deflate().is_some()
+    /// The window to compress this client's messages with, when it agreed
+    /// to permessage-deflate.
+    pub fn deflate(&self) -> Option<WindowBits> {
+        self.rx.deflate().map(|a| a.server_window())
     }
 }
 

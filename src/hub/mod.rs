@@ -208,7 +208,8 @@ pub struct HubStats {
     pub inbox_drops: AtomicU64,
     /// Events kept out of history because the channel cap was reached.
     pub untracked: AtomicU64,
-    /// Events compressed for permessage-deflate subscribers (once each).
+    /// Events (and batch frames) compressed for permessage-deflate
+    /// subscribers: once each per compressor window in use.
     pub ws_compressions: AtomicU64,
     /// Events compressed for gzip SSE subscribers (once each).
     pub sse_gzip_compressions: AtomicU64,

@@ -17,7 +17,7 @@ const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
 
 /// One self-contained, flushed chunk of `payload`.
 pub fn chunk(payload: &[u8]) -> Vec<u8> {
-    let mut out = deflate::compress(payload);
+    let mut out = deflate::compress(payload, deflate::WindowBits::MAX);
     out.extend_from_slice(&SYNC_TAIL);
     out
 }

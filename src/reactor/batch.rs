@@ -5,10 +5,11 @@
 //!   `batch.max_events` are queued), so the events of a window leave in
 //!   one write. The events themselves are the shared per-event bytes.
 //! - WebSocket: per reactor and channel, the events of a window become one
-//!   `{"type":"batch","events":[…]}` frame, built (and compressed) once and
-//!   queued on every batching subscriber of the channel. A window's frame
-//!   goes out early when it reaches `batch.max_events` or a quarter of
-//!   `queue.max_bytes`, so it always fits a queue. A subscriber that
+//!   `{"type":"batch","events":[…]}` frame, built once (and compressed
+//!   once per deflate window in use) and queued on every batching
+//!   subscriber of the channel. A window's frame goes out early when it
+//!   reaches `batch.max_events` or a quarter of `queue.max_bytes`, so it
+//!   always fits a queue. A subscriber that
 //!   joined in the middle of a window (its replay already holds the first
 //!   events) gets the rest one by one instead.
 
@@ -20,8 +21,9 @@ use bytes::Bytes;
 use super::timer::TimerKind;
 use super::{Fanout, Worker};
 use crate::conn::ConnState;
-use crate::event::Event;
-use crate::proto::{deflate, ws};
+use crate::event::{DeflatedFrames, Event};
+use crate::proto::deflate::WindowBits;
+use crate::proto::ws;
 
 /// The events of one channel collected in the open window.
 #[derive(Default)]
@@ -35,7 +37,7 @@ pub(super) struct Pending {
 struct BatchFrames {
     json: Vec<u8>,
     plain: Bytes,
-    deflated: Option<Bytes>,
+    deflated: DeflatedFrames,
 }
 
 impl BatchFrames {
@@ -54,21 +56,23 @@ impl BatchFrames {
         BatchFrames {
             json,
             plain,
-            deflated: None,
+            deflated: DeflatedFrames::default(),
         }
     }
 
-    fn frame(&mut self, deflate: bool, min_bytes: usize, compressions: &AtomicU64) -> Bytes {
-        if !deflate || self.json.len() < min_bytes {
-            return self.plain.clone();
+    /// The batch frame for a client with `deflate`'s window (or none).
+    fn frame(
+        &self,
+        deflate: Option<WindowBits>,
+        min_bytes: usize,
+        compressions: &AtomicU64,
+    ) -> Bytes {
+        match deflate {
+            Some(window) if self.json.len() >= min_bytes => {
+                self.deflated.frame(&self.json, window, compressions)
+            }
+            _ => self.plain.clone(),
         }
-        self.deflated
-            .get_or_insert_with(|| {
-                compressions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let packed = deflate::compress(&self.json);
-                Bytes::from(ws::encode_frame(ws::OpCode::Text, &packed, true))
-            })
-            .clone()
     }
 }
 
@@ -123,7 +127,7 @@ impl Worker {
             stats: &self.shared.stats[self.id],
             too_slow: Vec::new(),
         };
-        let mut frames = BatchFrames::new(&events);
+        let frames = BatchFrames::new(&events);
         for &key in subs {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -185,6 +189,37 @@ impl Worker {
                 sse.hold_until = None;
                 false
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn a_batch_is_compressed_once_per_window_in_use() {
+        let events: Vec<Arc<Event>> = (1..=20)
+            .map(|id| Arc::new(Event::new(id, Arc::from("c"), r#"{"s":"AAPL","p":189.5}"#)))
+            .collect();
+        let frames = BatchFrames::new(&events);
+        let count = AtomicU64::new(0);
+        let bits = WindowBits::new;
+        // (subscribers, window or none, compressions so far)
+        let table = [
+            (100, bits(10), 1),
+            (100, bits(15), 2),
+            (10, None, 2),
+            (10, bits(8), 3),
+        ];
+        for (subscribers, window, total) in table {
+            let got: Vec<Bytes> = (0..subscribers)
+                .map(|_| frames.frame(window, 64, &count))
+                .collect();
+            assert!(got.iter().all(|f| f == &got[0]), "one frame for all");
+            assert_eq!(got[0] == frames.plain, window.is_none(), "{window:?}");
+            assert_eq!(count.load(Ordering::Relaxed), total, "{window:?}");
         }
     }
 }

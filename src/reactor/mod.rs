@@ -405,7 +405,8 @@ impl Worker {
 }
 
 /// What encoding an event for a subscriber needs: compression settings
-/// and the counters of compressions (each event is compressed once).
+/// and the counters of compressions (each event is compressed once per
+/// wire variant: gzip, and each deflate window in use).
 struct Encoding<'a> {
     deflate_min: usize,
     ws_compressions: &'a AtomicU64,

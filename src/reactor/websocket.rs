@@ -162,8 +162,8 @@ impl Worker {
                 return false;
             }
             Message::Text(text) if echo => Bytes::from(match deflate {
-                true => ws::compressed_text(&text),
-                false => ws::text(&text),
+                Some(window) => ws::compressed_text(&text, window),
+                None => ws::text(&text),
             }),
             Message::Binary(data) if echo => {
                 Bytes::from(ws::encode_frame(OpCode::Binary, &data, false))

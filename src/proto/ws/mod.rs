@@ -9,11 +9,10 @@
 //!   text is validated as its bytes arrive ([`Reassembler::decode`] consumes
 //!   partial frames), so invalid input fails fast, not at the end of a frame
 //!   or message (Autobahn 6.4.x).
-//! - An idle [`Reassembler`] is 72 bytes and owns no heap memory: message
-//!   bytes are moved out with the finished message, and an inflater exists
-//!   only while a compressed message is inflated. The one exception is a
-//!   client that keeps its deflate context: then the tail of what it sent
-//!   (at most its window) is kept for the next message (see `deflate`).
+//! - An idle [`Reassembler`] is at most 72 bytes and owns no heap memory:
+//!   message bytes are moved out with the finished message, and an
+//!   inflater exists only while a compressed message is inflated (every
+//!   client agrees to `client_no_context_takeover`, see `deflate`).
 //! - Server frames are never masked; client frames must be.
 
 use std::fmt;
@@ -319,9 +318,10 @@ pub fn text(s: &str) -> Vec<u8> {
     encode_frame(OpCode::Text, s.as_bytes(), false)
 }
 
-/// A text frame compressed for a client that agreed to permessage-deflate.
-pub fn compressed_text(s: &str) -> Vec<u8> {
-    encode_frame(OpCode::Text, &deflate::compress(s.as_bytes()), true)
+/// A text frame compressed for a client that agreed to permessage-deflate
+/// with a `window`.
+pub fn compressed_text(s: &str, window: deflate::WindowBits) -> Vec<u8> {
+    encode_frame(OpCode::Text, &deflate::compress(s.as_bytes(), window), true)
 }
 
 /// A ping; the payload is cut to 125 bytes.

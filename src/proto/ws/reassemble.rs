@@ -5,22 +5,19 @@
 use std::mem;
 
 use super::{control_message, parse_header, unmask, FrameHeader, Message, OpCode, WsError};
-use crate::proto::deflate::{Agreement, InflateError, Inflater};
+use crate::proto::deflate::{self, Agreement, InflateError};
 
 /// Per-connection receive state: frames in, whole messages out.
 ///
 /// Drive it with [`decode`](Self::decode) on the read buffer (frames may be
 /// split anywhere), or frame by frame with [`push`](Self::push). After an
 /// error or a `Close` message, stop feeding it. Idle it is a few dozen
-/// bytes and owns no heap memory unless the client keeps its deflate
-/// context, in which case it owns that history (at most the client's window).
+/// bytes and owns no heap memory: compressed messages are inflated whole,
+/// each by its own inflater (the client keeps no deflate context).
 #[derive(Debug)]
 pub struct Reassembler {
     /// The data message so far (compressed bytes when `compressed`).
     pub(super) buf: Vec<u8>,
-    /// Created on the first compressed message; kept only while the client
-    /// takes over context.
-    pub(super) inflater: Option<Box<Inflater>>,
     max_message: usize,
     /// Payload bytes of the current data frame not yet seen.
     remaining: u64,
@@ -50,7 +47,6 @@ impl Reassembler {
     pub fn new(max_message: usize, deflate: Option<Agreement>) -> Self {
         Reassembler {
             buf: Vec::new(),
-            inflater: None,
             max_message,
             remaining: 0,
             utf8_checked: 0,
@@ -217,19 +213,12 @@ impl Reassembler {
         }))
     }
 
-    fn inflate(&mut self, compressed: &[u8]) -> Result<Vec<u8>, WsError> {
+    fn inflate(&self, compressed: &[u8]) -> Result<Vec<u8>, WsError> {
         // parse_header only lets RSV1 through when deflate was agreed.
-        let agreement = self
-            .deflate
-            .ok_or(WsError::protocol("RSV1 without permessage-deflate"))?;
-        let inflater = self
-            .inflater
-            .get_or_insert_with(|| Box::new(Inflater::new(&agreement)));
-        let out = inflater.inflate(compressed, self.max_message);
-        if agreement.client_no_context_takeover {
-            self.inflater = None;
+        if self.deflate.is_none() {
+            return Err(WsError::protocol("RSV1 without permessage-deflate"));
         }
-        out.map_err(|e| match e {
+        deflate::inflate(compressed, self.max_message).map_err(|e| match e {
             InflateError::TooBig => WsError::too_big("message over the limit"),
             InflateError::Corrupt => WsError::invalid("invalid deflate data"),
         })
