@@ -50,11 +50,8 @@ pub fn churning_sse(addrs: &[SocketAddr], i: usize, chans: &[&str]) -> Vec<(Stri
             let Some(ev) = c.next_message() else { break };
             assert_eq!(ev.event.as_deref(), Some("message"), "client {i}: {ev:?}");
             let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
-            let id = ev.id.expect("id");
-            got.push((v["channel"].as_str().unwrap().to_string(), id));
             budget -= 1;
-            ended += usize::from(v["data"]["end"] == true);
-            if ended == chans.len() {
+            if record(&mut got, &v, ev.id.expect("id"), &mut ended, chans) {
                 return got;
             }
         }
@@ -62,6 +59,19 @@ pub fn churning_sse(addrs: &[SocketAddr], i: usize, chans: &[&str]) -> Vec<(Stri
             c.abort();
         }
     }
+}
+
+/// Notes a delivered message; true once every channel's end event came.
+fn record(
+    got: &mut Vec<(String, String)>,
+    message: &serde_json::Value,
+    id: String,
+    ended: &mut usize,
+    chans: &[&str],
+) -> bool {
+    got.push((message["channel"].as_str().unwrap().to_string(), id));
+    *ended += usize::from(message["data"]["end"] == true);
+    *ended == chans.len()
 }
 
 /// A WebSocket client that churns the same way, resuming each channel from
@@ -95,11 +105,9 @@ pub fn churning_ws(addrs: &[SocketAddr], i: usize, chans: &[&str]) -> Vec<(Strin
                 Some("message") => {}
                 other => panic!("client {i}: unexpected {other:?}: {v}"),
             }
-            let id = v["id"].as_str().unwrap().to_string();
-            got.push((v["channel"].as_str().unwrap().to_string(), id));
             budget -= 1;
-            ended += usize::from(v["data"]["end"] == true);
-            if ended == chans.len() {
+            let id = v["id"].as_str().unwrap().to_string();
+            if record(&mut got, &v, id, &mut ended, chans) {
                 return got;
             }
         }
