@@ -231,3 +231,79 @@ fn a_flood_of_new_channels_does_not_starve_publishes_in_redis_mode() {
         .collect();
     assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
 }
+
+/// A seeded mix of what a hostile peer might pipeline: requests of every
+/// kind (the expensive `/metrics/prom`, upgrades, streams, publishes),
+/// half-sent heads, WebSocket frames and raw garbage.
+fn hostile_stream(rng: &mut Rng, len: usize, valid_only: bool) -> Vec<u8> {
+    let pieces: [&[u8]; 8] = [
+        b"GET /metrics/prom HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /api/stream?channels=h HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        b"\x89\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58",
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 24\r\n\r\n{\"channel\":\"h\",\"data\":1}",
+        b"GET /healthz HTTP/1.1\r\nX-Pad: ",
+        b"\x00\xff\r\n\r\nGARBAGE",
+    ];
+    // Requests that keep a connection in plain HTTP, for peers that
+    // should stay pipelining until the server stops reading them.
+    const VALID: [usize; 3] = [0, 1, 5];
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let i = match valid_only {
+            true => VALID[rng.below(VALID.len() as u64) as usize],
+            false => rng.below(pieces.len() as u64) as usize,
+        };
+        out.extend_from_slice(pieces[i]);
+    }
+    out
+}
+
+/// The connection-level harness of the hardening review: 40 peers pipeline
+/// seeded hostile byte streams (half of them only valid requests, so they
+/// pipeline until the server stops reading them) and never read. Memory, timers and the
+/// reactors stay bounded: each connection holds at most its read buffer
+/// and `queue.max_bytes` of answers, the read budget is what takes their
+/// bytes, and a subscriber keeps getting its events throughout.
+#[test]
+fn hostile_pipelined_streams_that_are_never_read_stay_bounded() {
+    let server = Server::start(&["--set", "limits.write_timeout_ms=2000"]);
+    let mut sse = SseClient::connect(server.addr, "calm");
+    let rss_before = server.rss_kib();
+    let peers: Vec<std::thread::JoinHandle<Option<TcpStream>>> = (0..40u64)
+        .map(|i| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x5eed_0000 + i);
+                let bytes = hostile_stream(&mut rng, 256 * 1024, i % 2 == 0);
+                let s = TcpStream::connect(addr).ok()?;
+                let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
+                let _ = (&s).write_all(&bytes);
+                // Never read: the socket goes back to the test, open.
+                Some(s)
+            })
+        })
+        .collect();
+    let held: Vec<TcpStream> = peers.into_iter().filter_map(|p| p.join().ok()?).collect();
+    for n in 0..10 {
+        let id = publish(server.addr, "calm", &n.to_string());
+        let got = sse.next_message().expect("an event");
+        assert_eq!(got.id, Some(id.to_string()));
+    }
+    let grown = server.rss_kib().saturating_sub(rss_before);
+    // 40 × (72 KiB of read buffer + 256 KiB of answers) = 13 MiB at most.
+    assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+    let entries = metric(server.addr, "redix_timer_entries");
+    assert!(
+        entries <= 4.0 * 42.0,
+        "{entries} timer entries for 42 connections"
+    );
+    assert!(metric(server.addr, "redix_reads_deferred_total") >= 1.0);
+    assert_eq!(get(server.addr, "/readyz").0, 200);
+    // Peers that never read are ended by the write deadline.
+    wait_until("the write deadline", || {
+        metric(server.addr, "redix_write_timeouts_total") >= 1.0
+    });
+    drop(held);
+}
