@@ -40,8 +40,10 @@ pub struct RespError(pub String);
 const MAX_ARRAY: usize = 1 << 20;
 /// Nesting of arrays, at most (pub/sub replies nest none).
 const MAX_DEPTH: usize = 4;
-/// Length of a line (type byte, number, CRLF), at most.
+/// Length of a line (type byte, number, CR), at most.
 const MAX_LINE: usize = 32;
+/// Length of an error or simple-string line (with its CR), at most.
+const MAX_STATUS_LINE: usize = 64 * 1024;
 
 /// Encodes a command as an array of bulk strings.
 pub fn command(args: &[&[u8]]) -> Vec<u8> {
@@ -130,16 +132,22 @@ fn value(
 }
 
 /// The line at `pos` without its CRLF; `None` while incomplete.
+///
+/// A line is refused for its length the same way whether it arrived whole
+/// or in pieces: too long once it (with its CR, if that came) passes the
+/// limit, so how reads split a stream never changes the outcome.
 fn line(buf: &[u8], pos: usize) -> Result<Option<&[u8]>, RespError> {
     let rest = &buf[pos.min(buf.len())..];
+    // Errors and simple strings may be longer than a length line.
+    let (max, what) = match rest.first() {
+        Some(b'+' | b'-') => (MAX_STATUS_LINE, "status line too long"),
+        _ => (MAX_LINE, "length line too long"),
+    };
     match rest.windows(2).position(|w| w == b"\r\n") {
         Some(0) => Err(RespError("empty line".into())),
-        // Errors and simple strings may be longer than a length line.
+        Some(end) if end + 1 > max => Err(RespError(what.into())),
         Some(end) => Ok(Some(&rest[..end])),
-        None if rest.len() > MAX_LINE && !matches!(rest.first(), Some(b'+' | b'-')) => {
-            Err(RespError("length line too long".into()))
-        }
-        None if rest.len() > 64 * 1024 => Err(RespError("status line too long".into())),
+        None if rest.len() > max => Err(RespError(what.into())),
         None => Ok(None),
     }
 }
@@ -205,5 +213,26 @@ mod tests {
         assert!(parse(b":12x\r\n", 8).is_err());
         assert!(parse(&[b'$'; 40], 8).is_err(), "endless length line");
         assert!(parse(b"\r\n", 8).is_err());
+    }
+
+    /// Found by the `resp` fuzz target: a long length line was accepted
+    /// whole but refused when it arrived in pieces.
+    #[test]
+    fn a_long_line_is_refused_however_it_arrives() {
+        let mut long = b"$".to_vec();
+        long.extend_from_slice(&[b'0'; 40]);
+        long.extend_from_slice(b"1\r\nx\r\n");
+        for cut in 1..=long.len() {
+            let got = parse(&long[..cut], 8);
+            assert!(got.is_err() || got == Ok(None), "{cut}: {got:?}");
+        }
+        assert!(parse(&long, 8).is_err());
+        // At the limit it still parses; one more byte and it is refused.
+        let at_limit = format!("${}1\r\nx\r\n", "0".repeat(MAX_LINE - 3));
+        assert!(parse(at_limit.as_bytes(), 8).is_ok());
+        let over = format!("${}1\r\nx\r\n", "0".repeat(MAX_LINE - 2));
+        assert!(parse(over.as_bytes(), 8).is_err());
+        let status = format!("+{}\r\n", "s".repeat(MAX_STATUS_LINE));
+        assert!(parse(status.as_bytes(), 8).is_err());
     }
 }
