@@ -11,14 +11,16 @@
 //!  publish ──►├─► Hub (Arc, one Mutex): ids, history, dedupe; encodes each event once
 //!  (embedded) │   └─► hands the same Arc<Event> to every reactor with subscribers (Outbox)
 //!             │
-//!  Redis mode ├─► link::Redis.submit(Command) ── bounded queue, try_send ──► command thread
-//!             │      publishes (EVALSHA, pipelined), history loads, readiness canary
+//!  Redis mode ├─► link::Redis.submit(Command) ── bounded queues, try_send ──► command thread
+//!             │      (publishes; history loads apart)   publishes (EVALSHA, pipelined), one
+//!             │                                         pipeline of loads a turn, the canary
 //!             │      └─► Msg::PublishReply to the reactor that asked
 //!             │   pub/sub thread: SUBSCRIBEs the hub's wanted channels ◄── reader thread
 //!             │      (socket → 64 MiB bounded chunk queue) ─► Hub.receive ─► reactors
 //!             │
 //!  signals ───┴─► signal thread: SIGTERM drains (Health flag + wake every Mailbox), SIGHUP reloads
 //!  watchdog thread: pings systemd while every reactor's Health stamp is fresh
+//!  sampler thread: counts the process's fds once a second for /metrics/prom
 //!
 //!  to come: the market bridge (one upstream WebSocket, a Command queue like Redis's and
 //!  Hub.receive for `trades:*`) and the job workers (results as hub events) attach at the
@@ -35,11 +37,14 @@
 //!   threads may block on their own sockets; they hand work to reactors
 //!   with `try_send` and count what a full inbox refuses.
 //! - **What is bounded where**: each reactor's inbox ([`mailbox::INBOX_CAPACITY`]),
-//!   each connection's write queue (`queue.max_events`/`max_bytes`, control
-//!   replies with their own budget), request heads and bodies
-//!   (`limits.*`), history (`history.*`), the Redis command queue
-//!   (`redis.queue`) and pub/sub backlog (64 MiB), the timer wheel (one live
-//!   entry per kind per connection).
+//!   each connection's write queue (`queue.max_events`/`max_bytes`; a plain
+//!   HTTP connection stops being read while its unread answers exceed it),
+//!   what one connection is read per turn (64 KiB), how long queued bytes
+//!   may make no progress (`limits.write_timeout_ms`), request heads and
+//!   bodies and idle keep-alives (`limits.*`), connections per IP (HTTP,
+//!   SSE, WebSocket) and new channels per IP, history (`history.*`, with a
+//!   global byte cap), the Redis queues (`redis.queue` each) and pub/sub
+//!   backlog (64 MiB), the timer wheel (a few live entries per connection).
 //! - **Layers**: `proto` (bytes ↔ messages) and `hub` never import `mio`,
 //!   `std::net` or the clock; `event`, `mailbox`, `clock` are leaves below
 //!   the hub; `bridge` and `hub` import nothing from `reactor`; `state`
