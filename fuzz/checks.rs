@@ -15,8 +15,11 @@ use redix::proto::deflate::{self, Agreement};
 use redix::proto::ws::{self, Message, Reassembler, WsError};
 use redix::proto::{http, resp};
 
+/// A check: panics when a property fails for these bytes.
+pub type Check = fn(&[u8]);
+
 /// Every target: its corpus directory name under `fuzz/corpus/` and its check.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Check); 4] = [
     ("http_head", http_head),
     ("ws_frames", ws_frames),
     ("cursor_ws_json", cursor_ws_json),
