@@ -122,6 +122,19 @@ pub enum Refused {
     Busy,
 }
 
+/// The market link's state, read by the metrics.
+#[derive(Debug, Default)]
+pub struct MarketLink {
+    pub up: AtomicBool,
+    pub reconnects: AtomicU64,
+    /// Trades received from the upstream.
+    pub trades: AtomicU64,
+    /// Symbols subscribed upstream now.
+    pub symbols: AtomicU64,
+    /// Symbols wanted but refused (over the plan's limit).
+    pub refused: AtomicU64,
+}
+
 /// The command thread's ends of the two queues.
 pub struct Queues {
     /// Publishes, from the reactors.

@@ -52,6 +52,12 @@ pub enum Msg {
     Retry { conn: ConnRef, channel: Arc<str> },
     /// Events of the channel were lost upstream: tell its subscribers.
     Reset(Arc<str>),
+    /// Something went wrong upstream of the channel: tell its subscribers.
+    ChannelError {
+        channel: Arc<str>,
+        code: &'static str,
+        message: Arc<str>,
+    },
     /// The answer to a publish the connection handed to the Redis bridge.
     PublishReply { conn: ConnRef, reply: PublishReply },
 }
@@ -67,6 +73,8 @@ pub trait Outbox: Send + Sync {
     /// Events of `channel` were lost before this node could deliver them
     /// (Redis mode): its subscribers get a reset, in order with events.
     fn reset(&self, channel: Arc<str>) -> bool;
+    /// Something went wrong upstream of `channel` (the market link).
+    fn error(&self, channel: Arc<str>, code: &'static str, message: Arc<str>) -> bool;
 }
 
 /// The sending side of one reactor's inbox.
@@ -128,5 +136,13 @@ impl Outbox for Mailbox {
 
     fn reset(&self, channel: Arc<str>) -> bool {
         self.send(Msg::Reset(channel))
+    }
+
+    fn error(&self, channel: Arc<str>, code: &'static str, message: Arc<str>) -> bool {
+        self.send(Msg::ChannelError {
+            channel,
+            code,
+            message,
+        })
     }
 }

@@ -326,6 +326,28 @@ pub fn render_redis(out: &mut String, r: &RedisFigures) {
     write_singles(out, &metrics);
 }
 
+/// The market link, with `market.url`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MarketFigures {
+    pub up: bool,
+    pub reconnects: u64,
+    pub trades: u64,
+    pub symbols: u64,
+    pub refused: u64,
+}
+
+#[rustfmt::skip]
+pub fn render_market(out: &mut String, m: &MarketFigures) {
+    let metrics: [(&str, &str, &str, u64); 5] = [
+        ("redix_market_up", "gauge", "1 while the market upstream connection is up.", u64::from(m.up)),
+        ("redix_market_reconnects_total", "counter", "Market upstream connections lost (or refused) and tried again.", m.reconnects),
+        ("redix_market_trades_total", "counter", "Trades received from the market upstream.", m.trades),
+        ("redix_market_symbols", "gauge", "Symbols subscribed upstream (one per symbol, whatever the clients).", m.symbols),
+        ("redix_market_refused_symbols", "gauge", "Symbols wanted but over the upstream plan's limit.", m.refused),
+    ];
+    write_singles(out, &metrics);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use crate::hub::{Hub, HubConfig, MAX_REACTORS};
 use crate::limits::{connection_cap, raise_nofile_limit};
 use crate::link::Redis;
 use crate::mailbox::{Mailbox, Msg, Outbox};
+use crate::market;
 use crate::reactor::{Worker, WAKER};
 use crate::state::{Shared, Sizing};
 
@@ -256,6 +257,14 @@ pub fn run(
             clock,
             mailboxes: mailboxes.clone(),
             retention: Retention::of(&shared.config),
+        })?;
+    }
+    if let Some(link) = &shared.market {
+        market::upstream::start(market::upstream::Upstream {
+            config: shared.config.market.clone(),
+            hub: shared.hub.clone(),
+            clock,
+            link: link.clone(),
         })?;
     }
     let stop = {

@@ -16,7 +16,7 @@ use crate::diag::{self, Owned};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::limits::{IpLimiter, RateLimiter};
-use crate::link::Redis;
+use crate::link::{MarketLink, Redis};
 use crate::metrics::WorkerStats;
 
 pub struct Shared {
@@ -30,6 +30,8 @@ pub struct Shared {
     pub stats: Box<[WorkerStats]>,
     /// Redis mode: the link to the bridge threads.
     pub redis: Option<Arc<Redis>>,
+    /// With `market.url`: the market link's state.
+    pub market: Option<Arc<MarketLink>>,
 }
 
 /// API keys and per-client limits; SIGHUP replaces keys and limits.
@@ -144,6 +146,10 @@ impl Shared {
         sizing: Sizing,
         redis: Option<Arc<Redis>>,
     ) -> Arc<Shared> {
+        let market = config
+            .market
+            .enabled()
+            .then(|| Arc::new(MarketLink::default()));
         Arc::new(Shared {
             access: Access::new(&config),
             fds: FdBook {
@@ -162,6 +168,7 @@ impl Shared {
                 .map(|_| WorkerStats::default())
                 .collect(),
             redis,
+            market,
         })
     }
 

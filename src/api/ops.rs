@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::answers::{json_ok, unavailable, Reject};
 use super::{Action, Ctx};
 use crate::health::STUCK_AFTER_MS;
-use crate::metrics::{self, ProcessFigures, RedisFigures};
+use crate::metrics::{self, MarketFigures, ProcessFigures, RedisFigures};
 use crate::proto::http::{self, Head};
 use crate::state::Shared;
 
@@ -98,6 +98,16 @@ pub fn render_metrics(shared: &Shared) -> String {
             data_losses: get(&l.data_losses),
         };
         metrics::render_redis(&mut text, &r);
+    }
+    if let Some(m) = &shared.market {
+        let figures = MarketFigures {
+            up: m.up.load(Ordering::Relaxed),
+            reconnects: get(&m.reconnects),
+            trades: get(&m.trades),
+            symbols: get(&m.symbols),
+            refused: get(&m.refused),
+        };
+        metrics::render_market(&mut text, &figures);
     }
     text
 }

@@ -92,6 +92,13 @@ pub fn error_frame(code: &str, message: &str) -> Bytes {
     json_frame(serde_json::json!({ "type": "error", "code": code, "message": message }))
 }
 
+/// An error about a channel's upstream, sent to its subscribers.
+pub fn channel_error_frame(channel: &str, code: &str, message: &str) -> Bytes {
+    json_frame(serde_json::json!({
+        "type": "error", "code": code, "message": message, "channel": channel,
+    }))
+}
+
 pub fn pong_frame() -> Bytes {
     json_frame(serde_json::json!({"type": "pong"}))
 }

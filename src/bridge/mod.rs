@@ -150,6 +150,22 @@ impl Backoff {
 
     /// The next wait: between half and all of the current step, which
     /// then doubles up to the cap.
+    /// The next wait with full jitter: anywhere from nothing to the
+    /// current step, which then doubles up to the cap (a fleet that lost
+    /// its upstream at once comes back spread over the whole step).
+    pub fn next_wait_full(&mut self) -> Duration {
+        let step = self.next_ms;
+        self.next_ms = (step * 2).min(self.max_ms);
+        Duration::from_millis(self.random() % (step + 1))
+    }
+
+    fn random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
     pub fn next_wait(&mut self) -> Duration {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;

@@ -51,6 +51,15 @@ pub const DEFAULT_NEW_CHANNEL_BURST: u32 = 200;
 /// and at once.
 pub const DEFAULT_WS_SUBSCRIBES_PER_MIN: u32 = 600;
 pub const DEFAULT_WS_SUBSCRIBE_BURST: u32 = 128;
+/// Market: a symbol nobody asks for is unsubscribed upstream after this.
+pub const DEFAULT_MARKET_LINGER_MS: u64 = 30_000;
+/// Market: no upstream message for this long means the link is dead.
+pub const DEFAULT_MARKET_SILENCE_MS: u64 = 90_000;
+/// Market: symbols per upstream connection (Finnhub's free plan).
+pub const DEFAULT_MARKET_MAX_SYMBOLS: usize = 50;
+/// Market: reconnect backoff (full jitter) from this, doubling up to the cap.
+pub const DEFAULT_MARKET_BACKOFF_MIN_MS: u64 = 100;
+pub const DEFAULT_MARKET_BACKOFF_MAX_MS: u64 = 30_000;
 /// Largest request head (request line + headers); larger gets 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Largest request body; larger gets 413.
@@ -143,6 +152,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub debug: DebugConfig,
     pub redis: RedisConfig,
+    pub market: MarketConfig,
 }
 
 /// Redis mode: with `url` set, publishes, history and fan-out go through
@@ -175,6 +185,44 @@ impl Default for RedisConfig {
             backoff_min_ms: DEFAULT_REDIS_BACKOFF_MIN_MS,
             backoff_max_ms: DEFAULT_REDIS_BACKOFF_MAX_MS,
         }
+    }
+}
+
+/// The market upstream (a Finnhub-protocol trade WebSocket).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketConfig {
+    /// `ws://host:port` of the upstream; empty: no market feed.
+    pub url: String,
+    /// The API key, sent as `?token=`; never logged.
+    pub token: String,
+    /// A symbol nobody asks for any more is unsubscribed after this long.
+    pub linger_ms: u64,
+    /// No message (trade, ping) for this long: the link is dead.
+    pub silence_ms: u64,
+    /// Symbols one upstream connection may hold (the plan's limit).
+    pub max_symbols: usize,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        MarketConfig {
+            url: String::new(),
+            token: String::new(),
+            linger_ms: DEFAULT_MARKET_LINGER_MS,
+            silence_ms: DEFAULT_MARKET_SILENCE_MS,
+            max_symbols: DEFAULT_MARKET_MAX_SYMBOLS,
+            backoff_min_ms: DEFAULT_MARKET_BACKOFF_MIN_MS,
+            backoff_max_ms: DEFAULT_MARKET_BACKOFF_MAX_MS,
+        }
+    }
+}
+
+impl MarketConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
     }
 }
 
@@ -366,6 +414,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             debug: DebugConfig::default(),
             redis: RedisConfig::default(),
+            market: MarketConfig::default(),
         }
     }
 }

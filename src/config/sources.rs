@@ -99,9 +99,9 @@ fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), Con
     Ok(())
 }
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "auth", "limits", "sse", "ws", "queue", "history", "publish", "batch", "tcp", "shutdown",
-    "debug", "redis",
+    "debug", "redis", "market",
 ];
 
 pub(super) fn apply_env(

@@ -87,6 +87,11 @@ impl Config {
             ("redis.ready_within_ms", r.ready_within_ms, 1, HOUR_MS),
             ("redis.backoff_min_ms", r.backoff_min_ms, 1, HOUR_MS),
             ("redis.backoff_max_ms", r.backoff_max_ms, 1, HOUR_MS),
+            ("market.linger_ms", self.market.linger_ms, 0, DAY_MS),
+            ("market.silence_ms", self.market.silence_ms, 100, DAY_MS),
+            ("market.max_symbols", n(self.market.max_symbols), 1, 100_000),
+            ("market.backoff_min_ms", self.market.backoff_min_ms, 1, HOUR_MS),
+            ("market.backoff_max_ms", self.market.backoff_max_ms, 1, HOUR_MS),
         ]
     }
 
@@ -142,6 +147,27 @@ impl Config {
         }
         if self.redis.prefix.len() > 64 {
             return Err(invalid("redis.prefix must be at most 64 bytes".into()));
+        }
+        self.check_market()
+    }
+
+    fn check_market(&self) -> Result<(), ConfigError> {
+        let m = &self.market;
+        if !m.enabled() {
+            return Ok(());
+        }
+        if !m.url.starts_with("ws://") {
+            return Err(invalid(
+                "market.url must be ws://host:port (wss:// is not supported yet)".into(),
+            ));
+        }
+        if self.redis.enabled() {
+            return Err(invalid(
+                "market.url with redis.url: one upstream per cluster is not built yet; run the market feed on an embedded node".into(),
+            ));
+        }
+        if m.backoff_max_ms < m.backoff_min_ms {
+            return Err(invalid("market.backoff_min_ms must be at most market.backoff_max_ms".into()));
         }
         Ok(())
     }

@@ -55,6 +55,11 @@ impl History {
         self.trimmed_to
     }
 
+    /// The newest event kept.
+    pub fn latest(&self) -> Option<Arc<Event>> {
+        self.events.back().map(|(_, ev)| ev.clone())
+    }
+
     /// The id of the oldest event kept.
     pub fn oldest_id(&self) -> Option<u64> {
         self.events.front().map(|(_, ev)| ev.id)

@@ -31,6 +31,9 @@ mod remote;
 use remote::SyncState;
 pub use remote::{compact_json, NotReady, Received, RemoteEvent};
 
+/// Channels fed by the market bridge: `trades:SYM`.
+pub const MARKET_PREFIX: &str = "trades:";
+
 /// Longest channel name.
 pub const MAX_CHANNEL_LEN: usize = 128;
 
@@ -135,6 +138,9 @@ struct Inner {
     /// so the global byte cap evicts the oldest events first, whatever
     /// their channel.
     by_age: BTreeSet<(u64, Arc<str>)>,
+    /// Market channels (`trades:SYM`) some reactor has subscribers of:
+    /// what the market bridge keeps subscribed upstream.
+    market: BTreeSet<Arc<str>>,
     dedupe: Dedupe,
     /// Redis mode: channels created or removed since the bridge last
     /// looked, so it can (un)subscribe them.
@@ -167,6 +173,7 @@ impl Inner {
     /// Removes a channel with everything its history held.
     fn remove_channel(&mut self, name: &str) -> Option<Channel> {
         let (name, ch) = self.channels.remove_entry(name)?;
+        self.market.remove(&name);
         if let Some(id) = ch.history.oldest_id() {
             self.by_age.remove(&(id, name));
         }
@@ -281,6 +288,7 @@ impl Hub {
                 history_events: 0,
                 history_bytes: 0,
                 by_age: BTreeSet::new(),
+                market: BTreeSet::new(),
                 dedupe: Dedupe::new(config.dedupe_ttl_ms, config.dedupe_max),
                 changed: HashSet::new(),
                 sync_tokens: 0,
@@ -330,6 +338,10 @@ impl Hub {
         let (forgotten_to, last_id) = (inner.forgotten_to, inner.next_id.saturating_sub(1));
         for name in channels {
             let known = inner.channels.contains_key(name);
+            let market = name.starts_with(MARKET_PREFIX);
+            if market {
+                inner.market.insert(name.clone());
+            }
             let ch = inner.channels.entry(name.clone()).or_default();
             ch.reactors |= 1 << reactor;
             // The client has everything up to its cursor. In Redis mode it
@@ -337,7 +349,13 @@ impl Hub {
             // node has not received yet up to the cursor must not reach
             // it again when it arrives.
             snap.live_from.push(ch.last_id.max(cursor.unwrap_or(0)));
-            let Some(cursor) = cursor else { continue };
+            let Some(cursor) = cursor else {
+                // A new subscriber of a symbol gets its latest trade at once.
+                if let Some(latest) = ch.history.latest().filter(|_| market) {
+                    snap.replay.push(latest);
+                }
+                continue;
+            };
             let complete = match known {
                 true => ch.history.since(cursor, &mut snap.replay),
                 false => cursor >= forgotten_to,
@@ -363,10 +381,16 @@ impl Hub {
     /// The channel stays while it has history; the sweep removes it later.
     pub fn detach(&self, reactor: usize, channel: &str) {
         let mut inner = self.lock();
-        let Some(ch) = inner.channels.get_mut(channel) else {
+        let Inner {
+            channels, market, ..
+        } = &mut *inner;
+        let Some(ch) = channels.get_mut(channel) else {
             return;
         };
         ch.reactors &= !(1 << reactor);
+        if ch.reactors == 0 {
+            market.remove(channel);
+        }
         if self.config.redis {
             // Nobody here listens: the channel stops being kept in sync.
             if !ch.wanted() {
@@ -387,6 +411,26 @@ impl Hub {
         let evicted = inner.evict(self.config.max_bytes);
         if evicted > 0 {
             self.stats.evicted.fetch_add(evicted, Ordering::Relaxed);
+        }
+    }
+
+    /// The market channels somebody here subscribes to.
+    pub fn market_interest(&self) -> Vec<Arc<str>> {
+        self.lock().market.iter().cloned().collect()
+    }
+
+    /// Tells the subscribers of `channel` something went wrong upstream
+    /// (WebSocket `{"type":"error"}`, SSE `event: error`).
+    pub fn channel_error(&self, channel: &Arc<str>, code: &'static str, message: &str) {
+        let mask = match self.lock().channels.get(channel) {
+            Some(ch) => ch.reactors,
+            None => return,
+        };
+        let message: Arc<str> = Arc::from(message);
+        for (i, outbox) in self.outboxes.iter().enumerate() {
+            if mask & (1 << i) != 0 && !outbox.error(channel.clone(), code, message.clone()) {
+                self.stats.inbox_drops.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

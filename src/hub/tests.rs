@@ -26,6 +26,11 @@ impl Outbox for Recorder {
         true
     }
 
+    fn error(&self, channel: Arc<str>, _code: &'static str, _message: Arc<str>) -> bool {
+        self.resets.lock().unwrap().push(format!("error:{channel}"));
+        true
+    }
+
     fn reset(&self, channel: Arc<str>) -> bool {
         self.resets.lock().unwrap().push(channel.to_string());
         true

@@ -53,6 +53,13 @@ pub fn slow(last_id: Option<&str>) -> Vec<u8> {
 /// Tells a resuming client that events of `channel` after its cursor are
 /// gone from history: it should reload that channel's state. No `id:`, so
 /// the client's resume point stays where it was.
+/// `event: error` for a stream's channel (its upstream failed); `code`
+/// and `message` are JSON-escaped.
+pub fn error(channel: &str, code: &str, message: &str) -> Vec<u8> {
+    let data = serde_json::json!({"channel": channel, "code": code, "message": message});
+    format!("event: error\ndata: {data}\n\n").into_bytes()
+}
+
 pub fn reset(channel: &str) -> Vec<u8> {
     format!("event: reset\ndata: {{\"channel\":\"{channel}\",\"reason\":\"history\"}}\n\n")
         .into_bytes()

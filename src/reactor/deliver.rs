@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 use super::{event_bytes, reset_bytes, Closed, Encoding, Fanout, Worker};
 use crate::conn::io::IoStatus;
+use crate::api::ws as ws_api;
 use crate::conn::ConnState;
 use crate::event::Event;
 use crate::metrics::WorkerStats;
@@ -77,6 +78,32 @@ impl Worker {
                 conn.queue.push_control(bytes);
                 touched.push((key, conn.gen));
             }
+        }
+        for (key, gen) in touched {
+            self.mark_dirty(key, gen);
+        }
+    }
+
+    /// Tells every local subscriber of `channel` its upstream failed: a
+    /// WebSocket `{"type":"error","code","message","channel"}`, SSE
+    /// `event: error`.
+    pub(super) fn deliver_error(&mut self, channel: &Arc<str>, code: &str, message: &str) {
+        let Some(subs) = self.topics.get(channel) else {
+            return;
+        };
+        let ws = ws_api::channel_error_frame(channel, code, message);
+        let mut touched = Vec::new();
+        for &key in subs {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let bytes = match &mut conn.state {
+                ConnState::Sse(sse) => sse.control(&sse::error(channel, code, message)),
+                ConnState::Ws(_) => ws.clone(),
+                ConnState::Request(_) | ConnState::Closing { .. } => continue,
+            };
+            conn.queue.push_control(bytes);
+            touched.push((key, conn.gen));
         }
         for (key, gen) in touched {
             self.mark_dirty(key, gen);

@@ -286,6 +286,11 @@ impl Worker {
                 Ok(Msg::Event(ev)) => self.deliver(&ev),
                 Ok(Msg::Retry { conn, channel }) => self.retry_parked(conn, &channel),
                 Ok(Msg::Reset(channel)) => self.deliver_reset(&channel),
+                Ok(Msg::ChannelError {
+                    channel,
+                    code,
+                    message,
+                }) => self.deliver_error(&channel, code, &message),
                 Ok(Msg::PublishReply { conn, reply }) => {
                     self.publish_answered(conn.key, conn.gen, reply)
                 }

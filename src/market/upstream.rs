@@ -1,0 +1,314 @@
+//! The market bridge thread: one upstream WebSocket (plain `ws://`, the
+//! tungstenite client) whose subscriptions follow the hub's market
+//! interest, the `trades:SYM` channels some reactor has subscribers of.
+//!
+//! - One upstream subscribe per symbol, whatever the number of clients:
+//!   the hub counts subscribers per reactor, each reactor its own clients.
+//!   A symbol nobody wants any more is unsubscribed after
+//!   `market.linger_ms`; wanted again meanwhile, it stays.
+//! - The plan's limit (`market.max_symbols`) is kept here: a symbol past
+//!   it is not sent upstream, and its subscribers get a `symbol_limit`
+//!   error; it is subscribed once a slot frees. An upstream "too many
+//!   symbols" error (which names no symbol) is put on the last subscribe
+//!   sent.
+//! - Each upstream trade message becomes one event per symbol on
+//!   `trades:SYM`, its data the array of that symbol's trades as received
+//!   (identical prints are passed through: they can be real).
+//! - The link is dead after `market.silence_ms` without any message (pings
+//!   come irregularly); then, as after any failure, it reconnects with
+//!   exponential backoff and full jitter and subscribes every wanted
+//!   symbol again.
+//!
+//! The token goes into the URL's query only; nothing logs it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::{Message, WebSocket};
+
+use crate::bridge::{Backoff, Quiet};
+use crate::clock::Clock;
+use crate::config::MarketConfig;
+use crate::hub::{Hub, MARKET_PREFIX};
+use crate::link::MarketLink;
+
+/// How long one read waits, so interest changes go out promptly.
+const READ_TIMEOUT: Duration = Duration::from_millis(50);
+/// Connect and write timeout.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest upstream message accepted.
+const MAX_MESSAGE: usize = 4 << 20;
+
+/// The market bridge's inputs.
+pub struct Upstream {
+    pub config: MarketConfig,
+    pub hub: Arc<Hub>,
+    pub clock: Clock,
+    pub link: Arc<MarketLink>,
+}
+
+/// Starts the market bridge thread.
+pub fn start(up: Upstream) -> Result<(), String> {
+    log::info!(
+        "market upstream: {} (at most {} symbols)",
+        without_query(&up.config.url),
+        up.config.max_symbols
+    );
+    std::thread::Builder::new()
+        .name("redix-market".into())
+        .spawn(move || up.run())
+        .map(|_| ())
+        .map_err(|e| format!("spawn the market thread: {e}"))
+}
+
+/// The URL as it may be logged: no query (the token lives there).
+fn without_query(url: &str) -> &str {
+    url.split('?').next().unwrap_or(url)
+}
+
+impl Upstream {
+    fn run(self) {
+        let cfg = &self.config;
+        let mut backoff = Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
+        let mut quiet = Quiet::default();
+        loop {
+            let why = match Session::open(&self) {
+                Ok(mut session) => {
+                    self.link.up.store(true, Ordering::Release);
+                    log::info!("market upstream connected");
+                    let why = session.serve();
+                    self.link.up.store(false, Ordering::Release);
+                    self.link.symbols.store(0, Ordering::Relaxed);
+                    if session.worked {
+                        backoff.reset();
+                        quiet.reset();
+                    }
+                    why
+                }
+                Err(e) => e,
+            };
+            let wait = backoff.next_wait_full();
+            quiet.warn(format_args!(
+                "market upstream: {why}; reconnecting in {wait:?}"
+            ));
+            self.link.reconnects.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// One upstream connection.
+struct Session<'a> {
+    up: &'a Upstream,
+    socket: WebSocket<TcpStream>,
+    /// Subscribed upstream, and since when nobody wants it (ms).
+    live: HashMap<Arc<str>, Option<u64>>,
+    /// Wanted but over the limit: their subscribers were told.
+    refused: HashSet<Arc<str>>,
+    /// The last subscribe sent (an upstream limit error names none).
+    last_subscribe: Option<Arc<str>>,
+    last_message: Instant,
+    /// A trade or a ping came: the link worked.
+    worked: bool,
+}
+
+impl<'a> Session<'a> {
+    fn open(up: &'a Upstream) -> Result<Session<'a>, String> {
+        let url = &up.config.url;
+        let shown = without_query(url);
+        let authority = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split(['/', '?']).next())
+            .ok_or_else(|| format!("{shown}: not a ws:// URL"))?;
+        let addr = authority
+            .to_socket_addrs()
+            .map_err(|e| format!("resolve {authority}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{authority} has no address"))?;
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .map_err(|e| format!("connect {shown}: {e}"))?;
+        let timeouts = |s: &TcpStream| {
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            s.set_nodelay(true)
+        };
+        timeouts(&stream).map_err(|e| format!("socket options: {e}"))?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let request = format!("{url}{sep}token={}", up.config.token);
+        let mut config = tungstenite::protocol::WebSocketConfig::default();
+        config.max_message_size = Some(MAX_MESSAGE);
+        config.max_frame_size = Some(MAX_MESSAGE);
+        let (socket, _) = tungstenite::client::client_with_config(request, stream, Some(config))
+            .map_err(|e| format!("handshake with {shown}: {}", scrub(&e.to_string(), up)))?;
+        socket
+            .get_ref()
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(|e| format!("socket options: {e}"))?;
+        Ok(Session {
+            up,
+            socket,
+            live: HashMap::new(),
+            refused: HashSet::new(),
+            last_subscribe: None,
+            last_message: Instant::now(),
+            worked: false,
+        })
+    }
+
+    /// Runs until the link fails; returns why.
+    fn serve(&mut self) -> String {
+        let silence = Duration::from_millis(self.up.config.silence_ms);
+        loop {
+            if let Err(e) = self.sync_interest() {
+                return e;
+            }
+            match self.socket.read() {
+                Ok(Message::Text(text)) => {
+                    self.last_message = Instant::now();
+                    self.on_text(text.as_str());
+                }
+                Ok(Message::Close(_)) => return "the upstream closed the connection".into(),
+                Ok(_) => self.last_message = Instant::now(),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return scrub(&e.to_string(), self.up),
+            }
+            if self.last_message.elapsed() >= silence {
+                return format!("no message for {silence:?}: the link is dead");
+            }
+        }
+    }
+
+    /// Subscribes what is newly wanted, unsubscribes what nobody wanted
+    /// for the linger, and keeps to the plan's limit.
+    fn sync_interest(&mut self) -> Result<(), String> {
+        let now = self.up.clock.now_ms();
+        let wanted: HashSet<Arc<str>> = self
+            .up
+            .hub
+            .market_interest()
+            .iter()
+            .filter_map(|c| c.strip_prefix(MARKET_PREFIX).map(Arc::from))
+            .collect();
+        self.refused.retain(|s| wanted.contains(s));
+        for (symbol, unwanted_since) in self.live.iter_mut() {
+            *unwanted_since = match wanted.contains(symbol) {
+                true => None,
+                false => Some(unwanted_since.unwrap_or(now)),
+            };
+        }
+        let linger = self.up.config.linger_ms;
+        let done: Vec<Arc<str>> = self
+            .live
+            .iter()
+            .filter(|(_, since)| since.is_some_and(|t| now.saturating_sub(t) >= linger))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for symbol in done {
+            self.send("unsubscribe", &symbol)?;
+            self.live.remove(&symbol);
+        }
+        let mut new: Vec<&Arc<str>> = wanted.iter().filter(|s| !self.live.contains_key(*s)).collect();
+        new.sort();
+        for symbol in new {
+            if self.live.len() >= self.up.config.max_symbols {
+                self.refuse(symbol, "the upstream plan's symbol limit is reached");
+                continue;
+            }
+            self.send("subscribe", symbol)?;
+            self.refused.remove(symbol);
+            self.live.insert(symbol.clone(), None);
+            self.last_subscribe = Some(symbol.clone());
+        }
+        let link = &self.up.link;
+        link.symbols.store(self.live.len() as u64, Ordering::Relaxed);
+        link.refused.store(self.refused.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Tells the subscribers of `symbol` (once) that it is not served.
+    fn refuse(&mut self, symbol: &Arc<str>, why: &str) {
+        if !self.refused.insert(symbol.clone()) {
+            return;
+        }
+        let channel: Arc<str> = Arc::from(format!("{MARKET_PREFIX}{symbol}"));
+        let message = format!("{symbol}: {why}; it is subscribed once a slot frees");
+        self.up.hub.channel_error(&channel, "symbol_limit", &message);
+    }
+
+    fn send(&mut self, kind: &str, symbol: &str) -> Result<(), String> {
+        let text = serde_json::json!({"type": kind, "symbol": symbol}).to_string();
+        self.socket
+            .send(Message::text(text))
+            .map_err(|e| format!("{kind} {symbol}: {}", scrub(&e.to_string(), self.up)))
+    }
+
+    fn on_text(&mut self, text: &str) {
+        let Ok(msg) = serde_json::from_str::<Value>(text) else {
+            log::debug!("market upstream: a message that is not JSON ({} bytes)", text.len());
+            return;
+        };
+        match msg["type"].as_str() {
+            Some("trade") => self.on_trades(&msg["data"]),
+            Some("ping") => self.worked = true,
+            Some("error") => self.on_error(msg["msg"].as_str().unwrap_or("unknown error")),
+            other => log::debug!("market upstream: message of type {other:?} ignored"),
+        }
+    }
+
+    /// One event per symbol of the message: the array of its trades.
+    fn on_trades(&mut self, data: &Value) {
+        let Some(trades) = data.as_array() else {
+            return;
+        };
+        self.worked = true;
+        let mut by_symbol: HashMap<&str, Vec<&Value>> = HashMap::new();
+        for trade in trades {
+            if let Some(symbol) = trade["s"].as_str() {
+                by_symbol.entry(symbol).or_default().push(trade);
+            }
+        }
+        let now = self.up.clock.now_ms();
+        for (symbol, trades) in by_symbol {
+            if !self.live.contains_key(symbol) {
+                continue;
+            }
+            self.up
+                .link
+                .trades
+                .fetch_add(trades.len() as u64, Ordering::Relaxed);
+            let channel = format!("{MARKET_PREFIX}{symbol}");
+            if crate::hub::check_channel(&channel).is_err() {
+                continue;
+            }
+            let data = Value::Array(trades.into_iter().cloned().collect()).to_string();
+            self.up.hub.publish(&channel, &data, None, now);
+        }
+    }
+
+    fn on_error(&mut self, message: &str) {
+        if message.contains("too many symbols") {
+            if let Some(symbol) = self.last_subscribe.take() {
+                self.live.remove(&symbol);
+                self.refuse(&symbol, "the upstream refused it (too many symbols)");
+                return;
+            }
+        }
+        log::warn!("market upstream error: {message}");
+    }
+}
+
+/// An error's text with the token taken out, should a library echo the URL.
+fn scrub(text: &str, up: &Upstream) -> String {
+    match up.config.token.is_empty() {
+        true => text.to_string(),
+        false => text.replace(&up.config.token, "<token>"),
+    }
+}

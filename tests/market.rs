@@ -1,0 +1,177 @@
+//! The market upstream against the Finnhub-protocol simulator: one
+//! upstream subscription per symbol for every client, linger, reconnect
+//! and resubscribe, silence detection, the plan's symbol limit, and the
+//! latest trade for a new subscriber.
+
+mod common;
+
+use redix::market::sim::{self, Sim, SimConfig};
+
+use common::*;
+
+const TOKEN: &str = "test-token";
+
+fn simulator(trades_per_sec: u32) -> Sim {
+    sim::start(SimConfig {
+        token: Some(TOKEN.into()),
+        trades_per_sec,
+        ping_ms: 200,
+        ..SimConfig::default()
+    })
+    .expect("start the simulator")
+}
+
+/// redix fed by `sim`, with `extra` settings.
+fn redix_on(sim: &Sim, extra: &[&str]) -> Server {
+    let url = format!("market.url=\"ws://{}\"", sim.addr());
+    let token = format!("market.token=\"{TOKEN}\"");
+    let mut args = vec![
+        "--set",
+        &url,
+        "--set",
+        &token,
+        "--set",
+        "limits.ws_per_ip=1000",
+        "--set",
+        "limits.sse_per_ip=1000",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    wait_until("the upstream", || metric(server.addr, "redix_market_up") == 1.0);
+    server
+}
+
+/// The next trade event on a WebSocket: (event id, symbol of its trades).
+fn next_trade(ws: &mut RawWs) -> (String, String) {
+    loop {
+        let f = ws.read_non_ping().expect("a frame");
+        let v: serde_json::Value = serde_json::from_str(&f.text()).expect("json");
+        if v["type"] != "message" {
+            continue;
+        }
+        let symbol = v["data"][0]["s"].as_str().unwrap_or_default().to_string();
+        return (v["id"].as_str().unwrap_or_default().to_string(), symbol);
+    }
+}
+
+fn subscribe_symbol(ws: &mut RawWs, symbol: &str) {
+    ws.send_text(&format!(r#"{{"type":"subscribe","symbol":"{symbol}"}}"#));
+}
+
+#[test]
+fn a_hundred_and_twenty_clients_mean_one_upstream_subscription() {
+    let sim = simulator(20);
+    let server = redix_on(&sim, &["--set", "market.linger_ms=300"]);
+    let mut ws: Vec<RawWs> = (0..100)
+        .map(|_| RawWs::connect(server.addr, "/ws", &[]))
+        .collect();
+    for c in ws.iter_mut() {
+        subscribe_symbol(c, "AAPL");
+    }
+    let mut sse: Vec<SseClient> = (0..20)
+        .map(|_| SseClient::connect(server.addr, "trades:AAPL"))
+        .collect();
+    for c in ws.iter_mut() {
+        assert_eq!(next_trade(c).1, "AAPL");
+    }
+    for c in sse.iter_mut() {
+        let ev = c.next_message().expect("a trade");
+        let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(v["channel"], "trades:AAPL");
+        assert_eq!(v["data"][0]["s"], "AAPL");
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.connections, 1, "{stats:?}");
+    assert_eq!(stats.subscribes.get("AAPL"), Some(&1), "{stats:?}");
+    assert_eq!(metric(server.addr, "redix_market_symbols"), 1.0);
+    // The last client leaves: one unsubscribe, after the linger.
+    drop(ws);
+    drop(sse);
+    wait_until("the unsubscribe", || {
+        sim.stats().unsubscribes.get("AAPL") == Some(&1)
+    });
+    wait_until("no symbol upstream", || {
+        metric(server.addr, "redix_market_symbols") == 0.0
+    });
+    assert_eq!(sim.stats().unsubscribes.get("AAPL"), Some(&1));
+    assert_eq!(sim.stats().subscribes.get("AAPL"), Some(&1));
+}
+
+#[test]
+fn a_dropped_or_stalled_upstream_is_reconnected_and_resubscribed() {
+    let sim = simulator(20);
+    let server = redix_on(
+        &sim,
+        &[
+            "--set",
+            "market.silence_ms=800",
+            "--set",
+            "market.backoff_max_ms=200",
+        ],
+    );
+    let mut ws = RawWs::connect(server.addr, "/ws", &[]);
+    subscribe_symbol(&mut ws, "AAPL");
+    subscribe_symbol(&mut ws, "MSFT");
+    next_trade(&mut ws);
+    // Dropped: a new connection, both symbols subscribed again.
+    sim.drop_all();
+    wait_until("the resubscribe", || {
+        let s = sim.stats();
+        s.accepted == 2 && s.subscribes.get("AAPL") == Some(&2) && s.subscribes.get("MSFT") == Some(&2)
+    });
+    let (before, _) = next_trade(&mut ws);
+    // Stalled: no close, no data, no ping; silence ends the link.
+    sim.set_stalled(true);
+    wait_until("silence noticed", || {
+        metric(server.addr, "redix_market_reconnects_total") >= 2.0
+    });
+    sim.set_stalled(false);
+    wait_until("trades again", || {
+        let (id, _) = next_trade(&mut ws);
+        id > before
+    });
+    assert!(sim.stats().connections <= 1, "never two at once");
+}
+
+#[test]
+fn the_fifty_first_symbol_is_refused_with_a_clear_error_and_nothing_else_changes() {
+    let sim = simulator(1);
+    let server = redix_on(&sim, &[]);
+    let mut ws = RawWs::connect(server.addr, "/ws", &[]);
+    for i in 1..=51 {
+        subscribe_symbol(&mut ws, &format!("S{i:02}"));
+    }
+    let refused = loop {
+        let f = ws.read_non_ping().expect("a frame");
+        let v: serde_json::Value = serde_json::from_str(&f.text()).unwrap();
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(refused["code"], "symbol_limit", "{refused}");
+    assert_eq!(refused["channel"], "trades:S51", "{refused}");
+    wait_until("fifty upstream", || {
+        metric(server.addr, "redix_market_symbols") == 50.0
+    });
+    let stats = sim.stats();
+    assert_eq!(stats.subscribes.len(), 50, "{stats:?}");
+    assert!(!stats.subscribes.contains_key("S51"));
+    assert_eq!(metric(server.addr, "redix_market_refused_symbols"), 1.0);
+}
+
+#[test]
+fn a_new_subscriber_gets_the_latest_trade_at_once() {
+    let sim = simulator(5);
+    let server = redix_on(&sim, &[]);
+    let mut first = RawWs::connect(server.addr, "/ws", &[]);
+    subscribe_symbol(&mut first, "NVDA");
+    let (seen, _) = next_trade(&mut first);
+    // The upstream goes quiet (no close): nothing new comes from it, so
+    // what the late subscriber gets is the trade redix already had.
+    sim.set_stalled(true);
+    let mut late = RawWs::connect(server.addr, "/ws", &[]);
+    subscribe_symbol(&mut late, "NVDA");
+    let (got, symbol) = next_trade(&mut late);
+    assert_eq!(symbol, "NVDA");
+    assert!(got.parse::<u64>().unwrap() >= seen.parse::<u64>().unwrap());
+}
