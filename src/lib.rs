@@ -70,6 +70,7 @@ pub mod hub;
 pub mod limits;
 pub mod link;
 pub mod mailbox;
+pub mod market;
 pub mod metrics;
 pub mod proto;
 pub mod reactor;
