@@ -136,6 +136,8 @@ fn handshake(
     deadline: Instant,
 ) -> Option<(WebSocket<TcpStream>, Option<String>)> {
     let mut given = None;
+    // The Err type is tungstenite's, fixed by its `Callback` trait.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         given = query_token(req.uri().query());
         match want {
