@@ -2,8 +2,8 @@
 //! `redix publish CHANNEL DATA` publishes one event through Redis instead;
 //! `redix finnhub-sim` runs the market simulator (no configuration read).
 //! Exit codes: 0 after a drained shutdown (or a done publish, or a
-//! simulator stopped by a signal), 1 on a
-//! start-up, runtime or publish failure, 2 on a configuration error.
+//! simulator stopped by a signal), 1 on a start-up, runtime or publish
+//! failure, 2 on a configuration error.
 
 use clap::Parser;
 use redix::config::{Cli, Config, Subcommand};
