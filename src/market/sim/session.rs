@@ -21,6 +21,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Unsent bytes a session may hold for a peer that does not read.
 const MAX_UNSENT: usize = 4 * 1024 * 1024;
+/// Largest client message; a subscribe is a few dozen bytes.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Distinct symbols counted in [`super::Stats`]; later new ones are not.
+const MAX_COUNTED_SYMBOLS: usize = 10_000;
 /// A stalled or slow session does not catch up on trades older than this.
 const MAX_LAG: Duration = Duration::from_secs(1);
 
@@ -149,7 +153,10 @@ fn handshake(
             _ => Ok(resp),
         }
     };
-    let config = WebSocketConfig::default().max_write_buffer_size(MAX_UNSENT);
+    let config = WebSocketConfig::default()
+        .max_write_buffer_size(MAX_UNSENT)
+        .max_message_size(Some(MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(MAX_CLIENT_MESSAGE));
     let mut attempt = tungstenite::accept_hdr_with_config(stream, callback, Some(config));
     let ws = loop {
         match attempt {
@@ -238,12 +245,7 @@ impl Session<'_> {
     fn on_text(&mut self, text: &str) -> Result<(), ()> {
         match frames::parse_client(text) {
             ClientMsg::Subscribe(symbol) => {
-                *self
-                    .shared
-                    .stats()
-                    .subscribes
-                    .entry(symbol.clone())
-                    .or_insert(0) += 1;
+                count(&mut self.shared.stats().subscribes, &symbol);
                 if self.subscribed.contains(&symbol) {
                     return Ok(());
                 }
@@ -253,12 +255,7 @@ impl Session<'_> {
                 self.subscribed.push(symbol);
             }
             ClientMsg::Unsubscribe(symbol) => {
-                *self
-                    .shared
-                    .stats()
-                    .unsubscribes
-                    .entry(symbol.clone())
-                    .or_insert(0) += 1;
+                count(&mut self.shared.stats().unsubscribes, &symbol);
                 self.subscribed.retain(|s| *s != symbol);
             }
             ClientMsg::Other => {}
@@ -333,6 +330,16 @@ impl Session<'_> {
     }
 }
 
+/// Counts a message for `symbol`, up to [`MAX_COUNTED_SYMBOLS`] symbols:
+/// a peer cannot grow the table without bound.
+fn count(counts: &mut std::collections::BTreeMap<String, u64>, symbol: &str) {
+    if let Some(n) = counts.get_mut(symbol) {
+        *n += 1;
+    } else if counts.len() < MAX_COUNTED_SYMBOLS {
+        counts.insert(symbol.to_string(), 1);
+    }
+}
+
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -341,7 +348,20 @@ fn wall_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::query_token;
+    use super::{count, query_token, MAX_COUNTED_SYMBOLS};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn counts_are_bounded() {
+        let mut counts = BTreeMap::new();
+        for i in 0..MAX_COUNTED_SYMBOLS + 5 {
+            count(&mut counts, &format!("S{i}"));
+        }
+        count(&mut counts, "S0");
+        assert_eq!(counts.len(), MAX_COUNTED_SYMBOLS);
+        assert_eq!(counts.get("S0"), Some(&2));
+        assert_eq!(counts.get(&format!("S{MAX_COUNTED_SYMBOLS}")), None);
+    }
 
     #[test]
     fn token_from_query() {
