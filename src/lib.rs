@@ -55,7 +55,8 @@
 //! owns one socket's state and write queue, `proto` turns bytes into
 //! requests and events into bytes, `api` decides what a request means,
 //! `hub` assigns ids and hands events to reactors, `bridge` talks to Redis,
-//! `limits`/`auth` decide who may do what, `metrics`/`diag` report.
+//! `market` is the market upstream (for now `market::sim`, a Finnhub
+//! simulator), `limits`/`auth` decide who may do what, `metrics`/`diag` report.
 
 pub mod api;
 pub mod auth;

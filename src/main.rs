@@ -1,7 +1,9 @@
 //! `redix`: parse configuration, start the reactors, exit when drained.
-//! `redix publish CHANNEL DATA` publishes one event through Redis instead.
-//! Exit codes: 0 after a drained shutdown (or a done publish), 1 on a
-//! start-up, runtime or publish failure, 2 on a configuration error.
+//! `redix publish CHANNEL DATA` publishes one event through Redis instead;
+//! `redix finnhub-sim` runs the market simulator (no configuration read).
+//! Exit codes: 0 after a drained shutdown (or a done publish, or a
+//! simulator stopped by a signal), 1 on a start-up, runtime or publish
+//! failure, 2 on a configuration error.
 
 use clap::Parser;
 use redix::config::{Cli, Config, Subcommand};
@@ -9,6 +11,13 @@ use redix::config::{Cli, Config, Subcommand};
 fn main() {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("REDIX_LOG", "info")).init();
+    if let Some(Subcommand::FinnhubSim(args)) = &cli.command {
+        if let Err(e) = redix::market::sim::run_until_signal(args.sim_config()) {
+            eprintln!("redix finnhub-sim: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {

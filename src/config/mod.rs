@@ -20,7 +20,7 @@ mod sources;
 mod validate;
 
 use sources::{apply_cli, apply_env};
-pub use sources::{Cli, Subcommand};
+pub use sources::{Cli, FinnhubSimArgs, Subcommand};
 
 /// Default listen address: loopback only, so a fresh `cargo run` is not exposed.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";

@@ -56,6 +56,43 @@ pub enum Subcommand {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Run a local Finnhub-protocol simulator (the market upstream for
+    /// tests and benchmarks) until SIGTERM or SIGINT; prints
+    /// `finnhub-sim listening on IP:PORT` when ready.
+    FinnhubSim(FinnhubSimArgs),
+}
+
+/// `redix finnhub-sim`: see `redix::market::sim`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FinnhubSimArgs {
+    /// Listen address; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// The one accepted API token; without it any token is accepted.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Symbols per connection before "Subscribing to too many symbols".
+    #[arg(long, default_value_t = crate::market::sim::DEFAULT_MAX_SYMBOLS)]
+    pub max_symbols: usize,
+    /// Trades per second per subscribed symbol; 0 sends none.
+    #[arg(long, default_value_t = crate::market::sim::DEFAULT_TRADES_PER_SEC)]
+    pub rate: u32,
+    /// Ping interval in ms; 0 sends none.
+    #[arg(long, default_value_t = crate::market::sim::DEFAULT_PING_MS)]
+    pub ping_ms: u64,
+}
+
+impl FinnhubSimArgs {
+    pub fn sim_config(&self) -> crate::market::sim::SimConfig {
+        crate::market::sim::SimConfig {
+            listen: self.listen,
+            token: self.token.clone(),
+            max_symbols: self.max_symbols,
+            trades_per_sec: self.rate,
+            ping_ms: self.ping_ms,
+            ..Default::default()
+        }
+    }
 }
 
 /// Parses a value the way TOML would; a bare word that is not TOML is a string.

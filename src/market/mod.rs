@@ -2,6 +2,9 @@
 //! upstream subscription per symbol however many clients want it, fanned
 //! out on `trades:SYM` through the hub.
 //!
-//! `upstream` is the bridge thread that holds the connection.
+//! - `upstream` is the bridge thread that holds the connection;
+//! - `sim` is a local Finnhub-protocol simulator that tests and benchmarks
+//!   use in place of the real provider.
 
+pub mod sim;
 pub mod upstream;
