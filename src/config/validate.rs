@@ -167,7 +167,9 @@ impl Config {
             ));
         }
         if m.backoff_max_ms < m.backoff_min_ms {
-            return Err(invalid("market.backoff_min_ms must be at most market.backoff_max_ms".into()));
+            return Err(invalid(
+                "market.backoff_min_ms must be at most market.backoff_max_ms".into(),
+            ));
         }
         Ok(())
     }

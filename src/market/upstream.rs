@@ -65,6 +65,21 @@ pub fn start(up: Upstream) -> Result<(), String> {
         .map_err(|e| format!("spawn the market thread: {e}"))
 }
 
+/// The URL to request: `ws://host:port/path?…&token=KEY`, with a `/` path
+/// when the configured URL has none (`ws://host?token=` as Finnhub writes
+/// it is not a valid request target).
+fn request_url(url: &str, token: &str) -> String {
+    let rest = url.strip_prefix("ws://").unwrap_or(url);
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(split);
+    let tail = match tail.starts_with('/') {
+        true => tail.to_string(),
+        false => format!("/{tail}"),
+    };
+    let sep = if tail.contains('?') { '&' } else { '?' };
+    format!("ws://{authority}{tail}{sep}token={token}")
+}
+
 /// The URL as it may be logged: no query (the token lives there).
 fn without_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
@@ -137,12 +152,11 @@ impl<'a> Session<'a> {
             s.set_nodelay(true)
         };
         timeouts(&stream).map_err(|e| format!("socket options: {e}"))?;
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let request = format!("{url}{sep}token={}", up.config.token);
+        let request = request_url(url, &up.config.token);
         let mut config = tungstenite::protocol::WebSocketConfig::default();
         config.max_message_size = Some(MAX_MESSAGE);
         config.max_frame_size = Some(MAX_MESSAGE);
-        let (socket, _) = tungstenite::client::client_with_config(request, stream, Some(config))
+        let socket = handshake(request, stream, config)
             .map_err(|e| format!("handshake with {shown}: {}", scrub(&e.to_string(), up)))?;
         socket
             .get_ref()
@@ -215,7 +229,10 @@ impl<'a> Session<'a> {
             self.send("unsubscribe", &symbol)?;
             self.live.remove(&symbol);
         }
-        let mut new: Vec<&Arc<str>> = wanted.iter().filter(|s| !self.live.contains_key(*s)).collect();
+        let mut new: Vec<&Arc<str>> = wanted
+            .iter()
+            .filter(|s| !self.live.contains_key(*s))
+            .collect();
         new.sort();
         for symbol in new {
             if self.live.len() >= self.up.config.max_symbols {
@@ -228,8 +245,10 @@ impl<'a> Session<'a> {
             self.last_subscribe = Some(symbol.clone());
         }
         let link = &self.up.link;
-        link.symbols.store(self.live.len() as u64, Ordering::Relaxed);
-        link.refused.store(self.refused.len() as u64, Ordering::Relaxed);
+        link.symbols
+            .store(self.live.len() as u64, Ordering::Relaxed);
+        link.refused
+            .store(self.refused.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -240,7 +259,9 @@ impl<'a> Session<'a> {
         }
         let channel: Arc<str> = Arc::from(format!("{MARKET_PREFIX}{symbol}"));
         let message = format!("{symbol}: {why}; it is subscribed once a slot frees");
-        self.up.hub.channel_error(&channel, "symbol_limit", &message);
+        self.up
+            .hub
+            .channel_error(&channel, "symbol_limit", &message);
     }
 
     fn send(&mut self, kind: &str, symbol: &str) -> Result<(), String> {
@@ -252,7 +273,10 @@ impl<'a> Session<'a> {
 
     fn on_text(&mut self, text: &str) {
         let Ok(msg) = serde_json::from_str::<Value>(text) else {
-            log::debug!("market upstream: a message that is not JSON ({} bytes)", text.len());
+            log::debug!(
+                "market upstream: a message that is not JSON ({} bytes)",
+                text.len()
+            );
             return;
         };
         match msg["type"].as_str() {
@@ -305,10 +329,51 @@ impl<'a> Session<'a> {
     }
 }
 
+/// The client handshake, carried on while a read is merely interrupted
+/// (until the I/O timeout).
+fn handshake(
+    request: String,
+    stream: TcpStream,
+    config: tungstenite::protocol::WebSocketConfig,
+) -> Result<WebSocket<TcpStream>, tungstenite::Error> {
+    use tungstenite::HandshakeError;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut attempt = tungstenite::client::client_with_config(request, stream, Some(config));
+    loop {
+        match attempt {
+            Ok((socket, _)) => return Ok(socket),
+            Err(HandshakeError::Failure(e)) => return Err(e),
+            Err(HandshakeError::Interrupted(_)) if Instant::now() >= deadline => {
+                return Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()));
+            }
+            Err(HandshakeError::Interrupted(mid)) => attempt = mid.handshake(),
+        }
+    }
+}
+
 /// An error's text with the token taken out, should a library echo the URL.
 fn scrub(text: &str, up: &Upstream) -> String {
     match up.config.token.is_empty() {
         true => text.to_string(),
         false => text.replace(&up.config.token, "<token>"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_urls_get_a_path_and_the_token() {
+        let table = [
+            ("ws://h:1", "ws://h:1/?token=k"),
+            ("ws://h:1?x=1", "ws://h:1/?x=1&token=k"),
+            ("ws://h:1/feed", "ws://h:1/feed?token=k"),
+            ("ws://h:1/feed?x=1", "ws://h:1/feed?x=1&token=k"),
+        ];
+        for (url, want) in table {
+            assert_eq!(request_url(url, "k"), want, "{url}");
+        }
+        assert_eq!(without_query("ws://h:1/?token=secret"), "ws://h:1/");
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{event_bytes, reset_bytes, Closed, Encoding, Fanout, Worker};
-use crate::conn::io::IoStatus;
 use crate::api::ws as ws_api;
+use crate::conn::io::IoStatus;
 use crate::conn::ConnState;
 use crate::event::Event;
 use crate::metrics::WorkerStats;
