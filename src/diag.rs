@@ -98,13 +98,17 @@ pub struct Owned {
     pub internal: u64,
     /// Connections to Redis (Redis mode: up to two).
     pub redis: u64,
+    /// The market link: its upstream socket, and the built-in simulator's
+    /// listener and connections when it serves the feed.
+    pub market: u64,
 }
 
 /// The `/debug/fds` report as JSON.
 pub fn report(owned: Owned) -> serde_json::Value {
     let (total, kinds, inodes) = fds_by_kind();
     let states = tcp_states(&inodes);
-    let believed = owned.connections + owned.listeners + owned.internal + owned.redis;
+    let believed =
+        owned.connections + owned.listeners + owned.internal + owned.redis + owned.market;
     serde_json::json!({
         "open": total,
         "by_kind": kinds,
@@ -114,6 +118,7 @@ pub fn report(owned: Owned) -> serde_json::Value {
             "listeners": owned.listeners,
             "internal": owned.internal,
             "redis": owned.redis,
+            "market": owned.market,
             "total": believed,
         },
         "unaccounted": total as i64 - believed as i64,

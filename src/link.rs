@@ -133,6 +133,10 @@ pub struct MarketLink {
     pub symbols: AtomicU64,
     /// Symbols wanted but refused (over the plan's limit).
     pub refused: AtomicU64,
+    /// File descriptors the market link holds (see `diag::Owned`).
+    pub fds: AtomicU64,
+    /// The feed is the built-in simulator.
+    pub simulated: AtomicBool,
 }
 
 /// The command thread's ends of the two queues.

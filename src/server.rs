@@ -260,6 +260,7 @@ pub fn run(
         })?;
     }
     if let Some(link) = &shared.market {
+        // Without market.url this is the simulator, started on demand.
         market::upstream::start(market::upstream::Upstream {
             config: shared.config.market.clone(),
             hub: shared.hub.clone(),

@@ -120,12 +120,13 @@ impl FdBook {
     }
 
     /// What redix owns, with `redis` connections to Redis.
-    pub fn owned(&self, redis: u64) -> Owned {
+    pub fn owned(&self, redis: u64, market: u64) -> Owned {
         Owned {
             connections: self.open() as u64,
             listeners: self.listeners as u64,
             internal: self.internal_fds.load(Ordering::Relaxed),
             redis,
+            market,
         }
     }
 }
@@ -148,7 +149,7 @@ impl Shared {
     ) -> Arc<Shared> {
         let market = config
             .market
-            .enabled()
+            .feed(config.redis.enabled())
             .then(|| Arc::new(MarketLink::default()));
         Arc::new(Shared {
             access: Access::new(&config),
@@ -189,6 +190,8 @@ impl Shared {
     pub fn owned_fds(&self) -> Owned {
         let redis = self.redis.as_ref();
         let redis_conns = redis.map_or(0, |r| r.link.connections.load(Ordering::Relaxed));
-        self.fds.owned(redis_conns)
+        let market = self.market.as_ref();
+        let market_fds = market.map_or(0, |m| m.fds.load(Ordering::Relaxed));
+        self.fds.owned(redis_conns, market_fds)
     }
 }

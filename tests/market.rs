@@ -181,3 +181,37 @@ fn a_new_subscriber_gets_the_latest_trade_at_once() {
     assert_eq!(symbol, "NVDA");
     assert!(got.parse::<u64>().unwrap() >= seen.parse::<u64>().unwrap());
 }
+
+/// With no `market.url`, `trades:*` comes from the built-in simulator,
+/// started when the first subscriber comes; its sockets are on the books;
+/// trades channels cannot be published to while a feed runs.
+#[test]
+fn with_no_upstream_configured_the_built_in_simulator_serves_trades() {
+    let server = Server::start(&[]);
+    let before = fds_accounted(&server);
+    assert_eq!(
+        before["owned"]["market"], 0,
+        "nothing until asked: {before}"
+    );
+    let mut sse = SseClient::connect(server.addr, "trades:AAPL");
+    let ev = sse.next_message().expect("a simulated trade");
+    let v: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(v["data"][0]["s"], "AAPL");
+    assert_eq!(metric(server.addr, "redix_market_up"), 1.0);
+    let fds = fds_accounted(&server);
+    assert!(fds["owned"]["market"].as_u64() >= Some(3), "{fds}");
+    let (status, body) = try_publish(server.addr, r#"{"channel":"trades:AAPL","data":1}"#);
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "market_channel");
+}
+
+/// `market.simulator=false`: no feed, `trades:*` are ordinary channels.
+#[test]
+fn the_simulator_can_be_turned_off() {
+    let server = Server::start(&["--set", "market.simulator=false"]);
+    let mut sse = SseClient::connect(server.addr, "trades:AAPL");
+    let id = publish(server.addr, "trades:AAPL", r#"{"p":1}"#);
+    assert_eq!(sse.next_message().and_then(|m| m.id), Some(id.to_string()));
+    let (_, text) = get(server.addr, "/metrics/prom");
+    assert!(!text.contains("redix_market_up"), "no market feed");
+}

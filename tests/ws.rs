@@ -38,7 +38,13 @@ fn send(ws: &mut Client, json: &str) {
 
 #[test]
 fn subscribe_publish_message_and_the_json_protocol() {
-    let server = Server::start(&["--set", "ws.max_subscriptions=3"]);
+    // trades:AAPL as an ordinary channel: no market feed.
+    let server = Server::start(&[
+        "--set",
+        "ws.max_subscriptions=3",
+        "--set",
+        "market.simulator=false",
+    ]);
     let mut ws = tungstenite_client(server.addr);
     send(&mut ws, r#"{"type":"subscribe","channel":"news"}"#);
     assert_eq!(

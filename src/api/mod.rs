@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::auth::Denied;
 use crate::config::Scope;
-use crate::hub::check_channel;
+use crate::hub::{check_channel, MARKET_PREFIX};
 use crate::limits::{client_ip, is_trusted, IpKey, IpLimiter};
 use crate::link::Publish;
 use crate::metrics::WorkerStats;
@@ -355,6 +355,13 @@ fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
     let req: PublishBody = serde_json::from_slice(body)
         .map_err(|e| Reject::new(400, "bad_json", format!("publish body: {e}")))?;
     check_channel(&req.channel).map_err(|m| Reject::new(400, "bad_channel", m))?;
+    if ctx.shared.market.is_some() && req.channel.starts_with(MARKET_PREFIX) {
+        return Err(Reject::new(
+            403,
+            "market_channel",
+            "trades:* channels are fed by the market upstream and cannot be published to",
+        ));
+    }
     if let Some(id) = &req.id {
         if id.is_empty() || id.len() > MAX_PUBLISH_ID_LEN {
             return Err(Reject::new(

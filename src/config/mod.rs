@@ -204,6 +204,9 @@ pub struct MarketConfig {
     pub max_symbols: usize,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// Without `url` (and not in Redis mode): serve `trades:*` from the
+    /// built-in simulator, started at the first subscriber (a demo feed).
+    pub simulator: bool,
 }
 
 impl Default for MarketConfig {
@@ -216,13 +219,21 @@ impl Default for MarketConfig {
             max_symbols: DEFAULT_MARKET_MAX_SYMBOLS,
             backoff_min_ms: DEFAULT_MARKET_BACKOFF_MIN_MS,
             backoff_max_ms: DEFAULT_MARKET_BACKOFF_MAX_MS,
+            simulator: true,
         }
     }
 }
 
 impl MarketConfig {
+    /// A real upstream is configured.
     pub fn enabled(&self) -> bool {
         !self.url.is_empty()
+    }
+
+    /// A market feed runs: the upstream, or else (embedded mode) the
+    /// built-in simulator.
+    pub fn feed(&self, redis: bool) -> bool {
+        self.enabled() || self.simulator && !redis
     }
 }
 

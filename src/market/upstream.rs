@@ -35,11 +35,15 @@ use crate::clock::Clock;
 use crate::config::MarketConfig;
 use crate::hub::{Hub, MARKET_PREFIX};
 use crate::link::MarketLink;
+use crate::market::sim::{self, Sim, SimConfig};
 
 /// How long one read waits, so interest changes go out promptly.
 const READ_TIMEOUT: Duration = Duration::from_millis(50);
 /// Connect and write timeout.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the thread looks for a first `trades:*` subscriber before
+/// starting the built-in simulator.
+const INTEREST_POLL: Duration = Duration::from_millis(50);
 /// Largest upstream message accepted.
 const MAX_MESSAGE: usize = 4 << 20;
 
@@ -51,13 +55,21 @@ pub struct Upstream {
     pub link: Arc<MarketLink>,
 }
 
-/// Starts the market bridge thread.
+/// Starts the market bridge thread. Without `market.url` the feed is
+/// the built-in simulator, started in-process when the first `trades:*`
+/// subscriber comes (so a server nobody asks for trades holds none of its
+/// sockets or threads).
 pub fn start(up: Upstream) -> Result<(), String> {
-    log::info!(
-        "market upstream: {} (at most {} symbols)",
-        without_query(&up.config.url),
-        up.config.max_symbols
-    );
+    match up.config.enabled() {
+        true => log::info!(
+            "market upstream: {} (at most {} symbols)",
+            without_query(&up.config.url),
+            up.config.max_symbols
+        ),
+        false => log::info!(
+            "market: no market.url; trades:* will be served by the built-in simulator (set market.simulator=false to turn it off)"
+        ),
+    }
     std::thread::Builder::new()
         .name("redix-market".into())
         .spawn(move || up.run())
@@ -86,12 +98,20 @@ fn without_query(url: &str) -> &str {
 }
 
 impl Upstream {
-    fn run(self) {
+    fn run(mut self) {
+        // Held for the thread's life: the simulator stops when dropped.
+        let sim = match self.config.enabled() {
+            true => None,
+            false => match self.start_simulator() {
+                Some(sim) => Some(sim),
+                None => return,
+            },
+        };
         let cfg = &self.config;
         let mut backoff = Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
         let mut quiet = Quiet::default();
         loop {
-            let why = match Session::open(&self) {
+            let why = match Session::open(&self, sim.as_ref()) {
                 Ok(mut session) => {
                     self.link.up.store(true, Ordering::Release);
                     log::info!("market upstream connected");
@@ -106,6 +126,9 @@ impl Upstream {
                 }
                 Err(e) => e,
             };
+            self.link
+                .fds
+                .store(sim_fds(sim.as_ref()), Ordering::Relaxed);
             let wait = backoff.next_wait_full();
             quiet.warn(format_args!(
                 "market upstream: {why}; reconnecting in {wait:?}"
@@ -116,9 +139,42 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Waits for the first `trades:*` subscriber, then starts the built-in
+    /// simulator and points the feed at it. `None` when it cannot start.
+    fn start_simulator(&mut self) -> Option<Sim> {
+        while self.hub.market_interest().is_empty() {
+            std::thread::sleep(INTEREST_POLL);
+        }
+        match sim::start(SimConfig::default()) {
+            Ok(sim) => {
+                log::warn!(
+                    "market: serving SIMULATED trades from the built-in simulator on {} (no market.url)",
+                    sim.addr()
+                );
+                self.config.url = format!("ws://{}", sim.addr());
+                self.link.simulated.store(true, Ordering::Relaxed);
+                Some(sim)
+            }
+            Err(e) => {
+                log::error!("market: the built-in simulator cannot start: {e}; no trades");
+                None
+            }
+        }
+    }
+}
+
+/// Fds the simulator holds in this process: its listener and one per
+/// connection it serves.
+fn sim_fds(sim: Option<&Sim>) -> u64 {
+    sim.map_or(0, |s| 1 + s.stats().connections as u64)
+}
+
 /// One upstream connection.
 struct Session<'a> {
     up: &'a Upstream,
+    /// The built-in simulator, when it is the feed (for the fd count).
+    sim: Option<&'a Sim>,
     socket: WebSocket<TcpStream>,
     /// Subscribed upstream, and since when nobody wants it (ms).
     live: HashMap<Arc<str>, Option<u64>>,
@@ -132,7 +188,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn open(up: &'a Upstream) -> Result<Session<'a>, String> {
+    fn open(up: &'a Upstream, sim: Option<&'a Sim>) -> Result<Session<'a>, String> {
         let url = &up.config.url;
         let shown = without_query(url);
         let authority = url
@@ -164,6 +220,7 @@ impl<'a> Session<'a> {
             .map_err(|e| format!("socket options: {e}"))?;
         Ok(Session {
             up,
+            sim,
             socket,
             live: HashMap::new(),
             refused: HashSet::new(),
@@ -245,6 +302,7 @@ impl<'a> Session<'a> {
             self.last_subscribe = Some(symbol.clone());
         }
         let link = &self.up.link;
+        link.fds.store(1 + sim_fds(self.sim), Ordering::Relaxed);
         link.symbols
             .store(self.live.len() as u64, Ordering::Relaxed);
         link.refused
