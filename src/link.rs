@@ -137,6 +137,9 @@ pub struct MarketLink {
     pub fds: AtomicU64,
     /// The feed is the built-in simulator.
     pub simulated: AtomicBool,
+    /// The circuit breaker is open: subscribers were told the upstream is
+    /// unavailable.
+    pub breaker_open: AtomicBool,
 }
 
 /// The command thread's ends of the two queues.

@@ -334,11 +334,13 @@ pub struct MarketFigures {
     pub trades: u64,
     pub symbols: u64,
     pub refused: u64,
+    pub breaker_open: bool,
 }
 
 #[rustfmt::skip]
 pub fn render_market(out: &mut String, m: &MarketFigures) {
-    let metrics: [(&str, &str, &str, u64); 5] = [
+    let metrics: [(&str, &str, &str, u64); 6] = [
+        ("redix_market_breaker_open", "gauge", "1 while the circuit breaker is open (subscribers were told the upstream is unavailable).", u64::from(m.breaker_open)),
         ("redix_market_up", "gauge", "1 while the market upstream connection is up.", u64::from(m.up)),
         ("redix_market_reconnects_total", "counter", "Market upstream connections lost (or refused) and tried again.", m.reconnects),
         ("redix_market_trades_total", "counter", "Trades received from the market upstream.", m.trades),

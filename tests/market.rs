@@ -215,3 +215,44 @@ fn the_simulator_can_be_turned_off() {
     let (_, text) = get(server.addr, "/metrics/prom");
     assert!(!text.contains("redix_market_up"), "no market feed");
 }
+
+/// An upstream that keeps refusing opens the circuit breaker: subscribers
+/// are told once (WebSocket error, SSE `event: error`), and trades flow
+/// again when the upstream is back.
+#[test]
+fn a_refusing_upstream_opens_the_breaker_and_trades_resume_when_it_is_back() {
+    let sim = simulator(20);
+    let server = redix_on(&sim, &["--set", "market.backoff_max_ms=100"]);
+    let mut ws = RawWs::connect(server.addr, "/ws", &[]);
+    subscribe_symbol(&mut ws, "AAPL");
+    let mut sse = SseClient::connect(server.addr, "trades:AAPL");
+    next_trade(&mut ws);
+    sim.set_refusing(true);
+    sim.drop_all();
+    let error = loop {
+        let f = ws.read_non_ping().expect("a frame");
+        let v: serde_json::Value = serde_json::from_str(&f.text()).unwrap();
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(error["code"], "upstream_unavailable", "{error}");
+    assert_eq!(error["channel"], "trades:AAPL");
+    let sse_error = loop {
+        let ev = sse.next_event().expect("an event");
+        if ev.event.as_deref() == Some("error") {
+            break ev;
+        }
+    };
+    assert!(
+        sse_error.data.contains("upstream_unavailable"),
+        "{}",
+        sse_error.data
+    );
+    assert_eq!(metric(server.addr, "redix_market_breaker_open"), 1.0);
+    sim.set_refusing(false);
+    assert_eq!(next_trade(&mut ws).1, "AAPL");
+    wait_until("the breaker closed", || {
+        metric(server.addr, "redix_market_breaker_open") == 0.0
+    });
+}

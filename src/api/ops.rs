@@ -106,6 +106,7 @@ pub fn render_metrics(shared: &Shared) -> String {
             trades: get(&m.trades),
             symbols: get(&m.symbols),
             refused: get(&m.refused),
+            breaker_open: m.breaker_open.load(Ordering::Relaxed),
         };
         metrics::render_market(&mut text, &figures);
     }

@@ -44,6 +44,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the thread looks for a first `trades:*` subscriber before
 /// starting the built-in simulator.
 const INTEREST_POLL: Duration = Duration::from_millis(50);
+/// Connections in a row that deliver nothing before the circuit breaker
+/// opens.
+const BREAKER_AFTER: u32 = 5;
 /// Largest upstream message accepted.
 const MAX_MESSAGE: usize = 4 << 20;
 
@@ -110,6 +113,8 @@ impl Upstream {
         let cfg = &self.config;
         let mut backoff = Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
         let mut quiet = Quiet::default();
+        // Connections in a row that never delivered anything.
+        let mut failures = 0u32;
         loop {
             let why = match Session::open(&self, sim.as_ref()) {
                 Ok(mut session) => {
@@ -121,11 +126,16 @@ impl Upstream {
                     if session.worked {
                         backoff.reset();
                         quiet.reset();
+                        failures = 0;
                     }
                     why
                 }
                 Err(e) => e,
             };
+            failures = failures.saturating_add(1);
+            if failures >= BREAKER_AFTER {
+                self.open_breaker();
+            }
             self.link
                 .fds
                 .store(sim_fds(sim.as_ref()), Ordering::Relaxed);
@@ -160,6 +170,26 @@ impl Upstream {
                 log::error!("market: the built-in simulator cannot start: {e}; no trades");
                 None
             }
+        }
+    }
+}
+
+impl Upstream {
+    /// After [`BREAKER_AFTER`] failures in a row: every `trades:*`
+    /// subscriber is told once that the upstream is unavailable. It
+    /// closes with the first message of a working link; data then simply
+    /// flows again. Reconnecting goes on meanwhile, at the backoff cap.
+    fn open_breaker(&self) {
+        if self.link.breaker_open.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        log::warn!(
+            "market upstream: {BREAKER_AFTER} failures in a row; telling trades:* subscribers"
+        );
+        let message = "the market upstream is unreachable; trades resume when it is back";
+        for channel in self.hub.market_interest() {
+            self.hub
+                .channel_error(&channel, "upstream_unavailable", message);
         }
     }
 }
@@ -339,7 +369,7 @@ impl<'a> Session<'a> {
         };
         match msg["type"].as_str() {
             Some("trade") => self.on_trades(&msg["data"]),
-            Some("ping") => self.worked = true,
+            Some("ping") => self.working(),
             Some("error") => self.on_error(msg["msg"].as_str().unwrap_or("unknown error")),
             other => log::debug!("market upstream: message of type {other:?} ignored"),
         }
@@ -350,7 +380,7 @@ impl<'a> Session<'a> {
         let Some(trades) = data.as_array() else {
             return;
         };
-        self.worked = true;
+        self.working();
         let mut by_symbol: HashMap<&str, Vec<&Value>> = HashMap::new();
         for trade in trades {
             if let Some(symbol) = trade["s"].as_str() {
@@ -372,6 +402,14 @@ impl<'a> Session<'a> {
             }
             let data = Value::Array(trades.into_iter().cloned().collect()).to_string();
             self.up.hub.publish(&channel, &data, None, now);
+        }
+    }
+
+    /// The link delivers: it worked, and an open breaker closes.
+    fn working(&mut self) {
+        self.worked = true;
+        if self.up.link.breaker_open.swap(false, Ordering::AcqRel) {
+            log::info!("market upstream delivers again: breaker closed");
         }
     }
 
