@@ -40,6 +40,8 @@ pub struct WorkerStats {
     /// `writev` calls to clients.
     pub write_calls: AtomicU64,
     pub dropped_queue_full: AtomicU64,
+    /// `trades:*` events that replaced an older one in a full queue.
+    pub conflated: AtomicU64,
     pub slow_disconnects: AtomicU64,
     pub peer_resets: AtomicU64,
     pub accept_errors: AtomicU64,
@@ -120,6 +122,7 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_bytes_written_total", "counter", "Bytes written to clients.", "", |s| &s.bytes_written),
     ("redix_write_calls_total", "counter", "writev calls to clients (events coalesce into fewer).", "", |s| &s.write_calls),
     ("redix_events_dropped_total", "counter", "Data events dropped, by reason.", "reason=\"queue_full\"", |s| &s.dropped_queue_full),
+    ("redix_events_conflated_total", "counter", "trades:* events that took the place of an older one of their symbol in a full queue.", "", |s| &s.conflated),
     ("redix_slow_disconnects_total", "counter", "Connections closed as slow consumers.", "", |s| &s.slow_disconnects),
     ("redix_peer_resets_total", "counter", "Connections the peer reset or broke.", "", |s| &s.peer_resets),
     ("redix_ws_protocol_errors_total", "counter", "WebSocket connections closed for a protocol violation.", "", |s| &s.ws_protocol_errors),

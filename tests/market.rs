@@ -256,3 +256,39 @@ fn a_refusing_upstream_opens_the_breaker_and_trades_resume_when_it_is_back() {
         metric(server.addr, "redix_market_breaker_open") == 0.0
     });
 }
+
+/// A client that stops reading a busy `trades:*` channel is conflated,
+/// not dropped as slow: its queue keeps the newest trade per symbol, it
+/// stays connected, and when it reads again trades go on.
+#[test]
+fn a_stalled_reader_of_trades_is_conflated_not_disconnected() {
+    let sim = simulator(1000);
+    let server = redix_on(
+        &sim,
+        &[
+            "--set",
+            "queue.max_events=8",
+            "--set",
+            "queue.max_bytes=16384",
+            "--set",
+            "limits.max_body_bytes=8192",
+            "--set",
+            "tcp.send_buffer=4096",
+        ],
+    );
+    // A small receive buffer, and no reading for now.
+    let mut ws = RawWs::connect_small(server.addr, "/ws");
+    subscribe_symbol(&mut ws, "AAPL");
+    wait_until("conflation", || {
+        metric(server.addr, "redix_events_conflated_total") >= 100.0
+    });
+    assert_eq!(metric(server.addr, "redix_slow_disconnects_total"), 0.0);
+    assert_eq!(
+        metric(server.addr, "redix_connections{transport=\"ws\"}"),
+        1.0
+    );
+    // Reading again: trades keep coming.
+    for _ in 0..20 {
+        assert_eq!(next_trade(&mut ws).1, "AAPL");
+    }
+}

@@ -389,6 +389,9 @@ pub struct QueueConfig {
     pub max_events: usize,
     pub max_bytes: usize,
     pub slow_warnings: u32,
+    /// `trades:*` events are conflated for a full queue (a stalled reader
+    /// keeps the newest per symbol) instead of dropped and counted as slow.
+    pub conflate_trades: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -485,6 +488,7 @@ impl Default for QueueConfig {
             max_events: DEFAULT_QUEUE_MAX_EVENTS,
             max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             slow_warnings: DEFAULT_SLOW_WARNINGS,
+            conflate_trades: true,
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::proto::deflate::WindowBits;
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
 use io::IoStatus;
-use queue::{Flushed, QueueLimits, WriteQueue};
+use queue::{Flushed, Pushed, QueueLimits, WriteQueue};
 
 /// Bytes buffered while a request is incomplete.
 #[derive(Debug, Default)]
@@ -220,6 +220,9 @@ pub struct Conn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     Queued,
+    /// The queue was full: the event took the place of an older one of
+    /// its channel.
+    Conflated,
     Dropped,
     /// Dropped, and the connection has used up its warnings.
     TooSlow,
@@ -334,6 +337,33 @@ impl Conn {
         match d.warnings >= max_warnings {
             true => Enqueued::TooSlow,
             false => Enqueued::Dropped,
+        }
+    }
+
+    /// Queues an event of a conflated channel (`trades:*`): when the queue
+    /// is full it replaces the newest queued event of the channel, or is
+    /// dropped; never a slow-consumer warning (trades alone never end a
+    /// connection).
+    pub fn enqueue_conflated(
+        &mut self,
+        bytes: Bytes,
+        id: u64,
+        channel: &Arc<str>,
+        limits: QueueLimits,
+    ) -> Enqueued {
+        let Some(d) = self.state.delivery_mut() else {
+            return Enqueued::Dropped;
+        };
+        match self.queue.push_conflated(bytes, id, channel, limits) {
+            Pushed::Queued => {
+                d.last_queued = Some(id);
+                Enqueued::Queued
+            }
+            Pushed::Replaced => {
+                d.last_queued = Some(id);
+                Enqueued::Conflated
+            }
+            Pushed::Full => Enqueued::Dropped,
         }
     }
 

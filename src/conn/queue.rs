@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, Write};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -21,6 +22,19 @@ struct Frame {
     bytes: Bytes,
     /// The event id for data frames; `None` for control frames.
     data_id: Option<u64>,
+    /// A conflatable frame's channel: a newer event of it may take this
+    /// frame's place while the queue is full.
+    channel: Option<Arc<str>>,
+}
+
+/// What [`WriteQueue::push_conflated`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Took the place of an older queued event of the same channel.
+    Replaced,
+    /// Full, and no event of the channel to replace.
+    Full,
 }
 
 /// Caps of one queue.
@@ -86,8 +100,49 @@ impl WriteQueue {
         self.frames.push_back(Frame {
             bytes,
             data_id: Some(id),
+            channel: None,
         });
         true
+    }
+
+    /// Queues a data frame of a conflated channel: like [`push_data`]
+    /// while there is room; when full, it takes the place of the newest
+    /// queued frame of the same channel not yet started, so a stalled
+    /// reader keeps one (the newest) event per channel.
+    ///
+    /// [`push_data`]: WriteQueue::push_data
+    pub fn push_conflated(
+        &mut self,
+        bytes: Bytes,
+        id: u64,
+        channel: &Arc<str>,
+        limits: QueueLimits,
+    ) -> Pushed {
+        if self.events < limits.max_events && self.bytes + bytes.len() <= limits.max_bytes {
+            self.events += 1;
+            self.bytes += bytes.len();
+            self.frames.push_back(Frame {
+                bytes,
+                data_id: Some(id),
+                channel: Some(channel.clone()),
+            });
+            return Pushed::Queued;
+        }
+        let first_free = usize::from(self.offset > 0);
+        let same = |f: &Frame| f.channel.as_ref().is_some_and(|c| Arc::ptr_eq(c, channel));
+        let Some(frame) = self
+            .frames
+            .iter_mut()
+            .skip(first_free)
+            .rev()
+            .find(|f| same(f))
+        else {
+            return Pushed::Full;
+        };
+        self.bytes = self.bytes - frame.bytes.len() + bytes.len();
+        frame.bytes = bytes;
+        frame.data_id = Some(id);
+        Pushed::Replaced
     }
 
     /// Queues a replayed data frame. Replays are bounded by the history,
@@ -98,6 +153,7 @@ impl WriteQueue {
         self.frames.push_back(Frame {
             bytes,
             data_id: Some(id),
+            channel: None,
         });
     }
 
@@ -107,6 +163,7 @@ impl WriteQueue {
         self.frames.push_back(Frame {
             bytes,
             data_id: None,
+            channel: None,
         });
     }
 
@@ -351,5 +408,28 @@ mod tests {
         let f = q.flush(&mut w, usize::MAX);
         assert_eq!(w.out, b"aaaapp");
         assert_eq!((f.last_id, q.len_events()), (Some(1), 0));
+    }
+
+    #[test]
+    fn a_full_queue_conflates_to_the_newest_event_per_channel() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("trades:A"), Arc::from("trades:B"));
+        let limits = QueueLimits {
+            max_events: 2,
+            max_bytes: 1000,
+        };
+        let mut q = WriteQueue::default();
+        let f = |s: &'static str| Bytes::from_static(s.as_bytes());
+        assert_eq!(q.push_conflated(f("a1"), 1, &a, limits), Pushed::Queued);
+        assert_eq!(q.push_conflated(f("b2"), 2, &b, limits), Pushed::Queued);
+        // Full: each newer event takes its own channel's place.
+        assert_eq!(q.push_conflated(f("a3"), 3, &a, limits), Pushed::Replaced);
+        assert_eq!(q.push_conflated(f("b4"), 4, &b, limits), Pushed::Replaced);
+        let other: Arc<str> = Arc::from("trades:C");
+        assert_eq!(q.push_conflated(f("c5"), 5, &other, limits), Pushed::Full);
+        assert_eq!((q.len_events(), q.len_bytes()), (2, 4));
+        let mut out = Vec::new();
+        let done = q.flush(&mut out, 1 << 20);
+        assert_eq!(out, b"a3b4");
+        assert_eq!(done.last_id, Some(4));
     }
 }

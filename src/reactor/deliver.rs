@@ -14,6 +14,7 @@ use crate::api::ws as ws_api;
 use crate::conn::io::IoStatus;
 use crate::conn::ConnState;
 use crate::event::Event;
+use crate::hub::MARKET_PREFIX;
 use crate::metrics::WorkerStats;
 use crate::proto::sse;
 use crate::proto::ws::close_code;
@@ -29,6 +30,9 @@ impl Worker {
             return;
         };
         let max_warnings = self.shared.config.queue.slow_warnings;
+        let conflate = self.shared.config.queue.conflate_trades
+            && self.shared.market.is_some()
+            && ev.channel.starts_with(MARKET_PREFIX);
         let enc = Encoding::of(&self.shared);
         let mut books = Fanout {
             dirty: &mut self.dirty,
@@ -50,7 +54,13 @@ impl Worker {
             let Some(bytes) = event_bytes(&conn.state, ev, &enc) else {
                 continue;
             };
-            let outcome = conn.enqueue_event(bytes, ev.id, self.limits, max_warnings);
+            // A gzip stream's trailer covers every byte queued: no
+            // replacing there.
+            let gzip = matches!(&conn.state, ConnState::Sse(sse) if sse.gzip.is_some());
+            let outcome = match conflate && !gzip {
+                true => conn.enqueue_conflated(bytes, ev.id, &ev.channel, self.limits),
+                false => conn.enqueue_event(bytes, ev.id, self.limits, max_warnings),
+            };
             if books.settle(outcome, key, conn) {
                 conn.state.sent(ev);
             }

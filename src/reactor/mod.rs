@@ -471,6 +471,10 @@ impl Fanout<'_> {
     /// Books what queueing one data event on `conn` did; true when queued.
     fn settle(&mut self, outcome: Enqueued, key: usize, conn: &mut Conn) -> bool {
         match outcome {
+            Enqueued::Conflated => {
+                WorkerStats::add(&self.stats.conflated, 1);
+                true
+            }
             Enqueued::Queued => {
                 if !conn.dirty {
                     conn.dirty = true;
