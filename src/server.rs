@@ -20,7 +20,7 @@ use crate::health::STUCK_AFTER_MS;
 use crate::hub::history::HistoryLimits;
 use crate::hub::{Hub, HubConfig, MAX_REACTORS};
 use crate::limits::{connection_cap, raise_nofile_limit};
-use crate::link::Redis;
+use crate::link::{Queues, Redis};
 use crate::mailbox::{Mailbox, Msg, Outbox};
 use crate::market;
 use crate::reactor::{Worker, WAKER};
@@ -204,6 +204,34 @@ fn start_sampler(shared: &Arc<Shared>) -> Result<(), String> {
         .map_err(|e| format!("spawn sampler thread: {e}"))
 }
 
+/// Starts the threads that feed the hub: the Redis bridge (Redis mode) and
+/// the market upstream (with `market.url`, or the simulator on demand).
+fn start_bridges(
+    shared: &Arc<Shared>,
+    queues: Option<Queues>,
+    mailboxes: &[Arc<Mailbox>],
+) -> Result<(), String> {
+    if let (Some(redis), Some(queues)) = (&shared.redis, queues) {
+        bridge::start(bridge::Parts {
+            redis: redis.clone(),
+            queues,
+            hub: shared.hub.clone(),
+            clock: shared.clock,
+            mailboxes: mailboxes.to_vec(),
+            retention: Retention::of(&shared.config),
+        })?;
+    }
+    if let Some(link) = &shared.market {
+        market::upstream::start(market::upstream::Upstream {
+            config: shared.config.market.clone(),
+            hub: shared.hub.clone(),
+            clock: shared.clock,
+            link: link.clone(),
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs redix until a signal has drained it. Errors are start-up failures.
 ///
 /// `reload` builds the configuration again (file, environment, command
@@ -249,25 +277,7 @@ pub fn run(
     let threads = spawn_reactors(&shared, io, listeners)?;
     shared.fds.record_baseline();
     shared.fds.sample();
-    if let (Some(redis), Some(queues)) = (&shared.redis, queues) {
-        bridge::start(bridge::Parts {
-            redis: redis.clone(),
-            queues,
-            hub: shared.hub.clone(),
-            clock,
-            mailboxes: mailboxes.clone(),
-            retention: Retention::of(&shared.config),
-        })?;
-    }
-    if let Some(link) = &shared.market {
-        // Without market.url this is the simulator, started on demand.
-        market::upstream::start(market::upstream::Upstream {
-            config: shared.config.market.clone(),
-            hub: shared.hub.clone(),
-            clock,
-            link: link.clone(),
-        })?;
-    }
+    start_bridges(&shared, queues, &mailboxes)?;
     let stop = {
         let shared = shared.clone();
         move || {
