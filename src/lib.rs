@@ -22,9 +22,13 @@
 //!  watchdog thread: pings systemd while every reactor's Health stamp is fresh
 //!  sampler thread: counts the process's fds once a second for /metrics/prom
 //!
-//!  to come: the market bridge (one upstream WebSocket, a Command queue like Redis's and
-//!  Hub.receive for `trades:*`) and the job workers (results as hub events) attach at the
-//!  same two points: a handle in `link`, answers and events through the Hub or a Mailbox.
+//!  market thread: one upstream WebSocket (Finnhub protocol; without market.url the
+//!      in-process simulator, started at the first trades:* subscriber) ◄── Hub.market_interest
+//!      (trades:* channels with subscribers) ─► Hub.publish on trades:SYM ─► reactors;
+//!      errors for a channel's subscribers through Hub.channel_error ─► Msg::ChannelError
+//!
+//!  to come: the job workers (results as hub events) attach at the same points: a handle
+//!  in `link`, answers and events through the Hub or a Mailbox.
 //! ```
 //!
 //! Invariants a contributor must keep:
@@ -55,8 +59,8 @@
 //! owns one socket's state and write queue, `proto` turns bytes into
 //! requests and events into bytes, `api` decides what a request means,
 //! `hub` assigns ids and hands events to reactors, `bridge` talks to Redis,
-//! `market` is the market upstream (for now `market::sim`, a Finnhub
-//! simulator), `limits`/`auth` decide who may do what, `metrics`/`diag` report.
+//! `market` holds the market upstream thread and `market::sim`, a Finnhub
+//! simulator, `limits`/`auth` decide who may do what, `metrics`/`diag` report.
 
 pub mod api;
 pub mod auth;
