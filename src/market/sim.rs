@@ -19,7 +19,7 @@
 //! - Past `max_symbols` a subscribe is answered with
 //!   `{"type":"error","msg":"Subscribing to too many symbols"}`; an
 //!   unsubscribe frees a slot. Re-subscribing a subscribed symbol is a no-op.
-//! - Trades: see [`frames::Feed`]; symbols starting with `SILENT` or named
+//! - Trades: see `frames::Feed`; symbols starting with `SILENT` or named
 //!   in `silent_symbols` never trade. `{"type":"ping"}` every `ping_ms`.
 //! - Controls ([`Sim::drop_all`], [`Sim::set_stalled`],
 //!   [`Sim::set_refusing`], or `POST /control/...`): `drop` shuts down
