@@ -26,7 +26,7 @@ mod ws;
 
 use std::sync::Arc;
 
-use event::{event_json, find_nl, on_ws_message, parse_t, SseStream};
+use event::{event_json, find_nl, for_each_t, on_ws_message, on_ws_message_t, parse_t, SseStream};
 use hist::{Histogram, Tally};
 use plan::{parse_sub_rate, SubRate};
 
@@ -583,4 +583,30 @@ fn p99_counting_lost_deliveries() {
     assert_eq!(pct_counting_lost(99.0, 0, 0), None);
     // more received than expected (duplicates): a lower rank of what arrived
     assert_eq!(pct_counting_lost(99.0, 2000, 1000), Some(49.5));
+}
+
+// ---- market trades: every "t" of an event, in ms ----------------------------------------------
+
+/// A redix market event with two trades of one symbol (t in ms since the epoch).
+const TRADES: &str = r#"{"type":"message","channel":"trades:SYM001","id":"9","data":[{"s":"SYM001","p":12.5,"t":1700000000001,"v":3,"c":["1"]},{"s":"SYM001","p":12.51,"t":1700000000002,"v":0,"c":[]}]}"#;
+
+#[test]
+fn market_every_trade_is_a_delivery_in_ms() {
+    let mut ts = Vec::new();
+    for_each_t(TRADES.as_bytes(), &mut |t| ts.push(t));
+    assert_eq!(ts, [1_700_000_000_001, 1_700_000_000_002]);
+    // SSE: both trades, counted at the data line; latency from ms (now = …004 ms)
+    let mut s = SseStream::default();
+    s.every_t = true;
+    let mut loc = Tally::new(1, 0, 1_700_000_000_004 * 1_000_000);
+    loc.t_unit_ns = 1_000_000;
+    let body = format!("HTTP/1.1 200 OK\r\n\r\nretry: 10\n\nid: 9\ndata: {TRADES}\n\n");
+    s.feed(body.as_bytes(), &mut |t| loc.delivery(t)).unwrap();
+    assert_eq!((loc.events, loc.hist.max, loc.hist.sum), (2, 3000, 5000));
+    // WebSocket: every trade with every_t, the first only without
+    let (mut n, mut acked) = (0, false);
+    on_ws_message_t(TRADES.as_bytes(), true, &mut |_| n += 1, &mut acked).unwrap();
+    assert_eq!(n, 2);
+    on_ws_message(TRADES.as_bytes(), &mut |_| n += 1, &mut acked).unwrap();
+    assert_eq!(n, 3);
 }

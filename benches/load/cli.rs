@@ -50,7 +50,11 @@ impl Transport {
 pub enum ScenarioSel {
     Idle,
     Fanout,
+    /// idle, then fanout
     All,
+    /// trades from a `redix finnhub-sim` process through redix to --subs subscribers spread
+    /// over --market-symbols symbols (redix only; not part of `all`)
+    Market,
 }
 
 /// redix's mode (nchan is always one server)
@@ -193,7 +197,16 @@ pub struct Args {
     /// fanout: most keep-alive connections the publisher keeps requests in flight on
     #[arg(long, default_value_t = 16)]
     pub pub_conns: usize,
-    /// fanout: seconds of publishing per rate
+    /// market: trades per second per symbol the simulator makes (`finnhub-sim --rate`)
+    #[arg(long, default_value_t = 200)]
+    pub market_rate: u32,
+    /// market: symbols the subscribers are spread over evenly (`trades:SYM000`, …)
+    #[arg(long, default_value_t = 50)]
+    pub market_symbols: usize,
+    /// market: the API token the simulator accepts and redix sends (`market.token`)
+    #[arg(long, default_value = "bench-token")]
+    pub market_token: String,
+    /// fanout: seconds of publishing per rate; market: seconds measured
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// size of the published JSON object {"t":…,"pad":"…"} in bytes

@@ -11,7 +11,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
-use crate::event::{on_ws_message, SseStream};
+use crate::event::{on_ws_message_t, SseStream};
 use crate::hist::Tally;
 use crate::now_ns;
 use crate::support::ws;
@@ -49,6 +49,8 @@ pub struct Conn {
     /// WebSocket: redix's `subscribed` ack arrived
     pub acked: bool,
     pub ready: bool,
+    /// market trades: every `"t"` of an event is a delivery (see `SseStream::every_t`)
+    pub every_t: bool,
 }
 
 impl Conn {
@@ -63,6 +65,7 @@ impl Conn {
             stream: Stream::Sse(SseStream::default()),
             acked: false,
             ready: false,
+            every_t: false,
         }
     }
 
@@ -124,7 +127,11 @@ impl Conn {
                 w.reset();
                 self.stream = Stream::Ws(w);
             }
-            (None, _) => self.stream = Stream::Sse(SseStream::default()),
+            (None, _) => {
+                let mut s = SseStream::default();
+                s.every_t = self.every_t;
+                self.stream = Stream::Sse(s);
+            }
         }
         Ok(())
     }
@@ -144,9 +151,9 @@ impl Conn {
         match &mut self.stream {
             Stream::Sse(s) => s.feed(data, &mut |t| loc.delivery(t)),
             Stream::Ws(w) => {
-                let acked = &mut self.acked;
+                let (acked, every_t) = (&mut self.acked, self.every_t);
                 w.feed(data, &mut |m| {
-                    on_ws_message(m, &mut |t| loc.delivery(t), acked)
+                    on_ws_message_t(m, every_t, &mut |t| loc.delivery(t), acked)
                 })
             }
         }

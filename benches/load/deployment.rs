@@ -42,7 +42,9 @@ impl Deployment {
                 d.wait_redis_ready(Instant::now() + Duration::from_secs(30))?;
             }
             (Kind::Nchan, _) => d.nodes.push(Server::start_nchan(a)?),
-            (Kind::Redis, _) => return Err("redis-server is not a load target".into()),
+            (Kind::Redis | Kind::FinnhubSim, _) => {
+                return Err(format!("{} is not a load target", kind.name()))
+            }
         }
         Ok(d)
     }

@@ -59,17 +59,48 @@ pub fn parse_t(line: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
+/// Every `"t":<digits>` in a message, in order: a market event carries one per trade
+/// (`"data":[{"s":…,"t":<ms>,…},…]`).
+#[inline]
+pub fn for_each_t(mut line: &[u8], delivery: &mut impl FnMut(u64)) {
+    while let Some(t) = parse_t(line) {
+        delivery(t);
+        // past this `"t":`, so the next search starts after it
+        let Some(p) = line.windows(4).position(|w| w == b"\"t\":") else {
+            break;
+        };
+        line = &line[p + 4..];
+    }
+}
+
 /// What a WebSocket text message from the server means: an event (its `"t"` goes to
 /// `delivery`), redix's `subscribed` ack (sets `acked`), or an error answer.
 #[inline]
+#[allow(dead_code)] // the bench calls `on_ws_message_t`; tests/bench_self_test.rs this
 pub fn on_ws_message(
     m: &[u8],
     delivery: &mut impl FnMut(u64),
     acked: &mut bool,
 ) -> Result<(), String> {
+    on_ws_message_t(m, false, delivery, acked)
+}
+
+/// `on_ws_message`, with `every_t`: every `"t"` of the message goes to `delivery` (one per
+/// trade of a market event), not just the first.
+#[inline]
+pub fn on_ws_message_t(
+    m: &[u8],
+    every_t: bool,
+    delivery: &mut impl FnMut(u64),
+    acked: &mut bool,
+) -> Result<(), String> {
     let has = |needle: &[u8]| m.windows(needle.len()).any(|w| w == needle);
     if let Some(t) = parse_t(m) {
-        delivery(t);
+        if every_t {
+            for_each_t(m, delivery);
+        } else {
+            delivery(t);
+        }
     } else if has(b"\"subscribed\"") {
         *acked = true;
     } else if has(b"\"error\"") {
@@ -172,6 +203,9 @@ pub struct SseStream {
     pub retry_seen: bool,
     /// the server announced a slow-consumer close (`event: slow`)
     pub slow: bool,
+    /// every `"t"` of a data line is a delivery (market events: one per trade), counted when
+    /// the data line arrives; otherwise the first `"t"`, counted at the blank line
+    pub every_t: bool,
 }
 
 impl SseStream {
@@ -276,6 +310,7 @@ impl SseStream {
             return;
         }
         match line[0] {
+            b'd' if self.every_t && line.starts_with(b"data:") => for_each_t(line, delivery),
             b'd' if self.pending_t.is_none() && line.starts_with(b"data:") => {
                 self.pending_t = parse_t(line)
             }

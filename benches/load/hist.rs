@@ -102,6 +102,9 @@ pub struct Tally {
     pub last_recv: u64,
     pub pub_start: u64,
     pub now_ns: u64,
+    /// ns per unit of a delivery's `"t"`: 1 for the bench's events (ns), 1,000,000 for
+    /// market trades (ms)
+    pub t_unit_ns: u64,
 }
 
 impl Tally {
@@ -121,11 +124,13 @@ impl Tally {
             last_recv: 0,
             pub_start,
             now_ns,
+            t_unit_ns: 1,
         }
     }
 
     #[inline]
     pub fn delivery(&mut self, t: u64) {
+        let t = t.saturating_mul(self.t_unit_ns);
         if t < self.pub_start {
             self.stale += 1;
         } else {

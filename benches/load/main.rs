@@ -37,6 +37,11 @@
 //! bounded in time; servers it starts are stopped on exit (and get PR_SET_PDEATHSIG).
 //! Load only ever goes to 127.0.0.0/8.
 //!
+//! * market (`--scenario market`, redix only, not part of `all`): a `redix finnhub-sim`
+//!   process at `--market-rate` trades/s per symbol, redix pointed at it (`market.url`), `--subs`
+//!   subscribers spread over `--market-symbols` symbols; trades delivered/s, upstream → client
+//!   latency from each trade's `"t"` (ms resolution), CPU per delivery, RSS, the simulator's CPU.
+//!
 //! * `--attacker pipeline` (fanout only): while publishing, connections from 127.0.0.250 pipeline
 //!   `GET /metrics/prom` without ever reading, a probe asks `/readyz` each second and the
 //!   server's VmRSS is sampled (`attack`, figures in `attack_figs`); `--attacker compare` runs
@@ -56,6 +61,8 @@ mod event;
 mod fanout;
 mod hist;
 mod idle;
+mod market;
+mod market_out;
 mod output;
 mod peers;
 mod plan;
@@ -162,6 +169,9 @@ fn run(a: &Args) -> Res<bool> {
         attack::check_args(a)?;
     }
     let mut srcs = SrcAlloc { next: 2 };
+    if a.scenario == ScenarioSel::Market {
+        return run_market_all(a, &mut srcs);
+    }
     let mut results = Vec::new();
     'passes: for pass in attack_passes(a) {
         for (kind, transport, mode) in runs(a) {
@@ -176,6 +186,44 @@ fn run(a: &Args) -> Res<bool> {
         return Err("interrupted".into());
     }
     Ok(checks_ok && results.iter().all(|r| r.errors.is_empty()))
+}
+
+/// `--scenario market`: each transport in turn against a fresh simulator and redix.
+fn run_market_all(a: &Args, srcs: &mut SrcAlloc) -> Res<bool> {
+    if a.target == TargetSel::Nchan
+        || a.mode != ModeSel::Embedded
+        || a.attacker != AttackerSel::None
+    {
+        return Err(
+            "--scenario market runs redix in embedded mode only, without --attacker".into(),
+        );
+    }
+    let mut ok = true;
+    let mut notes = Vec::new();
+    for (_, tr, _) in runs(a).into_iter().filter(|r| r.0 == Kind::Redix) {
+        let name = label(Kind::Redix, Mode::Embedded, tr, a);
+        let (r, note) = market::run_market(a, tr, srcs);
+        match r {
+            Ok(r) => {
+                market_out::print_market(&name, tr, &r);
+                emit_json(&market_out::market_json(tr, &r), a);
+            }
+            Err(e) => {
+                eprintln!("[{name}] market failed: {e}");
+                notes.push(format!("{name} ERROR market: {e}"));
+                ok = false;
+            }
+        }
+        notes.push(format!("{name}: {note}"));
+        if interrupted() {
+            return Err("interrupted".into());
+        }
+    }
+    println!();
+    for n in notes {
+        println!("{n}");
+    }
+    Ok(ok)
 }
 
 /// One server × transport × mode: start it, run every round, stop it.

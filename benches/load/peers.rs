@@ -243,6 +243,12 @@ fn redis_ping(addr: SocketAddr) -> bool {
 
 /// Status of a `GET path` (one request, `Connection: close`, at most 2 s).
 pub fn http_status(addr: SocketAddr, path: &str) -> Res<u16> {
+    http_get(addr, path).map(|(status, _)| status)
+}
+
+/// Status and body (as text, as framed on the wire) of a `GET path` (one request,
+/// `Connection: close`, at most 2 s per read).
+pub fn http_get(addr: SocketAddr, path: &str) -> Res<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -257,7 +263,12 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Res<u16> {
         let n = s.read(&mut chunk).map_err(|e| format!("GET {path}: {e}"))?;
         buf.extend_from_slice(&chunk[..n]);
         match parse_response(&buf, n == 0) {
-            Some(r) => return r.map(|r| r.status),
+            Some(r) => {
+                return r.map(|r| {
+                    let body = String::from_utf8_lossy(&buf[r.body..r.len]).into_owned();
+                    (r.status, body)
+                })
+            }
             None if n == 0 => return Err(format!("GET {path}: closed before a response")),
             None => {}
         }

@@ -66,7 +66,7 @@ pub fn publish_request(c: &PubCfg, t: u64) -> Vec<u8> {
     let inner = event_json(t, c.payload_bytes);
     let host = c.addr.to_string();
     match c.kind {
-        Kind::Redix | Kind::Redis => {
+        Kind::Redix | Kind::Redis | Kind::FinnhubSim => {
             post_json(&host, "/api/publish", &publish_body(&c.channel, &inner))
         }
         Kind::Nchan => post_json(&host, &format!("/pub?id={}", c.channel), &inner),

@@ -22,6 +22,8 @@ pub enum Kind {
     Nchan,
     /// the redis-server behind redix nodes in Redis mode (never a load target itself)
     Redis,
+    /// `redix finnhub-sim`, the market scenario's upstream (never a load target itself)
+    FinnhubSim,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
             Kind::Redix => "redix",
             Kind::Nchan => "nchan",
             Kind::Redis => "redis-server",
+            Kind::FinnhubSim => "finnhub-sim",
         }
     }
 }
@@ -154,7 +157,7 @@ impl Server {
     pub fn ws_config(&self, channel: &str) -> ws::Config {
         let (path, subscribe) = match self.kind {
             Kind::Nchan => (format!("/sub/{channel}"), None),
-            Kind::Redix | Kind::Redis => (
+            Kind::Redix | Kind::Redis | Kind::FinnhubSim => (
                 "/ws".to_string(),
                 Some(
                     serde_json::json!({"type": "subscribe", "channel": channel})
@@ -174,7 +177,9 @@ impl Server {
     pub fn sse_request(&self, channel: &str) -> Vec<u8> {
         let path = match self.kind {
             Kind::Nchan => format!("/sub/{channel}"),
-            Kind::Redix | Kind::Redis => format!("/api/stream?channels={channel}"),
+            Kind::Redix | Kind::Redis | Kind::FinnhubSim => {
+                format!("/api/stream?channels={channel}")
+            }
         };
         format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",

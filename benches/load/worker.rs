@@ -84,6 +84,14 @@ struct NodeTarget {
     ws: Option<Arc<ws::Config>>,
 }
 
+/// What the connections read: the bench's events (`"t"` in ns, one per event) or market
+/// trades (`"t"` in ms, one per trade, several per event).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    Events,
+    Trades,
+}
+
 #[derive(Clone)]
 struct WorkerCfg {
     nodes: Arc<Vec<NodeTarget>>,
@@ -93,6 +101,7 @@ struct WorkerCfg {
     concurrency: usize,
     attempts: u32,
     connect_timeout: Duration,
+    feed: Feed,
 }
 
 /// This thread's counts since they were last added to `Shared`.
@@ -122,7 +131,10 @@ struct Worker {
 }
 
 fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> Hists {
-    let loc = Tally::new(cfg.nodes.len(), u64::MAX, 0);
+    let mut loc = Tally::new(cfg.nodes.len(), u64::MAX, 0);
+    if cfg.feed == Feed::Trades {
+        loc.t_unit_ns = 1_000_000;
+    }
     let n = cfg.conns.len();
     let poll = match Poll::new() {
         Ok(p) => p,
@@ -137,6 +149,7 @@ fn worker(cfg: WorkerCfg, sh: Arc<Shared>) -> Hists {
         .iter()
         .map(|&(src, node)| Conn {
             node,
+            every_t: cfg.feed == Feed::Trades,
             ..Conn::new(src)
         })
         .collect();
@@ -326,6 +339,51 @@ impl ConnSet {
         n: usize,
         srcs: &mut SrcAlloc,
     ) -> Res<ConnSet> {
+        let targets = nodes
+            .iter()
+            .map(|srv| NodeTarget {
+                addr: srv.addr,
+                req: srv.sse_request(&a.channel),
+                ws: (tr == Transport::Ws).then(|| Arc::new(srv.ws_config(&a.channel))),
+            })
+            .collect();
+        let kind = nodes.first().ok_or("no server to connect to")?.kind;
+        Self::start_targets(targets, kind, Feed::Events, a, n, srcs)
+    }
+
+    /// `n` market subscribers on one server, connection i on `channels[i mod S]` (a "node"
+    /// in `Shared`/`per_node` is then a channel).
+    pub fn start_channels(
+        srv: &Server,
+        channels: &[String],
+        a: &Args,
+        tr: Transport,
+        n: usize,
+        srcs: &mut SrcAlloc,
+    ) -> Res<ConnSet> {
+        let targets = channels
+            .iter()
+            .map(|ch| NodeTarget {
+                addr: srv.addr,
+                req: srv.sse_request(ch),
+                ws: (tr == Transport::Ws).then(|| Arc::new(srv.ws_config(ch))),
+            })
+            .collect();
+        Self::start_targets(targets, srv.kind, Feed::Trades, a, n, srcs)
+    }
+
+    /// Connection i goes to `targets[i mod N]`; the connections are dealt over the threads.
+    fn start_targets(
+        targets: Vec<NodeTarget>,
+        kind: Kind,
+        feed: Feed,
+        a: &Args,
+        n: usize,
+        srcs: &mut SrcAlloc,
+    ) -> Res<ConnSet> {
+        if targets.is_empty() {
+            return Err("no server to connect to".into());
+        }
         let threads = a.threads.max(1);
         let per_source = a.per_source.max(1);
         let sh = Arc::new(Shared {
@@ -344,30 +402,20 @@ impl ConnSet {
             pub_start_ns: AtomicU64::new(u64::MAX),
             first_err: Mutex::new(None),
             errors: AtomicUsize::new(0),
-            node_ready: nodes.iter().map(|_| AtomicUsize::new(0)).collect(),
+            node_ready: targets.iter().map(|_| AtomicUsize::new(0)).collect(),
         });
-        let kind = nodes.first().ok_or("no server to connect to")?.kind;
         let mut per_thread: Vec<Vec<(Ipv4Addr, usize)>> = vec![Vec::new(); threads];
-        let mut per_node = vec![0; nodes.len()];
+        let mut per_node = vec![0; targets.len()];
         let mut src = srcs.take();
         for i in 0..n {
             if i > 0 && i % per_source == 0 {
                 src = srcs.take();
             }
-            let node = i % nodes.len();
+            let node = i % targets.len();
             per_node[node] += 1;
             per_thread[i % threads].push((src, node));
         }
-        let targets: Arc<Vec<NodeTarget>> = Arc::new(
-            nodes
-                .iter()
-                .map(|srv| NodeTarget {
-                    addr: srv.addr,
-                    req: srv.sse_request(&a.channel),
-                    ws: (tr == Transport::Ws).then(|| Arc::new(srv.ws_config(&a.channel))),
-                })
-                .collect(),
-        );
+        let targets = Arc::new(targets);
         let mut handles = Vec::new();
         for (t, list) in per_thread.into_iter().enumerate() {
             let cfg = WorkerCfg {
@@ -377,6 +425,7 @@ impl ConnSet {
                 concurrency: (a.connect_concurrency / threads).max(1),
                 attempts: a.connect_attempts.max(1),
                 connect_timeout: Duration::from_secs_f64(a.connect_timeout),
+                feed,
             };
             let sh2 = sh.clone();
             let h = thread::Builder::new()

@@ -67,12 +67,23 @@ pub fn spawn_tied(cmd: &mut Command, bin: &Path, hint: &str) -> Result<Child, St
 pub fn listening_addr(
     stdout: ChildStdout,
 ) -> Result<crossbeam_channel::Receiver<SocketAddr>, String> {
+    listening_addr_after(stdout, "redix listening on ")
+}
+
+/// `listening_addr` for a line `<prefix>ADDR` (e.g. `finnhub-sim listening on `).
+pub fn listening_addr_after(
+    stdout: ChildStdout,
+    prefix: &'static str,
+) -> Result<crossbeam_channel::Receiver<SocketAddr>, String> {
     let (tx, rx) = crossbeam_channel::bounded::<SocketAddr>(1);
     thread::Builder::new()
-        .name("redix-stdout".into())
+        .name("child-stdout".into())
         .spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = listening_line(&line) {
+                let addr = line
+                    .split_once(prefix)
+                    .and_then(|(_, a)| a.trim().parse().ok());
+                if let Some(addr) = addr {
                     let _ = tx.try_send(addr);
                 }
             }
