@@ -493,3 +493,22 @@ fn subcommand_prints_its_listening_line_and_stops_on_sigterm() {
     assert!(status.success(), "{status}");
     wait_closed(&mut ws);
 }
+
+/// `--no-duplicates` and `--silent` reach the simulator's configuration.
+#[test]
+fn the_subcommand_flags_shape_the_feed() {
+    use clap::Parser;
+    let cli = redix::config::Cli::parse_from([
+        "redix",
+        "finnhub-sim",
+        "--no-duplicates",
+        "--silent",
+        "AAA,BBB",
+    ]);
+    let Some(redix::config::Subcommand::FinnhubSim(args)) = cli.command else {
+        panic!("not the simulator");
+    };
+    let config = args.sim_config();
+    assert!(!config.duplicates);
+    assert_eq!(config.silent_symbols, ["AAA", "BBB"]);
+}

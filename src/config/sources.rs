@@ -80,6 +80,13 @@ pub struct FinnhubSimArgs {
     /// Ping interval in ms; 0 sends none.
     #[arg(long, default_value_t = crate::market::sim::DEFAULT_PING_MS)]
     pub ping_ms: u64,
+    /// No duplicate trades or re-sent frames (Finnhub sends both; turn
+    /// them off to measure latency without their tail).
+    #[arg(long)]
+    pub no_duplicates: bool,
+    /// Symbols that never trade (comma-separated), besides `SILENT*`.
+    #[arg(long, value_delimiter = ',')]
+    pub silent: Vec<String>,
 }
 
 impl FinnhubSimArgs {
@@ -90,7 +97,8 @@ impl FinnhubSimArgs {
             max_symbols: self.max_symbols,
             trades_per_sec: self.rate,
             ping_ms: self.ping_ms,
-            ..Default::default()
+            silent_symbols: self.silent.clone(),
+            duplicates: !self.no_duplicates,
         }
     }
 }
