@@ -6,6 +6,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::wait_until;
 use redix::market::sim::{self, Sim, SimConfig, TOO_MANY_SYMBOLS};
 use serde_json::Value;
 use tungstenite::{Message, WebSocket};
@@ -106,14 +109,6 @@ fn wait_closed(ws: &mut Ws) {
         }
     }
     panic!("still open after {DEADLINE:?}");
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < end, "not within {DEADLINE:?}: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// One plain HTTP request; returns (status, body).

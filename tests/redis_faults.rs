@@ -60,26 +60,16 @@ fn fd_report(node: &Server) -> serde_json::Value {
 /// Waits until the node holds as many fds besides client connections as
 /// in `baseline`, every one accounted for, two of them to Redis.
 fn fds_back_to(node: &Server, baseline: &serde_json::Value) {
-    let started = std::time::Instant::now();
-    loop {
+    // Client connections come and go (a readiness poll may still be
+    // closing when the baseline was taken): compare everything else.
+    let others = |r: &serde_json::Value| {
+        r["open"].as_i64().unwrap_or(-1) - r["owned"]["connections"].as_i64().unwrap_or(0)
+    };
+    let what = format!("fds back to the baseline {baseline}");
+    wait_until(&what, || {
         let last = fd_report(node);
-        // Client connections come and go (a readiness poll may still be
-        // closing when the baseline was taken): compare everything else.
-        let others = |r: &serde_json::Value| {
-            r["open"].as_i64().unwrap_or(-1) - r["owned"]["connections"].as_i64().unwrap_or(0)
-        };
-        let back = others(&last) == others(baseline)
-            && last["unaccounted"] == 0
-            && last["owned"]["redis"] == 2;
-        if back {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "fds not back to the baseline {baseline}: {last}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+        others(&last) == others(baseline) && last["unaccounted"] == 0 && last["owned"]["redis"] == 2
+    });
 }
 
 /// The next data event's (id, data).

@@ -5,10 +5,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::http::get;
-use super::server::{wait_until, Server, DEADLINE};
+use super::server::{wait_until, Server};
 
 /// A real `redis-server` on a free port, killed on drop; the tests can
 /// kill, restart (same port), pause and resume it.
@@ -53,20 +53,22 @@ impl RedisServer {
             .spawn()
             .expect("redis-server on PATH (the test command installs it)");
         self.child = Some(child);
-        let start = Instant::now();
-        while start.elapsed() < DEADLINE {
-            if self.ping() {
-                return true;
-            }
-            if let Some(c) = self.child.as_mut() {
-                if matches!(c.try_wait(), Ok(Some(_))) {
-                    self.child = None;
-                    return false;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        // Answering, or gone (the port was taken: the caller tries another).
+        let mut exited = false;
+        wait_until(
+            &format!("redis-server on port {port} to answer PING"),
+            || {
+                exited = self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                exited || self.ping()
+            },
+        );
+        if exited {
+            self.child = None;
         }
-        panic!("redis-server on port {port} did not answer PING");
+        !exited
     }
 
     /// Runs one command (RESP over a fresh connection); the raw reply.
