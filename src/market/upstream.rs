@@ -263,9 +263,15 @@ impl<'a> Session<'a> {
     /// Runs until the link fails; returns why.
     fn serve(&mut self) -> String {
         let silence = Duration::from_millis(self.up.config.silence_ms);
+        let mut synced: Option<Instant> = None;
         loop {
-            if let Err(e) = self.sync_interest() {
-                return e;
+            // Interest is read from the hub (under its lock) once a read
+            // timeout at most, not once per upstream message.
+            if synced.is_none_or(|t| t.elapsed() >= READ_TIMEOUT) {
+                synced = Some(Instant::now());
+                if let Err(e) = self.sync_interest() {
+                    return e;
+                }
             }
             match self.socket.read() {
                 Ok(Message::Text(text)) => {
