@@ -29,7 +29,7 @@ use crate::output::label;
 use crate::peers::http_get;
 use crate::server::{Kind, Server};
 use crate::support::proc::{box_busy_pct, box_cpu, clk_tck, cpu_ticks, rss_kib};
-use crate::support::spawn::{interrupted, listening_addr_after, spawn_tied, tail_file};
+use crate::support::spawn::{interrupted, listening_addr_after, spawn_tied};
 use crate::worker::{ConnSet, SrcAlloc};
 use crate::Res;
 
@@ -117,19 +117,7 @@ pub fn start_sim(a: &Args) -> Res<Server> {
         note: String::new(),
         stopped: false,
     };
-    let until = Instant::now() + Duration::from_secs(20);
-    srv.addr = loop {
-        if let Ok(addr) = rx.recv_timeout(Duration::from_millis(50)) {
-            break addr;
-        }
-        srv.check_alive()?;
-        if Instant::now() > until || interrupted() {
-            return Err(format!(
-                "finnhub-sim did not print its address within 20 s; stderr tail:\n{}",
-                tail_file(&log, 20)
-            ));
-        }
-    };
+    srv.addr = srv.wait_listening(&rx, &log)?;
     srv.note = format!(
         "finnhub-sim (pid {pid}) on {} at {} trades/s per symbol, stderr in {}",
         srv.addr,

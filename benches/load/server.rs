@@ -102,7 +102,9 @@ impl Server {
 
     /// The address of redix's `redix listening on ADDR` line (printed on stdout; accepted on
     /// stderr too), within 20 s.
-    fn wait_listening(
+    /// Waits for the address the process prints when it listens (read
+    /// from its stdout by `rx`, or a redix line in its log), while it lives.
+    pub(crate) fn wait_listening(
         &mut self,
         rx: &crossbeam_channel::Receiver<SocketAddr>,
         log: &Path,
@@ -119,7 +121,8 @@ impl Server {
             self.check_alive()?;
             if Instant::now() > until || interrupted() {
                 return Err(format!(
-                    "redix did not print 'redix listening on ADDR' within 20 s; stderr tail:\n{}",
+                    "{:?} did not print its listening address within 20 s; stderr tail:\n{}",
+                    self.kind,
                     tail_file(log, 20)
                 ));
             }
