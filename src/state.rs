@@ -6,7 +6,7 @@
 //! This module builds nothing and starts nothing (`server` does); it
 //! imports nothing from `bridge/` or `reactor/`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::auth::Keys;
@@ -96,6 +96,9 @@ pub struct FdBook {
     /// Fds that are neither connections nor listeners, counted once every
     /// reactor is up and before the first accept.
     pub internal_fds: AtomicU64,
+    /// The connection cap was reached and the open connections have not
+    /// yet come down to 90 % of it: no reactor accepts.
+    pub capped: AtomicBool,
     /// Open fds of the process, sampled once a second off the reactors
     /// (listing `/proc/self/fd` costs O(fds)); `/metrics/prom` reads this.
     pub open_fds: AtomicU64,
@@ -160,6 +163,7 @@ impl Shared {
                 listeners: sizing.reactors,
                 internal_fds: AtomicU64::new(0),
                 open_fds: AtomicU64::new(0),
+                capped: AtomicBool::new(false),
             },
             health: Health::new(sizing.reactors),
             config,

@@ -58,8 +58,7 @@ impl Worker {
             if now < until {
                 return;
             }
-            let (open, max) = (self.shared.fds.open(), self.shared.fds.max_conns);
-            if self.accept.at_cap && !may_resume(open, max) {
+            if self.accept.at_cap && self.at_cap() {
                 self.accept.paused_until = Some(now + CAP_RECHECK_MS);
                 return;
             }
@@ -70,7 +69,7 @@ impl Worker {
             return;
         }
         for _ in 0..ACCEPT_BATCH {
-            if self.shared.fds.open() >= self.shared.fds.max_conns {
+            if self.at_cap() {
                 return self.pause_accept(now, true);
             }
             let Some(listener) = &self.listener else {
@@ -102,6 +101,27 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Whether the connection cap holds accepts, for every reactor alike:
+    /// from the moment one reactor finds the cap reached until the open
+    /// connections are down to 90 % of it (a reactor that never hit the cap
+    /// itself must not accept in between).
+    fn at_cap(&self) -> bool {
+        let fds = &self.shared.fds;
+        let (open, max) = (fds.open(), fds.max_conns);
+        if open >= max {
+            fds.capped.store(true, Ordering::Relaxed);
+            return true;
+        }
+        if !fds.capped.load(Ordering::Relaxed) {
+            return false;
+        }
+        if may_resume(open, max) {
+            fds.capped.store(false, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     fn pause_accept(&mut self, now: u64, at_cap: bool) {
