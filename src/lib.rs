@@ -25,7 +25,10 @@
 //!  market thread: one upstream WebSocket (Finnhub protocol; without market.url the
 //!      in-process simulator, started at the first trades:* subscriber) ◄── Hub.market_interest
 //!      (trades:* channels with subscribers) ─► Hub.publish on trades:SYM ─► reactors;
-//!      errors for a channel's subscribers through Hub.channel_error ─► Msg::ChannelError
+//!      errors for a channel's subscribers through Hub.channel_error ─► Msg::ChannelError.
+//!      Redis mode: the node holding the market lease (market::lease) alone connects,
+//!      subscribes every node's interest (shared in Redis) and republishes trades through
+//!      the fenced publish script ─► Redis pub/sub ─► every node's hub like any channel
 //!
 //!  to come: the job workers (results as hub events) attach at the same points: a handle
 //!  in `link`, answers and events through the Hub or a Mailbox.

@@ -57,6 +57,27 @@ impl Names {
         format!("{}lost", self.prefix)
     }
 
+    /// The market lease: "<node> <fencing token>" of the node holding the
+    /// cluster's one upstream connection.
+    pub fn market_lease(&self) -> String {
+        format!("{}market:lease", self.prefix)
+    }
+
+    /// The market lease's fencing counter (only grows).
+    pub fn market_fence(&self) -> String {
+        format!("{}market:fence", self.prefix)
+    }
+
+    /// Every node's market interest: members "<node>|<symbol>".
+    pub fn market_interest(&self) -> String {
+        format!("{}market:interest", self.prefix)
+    }
+
+    /// The market upstream's status, written by the lease holder.
+    pub fn market_status(&self) -> String {
+        format!("{}market:status", self.prefix)
+    }
+
     /// The node-private canary channel.
     pub fn canary(&self, node: &str) -> String {
         format!("{}canary:{node}", self.prefix)
@@ -140,6 +161,13 @@ pub struct MarketLink {
     /// The circuit breaker is open: subscribers were told the upstream is
     /// unavailable.
     pub breaker_open: AtomicBool,
+    /// Cluster mode: this node holds the market lease (and the upstream).
+    pub lease_held: AtomicBool,
+    /// Cluster mode: the fencing token of the lease as this node last saw
+    /// it (its own while it holds it).
+    pub fence: AtomicU64,
+    /// Cluster mode: times this node took the lease.
+    pub leases_taken: AtomicU64,
 }
 
 /// The command thread's ends of the two queues.

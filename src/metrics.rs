@@ -338,17 +338,25 @@ pub struct MarketFigures {
     pub symbols: u64,
     pub refused: u64,
     pub breaker_open: bool,
+    pub simulated: bool,
+    pub lease_held: bool,
+    pub fence: u64,
+    pub leases_taken: u64,
 }
 
 #[rustfmt::skip]
 pub fn render_market(out: &mut String, m: &MarketFigures) {
-    let metrics: [(&str, &str, &str, u64); 6] = [
+    let metrics: [(&str, &str, &str, u64); 10] = [
         ("redix_market_breaker_open", "gauge", "1 while the circuit breaker is open (subscribers were told the upstream is unavailable).", u64::from(m.breaker_open)),
         ("redix_market_up", "gauge", "1 while the market upstream connection is up.", u64::from(m.up)),
         ("redix_market_reconnects_total", "counter", "Market upstream connections lost (or refused) and tried again.", m.reconnects),
         ("redix_market_trades_total", "counter", "Trades received from the market upstream.", m.trades),
         ("redix_market_symbols", "gauge", "Symbols subscribed upstream (one per symbol, whatever the clients).", m.symbols),
         ("redix_market_refused_symbols", "gauge", "Symbols wanted but over the upstream plan's limit.", m.refused),
+        ("redix_market_simulated", "gauge", "1 while trades come from the built-in simulator (no market.url): not real market data.", u64::from(m.simulated)),
+        ("redix_market_lease_held", "gauge", "Redis mode: 1 while this node holds the market lease (and the cluster's one upstream connection).", u64::from(m.lease_held)),
+        ("redix_market_lease_fence", "gauge", "Redis mode: the fencing token of the market lease as this node last saw it (its own while it holds it).", m.fence),
+        ("redix_market_leases_taken_total", "counter", "Redis mode: times this node took the market lease.", m.leases_taken),
     ];
     write_singles(out, &metrics);
 }

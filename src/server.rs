@@ -222,11 +222,24 @@ fn start_bridges(
         })?;
     }
     if let Some(link) = &shared.market {
+        let cluster = match &shared.redis {
+            Some(redis) => Some(market::lease::ClusterParts {
+                endpoint: bridge::Endpoint::parse(&redis.config.url)?,
+                names: redis.names.clone(),
+                node: redis.node.clone(),
+                lease_ms: shared.config.market.lease_ms,
+                retention: Retention::of(&shared.config),
+                hub: shared.hub.clone(),
+                link: link.clone(),
+            }),
+            None => None,
+        };
         market::upstream::start(market::upstream::Upstream {
             config: shared.config.market.clone(),
             hub: shared.hub.clone(),
             clock: shared.clock,
             link: link.clone(),
+            cluster,
         })?;
     }
     Ok(())

@@ -152,7 +152,7 @@ impl Shared {
     ) -> Arc<Shared> {
         let market = config
             .market
-            .feed(config.redis.enabled())
+            .feed()
             .then(|| Arc::new(MarketLink::default()));
         Arc::new(Shared {
             access: Access::new(&config),

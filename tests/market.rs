@@ -43,23 +43,6 @@ fn redix_on(sim: &Sim, extra: &[&str]) -> Server {
     server
 }
 
-/// The next trade event on a WebSocket: (event id, symbol of its trades).
-fn next_trade(ws: &mut RawWs) -> (String, String) {
-    loop {
-        let f = ws.read_non_ping().expect("a frame");
-        let v: serde_json::Value = serde_json::from_str(&f.text()).expect("json");
-        if v["type"] != "message" {
-            continue;
-        }
-        let symbol = v["data"][0]["s"].as_str().unwrap_or_default().to_string();
-        return (v["id"].as_str().unwrap_or_default().to_string(), symbol);
-    }
-}
-
-fn subscribe_symbol(ws: &mut RawWs, symbol: &str) {
-    ws.send_text(&format!(r#"{{"type":"subscribe","symbol":"{symbol}"}}"#));
-}
-
 #[test]
 fn a_hundred_and_twenty_clients_mean_one_upstream_subscription() {
     let sim = simulator(20);

@@ -281,8 +281,11 @@ fn same_token_twice_drops_both() {
         let s = sim.stats();
         s.subscribes.get("AAPL") == Some(&1) && s.subscribes.get("MSFT") == Some(&1)
     });
-    assert_eq!(sim.stats().connections, 2);
-    assert_eq!(sim.stats().accepted, 4);
+    let stats = sim.stats();
+    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.accepted, 4);
+    assert_eq!(stats.same_token_drops, 1, "counted: {stats:?}");
+    assert_eq!(stats.peak_connections, 3);
 }
 
 #[test]
@@ -312,7 +315,7 @@ fn stats_over_http() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        r#"{"connections":0,"accepted":0,"subscribes":{},"unsubscribes":{}}"#
+        r#"{"connections":0,"peak_connections":0,"same_token_drops":0,"accepted":0,"subscribes":{},"unsubscribes":{}}"#
     );
     let mut a = connect(sim.addr(), "a");
     let mut b = connect(sim.addr(), "b");
@@ -328,6 +331,8 @@ fn stats_over_http() {
         v,
         serde_json::json!({
             "connections": 2,
+            "peak_connections": 2,
+            "same_token_drops": 0,
             "accepted": 2,
             "subscribes": {"AAPL": 2, "MSFT": 1},
             "unsubscribes": {"MSFT": 1},

@@ -107,6 +107,10 @@ pub fn render_metrics(shared: &Shared) -> String {
             symbols: get(&m.symbols),
             refused: get(&m.refused),
             breaker_open: m.breaker_open.load(Ordering::Relaxed),
+            simulated: m.simulated.load(Ordering::Relaxed),
+            lease_held: m.lease_held.load(Ordering::Relaxed),
+            fence: get(&m.fence),
+            leases_taken: get(&m.leases_taken),
         };
         metrics::render_market(&mut text, &figures);
     }

@@ -17,7 +17,7 @@
 
 pub mod command;
 pub mod pubsub;
-mod wire;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

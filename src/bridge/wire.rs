@@ -46,22 +46,59 @@ pub(super) const PUBLISH_BATCH: usize = 256;
 
 /// The `EVALSHA` of one publish (the script must be loaded).
 pub(super) fn publish_cmd(args: &PublishArgs<'_>, p: &Publish) -> redis::Cmd {
+    publish_cmd_fenced(args, p, None)
+}
+
+/// The `EVALSHA` of one publish, with the market lease's fencing value
+/// when `fence` is given (then a publisher id is not used).
+fn publish_cmd_fenced(args: &PublishArgs<'_>, p: &Publish, fence: Option<&str>) -> redis::Cmd {
     let (names, keep) = (args.names, args.retention);
-    let (channel, publish_id) = (&p.channel, p.publish_id.as_deref());
+    let channel = &p.channel;
+    let publish_id = p.publish_id.as_deref().filter(|_| fence.is_none());
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(publish_script().get_hash())
-        .arg(if publish_id.is_some() { 3 } else { 2 })
+        .arg(if publish_id.is_some() || fence.is_some() {
+            3
+        } else {
+            2
+        })
         .arg(names.stream(channel))
         .arg(names.last_id());
     if let Some(pid) = publish_id {
         cmd.arg(names.seen(pid));
+    }
+    if fence.is_some() {
+        cmd.arg(names.market_lease());
     }
     cmd.arg(names.notify(channel))
         .arg(&p.data)
         .arg(keep.max_events.max(1))
         .arg(keep.max_age_ms)
         .arg(keep.dedupe_ttl_ms);
+    if let Some(value) = fence {
+        cmd.arg(value);
+    }
     cmd
+}
+
+/// Publishes market trades in one pipeline, each only while the market
+/// lease still holds `fence` (the holder's "<node> <token>"): a node that
+/// lost the lease cannot publish once another took it. `Err` when the
+/// wire failed or a publish was refused (a refusal's text starts with
+/// `FENCED`).
+pub fn publish_fenced(
+    con: &mut Connection,
+    args: &PublishArgs<'_>,
+    batch: &[Publish],
+    fence: &str,
+) -> Result<(), RedisError> {
+    publish_script().load(con)?;
+    let mut pipe = redis::pipe();
+    for p in batch {
+        pipe.add_command(publish_cmd_fenced(args, p, Some(fence)))
+            .ignore();
+    }
+    pipe.query::<()>(con)
 }
 
 /// Runs the publish script once (loading it first): returns the stream id

@@ -60,6 +60,9 @@ pub const DEFAULT_MARKET_MAX_SYMBOLS: usize = 50;
 /// Market: reconnect backoff (full jitter) from this, doubling up to the cap.
 pub const DEFAULT_MARKET_BACKOFF_MIN_MS: u64 = 100;
 pub const DEFAULT_MARKET_BACKOFF_MAX_MS: u64 = 30_000;
+/// Cluster mode: the market lease's time to live (the most the upstream
+/// stays without a holder after its holder dies).
+pub const DEFAULT_MARKET_LEASE_MS: u64 = 10_000;
 /// Largest request head (request line + headers); larger gets 431.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Largest request body; larger gets 413.
@@ -204,9 +207,14 @@ pub struct MarketConfig {
     pub max_symbols: usize,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
-    /// Without `url` (and not in Redis mode): serve `trades:*` from the
-    /// built-in simulator, started at the first subscriber (a demo feed).
+    /// Without `url`: serve `trades:*` from the built-in simulator,
+    /// started at the first subscriber (a demo feed; in Redis mode by the
+    /// lease holder).
     pub simulator: bool,
+    /// Redis mode: the lease on the cluster's one upstream connection
+    /// lives this long unless renewed (every third of it); the upstream
+    /// moves to another node within about this long when its holder dies.
+    pub lease_ms: u64,
 }
 
 impl Default for MarketConfig {
@@ -220,6 +228,7 @@ impl Default for MarketConfig {
             backoff_min_ms: DEFAULT_MARKET_BACKOFF_MIN_MS,
             backoff_max_ms: DEFAULT_MARKET_BACKOFF_MAX_MS,
             simulator: true,
+            lease_ms: DEFAULT_MARKET_LEASE_MS,
         }
     }
 }
@@ -232,8 +241,8 @@ impl MarketConfig {
 
     /// A market feed runs: the upstream, or else (embedded mode) the
     /// built-in simulator.
-    pub fn feed(&self, redis: bool) -> bool {
-        self.enabled() || self.simulator && !redis
+    pub fn feed(&self) -> bool {
+        self.enabled() || self.simulator
     }
 }
 

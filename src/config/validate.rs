@@ -92,6 +92,7 @@ impl Config {
             ("market.max_symbols", n(self.market.max_symbols), 1, 100_000),
             ("market.backoff_min_ms", self.market.backoff_min_ms, 1, HOUR_MS),
             ("market.backoff_max_ms", self.market.backoff_max_ms, 1, HOUR_MS),
+            ("market.lease_ms", self.market.lease_ms, 300, HOUR_MS),
         ]
     }
 
@@ -159,11 +160,6 @@ impl Config {
         if !m.url.starts_with("ws://") {
             return Err(invalid(
                 "market.url must be ws://host:port (wss:// is not supported yet)".into(),
-            ));
-        }
-        if self.redis.enabled() {
-            return Err(invalid(
-                "market.url with redis.url: one upstream per cluster is not built yet; run the market feed on an embedded node".into(),
             ));
         }
         if m.backoff_max_ms < m.backoff_min_ms {

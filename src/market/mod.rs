@@ -3,8 +3,10 @@
 //! out on `trades:SYM` through the hub.
 //!
 //! - `upstream` is the bridge thread that holds the connection;
+//! - `lease` keeps it to one connection per cluster in Redis mode;
 //! - `sim` is a local Finnhub-protocol simulator that tests and benchmarks
 //!   use in place of the real provider.
 
+pub mod lease;
 pub mod sim;
 pub mod upstream;

@@ -101,6 +101,11 @@ impl SimConfig {
 pub struct Stats {
     /// WebSocket connections open now.
     pub connections: usize,
+    /// The most connections ever open at once.
+    pub peak_connections: usize,
+    /// Times a connection came with a token already connected (both
+    /// were dropped, as Finnhub does).
+    pub same_token_drops: u64,
     /// WebSocket handshakes completed since start.
     pub accepted: u64,
     /// Subscribe messages received, per symbol (refused ones included).
@@ -110,10 +115,13 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// `{"connections":N,"accepted":N,"subscribes":{..},"unsubscribes":{..}}`.
+    /// `{"connections":N,"peak_connections":N,"same_token_drops":N,
+    /// "accepted":N,"subscribes":{..},"unsubscribes":{..}}`.
     pub fn to_json(&self) -> String {
         serde_json::json!({
             "connections": self.connections,
+            "peak_connections": self.peak_connections,
+            "same_token_drops": self.same_token_drops,
             "accepted": self.accepted,
             "subscribes": self.subscribes,
             "unsubscribes": self.unsubscribes,

@@ -35,6 +35,7 @@ use crate::clock::Clock;
 use crate::config::MarketConfig;
 use crate::hub::{Hub, MARKET_PREFIX};
 use crate::link::MarketLink;
+use crate::market::lease::{Cluster, ClusterParts};
 use crate::market::sim::{self, Sim, SimConfig};
 
 /// How long one read waits, so interest changes go out promptly.
@@ -56,6 +57,8 @@ pub struct Upstream {
     pub hub: Arc<Hub>,
     pub clock: Clock,
     pub link: Arc<MarketLink>,
+    /// Redis mode: the cluster shares one upstream (see `lease`).
+    pub cluster: Option<ClusterParts>,
 }
 
 /// Starts the market bridge thread. Without `market.url` the feed is
@@ -102,21 +105,31 @@ fn without_query(url: &str) -> &str {
 
 impl Upstream {
     fn run(mut self) {
+        let mut cluster = self.cluster.take().map(Cluster::new);
+        let real = self.config.enabled();
+        // The simulator, and in a cluster the lease, wait for somebody
+        // here to want trades.
+        if !real || cluster.is_some() {
+            self.wait_for_interest();
+        }
         // Held for the thread's life: the simulator stops when dropped.
-        let sim = match self.config.enabled() {
-            true => None,
-            false => match self.start_simulator() {
-                Some(sim) => Some(sim),
-                None => return,
-            },
-        };
+        let mut sim: Option<Sim> = None;
         let cfg = &self.config;
         let mut backoff = Backoff::new(cfg.backoff_min_ms, cfg.backoff_max_ms);
         let mut quiet = Quiet::default();
         // Connections in a row that never delivered anything.
         let mut failures = 0u32;
         loop {
-            let why = match Session::open(&self, sim.as_ref()) {
+            if let Some(c) = cluster.as_mut() {
+                self.wait_for_lease(c, sim.as_ref());
+            }
+            if !real && sim.is_none() {
+                match self.start_simulator() {
+                    Some(started) => sim = Some(started),
+                    None => return,
+                }
+            }
+            let why = match Session::open(&self, sim.as_ref(), cluster.as_mut()) {
                 Ok(mut session) => {
                     self.link.up.store(true, Ordering::Release);
                     log::info!("market upstream connected");
@@ -134,28 +147,71 @@ impl Upstream {
             };
             failures = failures.saturating_add(1);
             if failures >= BREAKER_AFTER {
-                self.open_breaker();
+                self.open_breaker(cluster.is_some());
             }
-            self.link
-                .fds
-                .store(sim_fds(sim.as_ref()), Ordering::Relaxed);
             let wait = backoff.next_wait_full();
             quiet.warn(format_args!(
                 "market upstream: {why}; reconnecting in {wait:?}"
             ));
             self.link.reconnects.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(wait);
+            self.pause(wait, cluster.as_mut(), sim.as_ref());
         }
     }
 }
 
 impl Upstream {
-    /// Waits for the first `trades:*` subscriber, then starts the built-in
-    /// simulator and points the feed at it. `None` when it cannot start.
-    fn start_simulator(&mut self) -> Option<Sim> {
+    fn wait_for_interest(&self) {
         while self.hub.market_interest().is_empty() {
             std::thread::sleep(INTEREST_POLL);
         }
+    }
+
+    /// Cluster mode: takes turns (sharing this node's interest, telling
+    /// its subscribers the holder's status) until this node holds the
+    /// lease.
+    fn wait_for_lease(&self, cluster: &mut Cluster, sim: Option<&Sim>) {
+        self.link.up.store(false, Ordering::Release);
+        loop {
+            // Not holding, a turn cannot lose a lease.
+            let _ = cluster.turn(true);
+            self.store_fds(cluster, sim, false);
+            if cluster.holds() {
+                return;
+            }
+            std::thread::sleep(cluster.until_due().max(Duration::from_millis(1)));
+        }
+    }
+
+    /// Waits `wait` before reconnecting; in a cluster, renewing the lease
+    /// meanwhile (returns early when it is lost).
+    fn pause(&self, wait: Duration, cluster: Option<&mut Cluster>, sim: Option<&Sim>) {
+        let Some(cluster) = cluster else {
+            self.link.fds.store(sim_fds(sim), Ordering::Relaxed);
+            std::thread::sleep(wait);
+            return;
+        };
+        let end = Instant::now() + wait;
+        while Instant::now() < end {
+            cluster.own_status.breaker = self.link.breaker_open.load(Ordering::Acquire);
+            if cluster.turn(false).is_err() {
+                return;
+            }
+            self.store_fds(cluster, sim, false);
+            let left = end.saturating_duration_since(Instant::now());
+            std::thread::sleep(left.min(cluster.until_due()).max(Duration::from_millis(1)));
+        }
+    }
+
+    /// The fds the market link holds: the upstream, the simulator's, the
+    /// cluster's Redis connection.
+    fn store_fds(&self, cluster: &Cluster, sim: Option<&Sim>, upstream: bool) {
+        let fds = u64::from(upstream) + sim_fds(sim) + cluster.fds();
+        self.link.fds.store(fds, Ordering::Relaxed);
+    }
+
+    /// Starts the built-in simulator and points the feed at it. `None`
+    /// when it cannot start.
+    fn start_simulator(&mut self) -> Option<Sim> {
         match sim::start(SimConfig::default()) {
             Ok(sim) => {
                 log::warn!(
@@ -179,13 +235,17 @@ impl Upstream {
     /// subscriber is told once that the upstream is unavailable. It
     /// closes with the first message of a working link; data then simply
     /// flows again. Reconnecting goes on meanwhile, at the backoff cap.
-    fn open_breaker(&self) {
+    fn open_breaker(&self, clustered: bool) {
         if self.link.breaker_open.swap(true, Ordering::AcqRel) {
             return;
         }
         log::warn!(
             "market upstream: {BREAKER_AFTER} failures in a row; telling trades:* subscribers"
         );
+        if clustered {
+            // Every node tells its own, from the status the lease carries.
+            return;
+        }
         let message = "the market upstream is unreachable; trades resume when it is back";
         for channel in self.hub.market_interest() {
             self.hub
@@ -206,6 +266,8 @@ struct Session<'a> {
     /// The built-in simulator, when it is the feed (for the fd count).
     sim: Option<&'a Sim>,
     socket: WebSocket<TcpStream>,
+    /// Cluster mode: the lease this node holds.
+    cluster: Option<&'a mut Cluster>,
     /// Subscribed upstream, and since when nobody wants it (ms).
     live: HashMap<Arc<str>, Option<u64>>,
     /// Wanted but over the limit: their subscribers were told.
@@ -218,7 +280,11 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn open(up: &'a Upstream, sim: Option<&'a Sim>) -> Result<Session<'a>, String> {
+    fn open(
+        up: &'a Upstream,
+        sim: Option<&'a Sim>,
+        cluster: Option<&'a mut Cluster>,
+    ) -> Result<Session<'a>, String> {
         let url = &up.config.url;
         let shown = without_query(url);
         let authority = url
@@ -252,6 +318,7 @@ impl<'a> Session<'a> {
             up,
             sim,
             socket,
+            cluster,
             live: HashMap::new(),
             refused: HashSet::new(),
             last_subscribe: None,
@@ -276,7 +343,9 @@ impl<'a> Session<'a> {
             match self.socket.read() {
                 Ok(Message::Text(text)) => {
                     self.last_message = Instant::now();
-                    self.on_text(text.as_str());
+                    if let Err(e) = self.on_text(text.as_str()) {
+                        return e;
+                    }
                 }
                 Ok(Message::Close(_)) => return "the upstream closed the connection".into(),
                 Ok(_) => self.last_message = Instant::now(),
@@ -297,13 +366,7 @@ impl<'a> Session<'a> {
     /// for the linger, and keeps to the plan's limit.
     fn sync_interest(&mut self) -> Result<(), String> {
         let now = self.up.clock.now_ms();
-        let wanted: HashSet<Arc<str>> = self
-            .up
-            .hub
-            .market_interest()
-            .iter()
-            .filter_map(|c| c.strip_prefix(MARKET_PREFIX).map(Arc::from))
-            .collect();
+        let wanted = self.wanted()?;
         self.refused.retain(|s| wanted.contains(s));
         for (symbol, unwanted_since) in self.live.iter_mut() {
             *unwanted_since = match wanted.contains(symbol) {
@@ -338,7 +401,10 @@ impl<'a> Session<'a> {
             self.last_subscribe = Some(symbol.clone());
         }
         let link = &self.up.link;
-        link.fds.store(1 + sim_fds(self.sim), Ordering::Relaxed);
+        match self.cluster.as_deref() {
+            Some(c) => self.up.store_fds(c, self.sim, true),
+            None => link.fds.store(1 + sim_fds(self.sim), Ordering::Relaxed),
+        }
         link.symbols
             .store(self.live.len() as u64, Ordering::Relaxed);
         link.refused
@@ -346,9 +412,28 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Tells the subscribers of `symbol` (once) that it is not served.
+    /// The symbols wanted: here, or in a cluster by any node (this node
+    /// holds the lease: renew it, and share the status).
+    fn wanted(&mut self) -> Result<HashSet<Arc<str>>, String> {
+        let Some(cluster) = self.cluster.as_deref_mut() else {
+            return Ok(self
+                .up
+                .hub
+                .market_interest()
+                .iter()
+                .filter_map(|c| c.strip_prefix(MARKET_PREFIX).map(Arc::from))
+                .collect());
+        };
+        cluster.own_status.refused = self.refused.iter().map(|s| s.to_string()).collect();
+        cluster.own_status.breaker = self.up.link.breaker_open.load(Ordering::Acquire);
+        cluster.turn(false)?;
+        Ok(cluster.wanted().cloned().collect())
+    }
+
+    /// Tells the subscribers of `symbol` (once) that it is not served (in
+    /// a cluster, every node tells its own from the lease's status).
     fn refuse(&mut self, symbol: &Arc<str>, why: &str) {
-        if !self.refused.insert(symbol.clone()) {
+        if !self.refused.insert(symbol.clone()) || self.cluster.is_some() {
             return;
         }
         let channel: Arc<str> = Arc::from(format!("{MARKET_PREFIX}{symbol}"));
@@ -365,26 +450,29 @@ impl<'a> Session<'a> {
             .map_err(|e| format!("{kind} {symbol}: {}", scrub(&e.to_string(), self.up)))
     }
 
-    fn on_text(&mut self, text: &str) {
+    /// `Err` when the link must close (a cluster's lease is lost).
+    fn on_text(&mut self, text: &str) -> Result<(), String> {
         let Ok(msg) = serde_json::from_str::<Value>(text) else {
             log::debug!(
                 "market upstream: a message that is not JSON ({} bytes)",
                 text.len()
             );
-            return;
+            return Ok(());
         };
         match msg["type"].as_str() {
-            Some("trade") => self.on_trades(&msg["data"]),
+            Some("trade") => return self.on_trades(&msg["data"]),
             Some("ping") => self.working(),
             Some("error") => self.on_error(msg["msg"].as_str().unwrap_or("unknown error")),
             other => log::debug!("market upstream: message of type {other:?} ignored"),
         }
+        Ok(())
     }
 
-    /// One event per symbol of the message: the array of its trades.
-    fn on_trades(&mut self, data: &Value) {
+    /// One event per symbol of the message: the array of its trades;
+    /// published here, or in a cluster republished through Redis.
+    fn on_trades(&mut self, data: &Value) -> Result<(), String> {
         let Some(trades) = data.as_array() else {
-            return;
+            return Ok(());
         };
         self.working();
         let mut by_symbol: HashMap<&str, Vec<&Value>> = HashMap::new();
@@ -393,7 +481,7 @@ impl<'a> Session<'a> {
                 by_symbol.entry(symbol).or_default().push(trade);
             }
         }
-        let now = self.up.clock.now_ms();
+        let mut events = Vec::with_capacity(by_symbol.len());
         for (symbol, trades) in by_symbol {
             if !self.live.contains_key(symbol) {
                 continue;
@@ -407,8 +495,19 @@ impl<'a> Session<'a> {
                 continue;
             }
             let data = Value::Array(trades.into_iter().cloned().collect()).to_string();
+            events.push((channel, data));
+        }
+        if let Some(cluster) = self.cluster.as_deref_mut() {
+            return match events.is_empty() {
+                true => Ok(()),
+                false => cluster.publish(events),
+            };
+        }
+        let now = self.up.clock.now_ms();
+        for (channel, data) in events {
             self.up.hub.publish(&channel, &data, None, now);
         }
+        Ok(())
     }
 
     /// The link delivers: it worked, and an open breaker closes.

@@ -6,6 +6,7 @@
 //! - [`sse`]: the SSE client; [`ws`]: WebSocket clients;
 //! - [`redis`]: `redis-server`s and Redis-mode nodes; [`fake_redis`]: a
 //!   fake Redis for faults the real one will not produce on demand;
+//! - [`market`]: WebSocket clients of `trades:*`;
 //! - [`churn`]: clients that drop and resume, and the check of what they got.
 //!
 //! Test files `use common::*;` and need not know the layout.
@@ -18,6 +19,8 @@ pub mod fake_redis;
 #[allow(dead_code)]
 mod http;
 #[allow(dead_code)]
+mod market;
+#[allow(dead_code)]
 mod redis;
 #[allow(dead_code)]
 mod server;
@@ -28,4 +31,4 @@ mod ws;
 
 // Likewise, a test binary that needs no WebSocket client leaves `ws::*` unused.
 #[allow(unused_imports)]
-pub use {churn::*, http::*, redis::*, server::*, sse::*, ws::*};
+pub use {churn::*, http::*, market::*, redis::*, server::*, sse::*, ws::*};

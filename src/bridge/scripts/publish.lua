@@ -10,11 +10,22 @@
 -- ARGV[3]  events kept per stream (up to an eighth more between trims)
 -- ARGV[4]  age of kept events in ms (also the idle stream's expiry)
 -- ARGV[5]  how long a publisher id is remembered, in ms
+-- ARGV[6]  (optional, market trades) the fencing value of the market lease:
+--          then KEYS[3] is the lease <prefix>market:lease (no publisher id),
+--          and nothing is published unless it still holds that value
 -- Returns {id, 1 if the publisher id was already seen (nothing published) else 0}.
 -- The pub/sub message is "<id> <data>".
 local stream, last_key, seen_key = KEYS[1], KEYS[2], KEYS[3]
 local notify, data = ARGV[1], ARGV[2]
 local maxlen, max_age, seen_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local fence = ARGV[6]
+
+if fence then
+  if redis.call('GET', KEYS[3]) ~= fence then
+    return redis.error_reply('FENCED the market lease is no longer held by this publisher')
+  end
+  seen_key = nil
+end
 
 if seen_key then
   local prior = redis.call('GET', seen_key)

@@ -60,6 +60,7 @@ pub(super) fn serve(stream: TcpStream, shared: &Shared, id: u64) {
     {
         let mut stats = shared.stats();
         stats.connections += 1;
+        stats.peak_connections = stats.peak_connections.max(stats.connections);
         stats.accepted += 1;
     }
     if let Some(token) = &token {
@@ -69,6 +70,7 @@ pub(super) fn serve(stream: TcpStream, shared: &Shared, id: u64) {
             Some(other) => {
                 other.store(true, Ordering::SeqCst);
                 kill.store(true, Ordering::SeqCst);
+                shared.stats().same_token_drops += 1;
             }
             None => {
                 tokens.insert(token.clone(), kill.clone());
