@@ -239,8 +239,12 @@ impl Cluster {
         link.fence.store(fence_of(&value), Ordering::Relaxed);
         if mine != 1 {
             self.held = None;
-            let wait = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0) + 1);
-            self.free_at = Some(Instant::now() + wait);
+            // Try again right when it expires (a lease with no expiry,
+            // set by hand, waits for the usual turn).
+            self.free_at = u64::try_from(ttl_ms)
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(|ms| Instant::now() + Duration::from_millis(ms + 1));
             return Ok(());
         }
         let lease = Duration::from_millis(self.parts.lease_ms);

@@ -190,6 +190,10 @@ impl Upstream {
             std::thread::sleep(wait);
             return;
         };
+        if !cluster.holds() {
+            // Lost: waiting for the lease again sets the pace.
+            return;
+        }
         let end = Instant::now() + wait;
         while Instant::now() < end {
             cluster.own_status.breaker = self.link.breaker_open.load(Ordering::Acquire);
