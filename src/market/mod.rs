@@ -3,8 +3,10 @@
 //! out on `trades:SYM` through the hub.
 //!
 //! - `upstream` is the bridge thread that holds the connection;
+//! - `connect` opens it: TCP, TLS (rustls) for `wss://`, the handshake;
 //! - `sim` is a local Finnhub-protocol simulator that tests and benchmarks
 //!   use in place of the real provider.
 
+pub mod connect;
 pub mod sim;
 pub mod upstream;
