@@ -195,10 +195,17 @@ impl Default for RedisConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketConfig {
-    /// `ws://host:port` of the upstream; empty: no market feed.
+    /// `ws://host[:port]` or `wss://host[:port]` (TLS through rustls,
+    /// the certificate checked against the URL's host) of the upstream,
+    /// with an optional path and query; empty: no market feed.
     pub url: String,
     /// The API key, sent as `?token=`; never logged.
     pub token: String,
+    /// A PEM file of extra root certificates trusted for a `wss://`
+    /// upstream (a private upstream, tests), on top of the built-in
+    /// Mozilla roots. Default empty: the built-in roots only. Checked at
+    /// start-up: unreadable or without a certificate, redix does not start.
+    pub ca_file: String,
     /// A symbol nobody asks for any more is unsubscribed after this long.
     pub linger_ms: u64,
     /// No message (trade, ping) for this long: the link is dead.
@@ -222,6 +229,7 @@ impl Default for MarketConfig {
         MarketConfig {
             url: String::new(),
             token: String::new(),
+            ca_file: String::new(),
             linger_ms: DEFAULT_MARKET_LINGER_MS,
             silence_ms: DEFAULT_MARKET_SILENCE_MS,
             max_symbols: DEFAULT_MARKET_MAX_SYMBOLS,

@@ -161,3 +161,27 @@ fn unknown_environment_variables_are_ignored_but_the_file_and_flags_stay_strict(
     let err = Config::from_sources(&cli(&["--set", "limits.nonsense=1"]), &env(&[]));
     assert!(err.unwrap_err().0.contains("nonsense"));
 }
+
+#[test]
+fn market_urls_are_ws_or_wss_and_a_ca_file_must_hold_a_certificate() {
+    let ok = [
+        "market.url=\"ws://127.0.0.1:9000\"",
+        "market.url=\"wss://ws.finnhub.io\"",
+        "market.url=\"wss://ws.finnhub.io?token=\"",
+    ];
+    for set in ok {
+        let c = Config::from_sources(&cli(&["--set", set]), &env(&[]));
+        assert!(c.is_ok(), "{set}: {:?}", c.err());
+    }
+    let table = [
+        ("market.url=\"http://h:1\"", "market.url must be ws://"),
+        ("market.url=\"wss://h:0?token=secret\"", "the port must be"),
+        ("market.ca_file=\"/nonexistent/ca.pem\"", "market.ca_file"),
+    ];
+    for (set, want) in table {
+        let args = ["--set", "market.url=\"wss://h\"", "--set", set];
+        let err = Config::from_sources(&cli(&args), &env(&[])).unwrap_err().0;
+        assert!(err.contains(want), "{set}: {err}");
+        assert!(!err.contains("secret"), "{set}: {err}");
+    }
+}

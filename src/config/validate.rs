@@ -4,6 +4,7 @@
 
 use super::{Config, ConfigError};
 use crate::hub::MAX_REACTORS;
+use crate::market::connect::{check_ca_file, without_query, Target};
 
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
@@ -157,15 +158,19 @@ impl Config {
         if !m.enabled() {
             return Ok(());
         }
-        if !m.url.starts_with("ws://") {
-            return Err(invalid(
-                "market.url must be ws://host:port (wss:// is not supported yet)".into(),
-            ));
+        if let Err(e) = Target::parse(&m.url) {
+            return Err(invalid(format!(
+                "market.url must be ws://host[:port][/path] or wss://host[:port][/path] ({}: {e})",
+                without_query(&m.url)
+            )));
         }
         if m.backoff_max_ms < m.backoff_min_ms {
             return Err(invalid(
                 "market.backoff_min_ms must be at most market.backoff_max_ms".into(),
             ));
+        }
+        if !m.ca_file.is_empty() {
+            check_ca_file(&m.ca_file).map_err(|e| invalid(format!("market.ca_file: {e}")))?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The market bridge thread: one upstream WebSocket (plain `ws://`, the
-//! tungstenite client) whose subscriptions follow the hub's market
+//! The market bridge thread: one upstream WebSocket (`ws://`, or `wss://`
+//! through rustls: see `connect`) whose subscriptions follow the hub's market
 //! interest, the `trades:SYM` channels some reactor has subscribers of.
 //!
 //! - One upstream subscribe per symbol, whatever the number of clients:
@@ -22,7 +22,6 @@
 //! The token goes into the URL's query only; nothing logs it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +34,7 @@ use crate::clock::Clock;
 use crate::config::MarketConfig;
 use crate::hub::{Hub, MARKET_PREFIX};
 use crate::link::MarketLink;
+use crate::market::connect::{self, without_query, Stream};
 use crate::market::lease::{Cluster, ClusterParts};
 use crate::market::sim::{self, Sim, SimConfig};
 
@@ -81,26 +81,6 @@ pub fn start(up: Upstream) -> Result<(), String> {
         .spawn(move || up.run())
         .map(|_| ())
         .map_err(|e| format!("spawn the market thread: {e}"))
-}
-
-/// The URL to request: `ws://host:port/path?…&token=KEY`, with a `/` path
-/// when the configured URL has none (`ws://host?token=` as Finnhub writes
-/// it is not a valid request target).
-fn request_url(url: &str, token: &str) -> String {
-    let rest = url.strip_prefix("ws://").unwrap_or(url);
-    let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(split);
-    let tail = match tail.starts_with('/') {
-        true => tail.to_string(),
-        false => format!("/{tail}"),
-    };
-    let sep = if tail.contains('?') { '&' } else { '?' };
-    format!("ws://{authority}{tail}{sep}token={token}")
-}
-
-/// The URL as it may be logged: no query (the token lives there).
-fn without_query(url: &str) -> &str {
-    url.split('?').next().unwrap_or(url)
 }
 
 impl Upstream {
@@ -269,7 +249,7 @@ struct Session<'a> {
     up: &'a Upstream,
     /// The built-in simulator, when it is the feed (for the fd count).
     sim: Option<&'a Sim>,
-    socket: WebSocket<TcpStream>,
+    socket: WebSocket<Stream>,
     /// Cluster mode: the lease this node holds.
     cluster: Option<&'a mut Cluster>,
     /// Subscribed upstream, and since when nobody wants it (ms).
@@ -289,33 +269,13 @@ impl<'a> Session<'a> {
         sim: Option<&'a Sim>,
         cluster: Option<&'a mut Cluster>,
     ) -> Result<Session<'a>, String> {
-        let url = &up.config.url;
-        let shown = without_query(url);
-        let authority = url
-            .strip_prefix("ws://")
-            .and_then(|rest| rest.split(['/', '?']).next())
-            .ok_or_else(|| format!("{shown}: not a ws:// URL"))?;
-        let addr = authority
-            .to_socket_addrs()
-            .map_err(|e| format!("resolve {authority}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{authority} has no address"))?;
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .map_err(|e| format!("connect {shown}: {e}"))?;
-        let timeouts = |s: &TcpStream| {
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_write_timeout(Some(IO_TIMEOUT))?;
-            s.set_nodelay(true)
-        };
-        timeouts(&stream).map_err(|e| format!("socket options: {e}"))?;
-        let request = request_url(url, &up.config.token);
         let mut config = tungstenite::protocol::WebSocketConfig::default();
         config.max_message_size = Some(MAX_MESSAGE);
         config.max_frame_size = Some(MAX_MESSAGE);
-        let socket = handshake(request, stream, config)
-            .map_err(|e| format!("handshake with {shown}: {}", scrub(&e.to_string(), up)))?;
+        let socket = connect::connect(&up.config, config, IO_TIMEOUT)?;
         socket
             .get_ref()
+            .tcp()
             .set_read_timeout(Some(READ_TIMEOUT))
             .map_err(|e| format!("socket options: {e}"))?;
         Ok(Session {
@@ -534,51 +494,7 @@ impl<'a> Session<'a> {
     }
 }
 
-/// The client handshake, carried on while a read is merely interrupted
-/// (until the I/O timeout).
-fn handshake(
-    request: String,
-    stream: TcpStream,
-    config: tungstenite::protocol::WebSocketConfig,
-) -> Result<WebSocket<TcpStream>, tungstenite::Error> {
-    use tungstenite::HandshakeError;
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let mut attempt = tungstenite::client::client_with_config(request, stream, Some(config));
-    loop {
-        match attempt {
-            Ok((socket, _)) => return Ok(socket),
-            Err(HandshakeError::Failure(e)) => return Err(e),
-            Err(HandshakeError::Interrupted(_)) if Instant::now() >= deadline => {
-                return Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()));
-            }
-            Err(HandshakeError::Interrupted(mid)) => attempt = mid.handshake(),
-        }
-    }
-}
-
 /// An error's text with the token taken out, should a library echo the URL.
 fn scrub(text: &str, up: &Upstream) -> String {
-    match up.config.token.is_empty() {
-        true => text.to_string(),
-        false => text.replace(&up.config.token, "<token>"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_urls_get_a_path_and_the_token() {
-        let table = [
-            ("ws://h:1", "ws://h:1/?token=k"),
-            ("ws://h:1?x=1", "ws://h:1/?x=1&token=k"),
-            ("ws://h:1/feed", "ws://h:1/feed?token=k"),
-            ("ws://h:1/feed?x=1", "ws://h:1/feed?x=1&token=k"),
-        ];
-        for (url, want) in table {
-            assert_eq!(request_url(url, "k"), want, "{url}");
-        }
-        assert_eq!(without_query("ws://h:1/?token=secret"), "ws://h:1/");
-    }
+    connect::scrub(text, &up.config.token)
 }
