@@ -16,6 +16,8 @@ use crate::proto::{gzip, ws};
 pub struct Event {
     pub id: u64,
     pub channel: Arc<str>,
+    /// A job's `done` or `error`: its stream ends after it.
+    pub ends_job: bool,
     /// The complete SSE event (`id:`, `event:`, `data:`).
     pub sse: Bytes,
     /// The WebSocket text frame of the same JSON.
@@ -40,6 +42,7 @@ impl Event {
     /// `id_text` (a Redis stream id in Redis mode).
     pub fn with_id_text(id: u64, id_text: &str, channel: Arc<str>, data_json: &str) -> Event {
         let json = message_json(id_text, &channel, data_json);
+        let name = job_event_name(&channel, data_json);
         let (header, header_len) =
             ws::frame_header(ws::OpCode::Text, true, false, json.len() as u64);
         let mut frame = Vec::with_capacity(header_len + json.len());
@@ -47,7 +50,12 @@ impl Event {
         frame.extend_from_slice(json.as_bytes());
         Event {
             id,
-            sse: Bytes::from(crate::proto::sse::event(id_text, "message", &json)),
+            sse: Bytes::from(crate::proto::sse::event(
+                id_text,
+                name.unwrap_or("message"),
+                &json,
+            )),
+            ends_job: matches!(name, Some("done" | "error")),
             ws: Bytes::from(frame),
             ws_header_len: header_len,
             ws_deflated: DeflatedFrames::default(),
@@ -132,6 +140,30 @@ impl DeflatedFrames {
 pub fn message_json(id: &str, channel: &str, data_json: &str) -> String {
     // Channel names are checked to need no escaping.
     format!(r#"{{"type":"message","channel":"{channel}","id":"{id}","data":{data_json}}}"#)
+}
+
+/// Channels that carry a job's events: `job:<id>`.
+pub const JOB_PREFIX: &str = "job:";
+
+/// The SSE event name of a job event: its `type` (`token`, `done`,
+/// `error`), on a job's channel; else none (`message`).
+pub fn job_event_name(channel: &str, data_json: &str) -> Option<&'static str> {
+    if !channel.starts_with(JOB_PREFIX) {
+        return None;
+    }
+    // redix and its workers write the type first; parsing the whole
+    // event is the fallback.
+    const NAMES: [&str; 3] = ["token", "done", "error"];
+    let lead = data_json.strip_prefix(r#"{"type":""#).unwrap_or("");
+    if let Some(name) = NAMES
+        .iter()
+        .find(|n| lead.strip_prefix(**n).is_some_and(|r| r.starts_with('"')))
+    {
+        return Some(name);
+    }
+    let v: serde_json::Value = serde_json::from_str(data_json).ok()?;
+    let kind = v.get("type")?.as_str()?;
+    NAMES.into_iter().find(|n| *n == kind)
 }
 
 #[cfg(test)]

@@ -75,6 +75,7 @@ pub mod diag;
 pub mod event;
 pub mod health;
 pub mod hub;
+pub mod jobs;
 pub mod limits;
 pub mod link;
 pub mod mailbox;

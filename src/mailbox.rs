@@ -42,6 +42,41 @@ pub enum PublishReply {
     Failed(String),
 }
 
+/// The job engine's answer to a request (see `jobs::Request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobReply {
+    /// The summary: cached, or the job ended within the wait.
+    Summary {
+        url: String,
+        summary: String,
+        job_id: Option<String>,
+        cached: bool,
+    },
+    /// Queued (or joined, for the same URL): the job's id.
+    Accepted {
+        job_id: String,
+    },
+    /// The job exists; `end` is its last event's id once it ended.
+    Found {
+        job_id: String,
+        end: Option<u64>,
+    },
+    NotFound,
+    /// The job ended with an error within the wait.
+    Failed {
+        job_id: String,
+        code: String,
+        message: String,
+    },
+    /// Not taken: the status, a code and why; `retry_after_s` for 503/429.
+    Refused {
+        status: u16,
+        code: &'static str,
+        message: String,
+        retry_after_s: u64,
+    },
+}
+
 /// Messages for a reactor thread.
 #[derive(Debug)]
 pub enum Msg {
@@ -60,6 +95,8 @@ pub enum Msg {
     },
     /// The answer to a publish the connection handed to the Redis bridge.
     PublishReply { conn: ConnRef, reply: PublishReply },
+    /// The job engine's answer to a request the connection made.
+    Job { conn: ConnRef, reply: JobReply },
 }
 
 /// Where the hub hands events for one reactor thread. Must not block;

@@ -361,6 +361,95 @@ pub fn render_market(out: &mut String, m: &MarketFigures) {
     write_singles(out, &metrics);
 }
 
+/// The job engine (see `jobs`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JobFigures {
+    pub submitted: u64,
+    pub joined: u64,
+    pub cache_hits: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub stalled: u64,
+    pub pending: u64,
+    pub running: u64,
+    pub refused: u64,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker: u64,
+    pub breaker_opened: u64,
+}
+
+pub fn render_jobs(out: &mut String, j: &JobFigures) {
+    let metrics: [(&str, &str, &str, u64); 11] = [
+        (
+            "redix_jobs_submitted_total",
+            "counter",
+            "Jobs created (summarize and ask).",
+            j.submitted,
+        ),
+        (
+            "redix_jobs_joined_total",
+            "counter",
+            "Summarize requests that joined the job in flight for their URL.",
+            j.joined,
+        ),
+        (
+            "redix_jobs_cache_hits_total",
+            "counter",
+            "Summarize requests answered from the summary cache.",
+            j.cache_hits,
+        ),
+        (
+            "redix_jobs_completed_total",
+            "counter",
+            "Jobs that ended with done.",
+            j.completed,
+        ),
+        (
+            "redix_jobs_failed_total",
+            "counter",
+            "Jobs that ended with an error (stalled ones included).",
+            j.failed,
+        ),
+        (
+            "redix_jobs_stalled_total",
+            "counter",
+            "Jobs ended because their worker sent nothing for jobs.stall_ms.",
+            j.stalled,
+        ),
+        (
+            "redix_jobs_pending",
+            "gauge",
+            "Jobs queued and not picked up by a worker.",
+            j.pending,
+        ),
+        (
+            "redix_jobs_running",
+            "gauge",
+            "Jobs a worker is running.",
+            j.running,
+        ),
+        (
+            "redix_jobs_refused_total",
+            "counter",
+            "Job requests refused because the engine's queue was full.",
+            j.refused,
+        ),
+        (
+            "redix_jobs_breaker_state",
+            "gauge",
+            "The job breaker: 0 closed, 1 open (submissions get 503), 2 half-open (one probe).",
+            j.breaker,
+        ),
+        (
+            "redix_jobs_breaker_opened_total",
+            "counter",
+            "Times the job breaker opened.",
+            j.breaker_opened,
+        ),
+    ];
+    write_singles(out, &metrics);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::health::STUCK_AFTER_MS;
 use crate::hub::history::HistoryLimits;
 use crate::hub::{Hub, HubConfig, MAX_REACTORS};
+use crate::jobs::{self, Jobs};
 use crate::limits::{connection_cap, raise_nofile_limit};
 use crate::link::{Queues, Redis};
 use crate::mailbox::{Mailbox, Msg, Outbox};
@@ -45,6 +46,10 @@ fn hub_config(config: &Config) -> HubConfig {
         history: HistoryLimits {
             max_events: config.history.max_events,
             max_age_ms: config.history.max_age_ms,
+        },
+        job_history: HistoryLimits {
+            max_events: config.jobs.max_events,
+            max_age_ms: config.jobs.ttl_ms,
         },
         max_channels: config.history.max_channels,
         max_bytes: config.history.max_bytes,
@@ -245,6 +250,23 @@ fn start_bridges(
     Ok(())
 }
 
+/// Starts the job engine: embedded (the jobs and the demo worker in this
+/// process).
+fn start_jobs(
+    shared: &Arc<Shared>,
+    requests: crossbeam_channel::Receiver<jobs::Request>,
+    mailboxes: &[Arc<Mailbox>],
+) -> Result<(), String> {
+    jobs::embedded::start(jobs::embedded::Parts {
+        config: shared.config.jobs.clone(),
+        hub: shared.hub.clone(),
+        clock: shared.clock,
+        mailboxes: mailboxes.to_vec(),
+        jobs: shared.jobs.clone(),
+        requests,
+    })
+}
+
 /// Runs redix until a signal has drained it. Errors are start-up failures.
 ///
 /// `reload` builds the configuration again (file, environment, command
@@ -284,13 +306,15 @@ pub fn run(
         max_conns,
     };
     let clock = Clock::start();
-    let shared = Shared::new(config, hub, clock, sizing, redis);
+    let (jobs, job_requests) = Jobs::new();
+    let shared = Shared::new(config, hub, clock, sizing, redis, Arc::new(jobs));
     // Before the fd baseline: the signal pipe is an fd of its own.
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     let threads = spawn_reactors(&shared, io, listeners)?;
     shared.fds.record_baseline();
     shared.fds.sample();
     start_bridges(&shared, queues, &mailboxes)?;
+    start_jobs(&shared, job_requests, &mailboxes)?;
     let stop = {
         let shared = shared.clone();
         move || {

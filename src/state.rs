@@ -15,6 +15,7 @@ use crate::config::{Config, Scope};
 use crate::diag::{self, Owned};
 use crate::health::Health;
 use crate::hub::Hub;
+use crate::jobs::Jobs;
 use crate::limits::{IpLimiter, RateLimiter};
 use crate::link::{MarketLink, Redis};
 use crate::metrics::WorkerStats;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub redis: Option<Arc<Redis>>,
     /// With `market.url`: the market link's state.
     pub market: Option<Arc<MarketLink>>,
+    /// The job engine's queue, breaker and counters.
+    pub jobs: Arc<Jobs>,
 }
 
 /// API keys and per-client limits; SIGHUP replaces keys and limits.
@@ -149,6 +152,7 @@ impl Shared {
         clock: Clock,
         sizing: Sizing,
         redis: Option<Arc<Redis>>,
+        jobs: Arc<Jobs>,
     ) -> Arc<Shared> {
         let market = config
             .market
@@ -174,6 +178,7 @@ impl Shared {
                 .collect(),
             redis,
             market,
+            jobs,
         })
     }
 

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub mod answers;
+pub mod jobs;
 mod ops;
 pub mod ws;
 
@@ -39,6 +40,8 @@ pub enum Action {
     /// Redis mode: hand the publish to the Redis bridge and answer when it
     /// is done.
     Publish { publish: Publish, keep_alive: bool },
+    /// Ask the job engine; answer (or stream) when it replies.
+    Job(jobs::JobStart),
 }
 
 #[derive(Debug)]
@@ -82,6 +85,8 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         "/ws" => upgrade(head, ctx, false),
         "/ws/echo" if ctx.shared.config.debug.ws_echo => upgrade(head, ctx, true),
         "/api/publish" => only(head, Method::Post).and_then(|_| publish(head, body, ctx)),
+        "/api/summarize" => only(head, Method::Post).and_then(|_| jobs::summarize(head, body, ctx)),
+        "/api/ask" => only(head, Method::Get).and_then(|_| jobs::ask(head, ctx)),
         "/readyz" => only(head, Method::Get).and_then(|_| ops::ready(head, ctx)),
         "/healthz" => only(head, Method::Get).map(|_| json_ok(head, r#"{"status":"ok"}"#.into())),
         "/metrics/prom" => only(head, Method::Get).map(|_| ops::metrics(head, ctx)),

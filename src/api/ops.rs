@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::answers::{json_ok, unavailable, Reject};
 use super::{Action, Ctx};
 use crate::health::STUCK_AFTER_MS;
-use crate::metrics::{self, MarketFigures, ProcessFigures, RedisFigures};
+use crate::metrics::{self, JobFigures, MarketFigures, ProcessFigures, RedisFigures};
 use crate::proto::http::{self, Head};
 use crate::state::Shared;
 
@@ -99,6 +99,21 @@ pub fn render_metrics(shared: &Shared) -> String {
         };
         metrics::render_redis(&mut text, &r);
     }
+    let j = &shared.jobs.stats;
+    let jobs = JobFigures {
+        submitted: get(&j.submitted),
+        joined: get(&j.joined),
+        cache_hits: get(&j.cache_hits),
+        completed: get(&j.completed),
+        failed: get(&j.failed),
+        stalled: get(&j.stalled),
+        pending: get(&j.pending),
+        running: get(&j.running),
+        refused: get(&j.refused),
+        breaker: shared.jobs.breaker.state() as u64,
+        breaker_opened: get(&shared.jobs.breaker.opened),
+    };
+    metrics::render_jobs(&mut text, &jobs);
     if let Some(m) = &shared.market {
         let figures = MarketFigures {
             up: m.up.load(Ordering::Relaxed),

@@ -16,9 +16,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+mod jobs;
 mod sources;
 mod validate;
 
+pub use jobs::JobsConfig;
 use sources::{apply_cli, apply_env};
 pub use sources::{Cli, FinnhubSimArgs, Subcommand};
 
@@ -156,6 +158,7 @@ pub struct Config {
     pub debug: DebugConfig,
     pub redis: RedisConfig,
     pub market: MarketConfig,
+    pub jobs: JobsConfig,
 }
 
 /// Redis mode: with `url` set, publishes, history and fan-out go through
@@ -446,6 +449,7 @@ impl Default for Config {
             debug: DebugConfig::default(),
             redis: RedisConfig::default(),
             market: MarketConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }

@@ -144,9 +144,9 @@ fn set_path(table: &mut Table, path: &str, value: toml::Value) -> Result<(), Con
     Ok(())
 }
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "auth", "limits", "sse", "ws", "queue", "history", "publish", "batch", "tcp", "shutdown",
-    "debug", "redis", "market",
+    "debug", "redis", "market", "jobs",
 ];
 
 pub(super) fn apply_env(

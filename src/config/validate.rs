@@ -94,6 +94,20 @@ impl Config {
             ("market.backoff_min_ms", self.market.backoff_min_ms, 1, HOUR_MS),
             ("market.backoff_max_ms", self.market.backoff_max_ms, 1, HOUR_MS),
             ("market.lease_ms", self.market.lease_ms, 300, HOUR_MS),
+            ("jobs.wait_ms", self.jobs.wait_ms, 0, 10_000),
+            ("jobs.max_wait_ms", self.jobs.max_wait_ms, 0, 10_000),
+            ("jobs.ttl_ms", self.jobs.ttl_ms, 1_000, DAY_MS),
+            ("jobs.cache_ttl_ms", self.jobs.cache_ttl_ms, 0, 30 * DAY_MS),
+            ("jobs.cache_max", n(self.jobs.cache_max), 0, 10_000_000),
+            ("jobs.max_jobs", n(self.jobs.max_jobs), 1, 10_000_000),
+            ("jobs.max_pending", n(self.jobs.max_pending), 1, 10_000_000),
+            ("jobs.progress_ms", self.jobs.progress_ms, 100, DAY_MS),
+            ("jobs.cooldown_ms", self.jobs.cooldown_ms, 100, HOUR_MS),
+            ("jobs.stall_ms", self.jobs.stall_ms, 100, DAY_MS),
+            ("jobs.max_events", n(self.jobs.max_events), 1, 1_000_000),
+            ("jobs.parked_per_reactor", n(self.jobs.parked_per_reactor), 1, 1_000_000),
+            ("jobs.demo_token_ms", self.jobs.demo_token_ms, 0, 60_000),
+            ("jobs.demo_concurrency", n(self.jobs.demo_concurrency), 1, 100_000),
         ]
     }
 

@@ -68,6 +68,9 @@ pub struct Publication {
 #[derive(Debug, Clone, Copy)]
 pub struct HubConfig {
     pub history: HistoryLimits,
+    /// The history of a job's channel (`job:<id>`): its whole stream, as
+    /// long as the job is kept.
+    pub job_history: HistoryLimits,
     /// Channels the hub tracks at most; past it, events for channels nobody
     /// subscribes to are delivered to no one and kept nowhere.
     pub max_channels: usize,
@@ -90,11 +93,25 @@ impl Default for HubConfig {
                 max_events: 100,
                 max_age_ms: 300_000,
             },
+            job_history: HistoryLimits {
+                max_events: 2_000,
+                max_age_ms: 600_000,
+            },
             max_channels: 100_000,
             max_bytes: 256 << 20,
             dedupe_ttl_ms: 300_000,
             dedupe_max: 100_000,
             redis: false,
+        }
+    }
+}
+
+impl HubConfig {
+    /// The history bounds of `channel`.
+    pub fn limits_for(&self, channel: &str) -> HistoryLimits {
+        match channel.starts_with(crate::event::JOB_PREFIX) {
+            true => self.job_history,
+            false => self.history,
         }
     }
 }
@@ -488,7 +505,7 @@ impl Hub {
             dropped: 0,
             duplicate: false,
         };
-        let limits = self.config.history;
+        let limits = self.config.limits_for(channel);
         if !inner.channels.contains_key(channel) {
             if limits.max_events == 0 || inner.channels.len() >= self.config.max_channels {
                 if limits.max_events > 0 {
@@ -557,7 +574,7 @@ impl Hub {
     /// of channels removed.
     pub fn sweep(&self, now_ms: u64) -> usize {
         let mut inner = self.lock();
-        let limits = self.config.history;
+        let config = self.config;
         let mut delta = Delta::default();
         let mut forgotten = inner.forgotten_to;
         let before = inner.channels.len();
@@ -567,7 +584,7 @@ impl Hub {
         } = &mut *inner;
         channels.retain(|name, ch| {
             let before = ch.history.oldest_id();
-            delta.add(ch.history.expire(now_ms, limits));
+            delta.add(ch.history.expire(now_ms, config.limits_for(name)));
             let keep = ch.wanted() || !redis && !ch.history.is_empty();
             let after = ch.history.oldest_id().filter(|_| keep);
             if before != after {

@@ -55,6 +55,10 @@ pub(super) fn config(max_events: usize) -> HubConfig {
             max_events,
             max_age_ms: 1000,
         },
+        job_history: HistoryLimits {
+            max_events: 50,
+            max_age_ms: 5000,
+        },
         max_channels: 10,
         max_bytes: 1 << 30,
         dedupe_ttl_ms: 500,

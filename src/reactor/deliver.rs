@@ -19,6 +19,12 @@ use crate::metrics::WorkerStats;
 use crate::proto::sse;
 use crate::proto::ws::close_code;
 
+/// An SSE stream of one job's channel ends with the job (`done` or
+/// `error`): the client has all there is.
+pub(super) fn ends_with_job(state: &ConnState) -> bool {
+    matches!(state, ConnState::Sse(sse) if sse.channels.len() == 1)
+}
+
 /// Bytes one connection may write per reactor turn, so a big replay or
 /// burst to one client does not hold up every other connection.
 const FLUSH_BUDGET: usize = 256 * 1024;
@@ -40,6 +46,7 @@ impl Worker {
             too_slow: Vec::new(),
         };
         let mut batch_wanted = false;
+        let mut ended = Vec::new();
         for &key in subs {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
@@ -63,10 +70,16 @@ impl Worker {
             };
             if books.settle(outcome, key, conn) {
                 conn.state.sent(ev);
+                if ev.ends_job && ends_with_job(&conn.state) {
+                    ended.push(key);
+                }
             }
         }
         let too_slow = books.too_slow;
         let now = self.now_ms();
+        for key in ended {
+            self.close_gracefully(key, None, false, now);
+        }
         if batch_wanted {
             self.add_to_batch(ev, now);
         }

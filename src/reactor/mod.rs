@@ -27,6 +27,7 @@ mod accept;
 mod batch;
 mod close;
 mod deliver;
+mod jobs;
 mod parked;
 mod request;
 mod stream;
@@ -122,6 +123,8 @@ pub enum Waiting {
     Stream(StreamStart),
     /// A publish the command thread is running.
     Publish { channel: String, keep_alive: bool },
+    /// A job request the job engine is answering.
+    Job(jobs::JobWait),
 }
 
 impl Worker {
@@ -294,6 +297,7 @@ impl Worker {
                 Ok(Msg::PublishReply { conn, reply }) => {
                     self.publish_answered(conn.key, conn.gen, reply)
                 }
+                Ok(Msg::Job { conn, reply }) => self.job_answered(conn, reply),
                 Err(_) => {
                     self.inbox_ready = false;
                     return;

@@ -22,6 +22,11 @@ use crate::mailbox::{ConnRef, PublishReply};
 impl Worker {
     /// Holds a request until Redis answers (or `redis.wait_ms` passes).
     pub(super) fn park(&mut self, key: usize, what: Waiting, now: u64) {
+        self.park_until(key, what, now + self.shared.config.redis.wait_ms);
+    }
+
+    /// Holds a request until it is answered or `deadline` passes.
+    pub(super) fn park_until(&mut self, key: usize, what: Waiting, deadline: u64) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -30,14 +35,14 @@ impl Worker {
         };
         let gen = conn.gen;
         req.parked = true;
-        req.deadline_ms = now + self.shared.config.redis.wait_ms;
+        req.deadline_ms = deadline;
         self.arm_request(key);
         self.parked.insert(key, Parked { gen, what });
     }
 
     /// Takes the parked request of `(key, gen)` and lets the connection
     /// read requests again.
-    fn unpark(&mut self, key: usize, gen: u32) -> Option<Waiting> {
+    pub(super) fn unpark(&mut self, key: usize, gen: u32) -> Option<Waiting> {
         if self.parked.get(&key)?.gen != gen {
             return None;
         }
@@ -50,10 +55,14 @@ impl Worker {
 
     /// Gives back what a parked request held.
     pub(super) fn abandon(&mut self, key: usize, parked: Parked) {
-        if let Waiting::Stream(start) = parked.what {
-            self.shared.access.sse.release(start.ip_slot);
-            let me = self.conn_ref(key, parked.gen);
-            self.shared.hub.cancel_wait(&start.channels, me);
+        match parked.what {
+            Waiting::Stream(start) => {
+                self.shared.access.sse.release(start.ip_slot);
+                let me = self.conn_ref(key, parked.gen);
+                self.shared.hub.cancel_wait(&start.channels, me);
+            }
+            Waiting::Job(wait) => super::jobs::release_job(self, wait),
+            Waiting::Publish { .. } => {}
         }
     }
 
@@ -73,8 +82,10 @@ impl Worker {
         let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
             return;
         };
-        if let Some(what) = self.unpark(key, gen) {
-            self.abandon(key, Parked { gen, what });
+        match self.unpark(key, gen) {
+            Some(Waiting::Job(wait)) => return self.job_timeout(key, wait, now),
+            Some(what) => self.abandon(key, Parked { gen, what }),
+            None => {}
         }
         let message = "Redis did not answer in time; retry shortly";
         let bytes = Bytes::from(redis_unavailable(message, false));
@@ -160,7 +171,13 @@ impl Worker {
             }
             PublishReply::Failed(message) => redis_unavailable(&message, keep_alive),
         };
-        self.push_control(key, Bytes::from(bytes));
+        self.answer_parked(key, Bytes::from(bytes), keep_alive, now);
+    }
+
+    /// Queues the answer of a request that was parked; then, on a
+    /// keep-alive connection, reads the requests behind it.
+    pub(super) fn answer_parked(&mut self, key: usize, bytes: Bytes, keep_alive: bool, now: u64) {
+        self.push_control(key, bytes);
         if !keep_alive {
             return self.close_gracefully(key, None, false, now);
         }

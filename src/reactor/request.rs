@@ -177,6 +177,10 @@ impl Worker {
                 self.publish_via_redis(key, gen, publish, keep_alive, now);
                 true
             }
+            Action::Job(start) => {
+                self.start_job(key, gen, start, now);
+                true
+            }
         }
     }
 

@@ -68,6 +68,16 @@ impl Worker {
             self.topics.entry(ch.clone()).or_default().insert(key);
         }
         self.mark_dirty(key, gen);
+        let ended = snap.replay.last().is_some_and(|ev| ev.ends_job);
+        if ended
+            && self
+                .conns
+                .get(key)
+                .is_some_and(|c| super::deliver::ends_with_job(&c.state))
+        {
+            let now = self.now_ms();
+            self.close_gracefully(key, None, false, now);
+        }
     }
 
     /// Turns a request into an SSE stream: head and `retry:` first, then

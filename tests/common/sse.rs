@@ -42,9 +42,25 @@ impl SseClient {
             }
             None => TcpStream::connect(addr).expect("connect"),
         };
+        let path = format!("/api/stream?channels={channels}");
+        Self::request(stream, &path, &[])
+    }
+
+    /// An SSE request for any path, with extra header lines.
+    pub fn open(addr: SocketAddr, path: &str, headers: &[&str]) -> SseClient {
+        let stream = TcpStream::connect(addr).expect("connect");
+        Self::request(stream, path, headers)
+    }
+
+    fn request(stream: TcpStream, path: &str, headers: &[&str]) -> SseClient {
         stream.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut w = stream.try_clone().unwrap();
-        write!(w, "GET /api/stream?channels={channels} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n").unwrap();
+        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        write!(
+            w,
+            "GET {path} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        )
+        .unwrap();
         let mut reader = BufReader::new(stream);
         let mut head = String::new();
         loop {
