@@ -192,7 +192,7 @@ impl Engine {
         if self.jobs.len() >= cfg.max_jobs {
             return Err(Reply::Refused {
                 status: 503,
-                code: "too_many_jobs",
+                code: "jobs_full",
                 message: format!("{} jobs are known; retry shortly", cfg.max_jobs),
                 retry_after_s: 1,
             });
