@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub mod answers;
+mod assets;
 pub mod jobs;
 mod ops;
 pub mod ws;
@@ -93,11 +94,14 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         "/debug/fds" => only(head, Method::Get)
             .and_then(|_| authorize(head, ctx, Scope::Admin))
             .map(|_| ops::fds(head, ctx)),
-        _ => Err(Reject::new(
-            404,
-            "not_found",
-            format!("no route for {}", head.path),
-        )),
+        path => match assets::asset(path) {
+            Some((kind, body)) => only(head, Method::Get).map(|_| assets::serve(head, kind, body)),
+            None => Err(Reject::new(
+                404,
+                "not_found",
+                format!("no route for {}", head.path),
+            )),
+        },
     };
     result.unwrap_or_else(|r| r.into_action(head))
 }
