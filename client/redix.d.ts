@@ -82,6 +82,8 @@ export class RedixClient {
   on(type: 'reset', fn: (r: { channel: string; reason?: string }) => void): () => void;
   on(type: 'error', fn: (e: { channel?: string; code: string; message: string }) => void): () => void;
   on(type: 'health', fn: (h: Health) => void): () => void;
+  /** The server took the subscription (WebSocket ack; SSE: the stream opened). */
+  on(type: 'subscribed', fn: (s: { channel: string }) => void): () => void;
   readonly health: Health;
   subscribe(channel: string): void;
   unsubscribe(channel: string): void;

@@ -409,6 +409,7 @@ RedixClient.prototype.openSse = function openSse() {
       return finish(`HTTP ${res.status}`, after > 0 ? after * 1000 : undefined);
     }
     this.opened();
+    for (const channel of channels) this.emit('subscribed', { channel });
     await readSse(res.body, onEvent);
     finish('stream ended', hint);
   }).catch((e) => finish(String(e?.message ?? e), hint));
@@ -440,6 +441,7 @@ RedixClient.prototype.openWs = function openWs() {
     if (m.type === 'message') this.deliver(m.channel, m.id, m.data);
     else if (m.type === 'batch') for (const b of m.events ?? []) this.deliver(b.channel, b.id, b.data);
     else if (m.type === 'reset') this.reset(m.channel, m.reason);
+    else if (m.type === 'subscribed') this.emit('subscribed', { channel: m.channel });
     else if (m.type === 'error') this.emit('error', m);
   };
   ws.onclose = (e) => {
