@@ -32,6 +32,23 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Concurrent WebSocket connections per client IP.
 pub const DEFAULT_WS_PER_IP: u32 = 50;
+/// New jobs (`POST /api/summarize`, `GET /api/ask?q=`) per client per
+/// minute, and at once: a person asking by hand never meets it, a script
+/// looping on the endpoint does within seconds.
+pub const DEFAULT_JOBS_PER_MIN: u32 = 60;
+pub const DEFAULT_JOB_BURST: u32 = 20;
+/// Jobs one client may have running or queued at once (a job counts from
+/// its creation to its `done` or `error`).
+pub const DEFAULT_JOBS_IN_FLIGHT: u32 = 20;
+/// Publishes per second per API key: off by default. Every publish is
+/// already authenticated (a key, or this machine when no key is
+/// configured), so the publishers this could slow are the operator's own
+/// services, whose honest rates run from a few a minute to thousands a
+/// second; any fixed default would either throttle a legitimate feed after
+/// an upgrade or sit too high to contain anything. Set it per deployment,
+/// a few times a key's peak, to contain a leaked key or a runaway loop.
+pub const DEFAULT_PUBLISHES_PER_SEC: u32 = 0;
+pub const DEFAULT_PUBLISH_BURST: u32 = 200;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -60,6 +77,20 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Peers whose `X-Forwarded-For` is trusted for the client IP.
     pub trusted_proxies: Vec<IpAddr>,
+    /// New jobs per client per minute (token bucket; 429 `rate_limited`
+    /// past it); 0 turns it off. A client is its API key when it sends a
+    /// valid one, else its IP; a client on this machine without a key is
+    /// exempt, as from `requests_per_sec`.
+    pub jobs_per_min: u32,
+    pub job_burst: u32,
+    /// Jobs a client may have in flight (queued or running); past it 429
+    /// `too_many_jobs`. 0 turns the cap off.
+    pub jobs_in_flight: u32,
+    /// Publishes per second per client, counted like jobs (in practice per
+    /// API key: no other remote client may publish); 0 (the default) turns
+    /// it off.
+    pub publishes_per_sec: u32,
+    pub publish_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -79,6 +110,11 @@ impl Default for LimitsConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             trusted_proxies: Vec::new(),
+            jobs_per_min: DEFAULT_JOBS_PER_MIN,
+            job_burst: DEFAULT_JOB_BURST,
+            jobs_in_flight: DEFAULT_JOBS_IN_FLIGHT,
+            publishes_per_sec: DEFAULT_PUBLISHES_PER_SEC,
+            publish_burst: DEFAULT_PUBLISH_BURST,
         }
     }
 }
