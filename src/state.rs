@@ -75,14 +75,9 @@ impl Access {
         self.keys.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies what can change without a restart: API keys, per-IP
-    /// limits and the job and publish rates (a bucket keeps its tokens,
-    /// so a reload is not a free burst). Everything else waits for the
-    /// next start.
-    pub fn reload(&self, new: &Config) {
-        let keys = Keys::from_config(new);
-        let count = new.keys_for(Scope::Publish).len() + new.auth.admin_keys.len();
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+    /// Applies the access part of a reload (see [`Shared::reload`]).
+    fn reload(&self, new: &Config) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Keys::from_config(new);
         let l = &new.limits;
         self.sse.set_max(l.sse_per_ip);
         self.ws.set_max(l.ws_per_ip);
@@ -90,14 +85,6 @@ impl Access {
         self.jobs.set_per_minute(l.jobs_per_min, l.job_burst);
         self.publishes
             .set_per_sec(l.publishes_per_sec, l.publish_burst);
-        log::info!(
-            "SIGHUP: reloaded API keys ({count} entries), per-IP limits (SSE {}, WebSocket {}, HTTP {}) and per-client rates (jobs {}/min, publishes {}/s); other keys apply at the next start",
-            l.sse_per_ip,
-            l.ws_per_ip,
-            l.http_per_ip,
-            l.jobs_per_min,
-            l.publishes_per_sec
-        );
     }
 }
 
@@ -194,6 +181,26 @@ impl Shared {
             market,
             jobs,
         })
+    }
+
+    /// Applies what can change without a restart (SIGHUP): API keys,
+    /// per-IP limits, the job and publish rates (a bucket keeps its
+    /// tokens, so a reload is no free burst) and the cap on jobs in flight
+    /// per client. Everything else waits for the next start.
+    pub fn reload(&self, new: &Config) {
+        self.access.reload(new);
+        let l = &new.limits;
+        self.jobs.set_in_flight_cap(l.jobs_in_flight);
+        let count = new.keys_for(Scope::Publish).len() + new.auth.admin_keys.len();
+        log::info!(
+            "SIGHUP: reloaded API keys ({count} entries), per-IP limits (SSE {}, WebSocket {}, HTTP {}) and per-client job and publish limits ({} jobs/min, {} in flight, {} publishes/s); other keys apply at the next start",
+            l.sse_per_ip,
+            l.ws_per_ip,
+            l.http_per_ip,
+            l.jobs_per_min,
+            l.jobs_in_flight,
+            l.publishes_per_sec
+        );
     }
 
     /// Milliseconds on the process clock.
