@@ -10,6 +10,7 @@ pub mod answers;
 mod assets;
 pub mod jobs;
 mod ops;
+mod quota;
 pub mod ws;
 
 use serde::Deserialize;
@@ -361,6 +362,7 @@ fn stream_cursor(head: &Head, ctx: &Ctx<'_>) -> Result<Option<u64>, Reject> {
 
 fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
     authorize(head, ctx, Scope::Publish)?;
+    quota::charge_publish(ctx, quota::client(head, ctx))?;
     let req: PublishBody = serde_json::from_slice(body)
         .map_err(|e| Reject::new(400, "bad_json", format!("publish body: {e}")))?;
     check_channel(&req.channel).map_err(|m| Reject::new(400, "bad_channel", m))?;
