@@ -330,4 +330,26 @@ fn requests_parked_on_a_reactor_are_capped() {
     let _ = held.read_to_string(&mut answer);
     assert_eq!(status_of(&answer), 202, "{answer}");
     assert_eq!(summarize(addr, "https://example.com/next", &[]).0, 202);
+    // A client that hangs up while parked gives its place back at once,
+    // not at the end of its 10 s window.
+    let mut gone = TcpStream::connect(addr).unwrap();
+    write!(
+        gone,
+        "POST /api/summarize?wait=10 HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    wait_until("the place taken", || {
+        summarize(addr, "https://example.com/probe", &[]).0 == 503
+    });
+    let hung_up = std::time::Instant::now();
+    drop(gone);
+    wait_until("the place back", || {
+        summarize(addr, "https://example.com/after", &[]).0 == 202
+    });
+    let window = std::time::Duration::from_secs(10);
+    assert!(
+        hung_up.elapsed() < window,
+        "freed before the window would have ended"
+    );
 }
