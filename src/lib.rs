@@ -65,6 +65,7 @@
 //! `market` holds the market upstream thread and `market::sim`, a Finnhub
 //! simulator, `limits`/`auth` decide who may do what, `metrics`/`diag` report.
 
+pub mod activation;
 pub mod api;
 pub mod auth;
 pub mod bridge;

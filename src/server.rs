@@ -13,6 +13,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::activation;
 use crate::bridge::{self, Retention};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -289,7 +290,15 @@ pub fn run(
             "no API key configured: publish and admin endpoints accept clients on this machine only, not requests a proxy forwards (X-Forwarded-For, Forwarded, X-Real-IP from a peer outside limits.trusted_proxies); configure auth.keys"
         );
     }
-    let (listeners, addr) = bind_all(config.listen, config.backlog, workers)?;
+    let (listeners, addr) = match activation::inherited()? {
+        Some(inherited) => {
+            let addr = inherited
+                .local_addr()
+                .map_err(|e| format!("inherited listener: {e}"))?;
+            (activation::share(inherited, workers)?, addr)
+        }
+        None => bind_all(config.listen, config.backlog, workers)?,
+    };
     let io = reactor_io(workers)?;
     let mailboxes: Vec<Arc<Mailbox>> = io.iter().map(|(_, (m, _))| m.clone()).collect();
     let hub = build_hub(&config, &mailboxes);

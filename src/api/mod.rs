@@ -92,6 +92,9 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         "/readyz" => only(head, Method::Get).and_then(|_| ops::ready(head, ctx)),
         "/healthz" => only(head, Method::Get).map(|_| json_ok(head, r#"{"status":"ok"}"#.into())),
         "/metrics/prom" => only(head, Method::Get).map(|_| ops::metrics(head, ctx)),
+        "/debug/wedge" if ctx.shared.config.debug.wedge => only(head, Method::Post)
+            .and_then(|_| authorize(head, ctx, Scope::Admin))
+            .map(|_| ops::wedge(head)),
         "/debug/fds" => only(head, Method::Get)
             .and_then(|_| authorize(head, ctx, Scope::Admin))
             .map(|_| ops::fds(head, ctx)),

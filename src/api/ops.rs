@@ -6,7 +6,7 @@ use super::answers::{json_ok, unavailable, Reject};
 use super::{Action, Ctx};
 use crate::health::STUCK_AFTER_MS;
 use crate::metrics::{self, JobFigures, MarketFigures, ProcessFigures, RedisFigures};
-use crate::proto::http::{self, Head};
+use crate::proto::http::{self, query_param, Head};
 use crate::state::Shared;
 
 /// Readiness: not draining, every reactor turning, and in Redis mode a
@@ -130,4 +130,16 @@ pub fn render_metrics(shared: &Shared) -> String {
         metrics::render_market(&mut text, &figures);
     }
     text
+}
+
+/// `POST /debug/wedge?ms=N` (`debug.wedge` only): blocks this reactor for
+/// N ms, at most a minute, so tests can see the watchdog withheld.
+pub fn wedge(head: &Head) -> Action {
+    let ms = query_param(&head.query, "ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1000)
+        .min(60_000);
+    log::warn!("debug: wedging this reactor for {ms} ms (debug.wedge)");
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    json_ok(head, format!(r#"{{"wedged_ms":{ms}}}"#))
 }

@@ -347,6 +347,10 @@ impl Default for PublishConfig {
 pub struct DebugConfig {
     /// Serve `/ws/echo`, which echoes every message (for conformance suites).
     pub ws_echo: bool,
+    /// Serve `POST /debug/wedge?ms=N` (admin scope), which blocks the
+    /// reactor that handles it for N ms (at most 60 s): a test hook for
+    /// the watchdog. Never enable it in production.
+    pub wedge: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
