@@ -73,6 +73,7 @@ pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod diag;
+pub mod doctor;
 pub mod event;
 pub mod health;
 pub mod hub;

@@ -1,6 +1,7 @@
 //! `redix`: parse configuration, start the reactors, exit when drained.
 //! `redix publish CHANNEL DATA` publishes one event through Redis instead;
-//! `redix finnhub-sim` runs the market simulator (no configuration read).
+//! `redix finnhub-sim` runs the market simulator (no configuration read);
+//! `redix doctor` checks the machine's limits against the configuration.
 //! Exit codes: 0 after a drained shutdown (or a done publish, or a
 //! simulator stopped by a signal), 1 on a start-up, runtime or publish
 //! failure, 2 on a configuration error.
@@ -25,6 +26,9 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(Subcommand::Doctor { connections }) = &cli.command {
+        std::process::exit(redix::doctor::run(&config, *connections));
+    }
     if let Some(Subcommand::Publish { channel, data, id }) = &cli.command {
         match redix::bridge::command::publish_cli(&config, channel, data, id.as_deref()) {
             Ok(answer) => println!("{answer}"),

@@ -193,3 +193,36 @@ fn tempdir(what: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+#[test]
+fn doctor_names_the_fd_hard_limit_and_what_it_caps() {
+    let hard = {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we own.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        lim.rlim_max
+    };
+    let run = |n: u64| {
+        Command::new(env!("CARGO_BIN_EXE_redix"))
+            .args(["doctor", "--connections", &n.to_string()])
+            .output()
+            .expect("run redix doctor")
+    };
+    let over = run(hard * 10);
+    let text = String::from_utf8_lossy(&over.stdout);
+    assert_eq!(over.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("hard {hard}")), "{text}");
+    let cap = hard - 128;
+    assert!(
+        text.contains(&format!("at most {cap} connections")),
+        "{text}"
+    );
+    assert!(text.contains("FAIL open files"), "{text}");
+    let under = run(100);
+    let text = String::from_utf8_lossy(&under.stdout);
+    assert_eq!(under.status.code(), Some(0), "{text}");
+    assert!(text.contains("nothing here caps 100 connections"), "{text}");
+}

@@ -60,6 +60,15 @@ pub enum Subcommand {
     /// tests and benchmarks) until SIGTERM or SIGINT; prints
     /// `finnhub-sim listening on IP:PORT` when ready.
     FinnhubSim(FinnhubSimArgs),
+    /// Check this machine's limits (open files, listen backlog, ports,
+    /// socket memory, connection tracking) against the configured load;
+    /// says what to change where; exits 1 when something caps it.
+    Doctor {
+        /// Connections one process should hold (default:
+        /// `limits.max_connections`, else 100000).
+        #[arg(long)]
+        connections: Option<usize>,
+    },
 }
 
 /// `redix finnhub-sim`: see `redix::market::sim`.
