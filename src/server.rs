@@ -74,12 +74,17 @@ fn start_watchdog(shared: &Arc<Shared>) -> Result<(), String> {
         .name("redix-watchdog".into())
         .spawn(move || loop {
             std::thread::sleep(interval / 2);
-            if shared.reactors_alive(stuck_ms) {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            } else {
-                log::error!(
+            let stale = shared.health.stale_thread(shared.now_ms(), stuck_ms);
+            match (shared.reactors_alive(stuck_ms), stale) {
+                (true, None) => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+                (false, _) => log::error!(
                     "a reactor has not turned for {stuck_ms} ms: withholding the watchdog ping"
-                );
+                ),
+                (true, Some(name)) => log::error!(
+                    "the {name} thread has not turned for {stuck_ms} ms: withholding the watchdog ping"
+                ),
             }
         })
         .map(|_| ())
@@ -225,6 +230,10 @@ fn start_bridges(
             clock: shared.clock,
             mailboxes: mailboxes.to_vec(),
             retention: Retention::of(&shared.config),
+            beats: (
+                shared.health.beat("redis-command", shared.clock),
+                shared.health.beat("redis-pubsub", shared.clock),
+            ),
         })?;
     }
     if let Some(link) = &shared.market {
@@ -246,6 +255,7 @@ fn start_bridges(
             clock: shared.clock,
             link: link.clone(),
             cluster,
+            beat: shared.health.beat("market", shared.clock),
         })?;
     }
     Ok(())
@@ -265,6 +275,7 @@ fn start_jobs(
         mailboxes: mailboxes.to_vec(),
         jobs: shared.jobs.clone(),
         requests,
+        beat: shared.health.beat("jobs", shared.clock),
     })
 }
 

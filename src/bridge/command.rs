@@ -61,6 +61,7 @@ pub fn run(parts: Parts, endpoint: Endpoint) {
         clock,
         mailboxes,
         retention,
+        beats: (beat, _),
     } = parts;
     let backoff = Backoff::new(redis.config.backoff_min_ms, redis.config.backoff_max_ms);
     let mut t = CommandThread {
@@ -85,6 +86,7 @@ pub fn run(parts: Parts, endpoint: Endpoint) {
     // history loads, so a flood of loads delays publishes by one round
     // trip at most.
     loop {
+        beat.stamp();
         t.ensure_connected();
         if t.con.is_some() && Instant::now() >= t.next_canary {
             t.canary();
@@ -97,7 +99,10 @@ pub fn run(parts: Parts, endpoint: Endpoint) {
             Some(_) => t.next_canary,
             None => t.reconnect_at,
         };
-        let wait = wake.saturating_duration_since(Instant::now());
+        // At most a second, so the heartbeat stays fresh while idle.
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_secs(1));
         crossbeam_channel::select! {
             recv(rx) -> cmd => match cmd {
                 Ok(cmd) => t.publish_queued(cmd, &rx),

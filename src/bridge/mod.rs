@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
+use crate::health::Beat;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::link::{Queues, Redis};
@@ -240,6 +241,8 @@ pub struct Parts {
     /// Where publish answers go, by reactor.
     pub mailboxes: Vec<Arc<Mailbox>>,
     pub retention: Retention,
+    /// The two threads' heartbeats: (command, pub/sub).
+    pub beats: (Beat, Beat),
 }
 
 /// Starts the pub/sub and command threads.
@@ -258,6 +261,7 @@ pub fn start(parts: Parts) -> Result<(), String> {
         hub: parts.hub.clone(),
         clock: parts.clock,
         endpoint: endpoint.clone(),
+        beat: parts.beats.1.clone(),
     };
     std::thread::Builder::new()
         .name("redix-redis-pubsub".into())

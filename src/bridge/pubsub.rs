@@ -31,6 +31,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Backoff, Endpoint};
+use crate::health::Beat;
 use crate::clock::Clock;
 use crate::hub::{ids, Hub, RemoteEvent};
 use crate::link::{Command, Redis};
@@ -53,6 +54,7 @@ pub struct PubSub {
     pub hub: Arc<Hub>,
     pub clock: Clock,
     pub endpoint: Endpoint,
+    pub beat: Beat,
 }
 
 impl PubSub {
@@ -89,7 +91,7 @@ impl PubSub {
                 "Redis pub/sub: {why}; reconnecting in {wait:?}"
             ));
             redis.link.reconnects.fetch_add(1, Ordering::Relaxed);
-            std::thread::sleep(wait);
+            self.beat.sleep(wait);
         }
     }
 }
@@ -98,6 +100,7 @@ struct Session<'a> {
     redis: &'a Redis,
     hub: &'a Hub,
     clock: Clock,
+    beat: &'a Beat,
     /// Shared with the reader thread (`Read` and `Write` work on
     /// `&TcpStream`): one socket, one descriptor.
     stream: Arc<TcpStream>,
@@ -135,6 +138,7 @@ impl<'a> Session<'a> {
             redis,
             hub: &ps.hub,
             clock: ps.clock,
+            beat: &ps.beat,
             stream,
             reader,
             buf: Vec::with_capacity(64 * 1024),
@@ -192,6 +196,7 @@ impl<'a> Session<'a> {
     /// Runs until the connection fails; returns why.
     fn serve(&mut self) -> String {
         loop {
+            self.beat.stamp();
             if let Err(e) = self.apply_changes() {
                 return e;
             }

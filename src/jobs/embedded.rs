@@ -21,6 +21,7 @@ use super::owners::InFlight;
 use super::{demo, new_id, Jobs, Kind, Reply, Request, JOB_PREFIX};
 use crate::clock::Clock;
 use crate::config::JobsConfig;
+use crate::health::Beat;
 use crate::hub::Hub;
 use crate::mailbox::{ConnRef, Mailbox, Msg};
 
@@ -40,6 +41,8 @@ pub struct Parts {
     pub mailboxes: Vec<Arc<Mailbox>>,
     pub jobs: Arc<Jobs>,
     pub requests: Receiver<Request>,
+    /// This thread's heartbeat, for the watchdog.
+    pub beat: Beat,
 }
 
 /// Starts the engine's thread.
@@ -110,6 +113,7 @@ impl Engine {
 
     fn run(mut self) {
         loop {
+            self.parts.beat.stamp();
             let now = self.now();
             let next = self.due.first().map_or(self.next_sweep_ms, |(t, _)| *t);
             let wait = Duration::from_millis(next.min(self.next_sweep_ms).saturating_sub(now));

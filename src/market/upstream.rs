@@ -33,6 +33,7 @@ use crate::bridge::{Backoff, Quiet};
 use crate::clock::Clock;
 use crate::config::MarketConfig;
 use crate::hub::{Hub, MARKET_PREFIX};
+use crate::health::Beat;
 use crate::link::MarketLink;
 use crate::market::connect::{self, without_query, Stream};
 use crate::market::lease::{Cluster, ClusterParts};
@@ -59,6 +60,8 @@ pub struct Upstream {
     pub link: Arc<MarketLink>,
     /// Redis mode: the cluster shares one upstream (see `lease`).
     pub cluster: Option<ClusterParts>,
+    /// This thread's heartbeat, for the watchdog.
+    pub beat: Beat,
 }
 
 /// Starts the market bridge thread. Without `market.url` the feed is
@@ -106,7 +109,7 @@ impl Upstream {
             if !real && sim.is_none() {
                 match self.start_simulator() {
                     Some(started) => sim = Some(started),
-                    None => return,
+                    None => return self.beat.retire(),
                 }
             }
             let why = match Session::open(&self, sim.as_ref(), cluster.as_mut()) {
@@ -142,7 +145,7 @@ impl Upstream {
 impl Upstream {
     fn wait_for_interest(&self) {
         while self.hub.market_interest().is_empty() {
-            std::thread::sleep(INTEREST_POLL);
+            self.beat.sleep(INTEREST_POLL);
         }
     }
 
@@ -158,7 +161,8 @@ impl Upstream {
             if cluster.holds() {
                 return;
             }
-            std::thread::sleep(cluster.until_due().max(Duration::from_millis(1)));
+            self.beat
+                .sleep(cluster.until_due().max(Duration::from_millis(1)));
         }
     }
 
@@ -167,7 +171,7 @@ impl Upstream {
     fn pause(&self, wait: Duration, cluster: Option<&mut Cluster>, sim: Option<&Sim>) {
         let Some(cluster) = cluster else {
             self.link.fds.store(sim_fds(sim), Ordering::Relaxed);
-            std::thread::sleep(wait);
+            self.beat.sleep(wait);
             return;
         };
         if !cluster.holds() {
@@ -182,7 +186,8 @@ impl Upstream {
             }
             self.store_fds(cluster, sim, false);
             let left = end.saturating_duration_since(Instant::now());
-            std::thread::sleep(left.min(cluster.until_due()).max(Duration::from_millis(1)));
+            self.beat
+                .sleep(left.min(cluster.until_due()).max(Duration::from_millis(1)));
         }
     }
 
@@ -296,6 +301,7 @@ impl<'a> Session<'a> {
         let silence = Duration::from_millis(self.up.config.silence_ms);
         let mut synced: Option<Instant> = None;
         loop {
+            self.up.beat.stamp();
             // Interest is read from the hub (under its lock) once a read
             // timeout at most, not once per upstream message.
             if synced.is_none_or(|t| t.elapsed() >= READ_TIMEOUT) {
