@@ -452,13 +452,24 @@ RedixClient.prototype.openWs = function openWs() {
       // dropped; each channel resumes from its own last id (not later).
       return this.lost('slow consumer', this.o.minDelay);
     }
-    // 1012: the server restarts; come back soon, spread by the jitter.
-    const hint = e.code === 1012 ? this.o.restartDelay : undefined;
+    // 1012: the server restarts; come back after its hint (a reason
+    // {"retry":MS}, already spread by the server) or soon, jittered.
+    const hint = e.code === 1012 ? retryHint(e.reason) ?? this.o.restartDelay : undefined;
     this.lost(`closed ${e.code}${e.reason ? ` ${e.reason}` : ''}`, hint);
   };
   ws.onerror = () => {};
   return conn;
 };
+
+// A close reason's {"retry":MS}, if it has one.
+function retryHint(reason) {
+  try {
+    const ms = JSON.parse(reason || 'null')?.retry;
+    return Number.isFinite(ms) && ms >= 0 ? ms : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 // Streams one job (`/api/ask?q=` or `?job=`) with fetch; calls onToken(text)
 // per token and resolves with the result at `done` (rejects at `error`).

@@ -66,35 +66,74 @@ fn a_second_signal_exits_at_once() {
     assert_eq!(status.code(), Some(1));
 }
 
+/// SIGTERM ends 100 SSE streams and 100 WebSockets spread over the drain
+/// window, each told when to come back; every one gets its final event or
+/// close code, and the process exits 0.
 #[test]
-fn systemd_hears_ready_watchdog_and_stopping() {
-    use std::os::unix::net::UnixDatagram;
-    let dir = std::env::temp_dir().join(format!("redix-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("notify.sock");
-    let _ = std::fs::remove_file(&path);
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let path_str = path.to_str().unwrap();
-    let mut server = Server::start_with_env(
-        &[],
-        &[("NOTIFY_SOCKET", path_str), ("WATCHDOG_USEC", "200000")],
-    );
-    let mut seen = String::new();
-    let mut buf = [0u8; 512];
-    let mut recv_until = |what: &str, seen: &mut String| {
-        while !seen.contains(what) {
-            let n = sock.recv(&mut buf).expect("notification");
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            seen.push('\n');
-        }
-    };
-    recv_until("READY=1", &mut seen);
-    recv_until("WATCHDOG=1", &mut seen);
+fn sigterm_paces_the_drain_and_spreads_the_reconnects() {
+    let mut server = Server::start(&[
+        "--set",
+        "shutdown.drain_ms=4000",
+        "--set",
+        "sse.retry_ms=200",
+        "--set",
+        "sse.retry_jitter_ms=400",
+        "--set",
+        "limits.sse_per_ip=1000",
+        "--set",
+        "limits.ws_per_ip=1000",
+    ]);
+    let sse: Vec<SseClient> = (0..100)
+        .map(|_| SseClient::connect(server.addr, "d"))
+        .collect();
+    let ws: Vec<RawWs> = (0..100)
+        .map(|_| RawWs::connect(server.addr, "/ws", &[]))
+        .collect();
+    wait_until("every stream", || {
+        server.metric("redix_connections{transport=\"sse\"}") == 100.0
+            && server.metric("redix_connections{transport=\"ws\"}") == 100.0
+    });
+    let t0 = std::time::Instant::now();
     server.signal(libc::SIGTERM);
-    recv_until("STOPPING=1", &mut seen);
-    assert!(server.wait_exit(Duration::from_secs(15)).success());
-    let _ = std::fs::remove_dir_all(&dir);
+    // Each client: when it was told to go plus the hint it got, in ms.
+    let told: Vec<u64> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for mut c in sse {
+            handles.push(s.spawn(move || {
+                let ev = c.next_message().expect("the reconnect event");
+                assert_eq!(ev.event.as_deref(), Some("reconnect"));
+                t0.elapsed().as_millis() as u64 + ev.retry.expect("retry")
+            }));
+        }
+        for mut c in ws {
+            handles.push(s.spawn(move || {
+                let close = c.read_non_ping().expect("the close frame");
+                let (code, reason) = close.close_code();
+                assert_eq!(code, 1012);
+                let hint: serde_json::Value = serde_json::from_str(&reason).expect("a JSON reason");
+                t0.elapsed().as_millis() as u64 + hint["retry"].as_u64().expect("retry")
+            }));
+        }
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let status = server.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{}", server.logs());
+    let (first, last) = (told.iter().min().unwrap(), told.iter().max().unwrap());
+    let mut buckets = [0usize; 10];
+    for t in &told {
+        buckets[((*t as usize) * 10 / 4600).min(9)] += 1;
+    }
+    println!(
+        "reconnect times told over a 4000 ms drain: {first}..{last} ms; per 460 ms: {buckets:?}"
+    );
+    assert_eq!(told.len(), 200, "every client got its final word");
+    // Spread over most of the window (the pace covers its first 3/4),
+    // not bunched at its start.
+    assert!(last - first > 2000, "{first}..{last}");
+    assert!(
+        buckets.iter().filter(|n| **n > 0).count() >= 6,
+        "{buckets:?}"
+    );
 }
 
 #[test]

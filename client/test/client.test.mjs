@@ -169,6 +169,10 @@ test('server hints: 1012 comes back after the restart delay with jitter, 4008 at
   last().open();
   last().serverClose(4008, '17');
   assert.equal(nextDelay(clock), 1000, 'slow: back after minDelay');
+  clock.advance(1000);
+  last().open();
+  last().serverClose(1012, '{"retry":7000}');
+  assert.equal(nextDelay(clock), 3500, "the server's paced hint, less the jitter");
   c.close();
 });
 

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::health::Beat;
 use crate::config::Config;
+use crate::health::Beat;
 use crate::hub::Hub;
 use crate::link::{Queues, Redis};
 use crate::mailbox::Mailbox;

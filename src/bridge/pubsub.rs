@@ -31,8 +31,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::{Backoff, Endpoint};
-use crate::health::Beat;
 use crate::clock::Clock;
+use crate::health::Beat;
 use crate::hub::{ids, Hub, RemoteEvent};
 use crate::link::{Command, Redis};
 use crate::proto::resp::{self, Value};

@@ -75,7 +75,13 @@ impl Worker {
                 let last = sse.last(&sse::reconnect(retry));
                 self.close_gracefully(key, Some(last), false, now);
             }
-            ConnState::Ws(_) => self.close_ws(key, close_code::RESTART, "server restart", now),
+            ConnState::Ws(_) => {
+                let sse_cfg = &self.shared.config.sse;
+                let (base, jitter) = (sse_cfg.retry_ms, sse_cfg.retry_jitter_ms);
+                let retry = base + self.jitter(jitter);
+                let reason = format!(r#"{{"retry":{retry}}}"#);
+                self.close_ws(key, close_code::RESTART, &reason, now);
+            }
             ConnState::Request(req) if req.buf.is_empty() && conn.queue.is_empty() => {
                 self.close(key, Closed::Shutdown);
             }
@@ -107,13 +113,14 @@ impl Worker {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        let total = self.conns.len();
+        let others = self.plan_drain(now);
         log::info!(
-            "reactor {}: draining {} connections within {drain} ms",
+            "reactor {}: draining {total} connections within {drain} ms (streams paced over {} ms)",
             self.id,
-            keys.len()
+            drain * 3 / 4
         );
-        for key in keys {
+        for key in others {
             self.shutdown_conn(key, now);
         }
     }

@@ -27,6 +27,7 @@ mod accept;
 mod batch;
 mod close;
 mod deliver;
+mod drain;
 mod jobs;
 mod parked;
 mod request;
@@ -99,6 +100,8 @@ pub struct Worker {
     accept: AcceptState,
     inbox_ready: bool,
     drain_deadline: Option<u64>,
+    /// The paced drain's plan, from SIGTERM on.
+    drain: Option<drain::Drain>,
     /// WebSocket batches being collected, per channel.
     ws_batches: HashMap<Arc<str>, batch::Pending>,
     /// When the open batch window closes.
@@ -165,6 +168,7 @@ impl Worker {
             accept: AcceptState::new(),
             inbox_ready: true,
             drain_deadline: None,
+            drain: None,
             ws_batches: HashMap::new(),
             batch_due: None,
             next_sweep_ms: (id == 0).then_some(sweep_ms),
@@ -227,6 +231,7 @@ impl Worker {
                 self.drain_inbox();
             }
             self.accept_batch(now);
+            self.pace_drain(now);
             self.run_timers(now);
             self.sweep_hub(now);
             self.flush_due_batches(now);
@@ -257,6 +262,9 @@ impl Worker {
         }
         if let Some(at) = self.accept.paused_until {
             t = t.min(at.saturating_sub(now));
+        }
+        if let Some(ms) = self.drain_timeout() {
+            t = t.min(ms);
         }
         for at in [self.drain_deadline, self.next_sweep_ms, self.batch_due]
             .into_iter()
