@@ -80,6 +80,7 @@ pub mod hub;
 pub mod jobs;
 pub mod limits;
 pub mod link;
+pub mod logging;
 pub mod mailbox;
 pub mod market;
 pub mod metrics;

@@ -11,7 +11,7 @@ use redix::config::{Cli, Config, Subcommand};
 
 fn main() {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("REDIX_LOG", "info")).init();
+    redix::logging::init();
     if let Some(Subcommand::FinnhubSim(args)) = &cli.command {
         if let Err(e) = redix::market::sim::run_until_signal(args.sim_config()) {
             eprintln!("redix finnhub-sim: {e}");
@@ -26,6 +26,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    redix::logging::apply(&config.log_level);
     if let Some(Subcommand::Doctor { connections }) = &cli.command {
         std::process::exit(redix::doctor::run(&config, *connections));
     }

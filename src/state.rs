@@ -189,6 +189,7 @@ impl Shared {
     /// per client. Everything else waits for the next start.
     pub fn reload(&self, new: &Config) {
         self.access.reload(new);
+        crate::logging::apply(&new.log_level);
         let l = &new.limits;
         self.jobs.set_in_flight_cap(l.jobs_in_flight);
         let count = new.keys_for(Scope::Publish).len() + new.auth.admin_keys.len();

@@ -146,7 +146,9 @@ fn sighup_reloads_api_keys_and_limits_and_keeps_serving() {
         "[auth]\nkeys = [\"old\"]\n[limits]\nsse_per_ip = 1\n",
     )
     .unwrap();
-    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    // REDIX_LOG unset: the configured log level applies, and reloads.
+    let server =
+        Server::start_with_env(&["--config", path.to_str().unwrap()], &[("REDIX_LOG", "")]);
     let publish_with = |key: &str| {
         let header = format!("Authorization: Bearer {key}");
         request(
@@ -172,7 +174,7 @@ fn sighup_reloads_api_keys_and_limits_and_keeps_serving() {
 
     std::fs::write(
         &path,
-        "[auth]\nkeys = [\"new\"]\n[limits]\nsse_per_ip = 2\n",
+        "log_level = \"debug\"\n[auth]\nkeys = [\"new\"]\n[limits]\nsse_per_ip = 2\n",
     )
     .unwrap();
     server.signal(libc::SIGHUP);
@@ -182,5 +184,8 @@ fn sighup_reloads_api_keys_and_limits_and_keeps_serving() {
         SseClient::connect(server.addr, "h").status == 200
     });
     assert_eq!((publish_with("old"), publish_with("new")), (401, 200));
+    wait_until("the new log level", || {
+        server.logs().contains("log level now DEBUG")
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }

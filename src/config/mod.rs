@@ -120,6 +120,9 @@ pub struct Config {
     pub workers: usize,
     /// `listen(2)` backlog.
     pub backlog: i32,
+    /// `off`, `error`, `warn`, `info`, `debug` or `trace`; `REDIX_LOG`
+    /// overrides it at start; SIGHUP applies a new value.
+    pub log_level: String,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub sse: SseConfig,
@@ -386,6 +389,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()),
             workers: 0,
             backlog: DEFAULT_BACKLOG,
+            log_level: "info".into(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             sse: SseConfig::default(),

@@ -27,6 +27,12 @@ impl Config {
                 )));
             }
         }
+        if !crate::logging::valid_level(&self.log_level) {
+            return Err(invalid(format!(
+                "log_level = {:?}: use off, error, warn, info, debug or trace",
+                self.log_level
+            )));
+        }
         self.check_keys()?;
         self.check_relations()?;
         self.check_redis()
