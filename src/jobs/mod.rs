@@ -23,6 +23,7 @@ use crate::mailbox::ConnRef;
 
 pub mod demo;
 pub mod embedded;
+pub mod redis;
 
 pub use crate::event::{job_event_name, JOB_PREFIX};
 
@@ -193,6 +194,9 @@ pub struct Jobs {
     tx: Sender<Request>,
     pub breaker: Breaker,
     pub stats: JobStats,
+    /// File descriptors the engine holds (Redis mode: its connections),
+    /// for `/debug/fds`.
+    pub fds: AtomicU64,
 }
 
 impl Jobs {
@@ -203,6 +207,7 @@ impl Jobs {
             tx,
             breaker: Breaker::default(),
             stats: JobStats::default(),
+            fds: AtomicU64::new(0),
         };
         (jobs, rx)
     }
