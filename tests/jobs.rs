@@ -7,48 +7,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use serde_json::Value;
 
 use common::*;
-
-fn summarize(addr: SocketAddr, url: &str, query: &str) -> (u16, Value, String) {
-    let body = serde_json::json!({ "url": url }).to_string();
-    let path = format!("/api/summarize{query}");
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    req.shrink_to_fit();
-    let text = raw_exchange(addr, req.as_bytes());
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let json = serde_json::from_str(body).unwrap_or(Value::Null);
-    (status_of(&text), json, head.to_string())
-}
-
-/// Every event of a job stream until the server ends it: (id, event, data).
-fn read_job(c: &mut SseClient) -> Vec<(String, String, Value)> {
-    let mut out = Vec::new();
-    while let Some(ev) = c.next_message() {
-        let v: Value = serde_json::from_str(&ev.data).expect("json");
-        let kind = ev.event.clone().unwrap_or_default();
-        out.push((ev.id.unwrap_or_default(), kind.clone(), v["data"].clone()));
-        if kind == "done" || kind == "error" {
-            assert!(c.next_event().is_none(), "the stream ends after {kind}");
-            break;
-        }
-    }
-    out
-}
-
-fn text_of(events: &[(String, String, Value)]) -> String {
-    events
-        .iter()
-        .filter(|(_, kind, _)| kind == "token")
-        .map(|(_, _, d)| d["text"].as_str().unwrap_or_default())
-        .collect()
-}
 
 #[test]
 fn ask_streams_every_token_then_done_and_ends() {
