@@ -1,5 +1,5 @@
 //! The listener: one pub/sub connection SUBSCRIBEd to `<prefix>jobs:done`,
-//! turning each "<id> done|failed" into a [`Note`] for the engine, so the
+//! turning each `"<id> done|failed"` into a [`Note`] for the engine, so the
 //! summarize requests parked on a job get its result when it ends,
 //! whichever node or worker ended it.
 //!

@@ -12,10 +12,10 @@
 //! - This thread holds its own command connection: submissions (one
 //!   `FCALL redix_job_submit` each, pipelined per batch: cache, in-flight
 //!   job per URL, queue and hash in one atomic step), lookups, and every
-//!   [`SWEEP_MS`] the sweep (`FCALL redix_jobs_sweep`): jobs stalled or out
+//!   `SWEEP_MS` the sweep (`FCALL redix_jobs_sweep`): jobs stalled or out
 //!   of attempts fail, the queues' figures feed the breaker and gauges.
 //!   Every node sweeps; the functions make a job end once.
-//! - A second thread ([`done`]) holds a pub/sub connection on
+//! - A second thread (`done`) holds a pub/sub connection on
 //!   `<prefix>jobs:done`, so summarize requests parked here learn of
 //!   their job's end whoever ended it.
 //!
@@ -26,7 +26,7 @@
 //!
 //! Bounds: jobs followed here (submitted or joined by this node) at most
 //! `jobs.max_jobs`, for `jobs.ttl_ms`; [`MAX_WAITERS`] parked requests per
-//! job; [`NOTES`] endings waiting for the engine; queue streams refuse new
+//! job; `NOTES` endings waiting for the engine; queue streams refuse new
 //! jobs at `jobs.max_jobs` entries (`TOOMANY`), and the sweep trims what
 //! workers acknowledged.
 
@@ -278,7 +278,7 @@ impl Engine {
         }
     }
 
-    /// Every [`SWEEP_MS`]: forgets what is long over, runs the sweep,
+    /// Every `SWEEP_MS`: forgets what is long over, runs the sweep,
     /// moves the breaker.
     fn sweep(&mut self) {
         let now = self.parts.clock.now_ms();
