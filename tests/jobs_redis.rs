@@ -192,9 +192,9 @@ fn the_example_worker_serves_summaries_and_asks_across_nodes() {
     assert_eq!(again["summary"], first["summary"]);
     assert_eq!(b.metric("redix_jobs_submitted_total"), 0.0);
     assert_eq!(b.metric("redix_jobs_cache_hits_total"), 1.0);
-    // A 202 on B, followed on B while the worker streams it.
+    // A 202 from A, followed on B while the worker streams it.
     let other = "https://example.com/other";
-    let (status, accepted, _) = summarize(b.addr, other, "?wait=0");
+    let (status, accepted, _) = summarize(a.addr, other, "?wait=0");
     assert_eq!(status, 202, "{accepted}");
     let stream = accepted["stream"].as_str().expect("stream").to_string();
     let mut c = SseClient::open(b.addr, &stream, &[]);
@@ -215,8 +215,8 @@ fn the_example_worker_serves_summaries_and_asks_across_nodes() {
         text_of(&asked),
         demo::tokens(Kind::Ask, "what now").concat()
     );
-    wait_until("A to count its two jobs done", || {
-        a.metric("redix_jobs_completed_total") == 2.0
+    wait_until("A to count its three jobs done", || {
+        a.metric("redix_jobs_completed_total") == 3.0
     });
 }
 

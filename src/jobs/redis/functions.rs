@@ -17,8 +17,10 @@ use crate::link::Names;
 pub const GROUP: &str = "workers";
 /// Every kind of job, each with its own queue stream.
 pub const KINDS: [Kind; 2] = [Kind::Summarize, Kind::Ask];
-/// Pending entries and running jobs one sweep looks at, at most.
+/// Pending entries one sweep looks at, per queue, at most.
 pub const SWEEP_LIMIT: usize = 256;
+/// The smallest event a worker may always send, bytes.
+const MIN_EVENT_BYTES: usize = 4096;
 
 /// The library `FUNCTION LOAD REPLACE` installs: `publish.lua` (the
 /// channel publish every node runs) as the Lua function `publish`, then
@@ -55,7 +57,9 @@ impl Settings {
             max_events: config.max_events,
             max_attempts: config.max_attempts,
             visibility_ms: config.visibility_ms,
-            max_event_bytes,
+            // A node that takes no publishes (`limits.max_body_bytes = 0`)
+            // still takes job events.
+            max_event_bytes: max_event_bytes.max(MIN_EVENT_BYTES),
         }
     }
 }

@@ -168,21 +168,38 @@ impl Engine {
     pub(super) fn note(&mut self, note: Note) {
         match note {
             Note::Ended { id, failed } => self.ended(&id, failed, None),
-            Note::Resync => {
-                // Endings may have gone unheard: look at every job that
-                // still has requests parked on it.
-                let waited: Vec<String> = self
-                    .tracked
-                    .iter()
-                    .filter(|(_, t)| !t.waiters.is_empty())
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                for id in waited {
-                    if let Some(ending) = self.read_ending(&id) {
-                        let failed = matches!(ending, Ending::Failed { .. });
-                        self.ended(&id, failed, Some(ending));
-                    }
-                }
+            Note::Resync => self.resync(),
+        }
+    }
+
+    /// Endings may have gone unheard while the listener was away: looks
+    /// at every job that still has requests parked on it, one pipeline.
+    fn resync(&mut self) {
+        let waited: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| !t.waiters.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if waited.is_empty() || !self.ready() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for id in &waited {
+            pipe.add_command(functions::ending_cmd(&self.names, id));
+        }
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let read: Result<Vec<Value>, RedisError> = pipe.query(&mut link.con);
+        let replies = match read {
+            Ok(replies) => replies,
+            Err(e) => return self.failed("reading jobs' ends", &e),
+        };
+        for (id, reply) in waited.iter().zip(replies) {
+            if let Ok(Some(ending)) = functions::parse_ending(reply) {
+                let failed = matches!(ending, Ending::Failed { .. });
+                self.ended(id, failed, Some(ending));
             }
         }
     }
