@@ -1,7 +1,8 @@
 //! Jobs in Redis mode against a real `redis-server` per test: the worker
 //! protocol spoken by `redis-cli` alone and by `examples/worker.rs` as a
-//! process; summaries cached for every node; a job followed on another
-//! node from its first event; a killed worker's job taken over; the
+//! process; summaries cached for every node; one job for a URL in flight,
+//! whichever node is asked; a job followed on another node from its first
+//! event; a killed worker's job taken over; the
 //! breaker opening with no worker and closing when one starts; a quiet job
 //! failing `worker_stalled`; a job delivered too often failing
 //! `attempts_exhausted`; Redis gone answering 503 at once.
@@ -218,6 +219,39 @@ fn the_example_worker_serves_summaries_and_asks_across_nodes() {
     wait_until("A to count its three jobs done", || {
         a.metric("redix_jobs_completed_total") == 3.0
     });
+}
+
+#[test]
+fn one_url_in_flight_is_one_job_across_nodes() {
+    let redis = RedisServer::start();
+    let nodes = [redis_node(&redis, &[]), redis_node(&redis, &[])];
+    let url = "https://example.com/same";
+    // No worker yet: the job stays in flight, every request joins it.
+    let answers: Vec<(u16, Value, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let addr = nodes[i % 2].addr;
+                s.spawn(move || summarize(addr, url, "?wait=0"))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a request"))
+            .collect()
+    });
+    assert!(answers.iter().all(|(s, ..)| *s == 202), "{answers:?}");
+    let ids: std::collections::HashSet<&str> = answers
+        .iter()
+        .filter_map(|(_, v, _)| v["jobId"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 1, "one job: {ids:?}");
+    let total = |name: &str| nodes.iter().map(|n| n.metric(name)).sum::<f64>();
+    assert_eq!(total("redix_jobs_submitted_total"), 1.0);
+    assert_eq!(total("redix_jobs_joined_total"), 19.0);
+    let _worker = Worker::start(&redis, "w1", 1);
+    let (status, done, _) = summarize(nodes[1].addr, url, "?wait=10");
+    assert_eq!(status, 200, "{done}");
+    assert!(ids.contains(done["jobId"].as_str().unwrap_or("cached")) || done["cached"] == true);
 }
 
 #[test]
