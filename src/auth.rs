@@ -50,6 +50,21 @@ impl Keys {
         self.any_configured
     }
 
+    /// A number naming the configured key `credential` is (any scope), to
+    /// count that key's requests; `None` for no or an unknown credential.
+    /// It is the first 8 bytes of the key's SHA-256, so it stays the same
+    /// across a reload and the key itself is kept nowhere.
+    pub fn identify(&self, credential: Option<&str>) -> Option<u64> {
+        if !self.any_configured {
+            return None;
+        }
+        let cred = digest(credential.filter(|c| !c.is_empty())?.as_bytes());
+        let known = contains(&self.publish, &cred) | contains(&self.admin, &cred);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&cred[..8]);
+        known.then_some(u64::from_be_bytes(id))
+    }
+
     /// May a request presenting `credential` use `scope`? Without any key
     /// configured, only a `local` client may (see `api::is_local`).
     pub fn check(&self, scope: Scope, credential: Option<&str>, local: bool) -> Result<(), Denied> {
@@ -109,6 +124,23 @@ mod tests {
             k.check(Scope::Publish, Some("x"), false),
             Err(Denied::Forbidden)
         );
+    }
+
+    #[test]
+    fn only_configured_keys_are_identified_and_each_as_itself() {
+        let k = keys(&["root"], &["pub"]);
+        let (root, publ) = (k.identify(Some("root")), k.identify(Some("pub")));
+        assert!(root.is_some() && publ.is_some() && root != publ);
+        assert_eq!(k.identify(Some("root")), root, "stable");
+        assert_eq!(
+            keys(&["root"], &[]).identify(Some("root")),
+            root,
+            "across a reload"
+        );
+        assert_eq!(k.identify(Some("other")), None);
+        assert_eq!(k.identify(Some("")), None);
+        assert_eq!(k.identify(None), None);
+        assert_eq!(keys(&[], &[]).identify(Some("root")), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! from `RLIMIT_NOFILE`.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -149,61 +150,117 @@ impl Bucket {
     }
 }
 
+/// Who a per-client budget counts: a client IP, or an API key wherever
+/// its requests come from (so a key shared by many hosts gets one budget,
+/// and one host with several keys one per key). A key is named by a
+/// digest (see `auth::Keys::identify`), never kept itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    Ip(IpKey),
+    ApiKey(u64),
+}
+
+impl ClientKey {
+    /// A non-zero number naming this client, for counts kept where the
+    /// enum is not (the job engine's jobs in flight per client); 0 is left
+    /// to mean "nobody: do not count". `DefaultHasher::new` is the same
+    /// hasher in every call, so the number is stable for the process.
+    pub fn owner_id(self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish().max(1)
+    }
+}
+
 /// Client keys a [`RateLimiter`] tracks at most; past it, full buckets are
 /// swept, and a client that still finds no room is let through untracked
 /// (failing open: the connection caps still hold).
 pub const RATE_LIMITER_MAX_CLIENTS: usize = 100_000;
 
-/// Per-client token buckets for HTTP requests. Time is passed in.
-pub struct RateLimiter {
-    /// Tokens per second; 0 disables the limiter.
-    rate: f64,
-    burst: u32,
-    /// Client → (tokens, last refill in ms).
-    buckets: Mutex<HashMap<IpKey, (f64, u64)>>,
+/// Per-client token buckets (by client IP unless told otherwise). Time is
+/// passed in. The rate can change while running (SIGHUP): buckets keep
+/// their tokens, capped at the new burst, and refill at the new rate.
+pub struct RateLimiter<K = IpKey> {
+    inner: Mutex<Buckets<K>>,
 }
 
-impl RateLimiter {
-    pub fn new(per_sec: u32, burst: u32) -> RateLimiter {
+struct Buckets<K> {
+    /// Tokens per second; 0 disables the limiter.
+    rate: f64,
+    burst: f64,
+    /// Client → (tokens, last refill in ms).
+    map: HashMap<K, (f64, u64)>,
+}
+
+impl<K: Copy + Eq + Hash> RateLimiter<K> {
+    pub fn new(per_sec: u32, burst: u32) -> RateLimiter<K> {
         RateLimiter::with_rate(f64::from(per_sec), burst)
     }
 
-    pub fn per_minute(per_min: u32, burst: u32) -> RateLimiter {
+    pub fn per_minute(per_min: u32, burst: u32) -> RateLimiter<K> {
         RateLimiter::with_rate(f64::from(per_min) / 60.0, burst)
     }
 
-    fn with_rate(rate: f64, burst: u32) -> RateLimiter {
-        RateLimiter {
+    fn with_rate(rate: f64, burst: u32) -> RateLimiter<K> {
+        let inner = Buckets {
             rate,
-            burst: burst.max(1),
-            buckets: Mutex::new(HashMap::new()),
+            burst: f64::from(burst.max(1)),
+            map: HashMap::new(),
+        };
+        RateLimiter {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets<K>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new rate per second and burst (SIGHUP); 0 turns the limiter off
+    /// and forgets every bucket.
+    pub fn set_per_sec(&self, per_sec: u32, burst: u32) {
+        self.set_rate(f64::from(per_sec), burst);
+    }
+
+    /// [`RateLimiter::set_per_sec`] with a rate per minute.
+    pub fn set_per_minute(&self, per_min: u32, burst: u32) {
+        self.set_rate(f64::from(per_min) / 60.0, burst);
+    }
+
+    fn set_rate(&self, rate: f64, burst: u32) {
+        let mut b = self.lock();
+        b.rate = rate;
+        b.burst = f64::from(burst.max(1));
+        if rate <= 0.0 {
+            b.map = HashMap::new();
         }
     }
 
     /// Takes a token for `key`; `Err(seconds)` says when one will be there.
-    pub fn check(&self, key: IpKey, now_ms: u64) -> Result<(), u64> {
+    pub fn check(&self, key: K, now_ms: u64) -> Result<(), u64> {
         self.take(key, 1, now_ms)
     }
 
     /// Takes `n` tokens for `key` at once, or none; `Err(seconds)` says
     /// when enough will be there.
-    pub fn take(&self, key: IpKey, n: u32, now_ms: u64) -> Result<(), u64> {
-        if self.rate <= 0.0 || n == 0 {
+    pub fn take(&self, key: K, n: u32, now_ms: u64) -> Result<(), u64> {
+        let mut b = self.lock();
+        let (rate, burst) = (b.rate, b.burst);
+        if rate <= 0.0 || n == 0 {
             return Ok(());
         }
         let n = f64::from(n);
-        let (rate, burst) = (self.rate, f64::from(self.burst));
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= RATE_LIMITER_MAX_CLIENTS && !buckets.contains_key(&key) {
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + (now_ms.saturating_sub(*at) as f64) * rate / 1000.0 < burst
-            });
-            if buckets.len() >= RATE_LIMITER_MAX_CLIENTS {
+        let refill =
+            |tokens: f64, at: u64| tokens + (now_ms.saturating_sub(at) as f64) * rate / 1000.0;
+        if b.map.len() >= RATE_LIMITER_MAX_CLIENTS && !b.map.contains_key(&key) {
+            b.map.retain(|_, (tokens, at)| refill(*tokens, *at) < burst);
+            if b.map.len() >= RATE_LIMITER_MAX_CLIENTS {
                 return Ok(());
             }
         }
-        let (tokens, at) = buckets.entry(key).or_insert((burst, now_ms));
-        *tokens = (*tokens + (now_ms.saturating_sub(*at) as f64) * rate / 1000.0).min(burst);
+        let (tokens, at) = b.map.entry(key).or_insert((burst, now_ms));
+        *tokens = refill(*tokens, *at).min(burst);
         *at = now_ms;
         if *tokens >= n {
             *tokens -= n;
@@ -213,7 +270,7 @@ impl RateLimiter {
     }
 
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().map.len()
     }
 }
 
@@ -329,6 +386,52 @@ mod tests {
         assert!(l.check(k, 500).is_ok(), "one token per 500 ms");
         assert!(l.check(IpKey::V4([1, 1, 1, 1]), 500).is_ok(), "per client");
         assert!(RateLimiter::new(0, 0).check(k, 0).is_ok(), "0 disables");
+    }
+
+    #[test]
+    fn keyed_buckets_take_a_new_rate_and_stay_bounded() {
+        let l: RateLimiter<ClientKey> = RateLimiter::per_minute(60, 2);
+        let (key, ip) = (ClientKey::ApiKey(7), ClientKey::Ip(IpKey::V4([1, 2, 3, 4])));
+        assert!(l.check(key, 0).is_ok() && l.check(key, 0).is_ok());
+        assert_eq!(l.check(key, 0), Err(1), "one a second");
+        assert!(l.check(ip, 0).is_ok(), "an IP is another client");
+        l.set_per_minute(6, 1);
+        // Time since a bucket's last use refills at the rate now in force.
+        assert_eq!(l.check(key, 1000), Err(9), "0.1 of a token at 6/min");
+        assert_eq!(l.check(key, 10_000), Ok(()));
+        assert_eq!(l.check(key, 10_000), Err(10), "the new rate");
+        l.set_per_minute(0, 1);
+        assert_eq!(
+            (l.check(key, 1000), l.tracked()),
+            (Ok(()), 0),
+            "off, forgotten"
+        );
+        // At the bound, a new client finds no room until buckets are full
+        // again and swept; it is let through meanwhile.
+        let l: RateLimiter<ClientKey> = RateLimiter::new(1, 1);
+        for i in 0..RATE_LIMITER_MAX_CLIENTS as u64 {
+            assert!(l.check(ClientKey::ApiKey(i), 0).is_ok());
+        }
+        let new = ClientKey::ApiKey(u64::MAX);
+        assert!(
+            l.check(new, 0).is_ok() && l.check(new, 0).is_ok(),
+            "untracked"
+        );
+        assert_eq!(l.tracked(), RATE_LIMITER_MAX_CLIENTS);
+        assert!(l.check(new, 1000).is_ok());
+        assert_eq!(l.tracked(), 1, "full buckets swept");
+    }
+
+    #[test]
+    fn owner_ids_are_stable_and_never_zero() {
+        let a = ClientKey::Ip(IpKey::V4([10, 0, 0, 1]));
+        assert_eq!(a.owner_id(), a.owner_id());
+        assert_ne!(a.owner_id(), 0);
+        assert_ne!(
+            a.owner_id(),
+            ClientKey::Ip(IpKey::V4([10, 0, 0, 2])).owner_id()
+        );
+        assert_ne!(ClientKey::ApiKey(5).owner_id(), a.owner_id());
     }
 
     #[test]

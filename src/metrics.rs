@@ -31,6 +31,11 @@ pub struct WorkerStats {
     /// the connection's subscribe rate, ran out.
     pub rejected_new_channels: AtomicU64,
     pub rejected_subscribe_rate: AtomicU64,
+    /// Job requests and publishes refused: the client's rate ran out.
+    pub rejected_job_rate: AtomicU64,
+    pub rejected_publish_rate: AtomicU64,
+    /// New jobs the engine refused: the client had `limits.jobs_in_flight`.
+    pub rejected_jobs_in_flight: AtomicU64,
     /// WebSocket connections closed for a protocol violation.
     pub ws_protocol_errors: AtomicU64,
     /// JSON protocol errors answered on WebSocket connections.
@@ -117,6 +122,9 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_connections_rejected_total", "counter", "", "reason=\"rate_limit\"", |s| &s.rejected_rate_limit),
     ("redix_connections_rejected_total", "counter", "", "reason=\"new_channels\"", |s| &s.rejected_new_channels),
     ("redix_connections_rejected_total", "counter", "", "reason=\"subscribe_rate\"", |s| &s.rejected_subscribe_rate),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"job_rate\"", |s| &s.rejected_job_rate),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"publish_rate\"", |s| &s.rejected_publish_rate),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"jobs_in_flight\"", |s| &s.rejected_jobs_in_flight),
     ("redix_http_requests_total", "counter", "HTTP requests parsed.", "", |s| &s.requests),
     ("redix_events_written_total", "counter", "Data events completely written to clients.", "", |s| &s.events_written),
     ("redix_bytes_written_total", "counter", "Bytes written to clients.", "", |s| &s.bytes_written),

@@ -157,7 +157,7 @@ fn spawn_reactors(
 }
 
 /// SIGTERM/SIGINT drain (a second one exits at once); SIGHUP reloads keys
-/// and limits.
+/// and limits (`Shared::reload`).
 fn spawn_signal_thread(
     mut signals: Signals,
     shared: &Arc<Shared>,
@@ -172,7 +172,7 @@ fn spawn_signal_thread(
             if sig == SIGHUP {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
                 match reload() {
-                    Ok(new) => shared.access.reload(&new),
+                    Ok(new) => shared.reload(&new),
                     Err(e) => log::error!("SIGHUP: {e}; keeping the running configuration"),
                 }
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -319,6 +319,7 @@ pub fn run(
     };
     let clock = Clock::start();
     let (jobs, job_requests) = Jobs::new();
+    jobs.set_in_flight_cap(config.limits.jobs_in_flight);
     let shared = Shared::new(config, hub, clock, sizing, redis, Arc::new(jobs));
     // Before the fd baseline: the signal pipe is an fd of its own.
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;

@@ -16,7 +16,7 @@ use crate::diag::{self, Owned};
 use crate::health::Health;
 use crate::hub::Hub;
 use crate::jobs::Jobs;
-use crate::limits::{IpLimiter, RateLimiter};
+use crate::limits::{ClientKey, IpLimiter, RateLimiter};
 use crate::link::{MarketLink, Redis};
 use crate::metrics::WorkerStats;
 
@@ -47,6 +47,10 @@ pub struct Access {
     pub requests: RateLimiter,
     /// New channels per client IP (see `limits.new_channels_per_min`).
     pub new_channels: RateLimiter,
+    /// New jobs per client, an API key or an IP (`limits.jobs_per_min`).
+    pub jobs: RateLimiter<ClientKey>,
+    /// Publishes per client (`limits.publishes_per_sec`).
+    pub publishes: RateLimiter<ClientKey>,
 }
 
 impl Access {
@@ -62,6 +66,8 @@ impl Access {
                 limits.new_channels_per_min,
                 limits.new_channel_burst,
             ),
+            jobs: RateLimiter::per_minute(limits.jobs_per_min, limits.job_burst),
+            publishes: RateLimiter::new(limits.publishes_per_sec, limits.publish_burst),
         }
     }
 
@@ -69,21 +75,16 @@ impl Access {
         self.keys.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies what can change without a restart: API keys and per-IP
-    /// limits. Everything else waits for the next start.
-    pub fn reload(&self, new: &Config) {
-        let keys = Keys::from_config(new);
-        let count = new.keys_for(Scope::Publish).len() + new.auth.admin_keys.len();
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
-        self.sse.set_max(new.limits.sse_per_ip);
-        self.ws.set_max(new.limits.ws_per_ip);
-        self.http.set_max(new.limits.http_per_ip);
-        log::info!(
-            "SIGHUP: reloaded API keys ({count} entries) and per-IP limits (SSE {}, WebSocket {}, HTTP {}); other keys apply at the next start",
-            new.limits.sse_per_ip,
-            new.limits.ws_per_ip,
-            new.limits.http_per_ip
-        );
+    /// Applies the access part of a reload (see [`Shared::reload`]).
+    fn reload(&self, new: &Config) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Keys::from_config(new);
+        let l = &new.limits;
+        self.sse.set_max(l.sse_per_ip);
+        self.ws.set_max(l.ws_per_ip);
+        self.http.set_max(l.http_per_ip);
+        self.jobs.set_per_minute(l.jobs_per_min, l.job_burst);
+        self.publishes
+            .set_per_sec(l.publishes_per_sec, l.publish_burst);
     }
 }
 
@@ -181,6 +182,26 @@ impl Shared {
             market,
             jobs,
         })
+    }
+
+    /// Applies what can change without a restart (SIGHUP): API keys,
+    /// per-IP limits, the job and publish rates (a bucket keeps its
+    /// tokens, so a reload is no free burst) and the cap on jobs in flight
+    /// per client. Everything else waits for the next start.
+    pub fn reload(&self, new: &Config) {
+        self.access.reload(new);
+        let l = &new.limits;
+        self.jobs.set_in_flight_cap(l.jobs_in_flight);
+        let count = new.keys_for(Scope::Publish).len() + new.auth.admin_keys.len();
+        log::info!(
+            "SIGHUP: reloaded API keys ({count} entries), per-IP limits (SSE {}, WebSocket {}, HTTP {}) and per-client job and publish limits ({} jobs/min, {} in flight, {} publishes/s); other keys apply at the next start",
+            l.sse_per_ip,
+            l.ws_per_ip,
+            l.http_per_ip,
+            l.jobs_per_min,
+            l.jobs_in_flight,
+            l.publishes_per_sec
+        );
     }
 
     /// Milliseconds on the process clock.

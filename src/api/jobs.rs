@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::answers::Reject;
-use super::{stream_cursor, take_slot, Action, Ctx};
+use super::{quota, stream_cursor, take_slot, Action, Ctx};
 use crate::jobs::valid_id;
 use crate::limits::IpKey;
 use crate::proto::gzip;
@@ -19,6 +19,10 @@ pub const MAX_INPUT: usize = 2048;
 pub struct JobStart {
     pub what: JobAsk,
     pub keep_alive: bool,
+    /// Who a new job counts against in the engine's jobs in flight per
+    /// client (`limits.jobs_in_flight`); 0 for nobody (an exempt client,
+    /// or a follow, which makes no job).
+    pub owner: u64,
 }
 
 #[derive(Debug)]
@@ -66,50 +70,52 @@ pub(super) fn summarize(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Actio
             )
         })?,
     };
-    admit(ctx)?;
+    let owner = admit_new_job(head, ctx)?;
     Ok(Action::Job(JobStart {
         what: JobAsk::Summarize {
             url: req.url,
             wait_ms,
         },
         keep_alive: head.keep_alive,
+        owner,
     }))
 }
 
 pub(super) fn ask(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
     let question = query_param(&head.query, "q");
     let job = query_param(&head.query, "job");
-    let what = match (question, job) {
-        (Some(q), None) => {
-            let q = q.trim().to_string();
-            if q.is_empty() || q.len() > MAX_INPUT {
-                return Err(Reject::new(
-                    400,
-                    "bad_question",
-                    format!("?q= is 1 to {MAX_INPUT} bytes"),
-                ));
-            }
-            admit(ctx)?;
-            Some(q)
-        }
+    match (question, job) {
+        (Some(q), None) => new_ask(head, ctx, q.trim()),
         (None, Some(id)) if valid_id(&id) => {
             let stream = job_stream(head, ctx)?;
-            return Ok(follow(head, id, stream));
+            Ok(follow(head, id, stream))
         }
-        (None, Some(_)) => return Err(Reject::new(400, "bad_job", "?job= is a job id")),
-        _ => None,
-    };
-    let Some(question) = what else {
-        return Err(Reject::new(
+        (None, Some(_)) => Err(Reject::new(400, "bad_job", "?job= is a job id")),
+        _ => Err(Reject::new(
             400,
             "bad_request",
             "give ?q=QUESTION (a new job) or ?job=ID (follow one)",
+        )),
+    }
+}
+
+fn new_ask(head: &Head, ctx: &Ctx<'_>, question: &str) -> Result<Action, Reject> {
+    if question.is_empty() || question.len() > MAX_INPUT {
+        return Err(Reject::new(
+            400,
+            "bad_question",
+            format!("?q= is 1 to {MAX_INPUT} bytes"),
         ));
-    };
+    }
+    let owner = admit_new_job(head, ctx)?;
     let stream = job_stream(head, ctx)?;
     Ok(Action::Job(JobStart {
-        what: JobAsk::Ask { question, stream },
+        what: JobAsk::Ask {
+            question: question.to_string(),
+            stream,
+        },
         keep_alive: false,
+        owner,
     }))
 }
 
@@ -117,7 +123,18 @@ fn follow(head: &Head, id: String, stream: JobStream) -> Action {
     Action::Job(JobStart {
         what: JobAsk::Follow { id, stream },
         keep_alive: head.keep_alive,
+        owner: 0,
     })
+}
+
+/// A request that may create a job: the client's job rate first (a
+/// refused request must not spend the half-open breaker's one probe),
+/// then the breaker. Answers the client's owner id for the engine.
+fn admit_new_job(head: &Head, ctx: &Ctx<'_>) -> Result<u64, Reject> {
+    let who = quota::client(head, ctx);
+    quota::charge_job(ctx, who)?;
+    admit(ctx)?;
+    Ok(quota::owner(who))
 }
 
 /// The cursor and the per-IP SSE slot a job stream holds.

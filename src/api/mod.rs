@@ -7,8 +7,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub mod answers;
+mod assets;
 pub mod jobs;
 mod ops;
+mod quota;
 pub mod ws;
 
 use serde::Deserialize;
@@ -93,11 +95,14 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         "/debug/fds" => only(head, Method::Get)
             .and_then(|_| authorize(head, ctx, Scope::Admin))
             .map(|_| ops::fds(head, ctx)),
-        _ => Err(Reject::new(
-            404,
-            "not_found",
-            format!("no route for {}", head.path),
-        )),
+        path => match assets::asset(path) {
+            Some((kind, body)) => only(head, Method::Get).map(|_| assets::serve(head, kind, body)),
+            None => Err(Reject::new(
+                404,
+                "not_found",
+                format!("no route for {}", head.path),
+            )),
+        },
     };
     result.unwrap_or_else(|r| r.into_action(head))
 }
@@ -357,6 +362,7 @@ fn stream_cursor(head: &Head, ctx: &Ctx<'_>) -> Result<Option<u64>, Reject> {
 
 fn publish(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Action, Reject> {
     authorize(head, ctx, Scope::Publish)?;
+    quota::charge_publish(ctx, quota::client(head, ctx))?;
     let req: PublishBody = serde_json::from_slice(body)
         .map_err(|e| Reject::new(400, "bad_json", format!("publish body: {e}")))?;
     check_channel(&req.channel).map_err(|m| Reject::new(400, "bad_channel", m))?;

@@ -12,15 +12,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 mod jobs;
+mod limits;
 mod sources;
 mod validate;
 
 pub use jobs::JobsConfig;
+pub use limits::*;
 use sources::{apply_cli, apply_env};
 pub use sources::{Cli, FinnhubSimArgs, Subcommand};
 
@@ -28,27 +30,6 @@ pub use sources::{Cli, FinnhubSimArgs, Subcommand};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
 /// Listen backlog passed to `listen(2)` (the kernel caps it at `somaxconn`).
 pub const DEFAULT_BACKLOG: i32 = 4096;
-/// HTTP requests per second per client IP, refilled continuously.
-pub const DEFAULT_REQUESTS_PER_SEC: u32 = 20;
-/// Requests a client may make at once before the rate applies.
-pub const DEFAULT_REQUEST_BURST: u32 = 60;
-/// Concurrent SSE streams per client IP (IPv6 counted per /64).
-pub const DEFAULT_SSE_PER_IP: u32 = 20;
-/// Time for a request's headers and body to arrive once its first byte
-/// came.
-pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
-/// An idle keep-alive connection (no request in progress) is closed after
-/// this long.
-pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 15_000;
-/// A connection whose queued bytes make no write progress for this long
-/// is closed: the peer stopped reading.
-pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
-/// Plain HTTP (keep-alive) connections per client IP (IPv6 per /64).
-pub const DEFAULT_HTTP_PER_IP: u32 = 64;
-/// Channels a client IP may bring into existence (subscribing to a name
-/// nobody here listens to) per minute, and at once.
-pub const DEFAULT_NEW_CHANNELS_PER_MIN: u32 = 600;
-pub const DEFAULT_NEW_CHANNEL_BURST: u32 = 200;
 /// WebSocket subscribe/unsubscribe commands per connection per minute,
 /// and at once.
 pub const DEFAULT_WS_SUBSCRIBES_PER_MIN: u32 = 600;
@@ -65,18 +46,12 @@ pub const DEFAULT_MARKET_BACKOFF_MAX_MS: u64 = 30_000;
 /// Cluster mode: the market lease's time to live (the most the upstream
 /// stays without a holder after its holder dies).
 pub const DEFAULT_MARKET_LEASE_MS: u64 = 10_000;
-/// Largest request head (request line + headers); larger gets 431.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
-/// Largest request body; larger gets 413.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// SSE heartbeat (`: ping`) interval.
 pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
 /// Base SSE `retry:` sent as a stream's first bytes.
 pub const DEFAULT_RETRY_MS: u64 = 2_000;
 /// Random extra added to `retry:` so reconnects spread out.
 pub const DEFAULT_RETRY_JITTER_MS: u64 = 3_000;
-/// Concurrent WebSocket connections per client IP.
-pub const DEFAULT_WS_PER_IP: u32 = 50;
 /// Server ping interval on WebSocket connections.
 pub const DEFAULT_WS_PING_MS: u64 = 30_000;
 /// A WebSocket silent this long (no frame at all) is closed.
@@ -278,35 +253,6 @@ pub struct AuthConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// HTTP requests per second per client IP (token bucket); 0 disables.
-    /// Loopback clients and requests with a valid API key are exempt.
-    pub requests_per_sec: u32,
-    pub request_burst: u32,
-    pub sse_per_ip: u32,
-    pub ws_per_ip: u32,
-    /// Global connection cap; 0 derives it from `RLIMIT_NOFILE`.
-    pub max_connections: usize,
-    pub header_timeout_ms: u64,
-    /// Queued bytes that make no write progress for this long close the
-    /// connection (the peer stopped reading).
-    pub write_timeout_ms: u64,
-    /// An idle keep-alive connection is closed after this long.
-    pub keepalive_timeout_ms: u64,
-    /// Plain HTTP connections (not streams) per client IP.
-    pub http_per_ip: u32,
-    /// New channels (names nobody here listens to) a client IP may
-    /// subscribe to per minute; 0 turns the budget off.
-    pub new_channels_per_min: u32,
-    pub new_channel_burst: u32,
-    pub max_header_bytes: usize,
-    pub max_body_bytes: usize,
-    /// Peers whose `X-Forwarded-For` is trusted for the client IP.
-    pub trusted_proxies: Vec<IpAddr>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
 pub struct SseConfig {
     pub heartbeat_ms: u64,
     pub retry_ms: u64,
@@ -467,27 +413,6 @@ impl Default for WsConfig {
             deflate: true,
             deflate_min_bytes: DEFAULT_WS_DEFLATE_MIN_BYTES,
             allowed_origins: Vec::new(),
-        }
-    }
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            requests_per_sec: DEFAULT_REQUESTS_PER_SEC,
-            request_burst: DEFAULT_REQUEST_BURST,
-            sse_per_ip: DEFAULT_SSE_PER_IP,
-            ws_per_ip: DEFAULT_WS_PER_IP,
-            max_connections: 0,
-            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
-            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
-            keepalive_timeout_ms: DEFAULT_KEEPALIVE_TIMEOUT_MS,
-            http_per_ip: DEFAULT_HTTP_PER_IP,
-            new_channels_per_min: DEFAULT_NEW_CHANNELS_PER_MIN,
-            new_channel_burst: DEFAULT_NEW_CHANNEL_BURST,
-            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! Bounds: `jobs.max_jobs` jobs at once (finished ones expire after
 //! `jobs.ttl_ms`), `jobs.cache_max` summaries, [`MAX_WAITERS`] parked
-//! requests per job, `jobs.demo_concurrency` jobs running.
+//! requests per job, `jobs.demo_concurrency` jobs running, and
+//! `limits.jobs_in_flight` jobs per client until they end (`owners`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use serde_json::json;
 
+use super::owners::InFlight;
 use super::{demo, new_id, Jobs, Kind, Reply, Request, JOB_PREFIX};
 use crate::clock::Clock;
 use crate::config::JobsConfig;
@@ -59,6 +61,9 @@ enum Outcome {
 struct Job {
     kind: Kind,
     input: String,
+    /// The client it counts against until it ends (0: nobody, or already
+    /// released).
+    owner: u64,
     /// The demo worker's tokens, and the next to send.
     tokens: Vec<String>,
     next: usize,
@@ -80,6 +85,8 @@ struct Engine {
     queue: VecDeque<(String, u64)>,
     /// Running jobs by when their next token is due.
     due: BTreeSet<(u64, String)>,
+    /// Jobs not yet ended per client.
+    in_flight: InFlight,
     next_sweep_ms: u64,
     /// When a worker last made progress (picked up a job, sent an event).
     progress_ms: u64,
@@ -95,6 +102,7 @@ impl Engine {
             cache: HashMap::new(),
             queue: VecDeque::new(),
             due: BTreeSet::new(),
+            in_flight: InFlight::default(),
             next_sweep_ms: now,
             progress_ms: now,
         }
@@ -137,8 +145,12 @@ impl Engine {
 
     fn handle(&mut self, request: Request) {
         match request {
-            Request::Summarize { url, reply } => self.summarize(url, reply),
-            Request::Ask { question, reply } => match self.create(Kind::Ask, question) {
+            Request::Summarize { url, reply, owner } => self.summarize(url, reply, owner),
+            Request::Ask {
+                question,
+                reply,
+                owner,
+            } => match self.create(Kind::Ask, question, owner) {
                 Ok(job_id) => self.answer(reply, Reply::Accepted { job_id }),
                 Err(refused) => self.answer(reply, refused),
             },
@@ -152,7 +164,7 @@ impl Engine {
         }
     }
 
-    fn summarize(&mut self, url: String, reply: ConnRef) {
+    fn summarize(&mut self, url: String, reply: ConnRef, owner: u64) {
         let stats = &self.parts.jobs.stats;
         if let Some((summary, _)) = self.cache.get(&url) {
             stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +182,7 @@ impl Engine {
                 stats.joined.fetch_add(1, Ordering::Relaxed);
                 id.clone()
             }
-            None => match self.create(Kind::Summarize, url.clone()) {
+            None => match self.create(Kind::Summarize, url.clone(), owner) {
                 Ok(id) => {
                     self.by_url.insert(url, id.clone());
                     id
@@ -186,22 +198,27 @@ impl Engine {
         self.answer(reply, Reply::Accepted { job_id });
     }
 
-    /// A new queued job, or why not.
-    fn create(&mut self, kind: Kind, input: String) -> Result<String, Reply> {
+    /// A new queued job counted against `owner`, or why not: the client
+    /// is at its cap (429), or the node at `jobs.max_jobs` (503).
+    fn create(&mut self, kind: Kind, input: String, owner: u64) -> Result<String, Reply> {
+        self.in_flight
+            .admit(owner, self.parts.jobs.in_flight_cap())?;
         let cfg = &self.parts.config;
         if self.jobs.len() >= cfg.max_jobs {
             return Err(Reply::Refused {
                 status: 503,
-                code: "too_many_jobs",
+                code: "jobs_full",
                 message: format!("{} jobs are known; retry shortly", cfg.max_jobs),
                 retry_after_s: 1,
             });
         }
         let id = new_id();
         let tokens = demo::tokens(kind, &input);
+        self.in_flight.add(owner);
         let job = Job {
             kind,
             input,
+            owner,
             tokens,
             next: 0,
             waiters: Vec::new(),
@@ -285,6 +302,7 @@ impl Engine {
         };
         job.end_id = Some(end_id);
         job.ended_ms = Some(now);
+        self.in_flight.release(std::mem::take(&mut job.owner));
         let waiters = std::mem::take(&mut job.waiters);
         let (kind, input) = (job.kind, job.input.clone());
         let stats = &self.parts.jobs.stats;
@@ -337,8 +355,15 @@ impl Engine {
     fn sweep(&mut self, now: u64) {
         let cfg = &self.parts.config;
         let (ttl, cache_ttl) = (cfg.ttl_ms, cfg.cache_ttl_ms);
-        self.jobs
-            .retain(|_, job| job.ended_ms.is_none_or(|t| now.saturating_sub(t) < ttl));
+        let in_flight = &mut self.in_flight;
+        self.jobs.retain(|_, job| {
+            let keep = job.ended_ms.is_none_or(|t| now.saturating_sub(t) < ttl);
+            if !keep {
+                // Released when it ended; this only guards the count.
+                in_flight.release(std::mem::take(&mut job.owner));
+            }
+            keep
+        });
         self.cache
             .retain(|_, (_, at)| now.saturating_sub(*at) < cache_ttl);
         let jobs = &self.parts.jobs;

@@ -15,7 +15,7 @@
 //! - The breaker ([`Breaker`]) is read by the API before anything is
 //!   queued: when workers make no progress, submissions get 503 at once.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -23,6 +23,7 @@ use crate::mailbox::ConnRef;
 
 pub mod demo;
 pub mod embedded;
+pub mod owners;
 pub mod redis;
 
 pub use crate::event::{job_event_name, JOB_PREFIX};
@@ -48,15 +49,26 @@ impl Kind {
     }
 }
 
-/// Work for the job engine; each answers `reply` once.
+/// Work for the job engine; each answers `reply` once. `owner` names the
+/// client a new job counts against (`limits.jobs_in_flight`, see
+/// [`owners`]); 0 is nobody.
 #[derive(Debug)]
 pub enum Request {
     /// The cached summary of `url`, else a job for it (new, or the one in
-    /// flight for the same URL); the end of that job is reported to
-    /// `reply` as well, if it is still waiting.
-    Summarize { url: String, reply: ConnRef },
+    /// flight for the same URL, which does not count against `owner`);
+    /// the end of that job is reported to `reply` as well, if it is still
+    /// waiting.
+    Summarize {
+        url: String,
+        reply: ConnRef,
+        owner: u64,
+    },
     /// A new ask job.
-    Ask { question: String, reply: ConnRef },
+    Ask {
+        question: String,
+        reply: ConnRef,
+        owner: u64,
+    },
     /// Where job `id` stands.
     Find { id: String, reply: ConnRef },
 }
@@ -197,6 +209,8 @@ pub struct Jobs {
     /// File descriptors the engine holds (Redis mode: its connections),
     /// for `/debug/fds`.
     pub fds: AtomicU64,
+    /// `limits.jobs_in_flight`, here so SIGHUP reaches the engine.
+    in_flight_cap: AtomicU32,
 }
 
 impl Jobs {
@@ -208,8 +222,20 @@ impl Jobs {
             breaker: Breaker::default(),
             stats: JobStats::default(),
             fds: AtomicU64::new(0),
+            in_flight_cap: AtomicU32::new(crate::config::DEFAULT_JOBS_IN_FLIGHT),
         };
         (jobs, rx)
+    }
+
+    /// Jobs one client may have in flight; 0 is no cap.
+    pub fn in_flight_cap(&self) -> u32 {
+        self.in_flight_cap.load(Ordering::Relaxed)
+    }
+
+    /// A new cap (at start, and on SIGHUP); clients above it keep their
+    /// jobs and may start new ones once under it.
+    pub fn set_in_flight_cap(&self, cap: u32) {
+        self.in_flight_cap.store(cap, Ordering::Relaxed);
     }
 
     /// Queues a request without waiting; false when the queue is full.

@@ -15,6 +15,7 @@ use crate::api::jobs::{JobAsk, JobStart, JobStream};
 use crate::api::StreamStart;
 use crate::jobs::{Request, JOB_PREFIX};
 use crate::mailbox::{ConnRef, JobReply};
+use crate::metrics::WorkerStats;
 use crate::proto::http::{self, HttpError};
 
 /// How long an ask or a follow may wait for the engine's first answer.
@@ -34,7 +35,7 @@ pub struct JobWait {
 impl Worker {
     /// Parks the request and hands it to the job engine.
     pub(super) fn start_job(&mut self, key: usize, gen: u32, start: JobStart, now: u64) {
-        let reply = self.conn_ref(key, gen);
+        let (reply, owner) = (self.conn_ref(key, gen), start.owner);
         let (request, deadline) = match &start.what {
             JobAsk::Summarize { url, wait_ms } => {
                 let url = url.clone();
@@ -43,11 +44,16 @@ impl Worker {
                 } else {
                     *wait_ms
                 };
-                (Request::Summarize { url, reply }, now + wait)
+                (Request::Summarize { url, reply, owner }, now + wait)
             }
             JobAsk::Ask { question, .. } => {
                 let question = question.clone();
-                (Request::Ask { question, reply }, now + ENGINE_WAIT_MS)
+                let ask = Request::Ask {
+                    question,
+                    reply,
+                    owner,
+                };
+                (ask, now + ENGINE_WAIT_MS)
             }
             JobAsk::Follow { id, .. } => {
                 let id = id.clone();
@@ -75,6 +81,9 @@ impl Worker {
         let waits = |p: &super::Parked| p.gen == gen && matches!(p.what, Waiting::Job(_));
         if !self.parked.get(&key).is_some_and(waits) {
             return;
+        }
+        if matches!(reply, JobReply::Refused { status: 429, .. }) {
+            WorkerStats::add(&self.stats().rejected_jobs_in_flight, 1);
         }
         // A summarize that was accepted waits on, for its result or its
         // window's end.

@@ -336,10 +336,17 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let parked = matches!(&conn.state, ConnState::Request(r) if r.parked);
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             conn.blocked = false;
             let gen = conn.gen;
             self.mark_dirty(key, gen);
+        }
+        // A parked request reads nothing until it is answered; a peer
+        // that hangs up meanwhile is closed now, giving back what the
+        // request holds, not when its wait runs out.
+        if parked && (ev.is_read_closed() || ev.is_error()) {
+            return self.close(key, Closed::Normal);
         }
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             self.on_readable(key);

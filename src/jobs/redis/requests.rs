@@ -59,7 +59,7 @@ impl Engine {
         let jobs = self.parts.jobs.clone();
         let stats = &jobs.stats;
         match request {
-            Request::Summarize { url, reply: to } => {
+            Request::Summarize { url, reply: to, .. } => {
                 let reply = match answer.and_then(functions::parse_submit) {
                     Ok(Submitted::Cached(summary)) => {
                         stats.cache_hits.fetch_add(1, Ordering::Relaxed);
