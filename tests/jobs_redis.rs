@@ -5,7 +5,8 @@
 //! event; a killed worker's job taken over; the
 //! breaker opening with no worker and closing when one starts; a quiet job
 //! failing `worker_stalled`; a job delivered too often failing
-//! `attempts_exhausted`; Redis gone answering 503 at once.
+//! `attempts_exhausted`; a client's jobs in flight capped until they end;
+//! Redis gone answering 503 at once.
 
 mod common;
 
@@ -252,6 +253,60 @@ fn one_url_in_flight_is_one_job_across_nodes() {
     let (status, done, _) = summarize(nodes[1].addr, url, "?wait=10");
     assert_eq!(status, 200, "{done}");
     assert!(ids.contains(done["jobId"].as_str().unwrap_or("cached")) || done["cached"] == true);
+}
+
+/// `POST /api/summarize?wait=0` from client IP `ip` (through the trusted
+/// proxy 127.0.0.1): (status, JSON body).
+fn summarize_from(addr: std::net::SocketAddr, ip: &str, url: &str) -> (u16, Value) {
+    let body = serde_json::json!({ "url": url }).to_string();
+    let req = format!(
+        "POST /api/summarize?wait=0 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Forwarded-For: {ip}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let text = raw_exchange(addr, req.as_bytes());
+    let json = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status_of(&text), json)
+}
+
+#[test]
+fn a_client_s_jobs_in_flight_are_capped_until_they_end() {
+    let redis = RedisServer::start();
+    let args = [
+        "--set",
+        r#"limits.trusted_proxies=["127.0.0.1"]"#,
+        "--set",
+        "limits.jobs_in_flight=2",
+    ];
+    let node = redis_node(&redis, &args);
+    let ip = "203.0.113.7";
+    for url in ["https://example.com/1", "https://example.com/2"] {
+        assert_eq!(summarize_from(node.addr, ip, url).0, 202);
+    }
+    let (status, err) = summarize_from(node.addr, ip, "https://example.com/3");
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("too_many_jobs")),
+        "{err}"
+    );
+    // Joining a job in flight is no new job; another client has its own cap.
+    assert_eq!(
+        summarize_from(node.addr, ip, "https://example.com/1").0,
+        202
+    );
+    assert_eq!(
+        summarize_from(node.addr, "203.0.113.8", "https://example.com/3").0,
+        202
+    );
+    // The jobs end: the client's slots come back.
+    let _worker = Worker::start(&redis, "w1", 1);
+    wait_until("the three jobs to end", || {
+        node.metric("redix_jobs_completed_total") == 3.0
+    });
+    let (status, body) = summarize_from(node.addr, ip, "https://example.com/4");
+    assert_eq!(status, 202, "{body}");
 }
 
 #[test]

@@ -106,17 +106,27 @@ pub fn setup(con: &mut Connection, names: &Names, s: &Settings) -> Result<(), Re
     Ok(())
 }
 
+/// What one submission is: its kind and input, the id a new job gets, and
+/// whether the client may start one (under its cap of jobs in flight).
+pub struct Submit<'a> {
+    pub kind: Kind,
+    pub input: &'a str,
+    pub id: &'a str,
+    pub may_create: bool,
+}
+
 /// `FCALL redix_job_submit`: the cached summary, the job in flight for
-/// the same URL, or a new job `id`.
-pub fn submit_cmd(names: &Names, kind: Kind, input: &str, id: &str, max_jobs: usize) -> redis::Cmd {
+/// the same URL, or a new job `id` (if it may be created).
+pub fn submit_cmd(names: &Names, s: &Submit<'_>, max_jobs: usize) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg("redix_job_submit")
         .arg(0)
         .arg(names.prefix())
-        .arg(kind.name())
-        .arg(input)
-        .arg(id)
-        .arg(max_jobs);
+        .arg(s.kind.name())
+        .arg(s.input)
+        .arg(s.id)
+        .arg(max_jobs)
+        .arg(if s.may_create { "1" } else { "0" });
     cmd
 }
 
@@ -126,6 +136,8 @@ pub enum Submitted {
     Cached(String),
     Joined(String),
     Created(String),
+    /// A new job was needed, and the client may not start one.
+    Capped,
 }
 
 pub fn parse_submit(reply: Value) -> Result<Submitted, RedisError> {
@@ -134,6 +146,7 @@ pub fn parse_submit(reply: Value) -> Result<Submitted, RedisError> {
         "cached" => Ok(Submitted::Cached(what)),
         "joined" => Ok(Submitted::Joined(what)),
         "created" => Ok(Submitted::Created(what)),
+        "capped" => Ok(Submitted::Capped),
         _ => Err(unexpected("submit")),
     }
 }
@@ -284,6 +297,7 @@ mod tests {
             (pair("cached", "text"), Submitted::Cached("text".into())),
             (pair("joined", "ab"), Submitted::Joined("ab".into())),
             (pair("created", "cd"), Submitted::Created("cd".into())),
+            (pair("capped", ""), Submitted::Capped),
         ];
         for (reply, want) in table {
             assert_eq!(parse_submit(reply).unwrap(), want);

@@ -31,6 +31,7 @@
 //! workers acknowledged.
 
 mod done;
+mod ends;
 pub mod functions;
 mod requests;
 
@@ -45,6 +46,7 @@ use redis::{Connection, RedisError};
 use self::done::{Listener, Note};
 use self::functions::{Settings, Swept};
 use super::embedded::log_breaker;
+use super::owners::InFlight;
 use super::{Jobs, Request};
 use crate::bridge::wire::{connect, link_failed};
 use crate::bridge::{Backoff, Endpoint, Quiet};
@@ -114,8 +116,9 @@ impl Drop for Link {
 
 /// A job this node submitted or joined, until it ends.
 struct Tracked {
-    /// This node created it: its end counts in this node's figures.
-    created: bool,
+    /// This node created it, for this client (0: nobody): its end counts
+    /// in this node's figures and gives the client's slot back.
+    owner: Option<u64>,
     since_ms: u64,
     /// Summarize requests parked on it, and when the last one came.
     waiters: Vec<ConnRef>,
@@ -149,6 +152,8 @@ struct Engine {
     notes_tx: Option<Sender<Note>>,
     notes: Receiver<Note>,
     tracked: HashMap<String, Tracked>,
+    /// Jobs this node created and not yet ended, per client.
+    in_flight: InFlight,
     progress: Progress,
 }
 
@@ -173,6 +178,7 @@ impl Engine {
             notes_tx: Some(notes_tx),
             notes,
             tracked: HashMap::new(),
+            in_flight: InFlight::default(),
             progress,
             parts,
         }
@@ -338,8 +344,17 @@ impl Engine {
     fn forget(&mut self, now: u64) {
         let cfg = &self.parts.config;
         let (ttl, waited) = (cfg.ttl_ms, cfg.max_wait_ms + WAITER_SLACK_MS);
-        self.tracked
-            .retain(|_, t| now.saturating_sub(t.since_ms) < ttl);
+        let in_flight = &mut self.in_flight;
+        self.tracked.retain(|_, t| {
+            let keep = now.saturating_sub(t.since_ms) < ttl;
+            if !keep {
+                // Its end went unheard; it is gone from Redis by now.
+                if let Some(owner) = t.owner {
+                    in_flight.release(owner);
+                }
+            }
+            keep
+        });
         for t in self.tracked.values_mut() {
             if now.saturating_sub(t.waiters_ms) > waited {
                 t.waiters.clear();

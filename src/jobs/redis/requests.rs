@@ -1,14 +1,17 @@
-//! The engine's answers: a batch of requests as one pipeline (each its
-//! own command and answer), and the endings the listener reports, which
-//! answer the summarize requests parked on a job.
+//! The engine's answers to requests: a batch as one pipeline (each its
+//! own command and answer). A request that may create a job holds one of
+//! its client's slots of jobs in flight while it is in Redis's hands
+//! (`owners`), so the batch's later requests see it; the slot stays with
+//! the job if one was created, else it is given back.
 
 use std::sync::atomic::Ordering;
 
 use redis::{RedisError, Value};
 
-use super::done::Note;
-use super::functions::{self, Ending, Submitted};
-use super::{Engine, Tracked, MAX_WAITERS};
+use super::functions::{self, Submit, Submitted};
+use super::Engine;
+use crate::bridge::wire::link_failed;
+use crate::jobs::owners::RETRY_AFTER_S;
 use crate::jobs::{new_id, Kind, Reply, Request};
 use crate::mailbox::{ConnRef, Msg};
 
@@ -22,88 +25,159 @@ impl Engine {
         if !self.ready() {
             return batch.into_iter().for_each(|r| self.refuse(r));
         }
-        let max_jobs = self.parts.config.max_jobs;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let mut held = Vec::with_capacity(batch.len());
         for request in &batch {
-            let cmd = match request {
-                Request::Summarize { url, .. } => {
-                    functions::submit_cmd(&self.names, Kind::Summarize, url, &new_id(), max_jobs)
+            let (cmd, slot) = match request {
+                Request::Summarize { url, owner, .. } => {
+                    self.submit_cmd(Kind::Summarize, url, *owner)
                 }
-                Request::Ask { question, .. } => {
-                    functions::submit_cmd(&self.names, Kind::Ask, question, &new_id(), max_jobs)
-                }
-                Request::Find { id, .. } => functions::find_cmd(&self.names, id),
+                Request::Ask {
+                    question, owner, ..
+                } => self.submit_cmd(Kind::Ask, question, *owner),
+                Request::Find { id, .. } => (functions::find_cmd(&self.names, id), false),
             };
             pipe.add_command(cmd);
+            held.push(slot);
         }
-        let Some(link) = self.link.as_mut() else {
-            return batch.into_iter().for_each(|r| self.refuse(r));
+        let answers: Result<Vec<Answer>, RedisError> = match self.link.as_mut() {
+            Some(link) => pipe.query(&mut link.con),
+            None => Ok(Vec::new()),
         };
-        let answers: Result<Vec<Answer>, RedisError> = pipe.query(&mut link.con);
-        match answers {
-            Ok(answers) if answers.len() == batch.len() => {
-                for (request, answer) in batch.into_iter().zip(answers) {
-                    self.settle(request, answer);
+        let answers = match answers {
+            Ok(answers) if answers.len() == batch.len() => answers,
+            broken => {
+                if let Err(e) = broken {
+                    self.failed("job requests", &e);
                 }
+                let unanswered = batch.len();
+                let errors = (0..unanswered).map(|_| Err(gone()));
+                return self.settle_all(batch, held, errors.collect());
             }
-            Ok(_) => batch.into_iter().for_each(|r| self.refuse(r)),
-            Err(e) => {
-                self.failed("job requests", &e);
-                batch.into_iter().for_each(|r| self.refuse(r));
-            }
+        };
+        self.settle_all(batch, held, answers);
+    }
+
+    /// The submission of a job that may be new, and whether it holds one
+    /// of its client's slots (it may create the job).
+    fn submit_cmd(&mut self, kind: Kind, input: &str, owner: u64) -> (redis::Cmd, bool) {
+        let cap = self.parts.jobs.in_flight_cap();
+        let may_create = self.in_flight.admit(owner, cap).is_ok();
+        if may_create {
+            self.in_flight.add(owner);
+        }
+        let id = new_id();
+        let submit = Submit {
+            kind,
+            input,
+            id: &id,
+            may_create,
+        };
+        let cmd = functions::submit_cmd(&self.names, &submit, self.parts.config.max_jobs);
+        (cmd, may_create)
+    }
+
+    fn settle_all(&mut self, batch: Vec<Request>, held: Vec<bool>, answers: Vec<Answer>) {
+        for ((request, held), answer) in batch.into_iter().zip(held).zip(answers) {
+            self.settle(request, held, answer);
         }
     }
 
-    fn settle(&mut self, request: Request, answer: Answer) {
-        let jobs = self.parts.jobs.clone();
-        let stats = &jobs.stats;
-        match request {
-            Request::Summarize { url, reply: to, .. } => {
-                let reply = match answer.and_then(functions::parse_submit) {
-                    Ok(Submitted::Cached(summary)) => {
-                        stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                        Reply::Summary {
-                            url,
-                            summary,
-                            job_id: None,
-                            cached: true,
-                        }
-                    }
-                    Ok(Submitted::Joined(job_id)) => {
-                        stats.joined.fetch_add(1, Ordering::Relaxed);
-                        self.track(&job_id, Some(to), false);
-                        Reply::Accepted { job_id }
-                    }
-                    Ok(Submitted::Created(job_id)) => {
-                        stats.submitted.fetch_add(1, Ordering::Relaxed);
-                        self.track(&job_id, Some(to), true);
-                        Reply::Accepted { job_id }
-                    }
-                    Err(e) => self.refusal(&e),
-                };
-                self.answer(to, reply);
+    fn settle(&mut self, request: Request, held: bool, answer: Answer) {
+        let (to, reply) = match request {
+            Request::Summarize { url, reply, owner } => {
+                let submitted = self.submitted(answer, owner, held);
+                (reply, self.summarize_reply(url, reply, owner, submitted))
             }
-            Request::Ask { reply: to, .. } => {
-                let reply = match answer.and_then(functions::parse_submit) {
-                    Ok(Submitted::Created(job_id)) => {
-                        stats.submitted.fetch_add(1, Ordering::Relaxed);
-                        self.track(&job_id, None, true);
-                        Reply::Accepted { job_id }
-                    }
+            Request::Ask { reply, owner, .. } => {
+                let reply_to = reply;
+                let reply = match self.submitted(answer, owner, held) {
+                    Ok(Submitted::Created(job_id)) => self.created(&job_id, None, owner),
+                    Ok(Submitted::Capped) => self.capped(owner),
                     Ok(_) => unavailable(),
                     Err(e) => self.refusal(&e),
                 };
-                self.answer(to, reply);
+                (reply_to, reply)
             }
-            Request::Find { id, reply: to } => {
-                let reply = match answer.and_then(functions::parse_find) {
+            Request::Find { id, reply } => {
+                let found = match answer.and_then(functions::parse_find) {
                     Ok(Some(end)) => Reply::Found { job_id: id, end },
                     Ok(None) => Reply::NotFound,
                     Err(e) => self.refusal(&e),
                 };
-                self.answer(to, reply);
+                (reply, found)
             }
+        };
+        self.answer(to, reply);
+    }
+
+    /// A submission's outcome; the slot it held goes back unless it made
+    /// a job.
+    fn submitted(
+        &mut self,
+        answer: Answer,
+        owner: u64,
+        held: bool,
+    ) -> Result<Submitted, RedisError> {
+        let submitted = answer.and_then(functions::parse_submit);
+        if held && !matches!(submitted, Ok(Submitted::Created(_))) {
+            self.in_flight.release(owner);
+        }
+        submitted
+    }
+
+    fn summarize_reply(
+        &mut self,
+        url: String,
+        to: ConnRef,
+        owner: u64,
+        submitted: Result<Submitted, RedisError>,
+    ) -> Reply {
+        let stats = &self.parts.jobs.stats;
+        match submitted {
+            Ok(Submitted::Cached(summary)) => {
+                stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                Reply::Summary {
+                    url,
+                    summary,
+                    job_id: None,
+                    cached: true,
+                }
+            }
+            Ok(Submitted::Joined(job_id)) => {
+                stats.joined.fetch_add(1, Ordering::Relaxed);
+                self.track(&job_id, Some(to), None);
+                Reply::Accepted { job_id }
+            }
+            Ok(Submitted::Created(job_id)) => self.created(&job_id, Some(to), owner),
+            Ok(Submitted::Capped) => self.capped(owner),
+            Err(e) => self.refusal(&e),
+        }
+    }
+
+    /// A job this node created for `owner` (who holds a slot for it).
+    fn created(&mut self, job_id: &str, waiter: Option<ConnRef>, owner: u64) -> Reply {
+        let stats = &self.parts.jobs.stats;
+        stats.submitted.fetch_add(1, Ordering::Relaxed);
+        self.track(job_id, waiter, Some(owner));
+        Reply::Accepted {
+            job_id: job_id.to_string(),
+        }
+    }
+
+    /// The 429 of a client at its cap of jobs in flight.
+    fn capped(&self, owner: u64) -> Reply {
+        let cap = self.parts.jobs.in_flight_cap();
+        match self.in_flight.admit(owner, cap) {
+            Err(refused) => refused,
+            // A job of its ended since: the client may simply retry.
+            Ok(()) => Reply::Refused {
+                status: 429,
+                code: "too_many_jobs",
+                message: "this client had limits.jobs_in_flight jobs in flight; retry".into(),
+                retry_after_s: RETRY_AFTER_S,
+            },
         }
     }
 
@@ -114,16 +188,18 @@ impl Engine {
         if e.code() == Some("TOOMANY") {
             return Reply::Refused {
                 status: 503,
-                code: "too_many_jobs",
+                code: "jobs_full",
                 message: format!(
-                    "{} jobs are queued or running; retry shortly",
+                    "{} jobs of this kind are queued or running; retry shortly",
                     self.parts.config.max_jobs
                 ),
                 retry_after_s: 1,
             };
         }
-        log::warn!("jobs: Redis refused a job request: {e}; setting up again");
-        self.set_up = false;
+        if !link_failed(e) {
+            log::warn!("jobs: Redis refused a job request: {e}; setting up again");
+            self.set_up = false;
+        }
         unavailable()
     }
 
@@ -137,126 +213,16 @@ impl Engine {
         self.answer(to, unavailable());
     }
 
-    fn answer(&self, to: ConnRef, reply: Reply) {
+    pub(super) fn answer(&self, to: ConnRef, reply: Reply) {
         if let Some(mailbox) = self.parts.mailboxes.get(to.reactor) {
             mailbox.send(Msg::Job { conn: to, reply });
         }
     }
+}
 
-    /// Follows job `id` until it ends (at most `jobs.max_jobs` jobs; past
-    /// that a job runs all the same, its parked requests get their 202).
-    fn track(&mut self, id: &str, waiter: Option<ConnRef>, created: bool) {
-        let now = self.parts.clock.now_ms();
-        let full = self.tracked.len() >= self.parts.config.max_jobs;
-        if full && !self.tracked.contains_key(id) {
-            return;
-        }
-        let t = self.tracked.entry(id.to_string()).or_insert(Tracked {
-            created,
-            since_ms: now,
-            waiters: Vec::new(),
-            waiters_ms: now,
-        });
-        t.created |= created;
-        if let Some(w) = waiter.filter(|_| t.waiters.len() < MAX_WAITERS) {
-            t.waiters.push(w);
-            t.waiters_ms = now;
-        }
-    }
-
-    /// What the listener reported.
-    pub(super) fn note(&mut self, note: Note) {
-        match note {
-            Note::Ended { id, failed } => self.ended(&id, failed, None),
-            Note::Resync => self.resync(),
-        }
-    }
-
-    /// Endings may have gone unheard while the listener was away: looks
-    /// at every job that still has requests parked on it, one pipeline.
-    fn resync(&mut self) {
-        let waited: Vec<String> = self
-            .tracked
-            .iter()
-            .filter(|(_, t)| !t.waiters.is_empty())
-            .map(|(id, _)| id.clone())
-            .collect();
-        if waited.is_empty() || !self.ready() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for id in &waited {
-            pipe.add_command(functions::ending_cmd(&self.names, id));
-        }
-        let Some(link) = self.link.as_mut() else {
-            return;
-        };
-        let read: Result<Vec<Value>, RedisError> = pipe.query(&mut link.con);
-        let replies = match read {
-            Ok(replies) => replies,
-            Err(e) => return self.failed("reading jobs' ends", &e),
-        };
-        for (id, reply) in waited.iter().zip(replies) {
-            if let Ok(Some(ending)) = functions::parse_ending(reply) {
-                let failed = matches!(ending, Ending::Failed { .. });
-                self.ended(id, failed, Some(ending));
-            }
-        }
-    }
-
-    /// Job `id` ended: counted if it is this node's; the requests parked
-    /// on it get its result.
-    fn ended(&mut self, id: &str, failed: bool, ending: Option<Ending>) {
-        let Some(t) = self.tracked.remove(id) else {
-            return;
-        };
-        let stats = &self.parts.jobs.stats;
-        match (t.created, failed) {
-            (true, false) => stats.completed.fetch_add(1, Ordering::Relaxed),
-            (true, true) => stats.failed.fetch_add(1, Ordering::Relaxed),
-            (false, _) => 0,
-        };
-        if t.waiters.is_empty() {
-            return;
-        }
-        let Some(ending) = ending.or_else(|| self.read_ending(id)) else {
-            return;
-        };
-        let reply = match ending {
-            Ending::Done { input, result } => Reply::Summary {
-                url: input,
-                summary: result,
-                job_id: Some(id.to_string()),
-                cached: false,
-            },
-            Ending::Failed { code, message } => Reply::Failed {
-                job_id: id.to_string(),
-                code,
-                message,
-            },
-        };
-        for to in t.waiters {
-            self.answer(to, reply.clone());
-        }
-    }
-
-    /// How job `id` ended, if it has and Redis says so now.
-    fn read_ending(&mut self, id: &str) -> Option<Ending> {
-        if !self.ready() {
-            return None;
-        }
-        let link = self.link.as_mut()?;
-        let read = functions::ending_cmd(&self.names, id)
-            .query(&mut link.con)
-            .and_then(functions::parse_ending);
-        match read {
-            Ok(ending) => ending,
-            Err(e) => {
-                self.failed("reading a job's end", &e);
-                None
-            }
-        }
-    }
+/// A request the pipeline did not answer (the link failed under it).
+fn gone() -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, "the Redis link failed"))
 }
 
 /// The answer while Redis cannot be used.

@@ -20,7 +20,7 @@
 --
 -- Functions:
 --   redix_job_event  1 <P>job:<id> <consumer> token|done|error|heartbeat <json object>
---   redix_job_submit 0 <P> <kind> <input> <new id> <max jobs>   (redix)
+--   redix_job_submit 0 <P> <kind> <input> <new id> <max jobs> <may create 1|0>   (redix)
 --   redix_jobs_sweep 0 <P> <stall ms> <visibility ms> <max attempts> <limit>   (redix)
 -- Times are Redis's clock (TIME), so nodes and workers need not agree on one.
 -- The group's pending list is the set of jobs in a worker's hands: each
@@ -169,13 +169,16 @@ local function job_event(keys, args)
   return end_id
 end
 
--- redix_job_submit 0 <P> <kind> <input> <new id> <max jobs>
--- {'cached', summary} | {'joined', id} | {'created', id}; TOOMANY when the
--- kind's queue holds <max jobs> entries.
+-- redix_job_submit 0 <P> <kind> <input> <new id> <max jobs> <may create>
+-- {'cached', summary} | {'joined', id} | {'created', id}, or {'capped', ''}
+-- when a new job was needed and <may create> is 0 (the client is at its
+-- cap of jobs in flight); TOOMANY when the kind's queue holds <max jobs>
+-- entries.
 local function job_submit(keys, args)
   local prefix, kind, input, id, max_jobs = args[1], args[2], args[3], args[4], tonumber(args[5])
+  local may_create = args[6] ~= '0'
   if not (kind == 'summarize' or kind == 'ask') or not input or not id or not max_jobs then
-    return redis.error_reply('BADSUBMIT redix_job_submit 0 <prefix> summarize|ask <input> <id> <max jobs>')
+    return redis.error_reply('BADSUBMIT redix_job_submit 0 <prefix> summarize|ask <input> <id> <max jobs> <may create>')
   end
   local cfg = config(prefix)
   local inflight
@@ -189,6 +192,7 @@ local function job_submit(keys, args)
       return {'joined', running}
     end
   end
+  if not may_create then return {'capped', ''} end
   local stream = prefix .. 'jobs:' .. kind
   local job = prefix .. 'job:' .. id
   if redis.call('XLEN', stream) >= max_jobs then
