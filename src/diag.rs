@@ -101,14 +101,20 @@ pub struct Owned {
     /// The market link: its upstream socket, and the built-in simulator's
     /// listener and connections when it serves the feed.
     pub market: u64,
+    /// The job engine's connections to Redis (Redis mode: up to two).
+    pub jobs: u64,
 }
 
 /// The `/debug/fds` report as JSON.
 pub fn report(owned: Owned) -> serde_json::Value {
     let (total, kinds, inodes) = fds_by_kind();
     let states = tcp_states(&inodes);
-    let believed =
-        owned.connections + owned.listeners + owned.internal + owned.redis + owned.market;
+    let believed = owned.connections
+        + owned.listeners
+        + owned.internal
+        + owned.redis
+        + owned.market
+        + owned.jobs;
     serde_json::json!({
         "open": total,
         "by_kind": kinds,
@@ -119,6 +125,7 @@ pub fn report(owned: Owned) -> serde_json::Value {
             "internal": owned.internal,
             "redis": owned.redis,
             "market": owned.market,
+            "jobs": owned.jobs,
             "total": believed,
         },
         "unaccounted": total as i64 - believed as i64,

@@ -30,8 +30,12 @@
 //!      subscribes every node's interest (shared in Redis) and republishes trades through
 //!      the fenced publish script ─► Redis pub/sub ─► every node's hub like any channel
 //!
-//!  to come: the job workers (results as hub events) attach at the same points: a handle
-//!  in `link`, answers and events through the Hub or a Mailbox.
+//!  job engine thread ◄── Jobs.submit(Request) (bounded queue, try_send; breaker read first)
+//!      ─► Msg::Job to the reactor that asked. Embedded: the jobs, the summary cache and the
+//!      demo worker in that thread, events through Hub.publish on job:<id>. Redis mode
+//!      (jobs::redis): FCALLs on its own connection (a queue stream per kind; workers anywhere
+//!      publish events with one FCALL through the publish.lua path ─► pub/sub ─► every hub),
+//!      plus a listener thread on <prefix>jobs:done for the requests parked on a job
 //! ```
 //!
 //! Invariants a contributor must keep:

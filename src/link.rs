@@ -78,6 +78,31 @@ impl Names {
         format!("{}market:status", self.prefix)
     }
 
+    /// The prefix itself (the job functions take it as an argument).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The queue stream of one kind of job (`summarize`, `ask`).
+    pub fn jobs_queue(&self, kind: &str) -> String {
+        format!("{}jobs:{kind}", self.prefix)
+    }
+
+    /// A job's state (a hash).
+    pub fn job(&self, id: &str) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+
+    /// The job settings workers and the job functions read.
+    pub fn jobs_config(&self) -> String {
+        format!("{}jobs:config", self.prefix)
+    }
+
+    /// The pub/sub channel announcing each job's end: "<id> done|failed".
+    pub fn jobs_done(&self) -> String {
+        format!("{}jobs:done", self.prefix)
+    }
+
     /// The node-private canary channel.
     pub fn canary(&self, node: &str) -> String {
         format!("{}canary:{node}", self.prefix)
@@ -294,5 +319,8 @@ mod tests {
         assert_eq!(n.stream("a"), "rx:s:a");
         assert_eq!(n.channel_of(&n.notify("trades:AAPL")), Some("trades:AAPL"));
         assert_eq!(n.channel_of("other:c:x"), None);
+        assert_eq!(n.job("ab12"), "rx:job:ab12");
+        assert_eq!(n.jobs_queue("ask"), "rx:jobs:ask");
+        assert_eq!(n.jobs_done(), "rx:jobs:done");
     }
 }

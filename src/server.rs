@@ -261,13 +261,25 @@ fn start_bridges(
     Ok(())
 }
 
-/// Starts the job engine: embedded (the jobs and the demo worker in this
-/// process).
+/// Starts the job engine: in Redis mode this node's side of the worker
+/// protocol (workers anywhere, jobs in Redis), else embedded (the jobs and
+/// the demo worker in this process).
 fn start_jobs(
     shared: &Arc<Shared>,
     requests: crossbeam_channel::Receiver<jobs::Request>,
     mailboxes: &[Arc<Mailbox>],
 ) -> Result<(), String> {
+    if let Some(redis) = &shared.redis {
+        return jobs::redis::start(jobs::redis::Parts {
+            config: shared.config.jobs.clone(),
+            redis: redis.config.clone(),
+            max_event_bytes: shared.config.limits.max_body_bytes,
+            clock: shared.clock,
+            mailboxes: mailboxes.to_vec(),
+            jobs: shared.jobs.clone(),
+            requests,
+        });
+    }
     jobs::embedded::start(jobs::embedded::Parts {
         config: shared.config.jobs.clone(),
         hub: shared.hub.clone(),

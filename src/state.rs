@@ -127,8 +127,9 @@ impl FdBook {
     }
 
     /// What redix owns, with `redis` connections to Redis.
-    pub fn owned(&self, redis: u64, market: u64) -> Owned {
+    pub fn owned(&self, redis: u64, market: u64, jobs: u64) -> Owned {
         Owned {
+            jobs,
             connections: self.open() as u64,
             listeners: self.listeners as u64,
             internal: self.internal_fds.load(Ordering::Relaxed),
@@ -223,6 +224,7 @@ impl Shared {
         let redis_conns = redis.map_or(0, |r| r.link.connections.load(Ordering::Relaxed));
         let market = self.market.as_ref();
         let market_fds = market.map_or(0, |m| m.fds.load(Ordering::Relaxed));
-        self.fds.owned(redis_conns, market_fds)
+        let jobs_fds = self.jobs.fds.load(Ordering::Relaxed);
+        self.fds.owned(redis_conns, market_fds, jobs_fds)
     }
 }

@@ -285,7 +285,9 @@ impl CommandThread {
     /// pipeline per turn, publishes between them).
     fn run_waiting_loads(&mut self) {
         let redis = self.redis.clone();
-        let max = self.retention.max_events;
+        // A job's channel loads its whole stream (`jobs.max_events`).
+        let hub = self.hub.clone();
+        let max = |channel: &str| hub.limits_for(channel).max_events;
         if !self.waiting_loads.is_empty() {
             let Some(con) = self.con.as_mut() else {
                 return;
@@ -295,7 +297,7 @@ impl CommandThread {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
             for (channel, _, after) in &batch {
-                pipe.add_command(load_cmd(&redis.names, channel, max, *after));
+                pipe.add_command(load_cmd(&redis.names, channel, max(channel), *after));
             }
             let replies: Vec<Result<Value, RedisError>> = match pipe.query(con) {
                 Ok(replies) => replies,
@@ -313,11 +315,11 @@ impl CommandThread {
             for ((channel, token, after), reply) in batch.into_iter().zip(replies) {
                 let loaded = match reply {
                     Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
-                        Some(con) => load_once(con, &redis.names, &channel, max, after),
+                        Some(con) => load_once(con, &redis.names, &channel, max(&channel), after),
                         None => Err(e),
                     },
                     Err(e) => Err(e),
-                    Ok(v) => parse_load(&channel, v, max, after),
+                    Ok(v) => parse_load(&channel, v, max(&channel), after),
                 };
                 let now = self.clock.now_ms();
                 match loaded {

@@ -222,7 +222,7 @@ pub(super) fn parse_load(
     Ok((events, floor))
 }
 
-pub(super) fn text(v: &Value) -> Option<&str> {
+pub fn text(v: &Value) -> Option<&str> {
     match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),
         Value::SimpleString(s) => Some(s),
@@ -291,6 +291,6 @@ pub(super) fn lost_script() -> &'static Script {
 }
 
 /// The wire failed (as opposed to Redis answering with an error).
-pub(super) fn link_failed(e: &RedisError) -> bool {
+pub fn link_failed(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }

@@ -28,6 +28,13 @@ pub struct JobsConfig {
     pub cooldown_ms: u64,
     /// A started job with no event for this long fails `worker_stalled`.
     pub stall_ms: u64,
+    /// Redis mode: a job whose worker sent nothing for this long may be
+    /// taken over by another worker (`XAUTOCLAIM` min-idle); keep it below
+    /// `stall_ms`, or a silent job fails before anyone retries it.
+    pub visibility_ms: u64,
+    /// Redis mode: deliveries of one job at most; past them it fails
+    /// `attempts_exhausted`.
+    pub max_attempts: u32,
     /// Events kept per job (its whole stream, for late subscribers).
     pub max_events: usize,
     /// Requests parked on one reactor at most (a summarize in its window,
@@ -54,6 +61,8 @@ impl Default for JobsConfig {
             progress_ms: 10_000,
             cooldown_ms: 5_000,
             stall_ms: 30_000,
+            visibility_ms: 10_000,
+            max_attempts: 3,
             max_events: 2_000,
             parked_per_reactor: 10_000,
             demo_worker: true,

@@ -115,6 +115,8 @@ impl Config {
             ("jobs.progress_ms", self.jobs.progress_ms, 100, DAY_MS),
             ("jobs.cooldown_ms", self.jobs.cooldown_ms, 100, HOUR_MS),
             ("jobs.stall_ms", self.jobs.stall_ms, 100, DAY_MS),
+            ("jobs.visibility_ms", self.jobs.visibility_ms, 100, DAY_MS),
+            ("jobs.max_attempts", u64::from(self.jobs.max_attempts), 1, 100),
             ("jobs.max_events", n(self.jobs.max_events), 1, 1_000_000),
             ("jobs.parked_per_reactor", n(self.jobs.parked_per_reactor), 1, 1_000_000),
             ("jobs.demo_token_ms", self.jobs.demo_token_ms, 0, 60_000),

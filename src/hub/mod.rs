@@ -317,6 +317,11 @@ impl Hub {
         }
     }
 
+    /// The history bounds of `channel` (a job's channel keeps more).
+    pub fn limits_for(&self, channel: &str) -> HistoryLimits {
+        self.config.limits_for(channel)
+    }
+
     /// How clients see an id: a number, or a Redis stream id.
     pub fn show_id(&self, id: u64) -> String {
         match self.config.redis {

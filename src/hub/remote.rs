@@ -205,7 +205,9 @@ impl Hub {
         now_ms: u64,
     ) -> Delta {
         let mut delta = Delta::default();
-        let limits = self.config.history;
+        // A job's channel keeps its whole stream (`jobs.*`), not a
+        // channel's recent history.
+        let limits = self.config.limits_for(name);
         let Some(ch) = inner.channels.get_mut(name) else {
             return delta;
         };

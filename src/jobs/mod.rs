@@ -24,6 +24,7 @@ use crate::mailbox::ConnRef;
 pub mod demo;
 pub mod embedded;
 pub mod owners;
+pub mod redis;
 
 pub use crate::event::{job_event_name, JOB_PREFIX};
 
@@ -205,6 +206,9 @@ pub struct Jobs {
     tx: Sender<Request>,
     pub breaker: Breaker,
     pub stats: JobStats,
+    /// File descriptors the engine holds (Redis mode: its connections),
+    /// for `/debug/fds`.
+    pub fds: AtomicU64,
     /// `limits.jobs_in_flight`, here so SIGHUP reaches the engine.
     in_flight_cap: AtomicU32,
 }
@@ -217,6 +221,7 @@ impl Jobs {
             tx,
             breaker: Breaker::default(),
             stats: JobStats::default(),
+            fds: AtomicU64::new(0),
             in_flight_cap: AtomicU32::new(crate::config::DEFAULT_JOBS_IN_FLIGHT),
         };
         (jobs, rx)

@@ -4,6 +4,7 @@
 //! - [`server`]: the process harness ([`Server`], [`wait_until`], [`DEADLINE`]);
 //! - [`http`]: requests, keep-alive connections, publishing, metrics;
 //! - [`sse`]: the SSE client; [`ws`]: WebSocket clients;
+//! - [`jobs`]: summarize requests and job streams read to their end;
 //! - [`redis`]: `redis-server`s and Redis-mode nodes; [`fake_redis`]: a
 //!   fake Redis for faults the real one will not produce on demand;
 //! - [`market`]: WebSocket clients of `trades:*`;
@@ -19,6 +20,8 @@ pub mod fake_redis;
 #[allow(dead_code)]
 mod http;
 #[allow(dead_code)]
+mod jobs;
+#[allow(dead_code)]
 mod market;
 #[allow(dead_code)]
 mod redis;
@@ -31,4 +34,4 @@ mod ws;
 
 // Likewise, a test binary that needs no WebSocket client leaves `ws::*` unused.
 #[allow(unused_imports)]
-pub use {churn::*, http::*, market::*, redis::*, server::*, sse::*, ws::*};
+pub use {churn::*, http::*, jobs::*, market::*, redis::*, server::*, sse::*, ws::*};

@@ -140,7 +140,8 @@ pub fn free_port() -> u16 {
 }
 
 /// A redix node in Redis mode, started and waited on until `/readyz` says
-/// the Redis round trip works.
+/// the Redis round trip works and its job engine holds its two Redis
+/// connections (so fd counts taken now are the node's steady state).
 pub fn redis_node(redis: &RedisServer, args: &[&str]) -> Server {
     let url = redis.url();
     let mut all = vec!["--redis", url.as_str()];
@@ -148,6 +149,11 @@ pub fn redis_node(redis: &RedisServer, args: &[&str]) -> Server {
     let node = Server::start(&all);
     wait_until("the node to be ready", || {
         get(node.addr, "/readyz").0 == 200
+    });
+    wait_until("the job engine's Redis connections", || {
+        let (status, body) = get(node.addr, "/debug/fds");
+        let fds: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status == 200 && fds["owned"]["jobs"] == 2
     });
     node
 }
