@@ -278,6 +278,7 @@ fn start_jobs(
             mailboxes: mailboxes.to_vec(),
             jobs: shared.jobs.clone(),
             requests,
+            beat: shared.health.beat("jobs", shared.clock),
         });
     }
     jobs::embedded::start(jobs::embedded::Parts {

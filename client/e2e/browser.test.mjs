@@ -15,6 +15,8 @@ import { resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const BIN = resolve(process.env.REDIX_BIN ?? 'target/debug/redix');
+// In Redis mode jobs are run by workers: the example worker (cargo build --example worker).
+const WORKER = resolve(process.env.WORKER_BIN ?? 'target/debug/examples/worker');
 const OUT = resolve(process.env.E2E_OUT ?? 'target/e2e');
 const DEADLINE_MS = 20000;
 const procs = new Set();
@@ -69,7 +71,9 @@ let browser;
 
 async function node(port) {
   const args = ['--listen', `127.0.0.1:${port}`, '--redis', `redis://127.0.0.1:${redisPort}`,
-    '--set', 'market.lease_ms=1000', '--set', 'shutdown.drain_ms=200', '--set', 'limits.ws_per_ip=1000'];
+    '--set', 'market.lease_ms=1000', '--set', 'shutdown.drain_ms=200', '--set', 'limits.ws_per_ip=1000',
+    // Room for what is published while the node restarts; reconnect hints of 0.5–1 s.
+    '--set', 'history.max_events=1000', '--set', 'sse.retry_ms=500', '--set', 'sse.retry_jitter_ms=500'];
   return start(BIN, args, (out) => out.includes('redix listening on'));
 }
 
@@ -85,6 +89,10 @@ before(async () => {
   redisPort = await freePort();
   await start('redis-server', ['--port', String(redisPort), '--save', '', '--appendonly', 'no'],
     (out) => out.includes('Ready to accept connections'));
+  // One worker for the page's asks (it logs when it has joined the group).
+  const worker = spawn(WORKER, ['--redis', `redis://127.0.0.1:${redisPort}`, '--name', 'e2e', '--token-ms', '20'], { stdio: 'ignore' });
+  procs.add(worker);
+  worker.on('exit', () => procs.delete(worker));
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
@@ -134,7 +142,10 @@ test('the page streams trades and an answer, and survives a restart of its node 
   await page.waitForFunction((k) => window.seq.length >= k + 40, before, { timeout: DEADLINE_MS });
   publishing = false;
   await publisher;
-  await page.waitForFunction((k) => window.seq.length >= k, n, { timeout: DEADLINE_MS });
+  await page.waitForFunction((k) => window.seq.length >= k, n, { timeout: DEADLINE_MS }).catch(async (e) => {
+    const got = await page.evaluate(() => [window.seq.length, window.seq.slice(-5), JSON.stringify(window.redix.health)]);
+    throw new Error(`${e.message}: published ${n}, got ${got}; node log: ${a.log().slice(-2000)}`);
+  });
   const seq = await page.evaluate(() => window.seq);
   const health = await page.evaluate(() => window.redix.health);
   const dupes = seq.length - new Set(seq).size;

@@ -78,6 +78,8 @@ pub struct Parts {
     pub mailboxes: Vec<Arc<Mailbox>>,
     pub jobs: Arc<Jobs>,
     pub requests: Receiver<Request>,
+    /// The engine thread's heartbeat, for the watchdog.
+    pub beat: crate::health::Beat,
 }
 
 /// Starts the engine's thread (the listener starts once Redis has taken
@@ -189,6 +191,7 @@ impl Engine {
         let notes = self.notes.clone();
         let mut next_sweep = Instant::now();
         loop {
+            self.parts.beat.stamp();
             let wait = next_sweep.saturating_duration_since(Instant::now());
             crossbeam_channel::select! {
                 recv(requests) -> r => match r {
