@@ -18,9 +18,9 @@ use crate::proto::sse;
 use crate::proto::ws::close_code;
 use crate::tokens::{unix_now_ms, Grant, SubjectSlot};
 
-/// Reactor-clock milliseconds from `now` until `grant` expires.
+/// When `grant` expires on the reactor clock, whose time is `now`.
 fn expiry(grant: &Grant, now: u64) -> u64 {
-    now + grant.expires_ms.saturating_sub(unix_now_ms())
+    now.saturating_add(grant.expires_ms.saturating_sub(unix_now_ms()))
 }
 
 impl Worker {
