@@ -38,6 +38,13 @@ export interface Options {
   healthEvery?: number;
   /** Give up after this many failed attempts in a row. Default Infinity (never). */
   maxAttempts?: number;
+  /**
+   * A subscription token (redix with auth.subscribe = "token"), or a function
+   * returning one (or a promise of one), called before every connection so it
+   * can fetch a fresh token. SSE sends it as Authorization: Bearer, a
+   * WebSocket as ?token=. Default none.
+   */
+  token?: string | (() => string | Promise<string>);
   /** Connect in the constructor when channels are given. Default true. */
   autoConnect?: boolean;
   clock?: Clock;
@@ -87,6 +94,10 @@ export class RedixClient {
   readonly health: Health;
   subscribe(channel: string): void;
   unsubscribe(channel: string): void;
+  /** A new token: a live WebSocket refreshes in place ({"type":"auth"}); SSE uses it from its next connection. */
+  setToken(token: string | (() => string | Promise<string>)): void;
+  /** Sends a live WebSocket a fresh token from the token option (a function is called again). */
+  refreshToken(): void;
   connect(): void;
   close(): void;
 }

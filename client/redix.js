@@ -201,9 +201,11 @@ export async function readSse(body, onEvent) {
 
 
 const httpBase = (base) => (base || '').replace(/\/$/, '');
-const wsUrl = (base) => {
+const wsUrl = (base, token) => {
   const b = httpBase(base) || (typeof location !== 'undefined' ? location.origin : '');
-  return b.replace(/^http/, 'ws') + '/ws';
+  // A browser WebSocket cannot send headers: the token goes in the query.
+  const q = token ? `?token=${encodeURIComponent(token)}` : '';
+  return b.replace(/^http/, 'ws') + '/ws' + q;
 };
 
 // The client: one connection (an SSE stream of every channel, or a
@@ -365,6 +367,31 @@ export class RedixClient {
     this.emit('reset', { channel, reason });
     this.touch();
   }
+
+  // A new subscription token (redix with auth.subscribe = "token"): a live
+  // WebSocket sends it at once ({"type":"auth"}: refreshed in place, no
+  // reconnect); an SSE stream uses it from its next connection (the old
+  // stream ends with token_expired and resumes from its last id).
+  setToken(token) {
+    this.o.token = token;
+    this.refreshToken();
+  }
+
+  // Sends a live WebSocket a token from options.token (a function is
+  // called again), to refresh it before it expires; SSE does nothing.
+  refreshToken() {
+    if (!this.conn?.auth) return;
+    this.withToken((t) => { if (t) this.conn?.auth?.(t); }, (e) => { this.h.lastError = `token: ${e?.message ?? e}`; });
+  }
+
+  // Calls use(token) with options.token: a string at once, a function's
+  // (possibly async) result otherwise, so every connection can mint a
+  // fresh one; fail(error) when the function throws.
+  withToken(use, fail) {
+    const t = this.o.token;
+    if (typeof t !== 'function') return use(t);
+    Promise.resolve().then(t).then(use, fail);
+  }
 }
 
 // The SSE transport: fetch with a streamed body, so redix's retry:,
@@ -397,40 +424,63 @@ RedixClient.prototype.openSse = function openSse() {
       return finish('slow consumer', this.o.minDelay);
     }
     if (ev.event === 'reconnect') return finish('server restart', ev.retry ?? hint);
+    if (ev.event === 'token_expired') {
+      // Resume from the id it names with a fresh token: nothing is lost.
+      if (msg.lastEventId) for (const ch of channels) this.cursors.note(ch, msg.lastEventId);
+      return finish('token expired', this.o.minDelay);
+    }
   };
   const conn = { close: () => abort.abort() };
-  this.fetch(`${httpBase(this.base)}/api/stream?${q}`, {
-    headers: { Accept: 'text/event-stream' },
-    signal: abort.signal,
-    cache: 'no-store',
-  }).then(async (res) => {
-    if (!res.ok) {
-      const after = Number(res.headers.get('Retry-After'));
-      return finish(`HTTP ${res.status}`, after > 0 ? after * 1000 : undefined);
-    }
-    this.opened();
-    for (const channel of channels) this.emit('subscribed', { channel });
-    await readSse(res.body, onEvent);
-    finish('stream ended', hint);
-  }).catch((e) => finish(String(e?.message ?? e), hint));
+  const open = (token) => {
+    if (abort.signal.aborted) return;
+    const headers = { Accept: 'text/event-stream' };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    this.fetch(`${httpBase(this.base)}/api/stream?${q}`, {
+      headers,
+      signal: abort.signal,
+      cache: 'no-store',
+    }).then(async (res) => {
+      if (!res.ok) {
+        const after = Number(res.headers.get('Retry-After'));
+        return finish(`HTTP ${res.status}`, after > 0 ? after * 1000 : undefined);
+      }
+      this.opened();
+      for (const channel of channels) this.emit('subscribed', { channel });
+      await readSse(res.body, onEvent);
+      finish('stream ended', hint);
+    }).catch((e) => finish(String(e?.message ?? e), hint));
+  };
+  this.withToken(open, (e) => finish(`token: ${e?.message ?? e}`));
   return conn;
 };
 
 // The WebSocket transport: the JSON protocol, each channel subscribed
 // with `since` its own last id.
 RedixClient.prototype.openWs = function openWs() {
-  const ws = new this.WebSocket(wsUrl(this.base));
-  const send = (m) => { if (ws.readyState === 1) ws.send(JSON.stringify(m)); };
+  const state = { ws: null, done: false }; // ws: made once the token is known
+  const send = (m) => { if (state.ws?.readyState === 1) state.ws.send(JSON.stringify(m)); };
   const sub = (channel) => {
     const since = this.cursors.get(channel);
     send(since === undefined ? { type: 'subscribe', channel } : { type: 'subscribe', channel, since });
   };
-  let done = false;
   const conn = {
     subscribe: sub,
     unsubscribe: (channel) => send({ type: 'unsubscribe', channel }),
-    close: () => { done = true; try { ws.close(1000, 'bye'); } catch { /* closing */ } },
+    auth: (token) => send({ type: 'auth', token }),
+    close: () => { state.done = true; try { state.ws?.close(1000, 'bye'); } catch { /* closing */ } },
   };
+  const failed = (e) => {
+    if (state.done || this.conn !== conn) return;
+    state.done = true;
+    this.lost(`token: ${e?.message ?? e}`);
+  };
+  this.withToken((token) => { if (!state.done) state.ws = this.wireWs(conn, state, sub, token); }, failed);
+  return conn;
+};
+
+// Opens the WebSocket of `conn` and handles what the server says.
+RedixClient.prototype.wireWs = function wireWs(conn, state, sub, token) {
+  const ws = new this.WebSocket(wsUrl(this.base, token));
   ws.onopen = () => {
     this.opened();
     for (const ch of this.channels) sub(ch);
@@ -443,10 +493,13 @@ RedixClient.prototype.openWs = function openWs() {
     else if (m.type === 'reset') this.reset(m.channel, m.reason);
     else if (m.type === 'subscribed') this.emit('subscribed', { channel: m.channel });
     else if (m.type === 'error') this.emit('error', m);
+    else if (m.type === 'unsubscribed' && m.reason) this.emit('error', { channel: m.channel, code: m.reason, message: 'the new token does not allow this channel' });
   };
   ws.onclose = (e) => {
-    if (done || this.conn !== conn) return;
-    done = true;
+    if (state.done || this.conn !== conn) return;
+    state.done = true;
+    // Expired: back with a fresh token, each channel resumed by `since`.
+    if (e.code === 4001) return this.lost('token expired', this.o.minDelay);
     if (e.code === 4008 && e.reason) {
       // Slow: the reason is the last id received before anything was
       // dropped; each channel resumes from its own last id (not later).
@@ -458,7 +511,7 @@ RedixClient.prototype.openWs = function openWs() {
     this.lost(`closed ${e.code}${e.reason ? ` ${e.reason}` : ''}`, hint);
   };
   ws.onerror = () => {};
-  return conn;
+  return ws;
 };
 
 // A close reason's {"retry":MS}, if it has one.

@@ -53,7 +53,8 @@
 //!   what one connection is read per turn (64 KiB), how long queued bytes
 //!   may make no progress (`limits.write_timeout_ms`), request heads and
 //!   bodies and idle keep-alives (`limits.*`), connections per IP (HTTP,
-//!   SSE, WebSocket) and new channels per IP, history (`history.*`, with a
+//!   SSE, WebSocket), connections per token subject and new channels per
+//!   IP, history (`history.*`, with a
 //!   global byte cap), the Redis queues (`redis.queue` each) and pub/sub
 //!   backlog (64 MiB), the timer wheel (a few live entries per connection).
 //! - **Layers**: `proto` (bytes ↔ messages) and `hub` never import `mio`,
@@ -67,7 +68,8 @@
 //! requests and events into bytes, `api` decides what a request means,
 //! `hub` assigns ids and hands events to reactors, `bridge` talks to Redis,
 //! `market` holds the market upstream thread and `market::sim`, a Finnhub
-//! simulator, `limits`/`auth` decide who may do what, `metrics`/`diag` report.
+//! simulator, `limits`/`auth`/`tokens` decide who may do what (API keys;
+//! subscription tokens), `metrics`/`diag` report.
 
 pub mod activation;
 pub mod api;
@@ -92,3 +94,4 @@ pub mod proto;
 pub mod reactor;
 pub mod server;
 pub mod state;
+pub mod tokens;

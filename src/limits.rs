@@ -72,15 +72,16 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
     client
 }
 
-/// Concurrent connections per [`IpKey`]. An entry exists only while its
+/// Concurrent connections per [`IpKey`] (or per any other key: token
+/// subjects, see `tokens::SubjectKey`). An entry exists only while its
 /// count is above zero, so the map is bounded by the open connections.
-pub struct IpLimiter {
+pub struct IpLimiter<K = IpKey> {
     max: AtomicU32,
-    counts: Mutex<HashMap<IpKey, u32>>,
+    counts: Mutex<HashMap<K, u32>>,
 }
 
-impl IpLimiter {
-    pub fn new(max: u32) -> IpLimiter {
+impl<K: Copy + Eq + Hash> IpLimiter<K> {
+    pub fn new(max: u32) -> IpLimiter<K> {
         IpLimiter {
             max: AtomicU32::new(max),
             counts: Mutex::new(HashMap::new()),
@@ -88,10 +89,13 @@ impl IpLimiter {
     }
 
     /// Takes a slot for `key`; false when it already holds `max`.
-    pub fn acquire(&self, key: IpKey) -> bool {
+    pub fn acquire(&self, key: K) -> bool {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(key).or_insert(0);
         if *n >= self.max() {
+            if *n == 0 {
+                counts.remove(&key);
+            }
             return false;
         }
         *n += 1;
@@ -107,7 +111,7 @@ impl IpLimiter {
         self.max.store(max, Ordering::Relaxed);
     }
 
-    pub fn release(&self, key: IpKey) {
+    pub fn release(&self, key: K) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = counts.get_mut(&key) {
             *n -= 1;

@@ -27,6 +27,14 @@ pub struct WorkerStats {
     pub rejected_bad_request: AtomicU64,
     pub rejected_origin: AtomicU64,
     pub rejected_rate_limit: AtomicU64,
+    /// Streams and upgrades refused in token mode: no or a bad token
+    /// (401), a channel the token does not allow (403, also counted for a
+    /// WebSocket subscribe), the subject at its connection cap (429).
+    pub rejected_token: AtomicU64,
+    pub rejected_channel: AtomicU64,
+    pub rejected_subject_limit: AtomicU64,
+    /// Streams ended because their token expired.
+    pub token_expiries: AtomicU64,
     /// Subscriptions refused: the client IP's budget of new channels, or
     /// the connection's subscribe rate, ran out.
     pub rejected_new_channels: AtomicU64,
@@ -120,6 +128,9 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_connections_rejected_total", "counter", "", "reason=\"bad_request\"", |s| &s.rejected_bad_request),
     ("redix_connections_rejected_total", "counter", "", "reason=\"origin\"", |s| &s.rejected_origin),
     ("redix_connections_rejected_total", "counter", "", "reason=\"rate_limit\"", |s| &s.rejected_rate_limit),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"token\"", |s| &s.rejected_token),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"channel_not_allowed\"", |s| &s.rejected_channel),
+    ("redix_connections_rejected_total", "counter", "", "reason=\"subject_limit\"", |s| &s.rejected_subject_limit),
     ("redix_connections_rejected_total", "counter", "", "reason=\"new_channels\"", |s| &s.rejected_new_channels),
     ("redix_connections_rejected_total", "counter", "", "reason=\"subscribe_rate\"", |s| &s.rejected_subscribe_rate),
     ("redix_connections_rejected_total", "counter", "", "reason=\"job_rate\"", |s| &s.rejected_job_rate),
@@ -132,6 +143,7 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_events_dropped_total", "counter", "Data events dropped, by reason.", "reason=\"queue_full\"", |s| &s.dropped_queue_full),
     ("redix_events_conflated_total", "counter", "trades:* events that took the place of an older one of their symbol in a full queue.", "", |s| &s.conflated),
     ("redix_slow_disconnects_total", "counter", "Connections closed as slow consumers.", "", |s| &s.slow_disconnects),
+    ("redix_token_expiries_total", "counter", "Streams and WebSockets ended because their subscription token expired.", "", |s| &s.token_expiries),
     ("redix_peer_resets_total", "counter", "Connections the peer reset or broke.", "", |s| &s.peer_resets),
     ("redix_ws_protocol_errors_total", "counter", "WebSocket connections closed for a protocol violation.", "", |s| &s.ws_protocol_errors),
     ("redix_ws_command_errors_total", "counter", "WebSocket JSON commands answered with an error.", "", |s| &s.ws_command_errors),

@@ -19,6 +19,7 @@ use crate::jobs::Jobs;
 use crate::limits::{ClientKey, IpLimiter, RateLimiter};
 use crate::link::{MarketLink, Redis};
 use crate::metrics::WorkerStats;
+use crate::tokens::{Policy, SubjectLimiter};
 
 pub struct Shared {
     pub config: Config,
@@ -37,9 +38,15 @@ pub struct Shared {
     pub jobs: Arc<Jobs>,
 }
 
-/// API keys and per-client limits; SIGHUP replaces keys and limits.
+/// API keys, who may subscribe and per-client limits; SIGHUP replaces
+/// keys, the subscribe policy and limits.
 pub struct Access {
     keys: RwLock<Keys>,
+    /// `auth.subscribe`, the token secrets, the allowed origins.
+    policy: RwLock<Policy>,
+    /// Connections per token subject; each stream's `SubjectSlot` holds
+    /// a clone and gives its place back when dropped.
+    pub subjects: Arc<SubjectLimiter>,
     pub sse: IpLimiter,
     pub ws: IpLimiter,
     /// Plain HTTP connections per peer IP (trusted proxies exempt).
@@ -58,6 +65,8 @@ impl Access {
         let limits = &config.limits;
         Access {
             keys: RwLock::new(Keys::from_config(config)),
+            policy: RwLock::new(Policy::from_config(&config.auth)),
+            subjects: Arc::new(SubjectLimiter::new(subject_cap(config))),
             sse: IpLimiter::new(limits.sse_per_ip),
             ws: IpLimiter::new(limits.ws_per_ip),
             http: IpLimiter::new(limits.http_per_ip),
@@ -75,9 +84,15 @@ impl Access {
         self.keys.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn policy(&self) -> RwLockReadGuard<'_, Policy> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Applies the access part of a reload (see [`Shared::reload`]).
     fn reload(&self, new: &Config) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Keys::from_config(new);
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Policy::from_config(&new.auth);
+        self.subjects.set_max(subject_cap(new));
         let l = &new.limits;
         self.sse.set_max(l.sse_per_ip);
         self.ws.set_max(l.ws_per_ip);
@@ -85,6 +100,14 @@ impl Access {
         self.jobs.set_per_minute(l.jobs_per_min, l.job_burst);
         self.publishes
             .set_per_sec(l.publishes_per_sec, l.publish_burst);
+    }
+}
+
+/// `auth.max_conns_per_subject`, where 0 means no cap.
+fn subject_cap(config: &Config) -> u32 {
+    match config.auth.max_conns_per_subject {
+        0 => u32::MAX,
+        n => n,
     }
 }
 
@@ -184,8 +207,10 @@ impl Shared {
         })
     }
 
-    /// Applies what can change without a restart (SIGHUP): API keys,
-    /// per-IP limits, the job and publish rates (a bucket keeps its
+    /// Applies what can change without a restart (SIGHUP): API keys, who
+    /// may subscribe (`auth.subscribe`, the token secrets, the allowed
+    /// origins, the per-subject cap; open streams keep the grant they
+    /// were opened with until it expires), per-IP limits, the job and publish rates (a bucket keeps its
     /// tokens, so a reload is no free burst) and the cap on jobs in flight
     /// per client. Everything else waits for the next start.
     pub fn reload(&self, new: &Config) {
@@ -194,8 +219,13 @@ impl Shared {
         let l = &new.limits;
         self.jobs.set_in_flight_cap(l.jobs_in_flight);
         let count = new.keys_for(Scope::Publish).len() + new.auth.admin_keys.len();
+        let a = &new.auth;
         log::info!(
-            "SIGHUP: reloaded API keys ({count} entries), per-IP limits (SSE {}, WebSocket {}, HTTP {}) and per-client job and publish limits ({} jobs/min, {} in flight, {} publishes/s); other keys apply at the next start",
+            "SIGHUP: reloaded API keys ({count} entries), subscribe {:?} ({} token secrets, {} per subject, {} allowed origins), per-IP limits (SSE {}, WebSocket {}, HTTP {}) and per-client job and publish limits ({} jobs/min, {} in flight, {} publishes/s); other keys apply at the next start",
+            a.subscribe,
+            a.token_secrets.len(),
+            a.max_conns_per_subject,
+            a.allowed_origins.len(),
             l.sse_per_ip,
             l.ws_per_ip,
             l.http_per_ip,

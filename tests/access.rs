@@ -129,3 +129,39 @@ fn plain_http_connections_are_capped_per_ip_and_idle_ones_end() {
     assert!(end.is_ok(), "the idle keep-alive was not closed: {end:?}");
     assert_eq!(status_of(&String::from_utf8_lossy(&all)), 200);
 }
+
+/// Every scope of API key does what it may and no more: a publish key
+/// publishes but cannot read `/debug`, an admin key reads `/debug` but
+/// cannot publish, a key of `auth.keys` does both; an unknown key is 401,
+/// a known key without the scope 403.
+#[test]
+fn each_scope_of_key_may_do_what_it_names_and_no_more() {
+    let server = Server::start(&[
+        "--set",
+        r#"auth.keys=["all-key"]"#,
+        "--set",
+        r#"auth.publish_keys=["pub-key"]"#,
+        "--set",
+        r#"auth.admin_keys=["adm-key"]"#,
+    ]);
+    let publish = |key: &str| request(server.addr, "POST", "/api/publish", &[key], BODY).0;
+    let debug = |key: &str| request(server.addr, "GET", "/debug/fds", &[key], "").0;
+    let table = [
+        ("X-API-Key: pub-key", 200, 403),
+        ("Authorization: Bearer pub-key", 200, 403),
+        ("X-API-Key: adm-key", 403, 200),
+        ("Authorization: Bearer adm-key", 403, 200),
+        ("X-API-Key: all-key", 200, 200),
+        ("Authorization: Bearer all-key", 200, 200),
+        ("X-API-Key: nobody", 401, 401),
+        // Being on this machine is no key once keys are configured.
+        ("X-Nothing: 1", 401, 401),
+    ];
+    for (key, may_publish, may_debug) in table {
+        assert_eq!(
+            (publish(key), debug(key)),
+            (may_publish, may_debug),
+            "{key}"
+        );
+    }
+}

@@ -230,6 +230,54 @@ test('fifty clients told to reconnect at once spread over the jitter window', ()
   assert.ok(spread > 1000, `spread ${spread} ms`);
 });
 
+test('tokens: a WebSocket sends its token in the query, refreshes in place, and after 4001 comes back with a fresh one', async () => {
+  const clock = new FakeClock(() => 0.5);
+  let minted = 0;
+  const c = wsClient(clock, { token: async () => `t${++minted}` });
+  await settle();
+  assert.equal(last().url, 'ws://h:1/ws?token=t1');
+  last().open();
+  last().message({ type: 'message', channel: 'a', id: '5', data: {} });
+  c.refreshToken();
+  await settle();
+  assert.deepEqual(last().sent.at(-1), { type: 'auth', token: 't2' }, 'refreshed in place');
+  c.setToken('fixed');
+  assert.deepEqual(last().sent.at(-1), { type: 'auth', token: 'fixed' });
+  c.setToken(async () => `t${++minted}`);
+  await settle();
+  assert.deepEqual(last().sent.at(-1), { type: 'auth', token: 't3' });
+  last().serverClose(4001, 'token expired');
+  assert.equal(nextDelay(clock), 1000, 'back after minDelay');
+  clock.advance(1000);
+  await settle();
+  assert.equal(last().url, 'ws://h:1/ws?token=t4', 'a fresh token for the new connection');
+  last().open();
+  assert.deepEqual(last().sent[0], { type: 'subscribe', channel: 'a', since: '5' });
+  c.close();
+});
+
+test('tokens: SSE sends Authorization: Bearer, and token_expired resumes from the id it names', async () => {
+  const clock = new FakeClock(() => 0.5);
+  const calls = [];
+  const bodies = [
+    () => sse('id: 7\nevent: token_expired\ndata: {"reason":"token_expired","lastEventId":"7"}\n\n'),
+    () => sse(''),
+  ];
+  const fetch = async (url, init) => { calls.push({ url, auth: init.headers.Authorization }); return bodies[calls.length - 1](); };
+  let minted = 0;
+  const c = new RedixClient('http://h:1', { channels: ['a'], clock, fetch, token: () => `t${++minted}` });
+  await settle();
+  assert.equal(calls[0].auth, 'Bearer t1');
+  assert.doesNotMatch(calls[0].url, /token=/, 'not in the URL, where logs keep it');
+  assert.equal(nextDelay(clock), 1000);
+  assert.equal(c.health.lastError, 'token expired');
+  clock.advance(1000);
+  await settle();
+  assert.equal(calls[1].auth, 'Bearer t2');
+  assert.match(calls[1].url, /lastEventId=7/);
+  c.close();
+});
+
 // Each client its own timer table on one virtual time.
 function clockView(clock) {
   const mine = new FakeClock(clock.random);

@@ -82,6 +82,7 @@ pub(super) fn summarize(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Result<Actio
 }
 
 pub(super) fn ask(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
+    super::subscribe::check_origin(head, ctx)?;
     let question = query_param(&head.query, "q");
     let job = query_param(&head.query, "job");
     match (question, job) {

@@ -11,6 +11,7 @@ mod assets;
 pub mod jobs;
 mod ops;
 mod quota;
+mod subscribe;
 pub mod ws;
 
 use serde::Deserialize;
@@ -26,6 +27,7 @@ use crate::proto::gzip;
 use crate::proto::http::{query_param, Head, Method};
 use crate::proto::ws as wsproto;
 use crate::state::Shared;
+use crate::tokens::Grant;
 use answers::{json_ok, publish_ok, Reject};
 
 /// What the reactor should do with a request.
@@ -56,6 +58,9 @@ pub struct StreamStart {
     pub gzip: bool,
     /// `?batch=1`: hold writes for the batch window.
     pub batch: bool,
+    /// Token mode: what the token allows, until when; holds the place
+    /// under its subject's cap.
+    pub grant: Option<Box<Grant>>,
 }
 
 #[derive(Debug)]
@@ -67,6 +72,8 @@ pub struct Upgrade {
     pub echo: bool,
     /// `?batch=1`: events arrive in `{"type":"batch"}` frames.
     pub batch: bool,
+    /// Token mode: the grant each subscribe is checked against.
+    pub grant: Option<Box<Grant>>,
 }
 
 /// Per-request context.
@@ -197,6 +204,7 @@ fn rate_limit(head: &Head, ctx: &Ctx<'_>) -> Result<(), Reject> {
 
 fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
     let shared = ctx.shared;
+    subscribe::check_origin(head, ctx)?;
     let raw = query_param(&head.query, "channels").ok_or_else(|| {
         Reject::new(
             400,
@@ -220,6 +228,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             format!("name 1 to {max} channels"),
         ));
     }
+    let grant = subscribe::admit(head, ctx, &channels)?;
     charge_new_channels(ctx, client_key(head, ctx), &channels)?;
     let key = take_slot(head, ctx, &shared.access.sse, "SSE streams")?;
     Ok(Action::Stream(StreamStart {
@@ -228,6 +237,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
         cursor,
         gzip: gzip::accepts(head.accept_encoding.as_deref()),
         batch: wants_batch(head, ctx),
+        grant,
     }))
 }
 
@@ -254,6 +264,11 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
             "this Origin may not open WebSockets here",
         ));
     }
+    subscribe::check_origin(head, ctx)?;
+    let grant = match echo {
+        true => None,
+        false => subscribe::admit(head, ctx, &[])?,
+    };
     let key = take_slot(head, ctx, &shared.access.ws, "WebSockets")?;
     let deflate = match shared.config.ws.deflate {
         true => deflate::negotiate(head.ws_extensions.as_deref()),
@@ -266,6 +281,7 @@ fn upgrade(head: &Head, ctx: &Ctx<'_>, echo: bool) -> Result<Action, Reject> {
         ip_slot: key,
         echo,
         batch: wants_batch(head, ctx),
+        grant,
     }))
 }
 

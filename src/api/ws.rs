@@ -3,7 +3,9 @@
 //! reactor (`reactor/websocket.rs`) runs the requests.
 //!
 //! Commands: `{"type":"subscribe","channel":"c","since":"<id>"}` (or
-//! `"symbol":"AAPL"` for `trades:AAPL`), `unsubscribe`, `ping`.
+//! `"symbol":"AAPL"` for `trades:AAPL`), `unsubscribe`, `ping`, and
+//! `{"type":"auth","token":"<JWT>"}` (token mode: a fresh token for the
+//! same subject, before the current one expires).
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -23,6 +25,8 @@ struct Command {
     symbol: Option<String>,
     /// Resume point: replay the channel's events after this id.
     since: Option<String>,
+    /// `auth`: the subscription token.
+    token: Option<String>,
 }
 
 /// A checked command.
@@ -31,6 +35,7 @@ pub enum WsRequest {
     Ping,
     Subscribe { channel: String, since: Option<u64> },
     Unsubscribe { channel: String },
+    Auth { token: String },
 }
 
 /// A command's error: code and message, sent back as an `error` reply.
@@ -50,6 +55,10 @@ pub fn parse(text: &str, format: Format) -> Result<WsRequest, CommandError> {
             let channel = target_channel(&cmd).map_err(|m| ("bad_request", m))?;
             Ok(WsRequest::Unsubscribe { channel })
         }
+        "auth" => match cmd.token {
+            Some(token) if !token.is_empty() => Ok(WsRequest::Auth { token }),
+            _ => Err(("bad_request", "auth needs a \"token\"".into())),
+        },
         other => Err(("unknown_type", format!("unknown message type {other:?}"))),
     }
 }
@@ -111,6 +120,18 @@ pub fn unsubscribed_frame(channel: &str) -> Bytes {
     json_frame(serde_json::json!({"type": "unsubscribed", "channel": channel}))
 }
 
+/// A token refresh was accepted: it holds until `exp` (Unix seconds).
+pub fn authorized_frame(exp: u64) -> Bytes {
+    json_frame(serde_json::json!({"type": "authorized", "exp": exp}))
+}
+
+/// A refreshed token no longer allows `channel`: its subscription ended.
+pub fn revoked_frame(channel: &str) -> Bytes {
+    json_frame(serde_json::json!({
+        "type": "unsubscribed", "channel": channel, "reason": "channel_not_allowed",
+    }))
+}
+
 /// Events of `channel` were lost before they reached this client.
 pub fn reset_frame(channel: &str) -> Bytes {
     json_frame(serde_json::json!({"type": "reset", "channel": channel}))
@@ -153,6 +174,14 @@ mod tests {
                 Err("bad_cursor"),
             ),
             (r#"{"type":"dance"}"#, Err("unknown_type")),
+            (
+                r#"{"type":"auth","token":"a.b.c"}"#,
+                Ok(WsRequest::Auth {
+                    token: "a.b.c".into(),
+                }),
+            ),
+            (r#"{"type":"auth"}"#, Err("bad_request")),
+            (r#"{"type":"auth","token":""}"#, Err("bad_request")),
             ("not json", Err("bad_json")),
         ];
         for (text, want) in table {

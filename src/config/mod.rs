@@ -16,11 +16,13 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod jobs;
 mod limits;
 mod sources;
 mod validate;
 
+pub use auth::*;
 pub use jobs::JobsConfig;
 pub use limits::*;
 use sources::{apply_cli, apply_env};
@@ -241,19 +243,6 @@ impl RedisConfig {
     }
 }
 
-/// API keys. With none configured, publish and admin endpoints accept
-/// loopback clients only.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Keys with every scope.
-    pub keys: Vec<String>,
-    /// Keys that may only publish.
-    pub publish_keys: Vec<String>,
-    /// Keys that may only read the admin/debug endpoints.
-    pub admin_keys: Vec<String>,
-}
-
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SseConfig {
@@ -279,7 +268,9 @@ pub struct WsConfig {
     /// Offer permessage-deflate to clients that ask for it.
     pub deflate: bool,
     pub deflate_min_bytes: usize,
-    /// Allowed `Origin` values; empty allows any (and requests without one).
+    /// Allowed `Origin` values for WebSockets only; empty allows any. Set,
+    /// it also refuses an upgrade without `Origin` (its meaning before
+    /// `auth.allowed_origins`, which covers streams too, and is kept).
     pub allowed_origins: Vec<String>,
 }
 

@@ -185,3 +185,59 @@ fn market_urls_are_ws_or_wss_and_a_ca_file_must_hold_a_certificate() {
         assert!(!err.contains("secret"), "{set}: {err}");
     }
 }
+
+#[test]
+fn token_settings_are_checked_at_start_without_showing_a_secret() {
+    let secret = r#"auth.token_secrets=["0123456789abcdef0123456789abcdef"]"#;
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let table: [Case; 6] = [
+        (
+            vec!["--set", "auth.subscribe=token"],
+            vec![],
+            "auth.subscribe = \"token\" needs at least one auth.token_secrets",
+        ),
+        (vec!["--set", "auth.subscribe=closed"], vec![], "subscribe"),
+        (
+            vec![
+                "--set",
+                r#"auth.token_secrets=["0123456789abcdef0123456789abcdef", "tiny"]"#,
+            ],
+            vec![],
+            "auth.token_secrets[1] is shorter than 32 bytes",
+        ),
+        (
+            vec!["--set", r#"auth.allowed_origins=["https://app.example/"]"#],
+            vec![],
+            "auth.allowed_origins[0]",
+        ),
+        (
+            vec!["--set", r#"auth.allowed_origins=["app.example"]"#],
+            vec![],
+            "auth.allowed_origins[0]",
+        ),
+        (
+            vec![],
+            vec![("REDIX_AUTH_TOKEN_LEEWAY_MS", "300001")],
+            "auth.token_leeway_ms = 300001 is above its maximum",
+        ),
+    ];
+    for (args, vars, want) in table {
+        let err = Config::from_sources(&cli(&args), &env(&vars))
+            .unwrap_err()
+            .0;
+        assert!(err.contains(want), "{args:?} {vars:?}: {err}");
+        assert!(!err.contains("tiny"), "{err}");
+    }
+    let c = Config::from_sources(
+        &cli(&["--set", "auth.subscribe=token", "--set", secret]),
+        &env(&[(
+            "REDIX_AUTH_ALLOWED_ORIGINS",
+            r#"["https://app.example:8443"]"#,
+        )]),
+    )
+    .unwrap();
+    assert_eq!(c.auth.subscribe, SubscribeMode::Token);
+    assert_eq!(c.auth.max_conns_per_subject, DEFAULT_MAX_CONNS_PER_SUBJECT);
+    assert_eq!(c.auth.allowed_origins, ["https://app.example:8443"]);
+    assert_eq!(Config::default().auth.subscribe, SubscribeMode::Open);
+}

@@ -1,6 +1,7 @@
 //! Checks a loaded configuration before anything starts: every numeric key
 //! within its bounds (the message names the key and the bound it crossed),
-//! keys that must agree with each other, and API keys that are not empty.
+//! keys that must agree with each other, API keys that are not empty and
+//! subscription-token secrets that are long enough.
 
 use super::{Config, ConfigError};
 use crate::hub::MAX_REACTORS;
@@ -46,6 +47,8 @@ impl Config {
         let (h, r) = (&self.history, &self.redis);
         vec![
             ("workers", n(self.workers), 0, n(MAX_REACTORS)),
+            ("auth.token_leeway_ms", self.auth.token_leeway_ms, 0, 300_000),
+            ("auth.max_conns_per_subject", u64::from(self.auth.max_conns_per_subject), 0, 1_000_000),
             ("backlog", self.backlog.max(0) as u64, 1, 65_535),
             ("limits.requests_per_sec", u64::from(l.requests_per_sec), 0, 1_000_000),
             ("limits.request_burst", u64::from(l.request_burst), 1, 1_000_000),
@@ -139,7 +142,7 @@ impl Config {
                 )));
             }
         }
-        Ok(())
+        a.check_tokens().map_err(invalid)
     }
 
     /// Keys whose values must agree.

@@ -21,6 +21,7 @@ use crate::limits::{Bucket, IpKey};
 use crate::proto::deflate::WindowBits;
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
+use crate::tokens::Grant;
 use io::IoStatus;
 use queue::{Flushed, Pushed, QueueLimits, WriteQueue};
 
@@ -79,6 +80,17 @@ pub struct Sub {
     pub live_from: u64,
 }
 
+/// A stream opened with a subscription token: what the token allows,
+/// and the one live timer that ends the stream when it expires.
+#[derive(Debug)]
+pub struct Authorized {
+    pub grant: Box<Grant>,
+    /// When the live expiry timer fires (reactor clock). A WebSocket
+    /// refreshing to an earlier expiry arms another; a later one re-arms
+    /// when this fires, so the wheel holds one entry per connection.
+    pub timer_at: u64,
+}
+
 /// An SSE subscriber.
 #[derive(Debug)]
 pub struct Sse {
@@ -91,6 +103,8 @@ pub struct Sse {
     pub batch: bool,
     /// Writes are held until then (a batch window is open).
     pub hold_until: Option<u64>,
+    /// Token mode: the stream's token (boxed: open streams pay nothing).
+    pub token: Option<Box<Authorized>>,
 }
 
 impl Sse {
@@ -162,6 +176,8 @@ pub struct Ws {
     /// Subscribe/unsubscribe commands (`ws.subscribes_per_sec`).
     pub commands: Bucket,
     pub next_ping_ms: u64,
+    /// Token mode: the token each subscribe is checked against.
+    pub token: Option<Authorized>,
 }
 
 impl Ws {
@@ -282,6 +298,15 @@ impl ConnState {
                 .subs()
                 .iter()
                 .any(|s| &*s.channel == channel && id > s.live_from)
+    }
+
+    /// The subscription token of a stream opened with one.
+    pub fn token_mut(&mut self) -> Option<&mut Authorized> {
+        match self {
+            ConnState::Sse(sse) => sse.token.as_deref_mut(),
+            ConnState::Ws(ws) => ws.token.as_mut(),
+            ConnState::Request(_) | ConnState::Closing { .. } => None,
+        }
     }
 
     /// Delivery bookkeeping, for states that receive events.

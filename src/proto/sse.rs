@@ -65,6 +65,22 @@ pub fn reset(channel: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The last event of a stream whose subscription token expired: open it
+/// again with a fresh token from `lastEventId` (also sent as `id:`, so the
+/// cursor survives in an `EventSource`), and nothing is lost.
+pub fn token_expired(last_id: Option<&str>) -> Vec<u8> {
+    let mut s = String::with_capacity(96);
+    if let Some(id) = last_id {
+        let _ = writeln!(s, "id: {id}");
+    }
+    let resume = last_id.map_or("null".to_string(), |id| format!("\"{id}\""));
+    let _ = write!(
+        s,
+        "event: token_expired\ndata: {{\"reason\":\"token_expired\",\"lastEventId\":{resume}}}\n\n"
+    );
+    s.into_bytes()
+}
+
 /// The last event of a stream closed by a shutdown: reconnect after `retry_ms`.
 pub fn reconnect(retry_ms: u64) -> Vec<u8> {
     format!("retry: {retry_ms}\nevent: reconnect\ndata: {{\"reason\":\"shutdown\"}}\n\n")
@@ -104,5 +120,10 @@ mod tests {
         );
         assert!(text(slow(None)).starts_with("event: slow\n"));
         assert!(text(reconnect(1234)).starts_with("retry: 1234\nevent: reconnect\n"));
+        assert_eq!(
+            text(token_expired(Some("7"))),
+            "id: 7\nevent: token_expired\ndata: {\"reason\":\"token_expired\",\"lastEventId\":\"7\"}\n\n"
+        );
+        assert!(text(token_expired(None)).ends_with("\"lastEventId\":null}\n\n"));
     }
 }

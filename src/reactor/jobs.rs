@@ -148,6 +148,8 @@ impl Worker {
             cursor: Some(s.cursor.unwrap_or(0)),
             gzip: s.gzip,
             batch: false,
+            // Job streams are open in token mode too (see `api::subscribe`).
+            grant: None,
         };
         self.start_stream(key, start, now);
     }

@@ -19,8 +19,10 @@
 //! The files follow what happens to a connection: `accept` (admission),
 //! `request` (read, parse, route, answer), `stream` (subscribe → resets →
 //! replay → index, for SSE and WebSocket alike), `websocket` (frames and
-//! the JSON protocol), `parked` (requests waiting for Redis), `deliver`
-//! (fan-out and flush), `batch`, `timeouts`, `close`. Only this file is
+//! the JSON protocol), `tokens` (a stream's subscription token: its
+//! expiry, the channels it allows, a WebSocket's refresh), `parked`
+//! (requests waiting for Redis), `deliver` (fan-out and flush), `batch`,
+//! `timeouts`, `close`. Only this file is
 //! shared among them; they never import each other.
 
 mod accept;
@@ -34,6 +36,7 @@ mod request;
 mod stream;
 mod timeouts;
 pub mod timer;
+mod tokens;
 mod websocket;
 
 use std::collections::{HashMap, HashSet};

@@ -118,6 +118,7 @@ impl Worker {
             gzip: start.gzip.then(Trail::default),
             batch: start.batch,
             hold_until: None,
+            token: None,
         };
         let mut head = match start.gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
@@ -129,6 +130,7 @@ impl Worker {
         self.moved(old.phase(), Phase::Sse);
         self.timers
             .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
+        self.install_token(key, start.grant, now);
         self.begin_delivery(key, &start.channels, &snap);
     }
 

@@ -1,7 +1,8 @@
 //! What a due timer does: a request that did not arrive in time (408, or
 //! a quiet close of an idle keep-alive), a parked request Redis did not
 //! answer, SSE and WebSocket heartbeats, the linger of a closing
-//! connection, and the end of an SSE batch window. An entry whose
+//! connection, the end of an SSE batch window, and the expiry of a
+//! stream's subscription token. An entry whose
 //! connection is gone, or whose deadline moved, does nothing or re-arms.
 
 use super::timer::{Entry, TimerKind};
@@ -33,6 +34,7 @@ impl Worker {
             (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
             (TimerKind::Batch, ConnState::Sse(_)) => self.mark_dirty(key, gen),
             (TimerKind::Write, _) => self.write_due(key, gen, now),
+            (TimerKind::Token, ConnState::Sse(_) | ConnState::Ws(_)) => self.token_due(key, now),
             _ => {}
         }
     }

@@ -22,6 +22,8 @@ pub enum TimerKind {
     Batch,
     /// Queued bytes that made no write progress: the write deadline.
     Write,
+    /// A stream's subscription token expires.
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,11 +50,13 @@ impl Worker {
             message_since_ms: 0,
             commands: Bucket::default(),
             next_ping_ms: now + ping_ms,
+            token: None,
         };
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(Box::new(ws)));
         self.moved(old.phase(), Phase::Ws);
         self.timers
             .schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
+        self.install_token(key, up.grant, now);
         self.mark_dirty(key, gen);
         self.decode_ws(key, now);
     }
@@ -214,7 +216,9 @@ impl Worker {
         let format = Format::of_redis_mode(self.shared.redis.is_some());
         let reply = parse(text, format).and_then(|request| match request {
             WsRequest::Ping => Ok(Some(pong_frame())),
-            WsRequest::Subscribe { .. } | WsRequest::Unsubscribe { .. }
+            WsRequest::Subscribe { .. }
+            | WsRequest::Unsubscribe { .. }
+            | WsRequest::Auth { .. }
                 if !self.take_command(key) =>
             {
                 Err((
@@ -226,6 +230,7 @@ impl Worker {
                 self.ws_subscribe(key, channel, since).map(|()| None)
             }
             WsRequest::Unsubscribe { channel } => self.ws_unsubscribe(key, channel).map(Some),
+            WsRequest::Auth { token } => self.ws_auth(key, &token).map(|()| None),
         });
         reply.unwrap_or_else(|(code, message)| {
             WorkerStats::add(&self.stats().ws_command_errors, 1);
@@ -233,7 +238,11 @@ impl Worker {
         })
     }
 
-    fn ws_unsubscribe(&mut self, key: usize, channel: String) -> Result<Bytes, CommandError> {
+    pub(super) fn ws_unsubscribe(
+        &mut self,
+        key: usize,
+        channel: String,
+    ) -> Result<Bytes, CommandError> {
         let Some(conn) = self.conns.get_mut(key) else {
             return Err(("closing", "connection is closing".into()));
         };
@@ -278,6 +287,7 @@ impl Worker {
             self.push_control(key, subscribed_frame(&channel));
             return Ok(());
         }
+        self.token_allows(key, &channel)?;
         if ws.channels.len() + ws.waiting.len() >= max {
             return Err((
                 "too_many_subscriptions",

@@ -36,6 +36,9 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
     pub const RESTART: u16 = 1012;
+    /// redix: the subscription token expired; subscribe again (with
+    /// `since`) on a new connection with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4001;
     /// redix: a slow consumer; the reason is the id to resume from.
     pub const SLOW: u16 = 4008;
 }
