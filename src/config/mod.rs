@@ -347,6 +347,10 @@ impl Default for PublishConfig {
 pub struct DebugConfig {
     /// Serve `/ws/echo`, which echoes every message (for conformance suites).
     pub ws_echo: bool,
+    /// Serve the test hooks (`POST /debug/leak-fd`, which opens a socket
+    /// nothing owns, for the `/debug/fds` test). Debug builds only: a
+    /// release build refuses to start with it.
+    pub test_hooks: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

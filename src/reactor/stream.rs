@@ -118,6 +118,7 @@ impl Worker {
             gzip: start.gzip.then(Trail::default),
             batch: start.batch,
             hold_until: None,
+            subject: None,
         };
         let mut head = match start.gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),

@@ -50,6 +50,7 @@ impl Worker {
             message_since_ms: 0,
             commands: Bucket::default(),
             next_ping_ms: now + ping_ms,
+            subject: None,
         };
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(Box::new(ws)));
         self.moved(old.phase(), Phase::Ws);
