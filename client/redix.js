@@ -396,7 +396,12 @@ RedixClient.prototype.openSse = function openSse() {
       for (const ch of channels) this.cursors.note(ch, msg.lastEventId);
       return finish('slow consumer', this.o.minDelay);
     }
-    if (ev.event === 'reconnect') return finish('server restart', ev.retry ?? hint);
+    // A restart, or an operator's disconnect (reason "operator"): the
+    // retry: it carries is the wait; the stream resumes from the cursor.
+    if (ev.event === 'reconnect') {
+      const why = msg.reason === 'operator' ? `disconnected by operator: ${msg.message}` : 'server restart';
+      return finish(why, ev.retry ?? hint);
+    }
   };
   const conn = { close: () => abort.abort() };
   this.fetch(`${httpBase(this.base)}/api/stream?${q}`, {
@@ -451,6 +456,14 @@ RedixClient.prototype.openWs = function openWs() {
       // Slow: the reason is the last id received before anything was
       // dropped; each channel resumes from its own last id (not later).
       return this.lost('slow consumer', this.o.minDelay);
+    }
+    if (e.code === 4000) {
+      // An operator ended the connection (POST /api/admin/disconnect); the
+      // reason is JSON: come back after its retryMs, else by the ladder.
+      let why = {};
+      try { why = JSON.parse(e.reason) ?? {}; } catch { /* not JSON */ }
+      const hint = Number.isFinite(why.retryMs) && why.retryMs >= 0 ? why.retryMs : undefined;
+      return this.lost(`disconnected by operator${why.reason ? `: ${why.reason}` : ''}`, hint);
     }
     // 1012: the server restarts; come back soon, spread by the jitter.
     const hint = e.code === 1012 ? this.o.restartDelay : undefined;
