@@ -263,6 +263,13 @@ impl Shared {
         }
     }
 
+    /// The `/debug/fds` report: O(open fds) reads of `/proc`, so it is
+    /// taken off the reactors.
+    pub fn fd_report(&self) -> serde_json::Value {
+        let baseline = self.fds.baseline.get().map_or(&[][..], |b| &b[..]);
+        diag::report(self.owned_fds(), baseline, &self.fd_peers())
+    }
+
     pub fn owned_fds(&self) -> Owned {
         let redis = self.redis.as_ref();
         let redis_conns = redis.map_or(0, |r| r.link.connections.load(Ordering::Relaxed));

@@ -151,6 +151,10 @@ pub struct ReportQuery {
 pub enum Ask {
     Disconnect(Disconnect),
     Report(ReportQuery),
+    /// The `/debug/fds` report. Asked of no reactor: a short-lived thread
+    /// takes the census (O(fds) reads of `/proc`, too slow for a reactor
+    /// at 100k connections) and answers like one.
+    Fds,
 }
 
 /// One reactor's answer to an [`Ask`].
@@ -163,6 +167,8 @@ pub enum Answer {
         more: u64,
     },
     Report(Box<Report>),
+    /// The `/debug/fds` report.
+    Fds(serde_json::Value),
 }
 
 /// The id of a connection as the admin API shows it:

@@ -166,6 +166,7 @@ pub struct Gathered {
     more: u64,
     rows: Vec<ConnRow>,
     totals: Totals,
+    fds: Option<Value>,
 }
 
 impl Gathered {
@@ -177,6 +178,7 @@ impl Gathered {
             more: 0,
             rows: Vec::new(),
             totals: Totals::default(),
+            fds: None,
         }
     }
 
@@ -198,6 +200,7 @@ impl Gathered {
                     self.rows.truncate(q.top);
                 }
             }
+            Answer::Fds(report) => self.fds = Some(report),
         }
     }
 
@@ -206,8 +209,9 @@ impl Gathered {
     }
 
     /// The HTTP status and JSON body of the answer. A disconnect of one
-    /// connection id that ended nothing is a 404; anything else is a 200
-    /// with `partial` set when a reactor did not answer in time.
+    /// connection id that ended nothing is a 404, a census that did not
+    /// finish a 503; anything else is a 200 with `partial` set when a
+    /// reactor did not answer in time.
     pub fn render(&self, ask: &Ask, wall_now_ms: u64) -> (u16, String) {
         let reactors = json!({"asked": self.asked, "answered": self.answered});
         let partial = !self.complete();
@@ -237,6 +241,14 @@ impl Gathered {
                     "connections": self.rows.iter().map(|r| r.to_json(wall_now_ms)).collect::<Vec<_>>(),
                 })
             }
+            Ask::Fds => match &self.fds {
+                Some(report) => report.clone(),
+                None => {
+                    let error = json!({"error": {"code": "census_timeout",
+                        "message": "the fd census did not finish in time"}});
+                    return (503, error.to_string());
+                }
+            },
         };
         (200, body.to_string())
     }

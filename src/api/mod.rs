@@ -97,7 +97,7 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
         "/metrics/prom" => only(head, Method::Get).map(|_| ops::metrics(head, ctx)),
         "/debug/fds" => only(head, Method::Get)
             .and_then(|_| authorize(head, ctx, Scope::Admin))
-            .map(|_| ops::fds(head, ctx)),
+            .map(|_| ops::fds(head)),
         "/api/admin/disconnect" => only(head, Method::Post)
             .and_then(|_| authorize(head, ctx, Scope::Admin))
             .and_then(|_| admin::disconnect(head, body, ctx)),

@@ -2,9 +2,12 @@
 //! (and its test hook, `POST /debug/leak-fd`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use super::admin::AdminStart;
 use super::answers::{json_ok, unavailable, Reject};
 use super::{Action, Ctx};
+use crate::admin::Ask;
 use crate::diag;
 use crate::health::STUCK_AFTER_MS;
 use crate::metrics::{self, JobFigures, MarketFigures, ProcessFigures, RedisFigures};
@@ -53,12 +56,14 @@ pub fn metrics(head: &Head, ctx: &Ctx<'_>) -> Action {
     }
 }
 
-/// `/debug/fds`.
-pub fn fds(head: &Head, ctx: &Ctx<'_>) -> Action {
-    let shared = ctx.shared;
-    let baseline = shared.fds.baseline.get().map_or(&[][..], |b| &b[..]);
-    let report = diag::report(shared.owned_fds(), baseline, &shared.fd_peers());
-    json_ok(head, report.to_string())
+/// `/debug/fds`: the census runs off the reactors (see `Ask::Fds`); the
+/// request waits for it.
+pub fn fds(head: &Head) -> Action {
+    Action::Admin(AdminStart {
+        ask: Arc::new(Ask::Fds),
+        only: None,
+        keep_alive: head.keep_alive,
+    })
 }
 
 /// `POST /debug/leak-fd`, the test hook (served only with

@@ -2,7 +2,8 @@
 //! request parks it (it reads nothing more), sends the [`Ask`] to every
 //! reactor's mailbox (its own included, so every reactor does the same
 //! work the same way) and answers once all replied, or after
-//! [`ADMIN_WAIT_MS`] with what came (`partial`).
+//! [`ADMIN_WAIT_MS`] with what came (`partial`). `/debug/fds` waits the
+//! same way for a census thread instead of the reactors.
 //!
 //! Each reactor's share is bounded: a report is one pass over its slab
 //! keeping the top N in a heap of N (N ≤ `admin::MAX_TOP`), then N rows;
@@ -29,6 +30,8 @@ use crate::proto::http::{self, HttpError};
 
 /// How long an admin request waits for the reactors' answers.
 const ADMIN_WAIT_MS: u64 = 2_000;
+/// How long `/debug/fds` waits for its census (then 503).
+const CENSUS_WAIT_MS: u64 = 10_000;
 /// Admin requests waiting on one reactor at once; more get a 503.
 pub(super) const MAX_ADMIN_WAITS: usize = 8;
 
@@ -48,20 +51,10 @@ impl Worker {
             return self.answer_parked(key, Bytes::from(bytes), start.keep_alive, now);
         }
         let reply = self.conn_ref(key, gen);
-        let targets = match start.only {
-            Some(id) => id..id + 1,
-            None => 0..self.shared.reactor_count(),
+        let (asked, wait_ms) = match *start.ask {
+            Ask::Fds => (usize::from(self.spawn_census(reply)), CENSUS_WAIT_MS),
+            _ => (self.ask_reactors(&start, reply), ADMIN_WAIT_MS),
         };
-        let mut asked = 0;
-        for id in targets {
-            let msg = Msg::Admin {
-                ask: start.ask.clone(),
-                reply,
-            };
-            if self.shared.mailbox(id).is_some_and(|m| m.send(msg)) {
-                asked += 1;
-            }
-        }
         let wait = AdminWait {
             ask: start.ask,
             gathered: Gathered::new(asked),
@@ -71,7 +64,47 @@ impl Worker {
             return self.answer_admin(key, wait, now);
         }
         self.admin_waits += 1;
-        self.park_until(key, Waiting::Admin(wait), now + ADMIN_WAIT_MS);
+        self.park_until(key, Waiting::Admin(wait), now + wait_ms);
+    }
+
+    /// Sends the ask to the reactors it concerns; how many took it (a full
+    /// inbox refuses).
+    fn ask_reactors(&self, start: &AdminStart, reply: ConnRef) -> usize {
+        let targets = match start.only {
+            Some(id) => id..id + 1,
+            None => 0..self.shared.reactor_count(),
+        };
+        let ask = |id: usize| {
+            let msg = Msg::Admin {
+                ask: start.ask.clone(),
+                reply,
+            };
+            self.shared.mailbox(id).is_some_and(|m| m.send(msg))
+        };
+        targets.filter(|&id| ask(id)).count()
+    }
+
+    /// Takes the fd census on a thread of its own, which answers `reply`
+    /// like a reactor; false when no thread could start. At most
+    /// [`MAX_ADMIN_WAITS`] per reactor run at once.
+    fn spawn_census(&self, reply: ConnRef) -> bool {
+        let shared = self.shared.clone();
+        let census = move || {
+            let answer = Answer::Fds(shared.fd_report());
+            if let Some(mailbox) = shared.mailbox(reply.reactor) {
+                mailbox.send(Msg::AdminAnswer {
+                    conn: reply,
+                    answer,
+                });
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("redix-fd-census".into())
+            .spawn(census);
+        if let Err(e) = &spawned {
+            log::warn!("reactor {}: cannot start the fd census: {e}", self.id);
+        }
+        spawned.is_ok()
     }
 
     /// Does this reactor's share of an ask and sends the answer back.
@@ -80,6 +113,8 @@ impl Worker {
         let answer = match ask {
             Ask::Disconnect(d) => self.disconnect_matching(d, now),
             Ask::Report(q) => Answer::Report(Box::new(self.report(q, now))),
+            // Never sent to a reactor (see `spawn_census`).
+            Ask::Fds => return,
         };
         let msg = Msg::AdminAnswer {
             conn: reply,
