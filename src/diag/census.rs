@@ -61,15 +61,20 @@ impl Census {
     }
 }
 
-/// Classifies `fds` (the process's open fds) against the start-up
-/// `baseline` and the TCP table.
-pub fn take(fds: &[Fd], baseline: &[Fd], tcp: &HashMap<u64, TcpSocket>, peers: &Peers) -> Census {
-    let registered = registered_fds(fds);
+/// Classifies `fds` (the process's open fds) against the epoll
+/// registrations, the start-up `baseline` and the TCP table.
+pub fn take(
+    fds: &[Fd],
+    registered: &HashSet<i32>,
+    baseline: &[Fd],
+    tcp: &HashMap<u64, TcpSocket>,
+    peers: &Peers,
+) -> Census {
     let baseline: HashSet<(i32, &str)> = baseline.iter().map(|f| (f.fd, &*f.target)).collect();
     let mut census = Census::default();
     for f in fds {
         let socket = socket_inode(&f.target).and_then(|inode| tcp.get(&inode));
-        let owner = owner_of(f, socket, &registered, &baseline, peers);
+        let owner = owner_of(f, socket, registered, &baseline, peers);
         *census.fds.entry(owner).or_insert(0) += 1;
         if let Some(s) = socket {
             *census
@@ -129,10 +134,10 @@ fn is_fd_listing(target: &str) -> bool {
     target.starts_with("/proc/") && target.ends_with("/fd")
 }
 
-/// Fds registered in any epoll instance of this process. Only reactors
-/// use epoll (the other threads block on their own sockets), so these
-/// are the reactors' listeners, wakers and connections.
-fn registered_fds(fds: &[Fd]) -> HashSet<i32> {
+/// Fds registered in the epoll instances among `fds`. Only reactors use
+/// epoll (the other threads block on their own sockets), so these are
+/// the reactors' listeners, wakers and connections.
+pub fn registered_fds(fds: &[Fd]) -> HashSet<i32> {
     let mut out = HashSet::new();
     for f in fds.iter().filter(|f| f.target == "anon_inode:[eventpoll]") {
         let Ok(info) = fs::read_to_string(format!("/proc/self/fdinfo/{}", f.fd)) else {

@@ -124,13 +124,18 @@ pub struct Owned {
 /// differ, then the census (fds and TCP states per owner, and the fds no
 /// owner accounts for, named).
 pub fn report(owned: Owned, baseline: &[Fd], peers: &Peers) -> serde_json::Value {
+    // Registrations read before and after the listing: a connection
+    // accepted or closed meanwhile (registered right after accept(2),
+    // deregistered right before close(2)) is in one or the other.
+    let mut registered = census::registered_fds(baseline);
     let fds = list_fds();
+    registered.extend(census::registered_fds(&fds));
     let table = tcp::table();
     let (kinds, inodes) = fds_by_kind(&fds);
     let states = tcp_states(&inodes, &table);
     let believed =
         owned.connections + owned.listeners + owned.internal + owned.redis + owned.market;
-    let census = census::take(&fds, baseline, &table, peers);
+    let census = census::take(&fds, &registered, baseline, &table, peers);
     let mut out = serde_json::json!({
         "open": fds.len(),
         "by_kind": kinds,
