@@ -459,10 +459,10 @@ RedixClient.prototype.openWs = function openWs() {
     }
     if (e.code === 4000) {
       // An operator ended the connection (POST /api/admin/disconnect); the
-      // reason is JSON: come back after its retryMs, else by the ladder.
+      // reason is JSON: come back after its retry (ms), else by the ladder.
       let why = {};
       try { why = JSON.parse(e.reason) ?? {}; } catch { /* not JSON */ }
-      const hint = Number.isFinite(why.retryMs) && why.retryMs >= 0 ? why.retryMs : undefined;
+      const hint = Number.isFinite(why.retry) && why.retry >= 0 ? why.retry : undefined;
       return this.lost(`disconnected by operator${why.reason ? `: ${why.reason}` : ''}`, hint);
     }
     // 1012: the server restarts; come back soon, spread by the jitter.

@@ -99,7 +99,7 @@ fn a_channel_disconnect_ends_its_streams_with_a_reconnect_hint_and_spares_the_re
     assert_eq!(code, 4000);
     let reason: Value = serde_json::from_str(&reason).expect("a JSON reason");
     assert_eq!(reason["reason"], "maintenance");
-    assert_eq!(reason["retryMs"], 1500);
+    assert_eq!(reason["retry"], 1500);
     assert_eq!(
         reason["lastEventId"].as_str(),
         published.last().map(String::as_str)

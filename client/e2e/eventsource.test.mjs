@@ -91,7 +91,7 @@ test('an operator disconnect makes a real EventSource resume with Last-Event-ID 
     assert.equal(reconnects.length, 1);
     assert.equal(reconnects[0].data.reason, 'operator');
     assert.equal(reconnects[0].data.message, 'rebalance');
-    assert.equal(reconnects[0].data.retryMs, 200);
+    assert.equal(reconnects[0].data.retry, 200);
     // The second request resumed from the last event the first delivered.
     assert.equal(requests.length, 2);
     assert.equal(requests[0]['Last-Event-ID'], undefined);

@@ -42,7 +42,8 @@ pub const MAX_REASON_BYTES: usize = 200;
 pub const MAX_RETRY_MS: u64 = 600_000;
 /// WebSocket close code of an operator's disconnect (4000–4999 is the
 /// application range of RFC 6455): the reason is JSON with `reason`,
-/// `retryMs` (when the operator gave a hint) and `lastEventId`.
+/// `retry` (ms, when the operator gave a hint; the key redix's 1012 uses
+/// too) and `lastEventId`.
 pub const WS_CLOSE_OPERATOR: u16 = 4000;
 
 /// Which connections a disconnect ends. Only streams (SSE and WebSocket)
@@ -66,7 +67,7 @@ pub enum Selector {
 pub struct Disconnect {
     pub selector: Selector,
     pub reason: Arc<str>,
-    /// The reconnect hint: SSE `retry:`, WebSocket `retryMs`.
+    /// The reconnect hint, ms: SSE `retry:`, the WebSocket reason's `retry`.
     pub retry_ms: Option<u64>,
 }
 
@@ -83,7 +84,7 @@ impl Disconnect {
         let render = |reason: &str| {
             let mut v = serde_json::json!({ "reason": reason });
             if let Some(ms) = self.retry_ms {
-                v["retryMs"] = ms.into();
+                v["retry"] = ms.into();
             }
             if let Some(id) = resume {
                 v["lastEventId"] = id.into();
@@ -236,7 +237,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&d.ws_reason(Some("17"))).unwrap();
         assert_eq!(v["reason"], "maintenance");
         assert_eq!(
-            (v["retryMs"].as_u64(), v["lastEventId"].as_str()),
+            (v["retry"].as_u64(), v["lastEventId"].as_str()),
             (Some(1500), Some("17"))
         );
         let long = "é".repeat(MAX_REASON_BYTES / 2);

@@ -84,7 +84,7 @@ pub fn operator_reconnect(retry_ms: Option<u64>, last_id: Option<&str>, message:
         let _ = writeln!(s, "id: {id}");
     }
     let data = serde_json::json!({
-        "reason": "operator", "message": message, "retryMs": retry_ms, "lastEventId": last_id,
+        "reason": "operator", "message": message, "retry": retry_ms, "lastEventId": last_id,
     });
     let _ = write!(s, "event: reconnect\ndata: {data}\n\n");
     s.into_bytes()
@@ -129,7 +129,7 @@ mod tests {
     fn an_operator_reconnect_carries_the_hint_and_the_resume_point() {
         assert_eq!(
             text(operator_reconnect(Some(500), Some("9"), "rebalance")),
-            "retry: 500\nid: 9\nevent: reconnect\ndata: {\"reason\":\"operator\",\"message\":\"rebalance\",\"retryMs\":500,\"lastEventId\":\"9\"}\n\n"
+            "retry: 500\nid: 9\nevent: reconnect\ndata: {\"reason\":\"operator\",\"message\":\"rebalance\",\"retry\":500,\"lastEventId\":\"9\"}\n\n"
         );
         let bare = text(operator_reconnect(None, None, "a\nb"));
         assert!(bare.starts_with("event: reconnect\ndata: {"), "{bare}");
