@@ -423,7 +423,12 @@ RedixClient.prototype.openSse = function openSse() {
       for (const ch of channels) this.cursors.note(ch, msg.lastEventId);
       return finish('slow consumer', this.o.minDelay);
     }
-    if (ev.event === 'reconnect') return finish('server restart', ev.retry ?? hint);
+    // A restart, or an operator's disconnect (reason "operator"): the
+    // retry: it carries is the wait; the stream resumes from the cursor.
+    if (ev.event === 'reconnect') {
+      const why = msg.reason === 'operator' ? `disconnected by operator: ${msg.message}` : 'server restart';
+      return finish(why, ev.retry ?? hint);
+    }
     if (ev.event === 'token_expired') {
       // Resume from the id it names with a fresh token: nothing is lost.
       if (msg.lastEventId) for (const ch of channels) this.cursors.note(ch, msg.lastEventId);
@@ -504,6 +509,13 @@ RedixClient.prototype.wireWs = function wireWs(conn, state, sub, token) {
       // Slow: the reason is the last id received before anything was
       // dropped; each channel resumes from its own last id (not later).
       return this.lost('slow consumer', this.o.minDelay);
+    }
+    if (e.code === 4000) {
+      // An operator ended the connection (POST /api/admin/disconnect); the
+      // reason is JSON: come back after its retry (ms), else by the ladder.
+      let why = {};
+      try { why = JSON.parse(e.reason) ?? {}; } catch { /* not JSON */ }
+      return this.lost(`disconnected by operator${why.reason ? `: ${why.reason}` : ''}`, retryHint(e.reason));
     }
     // 1012: the server restarts; come back after its hint (a reason
     // {"retry":MS}, already spread by the server) or soon, jittered.

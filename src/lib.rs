@@ -6,7 +6,7 @@
 //!  clients ─► reactor 0..N-1 (one mio Poll + SO_REUSEPORT listener each: Slab<Conn>,
 //!             │   ▲            local topic index, timer wheel, bounded write queues)
 //!             │   │ Mailbox = bounded crossbeam channel + mio::Waker, one per reactor;
-//!             │   │ Msg::{Event, Retry, Reset, PublishReply}, connections named by ConnRef
+//!             │   │ Msg::{Event, Retry, Reset, PublishReply, Admin, ..}, connections named by ConnRef
 //!             │   │
 //!  publish ──►├─► Hub (Arc, one Mutex): ids, history, dedupe; encodes each event once
 //!  (embedded) │   └─► hands the same Arc<Event> to every reactor with subscribers (Outbox)
@@ -58,8 +58,8 @@
 //!   global byte cap), the Redis queues (`redis.queue` each) and pub/sub
 //!   backlog (64 MiB), the timer wheel (a few live entries per connection).
 //! - **Layers**: `proto` (bytes ↔ messages) and `hub` never import `mio`,
-//!   `std::net` or the clock; `event`, `mailbox`, `clock` are leaves below
-//!   the hub; `bridge` and `hub` import nothing from `reactor`; `state`
+//!   `std::net` or the clock; `event`, `mailbox`, `admin` (what operators
+//!   ask reactors, as data), `clock` are leaves below the hub; `bridge` and `hub` import nothing from `reactor`; `state`
 //!   imports nothing from `bridge`; files of `reactor/` share only
 //!   `reactor/mod.rs`.
 //!
@@ -72,6 +72,7 @@
 //! subscription tokens), `metrics`/`diag` report.
 
 pub mod activation;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod bridge;

@@ -5,7 +5,7 @@
 //! The bridge threads (`bridge/`) hold the same handle; nothing here
 //! blocks: a full queue or a link that is down refuses at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -183,6 +183,9 @@ pub struct MarketLink {
     pub fds: AtomicU64,
     /// The feed is the built-in simulator.
     pub simulated: AtomicBool,
+    /// The built-in simulator's port once it serves the feed; 0: none
+    /// (`/debug/fds` counts sockets on it as the market's).
+    pub sim_port: AtomicU16,
     /// The circuit breaker is open: subscribers were told the upstream is
     /// unavailable.
     pub breaker_open: AtomicBool,

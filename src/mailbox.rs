@@ -17,6 +17,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::{Poll, Token, Waker};
 
+use crate::admin::{Answer, Ask};
 use crate::event::Event;
 
 /// Capacity of a reactor's inbox; a full inbox drops (and counts) events.
@@ -97,6 +98,11 @@ pub enum Msg {
     PublishReply { conn: ConnRef, reply: PublishReply },
     /// The job engine's answer to a request the connection made.
     Job { conn: ConnRef, reply: JobReply },
+    /// An operator's request to every reactor (the admin API): end the
+    /// matching connections, or report the top ones; answer `reply`.
+    Admin { ask: Arc<Ask>, reply: ConnRef },
+    /// One reactor's answer to `Admin`, for the request `conn` holds.
+    AdminAnswer { conn: ConnRef, answer: Answer },
 }
 
 /// Where the hub hands events for one reactor thread. Must not block;

@@ -56,6 +56,8 @@ pub struct WorkerStats {
     /// `trades:*` events that replaced an older one in a full queue.
     pub conflated: AtomicU64,
     pub slow_disconnects: AtomicU64,
+    /// Streams an operator ended (`POST /api/admin/disconnect`).
+    pub admin_disconnects: AtomicU64,
     pub peer_resets: AtomicU64,
     pub accept_errors: AtomicU64,
     /// Connections closed because their queued bytes made no write
@@ -144,6 +146,7 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_events_conflated_total", "counter", "trades:* events that took the place of an older one of their symbol in a full queue.", "", |s| &s.conflated),
     ("redix_slow_disconnects_total", "counter", "Connections closed as slow consumers.", "", |s| &s.slow_disconnects),
     ("redix_token_expiries_total", "counter", "Streams and WebSockets ended because their subscription token expired.", "", |s| &s.token_expiries),
+    ("redix_admin_disconnects_total", "counter", "Streams an operator ended (POST /api/admin/disconnect).", "", |s| &s.admin_disconnects),
     ("redix_peer_resets_total", "counter", "Connections the peer reset or broke.", "", |s| &s.peer_resets),
     ("redix_ws_protocol_errors_total", "counter", "WebSocket connections closed for a protocol violation.", "", |s| &s.ws_protocol_errors),
     ("redix_ws_command_errors_total", "counter", "WebSocket JSON commands answered with an error.", "", |s| &s.ws_command_errors),

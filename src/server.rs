@@ -342,6 +342,7 @@ pub fn run(
     let (jobs, job_requests) = Jobs::new();
     jobs.set_in_flight_cap(config.limits.jobs_in_flight);
     let shared = Shared::new(config, hub, clock, sizing, redis, Arc::new(jobs));
+    let _ = shared.mailboxes.set(mailboxes.clone().into_boxed_slice());
     // Before the fd baseline: the signal pipe is an fd of its own.
     let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     let threads = spawn_reactors(&shared, io, listeners)?;

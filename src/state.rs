@@ -7,7 +7,7 @@
 //! imports nothing from `bridge/` or `reactor/`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::auth::Keys;
 use crate::clock::Clock;
@@ -18,6 +18,7 @@ use crate::hub::Hub;
 use crate::jobs::Jobs;
 use crate::limits::{ClientKey, IpLimiter, RateLimiter};
 use crate::link::{MarketLink, Redis};
+use crate::mailbox::Mailbox;
 use crate::metrics::WorkerStats;
 use crate::tokens::{Policy, SubjectLimiter};
 
@@ -36,6 +37,9 @@ pub struct Shared {
     pub market: Option<Arc<MarketLink>>,
     /// The job engine's queue, breaker and counters.
     pub jobs: Arc<Jobs>,
+    /// Every reactor's mailbox, by reactor id: an admin request asks all
+    /// of them. Set once by `server::run` before the reactors start.
+    pub mailboxes: OnceLock<Box<[Arc<Mailbox>]>>,
 }
 
 /// API keys, who may subscribe and per-client limits; SIGHUP replaces
@@ -123,6 +127,9 @@ pub struct FdBook {
     /// Fds that are neither connections nor listeners, counted once every
     /// reactor is up and before the first accept.
     pub internal_fds: AtomicU64,
+    /// The fds open at that moment, with their targets: `/debug/fds`
+    /// counts one still open with the same target as internal.
+    pub baseline: OnceLock<Box<[diag::Fd]>>,
     /// The connection cap was reached and the open connections have not
     /// yet come down to 90 % of it: no reactor accepts.
     pub capped: AtomicBool,
@@ -138,9 +145,10 @@ impl FdBook {
 
     /// Records the fd baseline: whatever is open now that is not a listener.
     pub fn record_baseline(&self) {
-        let open = diag::open_fd_count();
-        let internal = open.saturating_sub(self.listeners as u64);
+        let fds = diag::list_fds();
+        let internal = (fds.len() as u64).saturating_sub(self.listeners as u64);
         self.internal_fds.store(internal, Ordering::Relaxed);
+        let _ = self.baseline.set(fds.into_boxed_slice());
     }
 
     /// Samples the process's open fds (see `open_fds`).
@@ -191,6 +199,7 @@ impl Shared {
                 fd_limit: sizing.fd_limit,
                 listeners: sizing.reactors,
                 internal_fds: AtomicU64::new(0),
+                baseline: OnceLock::new(),
                 open_fds: AtomicU64::new(0),
                 capped: AtomicBool::new(false),
             },
@@ -204,6 +213,7 @@ impl Shared {
             redis,
             market,
             jobs,
+            mailboxes: OnceLock::new(),
         })
     }
 
@@ -247,6 +257,49 @@ impl Shared {
 
     pub fn is_shutting_down(&self) -> bool {
         self.health.is_shutting_down()
+    }
+
+    /// The mailbox of reactor `id` (none before the reactors exist).
+    pub fn mailbox(&self, id: usize) -> Option<&Arc<Mailbox>> {
+        self.mailboxes.get().and_then(|m| m.get(id))
+    }
+
+    /// How many reactors there are.
+    pub fn reactor_count(&self) -> usize {
+        self.stats.len()
+    }
+
+    /// The ports that mark the Redis and market threads' sockets (see
+    /// `diag::Peers`).
+    pub fn fd_peers(&self) -> diag::Peers {
+        let redis_port = match &self.redis {
+            Some(r) => diag::url_port(&r.config.url, 6379),
+            None => None,
+        };
+        let market = &self.config.market;
+        let default = match market.url.starts_with("wss:") {
+            true => 443,
+            false => 80,
+        };
+        let mut market_ports: Vec<u16> = match market.url.is_empty() {
+            true => Vec::new(),
+            false => diag::url_port(&market.url, default).into_iter().collect(),
+        };
+        if let Some(link) = &self.market {
+            let sim = link.sim_port.load(Ordering::Relaxed);
+            market_ports.extend((sim != 0).then_some(sim));
+        }
+        diag::Peers {
+            redis_port,
+            market_ports,
+        }
+    }
+
+    /// The `/debug/fds` report: O(open fds) reads of `/proc`, so it is
+    /// taken off the reactors.
+    pub fn fd_report(&self) -> serde_json::Value {
+        let baseline = self.fds.baseline.get().map_or(&[][..], |b| &b[..]);
+        diag::report(self.owned_fds(), baseline, &self.fd_peers())
     }
 
     pub fn owned_fds(&self) -> Owned {

@@ -166,7 +166,8 @@ fn a_new_subscriber_gets_the_latest_trade_at_once() {
 }
 
 /// With no `market.url`, `trades:*` comes from the built-in simulator,
-/// started when the first subscriber comes; its sockets are on the books;
+/// started when the first subscriber comes; its sockets are on the books
+/// (and in the `/debug/fds` census, as the market's);
 /// trades channels cannot be published to while a feed runs.
 #[test]
 fn with_no_upstream_configured_the_built_in_simulator_serves_trades() {
@@ -183,6 +184,17 @@ fn with_no_upstream_configured_the_built_in_simulator_serves_trades() {
     assert_eq!(metric(server.addr, "redix_market_up"), 1.0);
     let fds = fds_accounted(&server);
     assert!(fds["owned"]["market"].as_u64() >= Some(3), "{fds}");
+    // The census puts them with the market, by the simulator's port: its
+    // listener, and both ends of the feed.
+    let mut census = serde_json::Value::Null;
+    wait_until("the simulator's sockets in the census", || {
+        let (_, body) = get(server.addr, "/debug/fds");
+        census = serde_json::from_str(&body).expect("json");
+        census["unowned_total"] == 0 && census["fds_by_owner"]["market"].as_u64() >= Some(3)
+    });
+    let market = &census["tcp_by_owner"]["market"];
+    assert_eq!(market["LISTEN"], 1, "{census}");
+    assert!(market["ESTABLISHED"].as_u64() >= Some(2), "{census}");
     let (status, body) = try_publish(server.addr, r#"{"channel":"trades:AAPL","data":1}"#);
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "market_channel");

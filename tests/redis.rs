@@ -68,6 +68,17 @@ fn an_event_published_on_one_node_reaches_the_other_in_order_once() {
     assert_eq!(b.metric("redix_redis_channels_subscribed"), 1.0);
     let fds = fds_accounted(&b);
     assert_eq!(fds["owned"]["redis"], 2, "{fds}");
+    // The census finds them by Redis's port; nothing is left unowned.
+    let mut census = serde_json::Value::Null;
+    wait_until("the census to place every fd", || {
+        let (_, body) = get(b.addr, "/debug/fds");
+        census = serde_json::from_str(&body).expect("json");
+        census["unowned_total"] == 0
+    });
+    assert!(
+        census["fds_by_owner"]["redis"].as_u64() >= Some(2),
+        "{census}"
+    );
 }
 
 #[test]

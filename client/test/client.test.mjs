@@ -176,6 +176,22 @@ test('server hints: 1012 comes back after the restart delay with jitter, 4008 at
   c.close();
 });
 
+test('an operator disconnect (4000) comes back after its retry, else by the ladder', () => {
+  const clock = new FakeClock(() => 0.5);
+  const c = wsClient(clock);
+  last().open();
+  last().message({ type: 'message', channel: 'a', id: '5', data: {} });
+  last().serverClose(4000, JSON.stringify({ reason: 'maintenance', retry: 8000, lastEventId: '5' }));
+  assert.equal(nextDelay(clock), 8000, 'the hint replaces the ladder step');
+  assert.equal(c.health.lastError, 'disconnected by operator: maintenance');
+  clock.advance(8000);
+  last().open();
+  assert.deepEqual(last().sent[0], { type: 'subscribe', channel: 'a', since: '5' }, 'resumes');
+  last().serverClose(4000, 'not json');
+  assert.equal(nextDelay(clock), DEFAULTS.ladder[1], 'no hint: the next ladder step');
+  c.close();
+});
+
 test('SSE: Retry-After and event: reconnect set the next delay; the cursor resumes', async () => {
   const clock = new FakeClock(() => 0.5);
   const calls = [];

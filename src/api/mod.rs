@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub mod admin;
 pub mod answers;
 mod assets;
 pub mod jobs;
@@ -46,6 +47,8 @@ pub enum Action {
     Publish { publish: Publish, keep_alive: bool },
     /// Ask the job engine; answer (or stream) when it replies.
     Job(jobs::JobStart),
+    /// Ask every reactor (the admin API); answer when they replied.
+    Admin(admin::AdminStart),
 }
 
 #[derive(Debug)]
@@ -104,7 +107,16 @@ pub fn handle(head: &Head, body: &[u8], ctx: &Ctx<'_>) -> Action {
             .map(|_| ops::wedge(head)),
         "/debug/fds" => only(head, Method::Get)
             .and_then(|_| authorize(head, ctx, Scope::Admin))
-            .map(|_| ops::fds(head, ctx)),
+            .map(|_| ops::fds(head)),
+        "/api/admin/disconnect" => only(head, Method::Post)
+            .and_then(|_| authorize(head, ctx, Scope::Admin))
+            .and_then(|_| admin::disconnect(head, body, ctx)),
+        "/debug/connections" => only(head, Method::Get)
+            .and_then(|_| authorize(head, ctx, Scope::Admin))
+            .and_then(|_| admin::connections(head)),
+        "/debug/leak-fd" if ctx.shared.config.debug.test_hooks => only(head, Method::Post)
+            .and_then(|_| authorize(head, ctx, Scope::Admin))
+            .and_then(|_| ops::leak_fd(head)),
         path => match assets::asset(path) {
             Some((kind, body)) => only(head, Method::Get).map(|_| assets::serve(head, kind, body)),
             None => Err(Reject::new(

@@ -1,13 +1,22 @@
-//! The operator's endpoints: `/readyz`, `/metrics/prom` and `/debug/fds`.
+//! The operator's endpoints: `/readyz`, `/metrics/prom` and `/debug/fds`
+//! (and its test hook, `POST /debug/leak-fd`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
+use super::admin::AdminStart;
 use super::answers::{json_ok, unavailable, Reject};
 use super::{Action, Ctx};
+use crate::admin::Ask;
+use crate::diag;
 use crate::health::STUCK_AFTER_MS;
 use crate::metrics::{self, JobFigures, MarketFigures, ProcessFigures, RedisFigures};
 use crate::proto::http::{self, query_param, Head};
 use crate::state::Shared;
+
+/// Fds the test hook may leak in one process's life.
+const MAX_TEST_LEAKS: usize = 8;
+static LEAKED: AtomicUsize = AtomicUsize::new(0);
 
 /// Readiness: not draining, every reactor turning, and in Redis mode a
 /// canary that came back through Redis pub/sub within the window.
@@ -47,12 +56,29 @@ pub fn metrics(head: &Head, ctx: &Ctx<'_>) -> Action {
     }
 }
 
-/// `/debug/fds`.
-pub fn fds(head: &Head, ctx: &Ctx<'_>) -> Action {
-    json_ok(
-        head,
-        crate::diag::report(ctx.shared.owned_fds()).to_string(),
-    )
+/// `/debug/fds`: the census runs off the reactors (see `Ask::Fds`); the
+/// request waits for it.
+pub fn fds(head: &Head) -> Action {
+    Action::Admin(AdminStart {
+        ask: Arc::new(Ask::Fds),
+        only: None,
+        keep_alive: head.keep_alive,
+    })
+}
+
+/// `POST /debug/leak-fd`, the test hook (served only with
+/// `debug.test_hooks`, which only a debug build accepts): leaks one
+/// socket nothing owns, at most [`MAX_TEST_LEAKS`] in a process's life.
+pub fn leak_fd(head: &Head) -> Result<Action, Reject> {
+    if LEAKED.fetch_add(1, Ordering::Relaxed) >= MAX_TEST_LEAKS {
+        let why = format!("the test hook leaks at most {MAX_TEST_LEAKS} fds");
+        return Err(Reject::new(429, "leak_limit", why));
+    }
+    let (fd, inode, addr) = diag::leak_test_socket()
+        .map_err(|e| unavailable("leak_failed", format!("test socket: {e}")))?;
+    log::warn!("test hook: leaked fd {fd} (a TCP listener on {addr}) on purpose");
+    let body = serde_json::json!({"fd": fd, "inode": inode, "local": addr.to_string()});
+    Ok(json_ok(head, body.to_string()))
 }
 
 /// The exposition text: per-reactor counters summed, process figures, and

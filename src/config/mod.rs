@@ -345,6 +345,10 @@ pub struct DebugConfig {
     /// reactor that handles it for N ms (at most 60 s): a test hook for
     /// the watchdog. Never enable it in production.
     pub wedge: bool,
+    /// Serve the test hooks (`POST /debug/leak-fd`, which opens a socket
+    /// nothing owns, for the `/debug/fds` test). Debug builds only: a
+    /// release build refuses to start with it.
+    pub test_hooks: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

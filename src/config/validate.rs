@@ -35,8 +35,20 @@ impl Config {
             )));
         }
         self.check_keys()?;
+        self.check_test_hooks()?;
         self.check_relations()?;
         self.check_redis()
+    }
+
+    /// Test hooks leak resources on purpose: a production (release)
+    /// build must not serve them, whatever its configuration says.
+    fn check_test_hooks(&self) -> Result<(), ConfigError> {
+        if self.debug.test_hooks && !cfg!(debug_assertions) {
+            return Err(invalid(
+                "debug.test_hooks: test hooks exist in debug builds only".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Every numeric key with its bounds.

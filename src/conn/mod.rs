@@ -54,8 +54,13 @@ pub struct Delivery {
     pub last_written: Option<u64>,
     /// Last event queued before the first drop: a resume point with no gap.
     pub before_gap: Option<u64>,
-    /// Data events dropped because the queue was full.
+    /// Data events dropped because the queue was full: slow-consumer
+    /// warnings, of which `queue.slow_warnings` end the connection.
     pub warnings: u32,
+    /// Data events this client lost to a full queue: the warnings, and
+    /// `trades:*` events conflated away (replaced or refused), which
+    /// never warn (for `/debug/connections`).
+    pub drops: u64,
     /// The highest `Sub::live_from`: events above it are always wanted.
     pub live_from_max: u64,
 }
@@ -230,6 +235,11 @@ pub struct Conn {
     /// A per-IP slot this connection must give back.
     pub ip_slot: Option<(SlotKind, IpKey)>,
     pub opened_ms: u64,
+    /// When a write last moved bytes (reactor clock); 0: never.
+    pub last_write_ms: u64,
+    /// When a request byte last arrived (reactor clock); 0: never.
+    /// WebSocket reads are in `Ws::last_seen_ms`.
+    pub last_read_ms: u64,
 }
 
 /// What queueing one data event did.
@@ -279,7 +289,19 @@ impl ConnState {
         }
     }
 
-    fn delivery(&self) -> Option<&Delivery> {
+    /// The subject of a stream's subscription token.
+    /// The `sub` of the subscription token the stream holds (token mode);
+    /// an operator may disconnect by it.
+    pub fn subject(&self) -> Option<&Arc<str>> {
+        match self {
+            ConnState::Sse(sse) => sse.token.as_ref().map(|t| &t.grant.sub),
+            ConnState::Ws(ws) => ws.token.as_ref().map(|t| &t.grant.sub),
+            ConnState::Request(_) | ConnState::Closing { .. } => None,
+        }
+    }
+
+    /// Delivery bookkeeping, for states that receive events.
+    pub fn delivery(&self) -> Option<&Delivery> {
         match self {
             ConnState::Sse(sse) => Some(&sse.delivery),
             ConnState::Ws(ws) => Some(&ws.delivery),
@@ -337,6 +359,8 @@ impl Conn {
             stalled_since_ms: 0,
             ip_slot: None,
             opened_ms: now_ms,
+            last_write_ms: 0,
+            last_read_ms: 0,
         }
     }
 
@@ -359,6 +383,7 @@ impl Conn {
             d.before_gap = Some(d.last_queued.unwrap_or(id.saturating_sub(1)));
         }
         d.warnings += 1;
+        d.drops += 1;
         match d.warnings >= max_warnings {
             true => Enqueued::TooSlow,
             false => Enqueued::Dropped,
@@ -386,9 +411,13 @@ impl Conn {
             }
             Pushed::Replaced => {
                 d.last_queued = Some(id);
+                d.drops += 1;
                 Enqueued::Conflated
             }
-            Pushed::Full => Enqueued::Dropped,
+            Pushed::Full => {
+                d.drops += 1;
+                Enqueued::Dropped
+            }
         }
     }
 

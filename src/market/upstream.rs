@@ -209,6 +209,9 @@ impl Upstream {
                 );
                 self.config.url = format!("ws://{}", sim.addr());
                 self.link.simulated.store(true, Ordering::Relaxed);
+                self.link
+                    .sim_port
+                    .store(sim.addr().port(), Ordering::Relaxed);
                 Some(sim)
             }
             Err(e) => {

@@ -87,6 +87,25 @@ pub fn reconnect(retry_ms: u64) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The last event of a stream an operator ended (`POST
+/// /api/admin/disconnect`): `retry:` when the operator gave a reconnect
+/// hint, `id:` the resume point (EventSource sends it back as
+/// `Last-Event-ID`), then `event: reconnect` with the reason.
+pub fn operator_reconnect(retry_ms: Option<u64>, last_id: Option<&str>, message: &str) -> Vec<u8> {
+    let mut s = String::with_capacity(128 + message.len());
+    if let Some(ms) = retry_ms {
+        let _ = writeln!(s, "retry: {ms}");
+    }
+    if let Some(id) = last_id {
+        let _ = writeln!(s, "id: {id}");
+    }
+    let data = serde_json::json!({
+        "reason": "operator", "message": message, "retry": retry_ms, "lastEventId": last_id,
+    });
+    let _ = write!(s, "event: reconnect\ndata: {data}\n\n");
+    s.into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +144,20 @@ mod tests {
             "id: 7\nevent: token_expired\ndata: {\"reason\":\"token_expired\",\"lastEventId\":\"7\"}\n\n"
         );
         assert!(text(token_expired(None)).ends_with("\"lastEventId\":null}\n\n"));
+    }
+
+    #[test]
+    fn an_operator_reconnect_carries_the_hint_and_the_resume_point() {
+        assert_eq!(
+            text(operator_reconnect(Some(500), Some("9"), "rebalance")),
+            "retry: 500\nid: 9\nevent: reconnect\ndata: {\"reason\":\"operator\",\"message\":\"rebalance\",\"retry\":500,\"lastEventId\":\"9\"}\n\n"
+        );
+        let bare = text(operator_reconnect(None, None, "a\nb"));
+        assert!(bare.starts_with("event: reconnect\ndata: {"), "{bare}");
+        assert_eq!(
+            bare.matches('\n').count(),
+            3,
+            "the message stays on the data line"
+        );
     }
 }

@@ -202,6 +202,9 @@ impl Worker {
         let done = conn.flush(FLUSH_BUDGET);
         // The write deadline counts from the last write that moved bytes
         // and then blocked; a write that does not block ends the stall.
+        if done.bytes > 0 {
+            conn.last_write_ms = now.max(1);
+        }
         let stalled = done.status == IoStatus::WouldBlock;
         match stalled {
             true if done.bytes > 0 || conn.stalled_since_ms == 0 => {

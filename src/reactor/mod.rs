@@ -21,11 +21,13 @@
 //! replay → index, for SSE and WebSocket alike), `websocket` (frames and
 //! the JSON protocol), `tokens` (a stream's subscription token: its
 //! expiry, the channels it allows, a WebSocket's refresh), `parked`
-//! (requests waiting for Redis), `deliver` (fan-out and flush), `batch`,
-//! `timeouts`, `close`. Only this file is
+//! (requests waiting for Redis), `admin` (operator requests answered by
+//! every reactor), `deliver` (fan-out and flush), `batch`, `timeouts`,
+//! `close`. Only this file is
 //! shared among them; they never import each other.
 
 mod accept;
+mod admin;
 mod batch;
 mod close;
 mod deliver;
@@ -115,6 +117,8 @@ pub struct Worker {
     rng: u64,
     /// Requests waiting for Redis (a publish, channels loading), by key.
     parked: HashMap<usize, Parked>,
+    /// Of those, admin requests waiting for the reactors' answers.
+    admin_waits: usize,
 }
 
 /// A request waiting for Redis; the connection reads no further requests
@@ -131,6 +135,8 @@ pub enum Waiting {
     Publish { channel: String, keep_alive: bool },
     /// A job request the job engine is answering.
     Job(jobs::JobWait),
+    /// An admin request the reactors are answering.
+    Admin(admin::AdminWait),
 }
 
 impl Worker {
@@ -178,6 +184,7 @@ impl Worker {
             limits,
             rng: seed | 1,
             parked: HashMap::new(),
+            admin_waits: 0,
         })
     }
 
@@ -309,6 +316,8 @@ impl Worker {
                     self.publish_answered(conn.key, conn.gen, reply)
                 }
                 Ok(Msg::Job { conn, reply }) => self.job_answered(conn, reply),
+                Ok(Msg::Admin { ask, reply }) => self.on_admin(&ask, reply),
+                Ok(Msg::AdminAnswer { conn, answer }) => self.admin_answered(conn, answer),
                 Err(_) => {
                     self.inbox_ready = false;
                     return;

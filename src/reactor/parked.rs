@@ -62,6 +62,7 @@ impl Worker {
                 self.shared.hub.cancel_wait(&start.channels, me);
             }
             Waiting::Job(wait) => super::jobs::release_job(self, wait),
+            Waiting::Admin(_) => self.admin_abandoned(),
             Waiting::Publish { .. } => {}
         }
     }
@@ -84,6 +85,7 @@ impl Worker {
         };
         match self.unpark(key, gen) {
             Some(Waiting::Job(wait)) => return self.job_timeout(key, wait, now),
+            Some(Waiting::Admin(wait)) => return self.admin_timeout(key, wait, now),
             Some(what) => self.abandon(key, Parked { gen, what }),
             None => {}
         }

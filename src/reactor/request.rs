@@ -49,6 +49,9 @@ impl Worker {
             let before = req.buf.len();
             let status = io::read_into(&mut conn.stream, &mut req.buf, cap.min(before + budget));
             budget -= req.buf.len() - before;
+            if req.buf.len() > before {
+                conn.last_read_ms = now.max(1);
+            }
             if before == 0 && !req.buf.is_empty() && req.served > 0 {
                 // A request began on an idle keep-alive connection: it has
                 // the header deadline from its first byte.
@@ -179,6 +182,10 @@ impl Worker {
             }
             Action::Job(start) => {
                 self.start_job(key, gen, start, now);
+                true
+            }
+            Action::Admin(start) => {
+                self.start_admin(key, gen, start, now);
                 true
             }
         }
