@@ -5,36 +5,26 @@
 
 mod common;
 
-use redix::market::sim::{self, Sim, SimConfig};
+use redix::market::sim::Sim;
 
 use common::*;
 
 const TOKEN: &str = "test-token";
 
 fn simulator(trades_per_sec: u32) -> Sim {
-    sim::start(SimConfig {
-        token: Some(TOKEN.into()),
-        trades_per_sec,
-        ping_ms: 200,
-        ..SimConfig::default()
-    })
-    .expect("start the simulator")
+    simulator_with_token(TOKEN, trades_per_sec)
 }
 
 /// redix fed by `sim`, with `extra` settings.
 fn redix_on(sim: &Sim, extra: &[&str]) -> Server {
-    let url = format!("market.url=\"ws://{}\"", sim.addr());
-    let token = format!("market.token=\"{TOKEN}\"");
-    let mut args = vec![
-        "--set",
-        &url,
-        "--set",
-        &token,
+    let market = market_args(&format!("ws://{}", sim.addr()), TOKEN);
+    let mut args: Vec<&str> = market.iter().map(String::as_str).collect();
+    args.extend_from_slice(&[
         "--set",
         "limits.ws_per_ip=1000",
         "--set",
         "limits.sse_per_ip=1000",
-    ];
+    ]);
     args.extend_from_slice(extra);
     let server = Server::start(&args);
     wait_until("the upstream", || {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Instant;
 
-use redix::market::sim::{self, Sim, SimConfig};
+use redix::market::sim::Sim;
 
 use common::*;
 
@@ -15,30 +15,15 @@ const TOKEN: &str = "cluster-token";
 const LEASE_MS: u64 = 1500;
 
 fn simulator() -> Sim {
-    sim::start(SimConfig {
-        token: Some(TOKEN.into()),
-        trades_per_sec: 20,
-        ping_ms: 200,
-        ..SimConfig::default()
-    })
-    .expect("start the simulator")
+    simulator_with_token(TOKEN, 20)
 }
 
 /// A Redis-mode node fed by `sim` through the cluster's lease.
 fn market_node(redis: &RedisServer, sim: &Sim, extra: &[&str]) -> Server {
-    let url = format!("market.url=\"ws://{}\"", sim.addr());
-    let token = format!("market.token=\"{TOKEN}\"");
+    let market = market_args(&format!("ws://{}", sim.addr()), TOKEN);
     let lease = format!("market.lease_ms={LEASE_MS}");
-    let mut args = vec![
-        "--set",
-        &url,
-        "--set",
-        &token,
-        "--set",
-        &lease,
-        "--set",
-        "market.backoff_max_ms=200",
-    ];
+    let mut args: Vec<&str> = market.iter().map(String::as_str).collect();
+    args.extend_from_slice(&["--set", &lease, "--set", "market.backoff_max_ms=200"]);
     args.extend_from_slice(extra);
     redis_node(redis, &args)
 }

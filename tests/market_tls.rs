@@ -17,7 +17,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use redix::market::sim::{self, Sim, SimConfig};
+use redix::market::sim::Sim;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
@@ -219,13 +219,7 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 fn simulator() -> Sim {
-    sim::start(SimConfig {
-        token: Some(TOKEN.into()),
-        trades_per_sec: 20,
-        ping_ms: 200,
-        ..SimConfig::default()
-    })
-    .expect("start the simulator")
+    simulator_with_token(TOKEN, 20)
 }
 
 /// redix fed by `url`, with `extra` settings; not waited on beyond its

@@ -8,47 +8,17 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 import { chromium } from 'playwright-core';
 
+import { DEADLINE_MS, freePort, killAll, procs, start, stop, waitFor } from './support.mjs';
+
 const BIN = resolve(process.env.REDIX_BIN ?? 'target/debug/redix');
 // In Redis mode jobs are run by workers: the example worker (cargo build --example worker).
 const WORKER = resolve(process.env.WORKER_BIN ?? 'target/debug/examples/worker');
 const OUT = resolve(process.env.E2E_OUT ?? 'target/e2e');
-const DEADLINE_MS = 20000;
-const procs = new Set();
-
-const freePort = () => new Promise((ok, fail) => {
-  const s = createServer();
-  s.once('error', fail);
-  s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => ok(port)); });
-});
-
-// Resolves when `pred` is true, polling; fails after the deadline.
-async function waitFor(what, pred, ms = DEADLINE_MS) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function start(cmd, args, ready) {
-  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  procs.add(p);
-  p.on('exit', () => procs.delete(p));
-  let out = '';
-  p.stdout.on('data', (d) => { out += d; });
-  p.stderr.on('data', (d) => { out += d; });
-  p.log = () => out;
-  return waitFor(`${cmd} to start`, () => ready(out) && p).then(() => p);
-}
-
 // In the page: collect `seq` events' numbers; resolves once subscribed.
 function subscribeSeq() {
   window.seq = [];
@@ -60,11 +30,6 @@ function subscribeSeq() {
   });
 }
 
-const stop = (p, sig = 'SIGTERM') => new Promise((r) => {
-  if (p.exitCode !== null || p.signalCode !== null) return r();
-  p.once('exit', r);
-  p.kill(sig);
-});
 
 let redisPort;
 let browser;
@@ -101,7 +66,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  for (const p of [...procs]) await stop(p, 'SIGKILL');
+  await killAll();
 });
 
 test('the page streams trades and an answer, and survives a restart of its node with no gap and no duplicate', async () => {

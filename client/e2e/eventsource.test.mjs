@@ -9,43 +9,22 @@
 // Needs npm's `eventsource` (.ci/test installs it).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 
 import { EventSource } from 'eventsource';
 
+import { DEADLINE_MS, killAll, start, waitFor } from './support.mjs';
+
 const BIN = resolve(process.env.REDIX_BIN ?? 'target/debug/redix');
-const DEADLINE_MS = 20000;
-const procs = new Set();
-
-// Resolves when `pred` is true, polling; fails after the deadline.
-async function waitFor(what, pred, ms = DEADLINE_MS) {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await pred();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 // redix on a port the kernel picks; resolves with its address once it
 // prints `redix listening on`.
 async function startRedix(args) {
-  const p = spawn(BIN, ['--listen', '127.0.0.1:0', '--workers', '2', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  procs.add(p);
-  p.on('exit', () => procs.delete(p));
-  let out = '';
-  p.stdout.on('data', (d) => { out += d; });
-  p.stderr.on('data', (d) => { out += d; });
-  p.log = () => out;
-  const addr = await waitFor('redix to start', () => /redix listening on (\S+)/.exec(out)?.[1]);
-  return { p, base: `http://${addr}` };
+  const listening = (out) => /redix listening on (\S+)/.exec(out)?.[1];
+  const p = await start(BIN, ['--listen', '127.0.0.1:0', '--workers', '2', ...args], listening);
+  return { p, base: `http://${listening(p.log())}` };
 }
 
-after(() => {
-  for (const p of procs) p.kill('SIGKILL');
-});
+after(killAll);
 
 const post = (url, body) => fetch(url, { method: 'POST', body: JSON.stringify(body) })
   .then(async (res) => ({ status: res.status, body: await res.json() }));
