@@ -126,20 +126,7 @@ fn an_ask_job_is_run_by_hand_with_redis_cli() {
     let mut c = SseClient::open(node.addr, "/api/ask?q=by%20hand", &[]);
     assert_eq!(c.status, 200, "{}", c.head);
     // The job is queued once the stream is open: take it as worker "cli".
-    let read = cli(
-        &redis,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "workers",
-            "cli",
-            "COUNT",
-            "1",
-            "STREAMS",
-            "redix:jobs:ask",
-            ">",
-        ],
-    );
+    let read = take_asks(&redis, "cli", 1);
     let (entry, job) = entry_of(&read).unwrap_or_else(|| panic!("a job: {read:?}"));
     assert!(read.contains(&"by hand".to_string()), "{read:?}");
     let mut ids = Vec::new();
@@ -385,20 +372,7 @@ fn a_job_that_goes_quiet_fails_worker_stalled() {
     let mut taken = SseClient::open(node.addr, "/api/ask?q=never%20started", &[]);
     assert_eq!(taken.status, 200, "{}", taken.head);
     // "cli" takes both, starts one with a token, then says nothing.
-    let read = cli(
-        &redis,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "workers",
-            "cli",
-            "COUNT",
-            "2",
-            "STREAMS",
-            "redix:jobs:ask",
-            ">",
-        ],
-    );
+    let read = take_asks(&redis, "cli", 2);
     let at = read
         .iter()
         .position(|l| l == "quiet")
@@ -435,20 +409,7 @@ fn a_job_delivered_too_often_fails_attempts_exhausted() {
     assert_eq!(c.status, 200, "{}", c.head);
     // Delivered to "one", then taken over by "two" once "one" is quiet for
     // the visibility window; "two" goes quiet too.
-    let read = cli(
-        &redis,
-        &[
-            "XREADGROUP",
-            "GROUP",
-            "workers",
-            "one",
-            "COUNT",
-            "1",
-            "STREAMS",
-            "redix:jobs:ask",
-            ">",
-        ],
-    );
+    let read = take_asks(&redis, "one", 1);
     let (entry, _) = entry_of(&read).unwrap_or_else(|| panic!("a job: {read:?}"));
     wait_until("worker two to take the job over", || {
         let claimed = cli(
@@ -497,4 +458,21 @@ fn with_redis_gone_job_requests_get_503_at_once() {
     );
     let c = SseClient::open(node.addr, "/api/ask?q=nothing", &[]);
     assert_eq!(c.status, 503, "{}", c.head);
+}
+
+/// `XREADGROUP` as a worker: up to `count` new ask jobs for `consumer`.
+fn take_asks(redis: &RedisServer, consumer: &str, count: u32) -> Vec<String> {
+    let count = count.to_string();
+    let args = [
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        consumer,
+        "COUNT",
+        &count,
+        "STREAMS",
+        "redix:jobs:ask",
+        ">",
+    ];
+    cli(redis, &args)
 }
