@@ -69,6 +69,9 @@ pub struct Flushed {
 }
 
 impl WriteQueue {
+    /// Bytes of one queued frame's slot in the ring.
+    pub const FRAME_SIZE: usize = std::mem::size_of::<Frame>();
+
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
