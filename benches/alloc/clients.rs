@@ -26,7 +26,12 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [Variant::Sse, Variant::SseGzip, Variant::Ws, Variant::WsDeflate];
+    pub const ALL: [Variant; 4] = [
+        Variant::Sse,
+        Variant::SseGzip,
+        Variant::Ws,
+        Variant::WsDeflate,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -62,16 +67,16 @@ impl Drainer {
 
 fn open(addr: SocketAddr, channel: &str, variant: Variant, i: usize) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect to redix");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     match variant {
         Variant::Sse | Variant::SseGzip => {
             let gzip = match variant {
                 Variant::SseGzip => "Accept-Encoding: gzip\r\n",
                 _ => "",
             };
-            let req = format!(
-                "GET /api/stream?channels={channel} HTTP/1.1\r\nHost: bench\r\n{gzip}\r\n"
-            );
+            let req =
+                format!("GET /api/stream?channels={channel} HTTP/1.1\r\nHost: bench\r\n{gzip}\r\n");
             s.write_all(req.as_bytes()).expect("send request");
             let head = read_head(&mut s);
             assert!(head.starts_with("HTTP/1.1 200"), "SSE refused: {head}");

@@ -70,7 +70,13 @@ fn main() {
     println!("redix in-process on {addr}, 1 reactor; allocations counted per thread");
     println!(
         "{:<14} {:<7} {:>5} {:>13} {:>13} {:>13} {:>13}",
-        "variant", "pattern", "subs", "publisher/pub", "reactor/pub", "reactor B/pub", "writes/deliv"
+        "variant",
+        "pattern",
+        "subs",
+        "publisher/pub",
+        "reactor/pub",
+        "reactor B/pub",
+        "writes/deliv"
     );
     let mut round = 0;
     for variant in Variant::ALL {
@@ -116,7 +122,9 @@ const PAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc
 
 fn written(shared: &Shared) -> u64 {
     let stats = shared.stats.iter();
-    stats.map(|s| s.events_written.load(Ordering::Relaxed)).sum()
+    stats
+        .map(|s| s.events_written.load(Ordering::Relaxed))
+        .sum()
 }
 
 fn write_calls(shared: &Shared) -> u64 {
@@ -128,7 +136,10 @@ fn write_calls(shared: &Shared) -> u64 {
 fn wait_written(shared: &Shared, target: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while written(shared) < target {
-        assert!(Instant::now() < deadline, "deliveries stalled below {target}");
+        assert!(
+            Instant::now() < deadline,
+            "deliveries stalled below {target}"
+        );
         std::thread::sleep(Duration::from_micros(50));
     }
 }
@@ -137,7 +148,10 @@ fn wait_written(shared: &Shared, target: u64) {
 /// next) and counts what every thread allocated meanwhile.
 fn measure(shared: &Arc<Shared>, channel: &str, events: usize, subs: usize, paced: bool) -> Window {
     let (start_written, start_calls) = (written(shared), write_calls(shared));
-    let before = (counting::snapshot(Role::Server), counting::snapshot(Role::Publisher));
+    let before = (
+        counting::snapshot(Role::Server),
+        counting::snapshot(Role::Publisher),
+    );
     let mut data = String::with_capacity(128);
     for i in 0..events {
         data.clear();

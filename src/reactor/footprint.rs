@@ -32,7 +32,10 @@ mod tests {
             ("  Reassembler", size_of::<Reassembler>()),
             ("Sub (one per channel, boxed slice)", size_of::<Sub>()),
             ("timer Entry (per live timer)", size_of::<Entry>()),
-            ("queue frame slot (VecDeque element)", WriteQueue::FRAME_SIZE),
+            (
+                "queue frame slot (VecDeque element)",
+                WriteQueue::FRAME_SIZE,
+            ),
         ]
     }
 
