@@ -197,7 +197,7 @@ fn print_row(variant: Variant, paced: bool, subs: usize, w: &Window) {
 fn print_slopes(variant: Variant, rows: &[(bool, usize, Window)]) {
     for paced in [true, false] {
         let mut of = rows.iter().filter(|r| r.0 == paced);
-        let (Some(first), Some(last)) = (of.next(), of.last()) else {
+        let (Some(first), Some(last)) = (of.next(), of.next_back()) else {
             continue;
         };
         let per_pub = |w: &Window| w.server.allocs as f64 / w.publishes as f64;

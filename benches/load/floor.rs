@@ -76,7 +76,7 @@ fn run_floor(bin: &Path, conns: usize, rounds: u64, rate: f64, size: usize) -> R
 
 /// Runs the floor for a fanout result and prints the ratios.
 pub fn after_fanout(a: &Args, r: &FanoutResult) {
-    let rounds = (r.rate * a.duration).min(MAX_ROUNDS).max(1.0) as u64;
+    let rounds = (r.rate * a.duration).clamp(1.0, MAX_ROUNDS) as u64;
     let conns = r.ready.max(1);
     let figures = floor_bin(&a.floor_src).and_then(|bin| {
         let paced = run_floor(&bin, conns, rounds, r.rate, a.floor_size)?;
