@@ -292,14 +292,40 @@ fn start_jobs(
     })
 }
 
-/// Runs redix until a signal has drained it. Errors are start-up failures.
-///
-/// `reload` builds the configuration again (file, environment, command
-/// line); SIGHUP applies its API keys and per-IP limits.
-pub fn run(
-    config: Config,
-    reload: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
-) -> Result<(), String> {
+/// A redix started in this process: its reactors, bridges and job engine
+/// run; signals, the systemd watchdog and the fd sampler are `run`'s.
+/// For benchmarks that drive the real path in-process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    mailboxes: Vec<Arc<Mailbox>>,
+}
+
+impl Running {
+    /// Begins the drain: every reactor ends its connections and stops.
+    pub fn stop(&self) {
+        self.stopper()();
+    }
+
+    /// What begins the drain, for another thread.
+    fn stopper(&self) -> impl Fn() + Clone + Send + 'static {
+        let (shared, mailboxes) = (self.shared.clone(), self.mailboxes.clone());
+        move || {
+            shared.health.begin_shutdown();
+            mailboxes.iter().for_each(|w| w.wake());
+        }
+    }
+
+    /// Waits for every reactor (after `stop`, or a signal).
+    pub fn join(self) -> Result<(), String> {
+        let stop = self.stopper();
+        join_reactors(self.threads, stop)
+    }
+}
+
+/// Starts the reactors, the bridges and the job engine; returns once they run.
+pub fn start(config: Config) -> Result<Running, String> {
     let (soft, hard) = raise_nofile_limit().map_err(|e| format!("RLIMIT_NOFILE: {e}"))?;
     if soft < LOW_FD_LIMIT {
         log::warn!("open-file limit is {soft} (hard {hard}): redix can hold few connections; raise LimitNOFILE");
@@ -343,31 +369,42 @@ pub fn run(
     jobs.set_in_flight_cap(config.limits.jobs_in_flight);
     let shared = Shared::new(config, hub, clock, sizing, redis, Arc::new(jobs));
     let _ = shared.mailboxes.set(mailboxes.clone().into_boxed_slice());
-    // Before the fd baseline: the signal pipe is an fd of its own.
-    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
     let threads = spawn_reactors(&shared, io, listeners)?;
     shared.fds.record_baseline();
     shared.fds.sample();
     start_bridges(&shared, queues, &mailboxes)?;
     start_jobs(&shared, job_requests, &mailboxes)?;
-    let stop = {
-        let shared = shared.clone();
-        move || {
-            shared.health.begin_shutdown();
-            mailboxes.iter().for_each(|w| w.wake());
-        }
-    };
-    spawn_signal_thread(signals, &shared, stop.clone(), reload)?;
     log::info!(
         "{workers} reactors, connection cap {max_conns} (RLIMIT_NOFILE {soft}/{hard}), fd baseline {}",
         shared.fds.internal_fds.load(Ordering::Relaxed)
     );
+    Ok(Running {
+        addr,
+        shared,
+        threads,
+        mailboxes,
+    })
+}
+
+/// Runs redix until a signal has drained it. Errors are start-up failures.
+///
+/// `reload` builds the configuration again (file, environment, command
+/// line); SIGHUP applies its API keys and per-IP limits.
+pub fn run(
+    config: Config,
+    reload: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
+) -> Result<(), String> {
+    // Before the fd baseline (taken in `start`): the signal pipe is an fd of its own.
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signals: {e}"))?;
+    let running = start(config)?;
+    let shared = running.shared.clone();
+    spawn_signal_thread(signals, &shared, running.stopper(), reload)?;
     start_watchdog(&shared)?;
     start_sampler(&shared)?;
-    println!("redix listening on {addr}");
+    println!("redix listening on {}", running.addr);
     let _ = std::io::stdout().flush();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    join_reactors(threads, stop)
+    running.join()
 }
 
 /// Waits for every reactor; a panicked one shuts the others down.

@@ -257,6 +257,17 @@ pub struct Args {
     /// the attack stops (and the run fails) when the server's VmRSS passes this many MiB
     #[arg(long, default_value_t = 1024)]
     pub attacker_rss_cap_mib: u64,
+    /// fanout: after each rate, run the machine's write floor (`--floor-src`, built with gcc)
+    /// with as many sockets, paced at the same rate and back to back, and give CPU per
+    /// delivery as a ratio to it (see BENCHMARKS.md, "The write floor")
+    #[arg(long)]
+    pub floor: bool,
+    /// the floor's C source
+    #[arg(long, default_value = "../shared/tools/floor/floor.c")]
+    pub floor_src: std::path::PathBuf,
+    /// bytes of one floor write (redix's SSE event of a 100-byte payload is about this size)
+    #[arg(long, default_value_t = 180)]
+    pub floor_size: usize,
     /// passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     pub bench: bool,

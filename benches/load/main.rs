@@ -59,6 +59,7 @@ mod conn;
 mod deployment;
 mod event;
 mod fanout;
+mod floor;
 mod hist;
 mod idle;
 mod market;
@@ -328,6 +329,9 @@ fn run_round(
             Ok(r) => {
                 print_fanout(base, transport, &r);
                 emit_json(&fanout_json(kind, mode, transport, &r), a);
+                if a.floor {
+                    floor::after_fanout(a, &r);
+                }
                 if let Some((at, kib)) = r.attack.as_ref().and_then(|f| f.guard) {
                     tr.errors.push(format!(
                         "fanout {}×{}/s: attack stopped at {at:.1} s, server RSS {kib} KiB passed --attacker-rss-cap-mib {}",

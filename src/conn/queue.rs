@@ -69,6 +69,9 @@ pub struct Flushed {
 }
 
 impl WriteQueue {
+    /// Bytes of one queued frame's slot in the ring.
+    pub const FRAME_SIZE: usize = std::mem::size_of::<Frame>();
+
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
@@ -88,6 +91,20 @@ impl WriteQueue {
             .front()
             .filter(|_| self.offset > 0)
             .and_then(|f| f.data_id)
+    }
+
+    /// Slots the ring holds (allocated, used or not).
+    pub fn capacity(&self) -> usize {
+        self.frames.capacity()
+    }
+
+    /// Gives the ring's memory back when the queue is empty (an idle
+    /// connection then holds no queue memory at all); the next frame
+    /// allocates it again.
+    pub fn release(&mut self) {
+        if self.frames.is_empty() && self.frames.capacity() > 0 {
+            self.frames = VecDeque::new();
+        }
     }
 
     /// Queues a data frame unless a cap is reached; false means dropped.
@@ -224,10 +241,6 @@ impl WriteQueue {
             }
         }
         done.status = IoStatus::Progress(done.bytes);
-        if self.frames.capacity() > 64 {
-            // A burst grew the ring; give the memory back while idle.
-            self.frames.shrink_to(8);
-        }
         done
     }
 

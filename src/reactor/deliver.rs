@@ -29,6 +29,13 @@ pub(super) fn ends_with_job(state: &ConnState) -> bool {
 /// burst to one client does not hold up every other connection.
 const FLUSH_BUDGET: usize = 256 * 1024;
 
+/// A connection whose queue drains empty after no write for this long
+/// (or ever), or after a flush of control frames only (a response, an
+/// acknowledgement, a ping), gives its queue's memory back: idle
+/// connections hold none, while one that data events reach more often
+/// keeps its ring, so steady delivery allocates nothing.
+const RELEASE_AFTER_MS: u64 = 1_000;
+
 impl Worker {
     /// Queues one event on every local subscriber of its channel.
     pub(super) fn deliver(&mut self, ev: &Arc<Event>) {
@@ -199,7 +206,12 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        let last = conn.last_write_ms;
+        let cold = last == 0 || now.saturating_sub(last) >= RELEASE_AFTER_MS;
         let done = conn.flush(FLUSH_BUDGET);
+        if cold || done.events == 0 {
+            conn.queue.release();
+        }
         // The write deadline counts from the last write that moved bytes
         // and then blocked; a write that does not block ends the stall.
         if done.bytes > 0 {

@@ -32,6 +32,7 @@ mod batch;
 mod close;
 mod deliver;
 mod drain;
+mod footprint;
 mod jobs;
 mod parked;
 mod request;

@@ -317,6 +317,9 @@ impl Worker {
         self.push_control(key, subscribed_frame(&channel));
         if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
             let live_from = snap.live_from.first().copied().unwrap_or(0);
+            // Exactly one more slot: most clients hold one or two channels,
+            // and a first push would reserve four (96 B) for good.
+            ws.channels.reserve_exact(1);
             ws.channels.push(Sub {
                 channel: ch.clone(),
                 live_from,
