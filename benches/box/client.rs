@@ -69,6 +69,19 @@ pub fn open(src: Ipv4Addr, to: SocketAddr, rcvbuf: usize) -> std::io::Result<Tcp
     if rcvbuf > 0 {
         sock.set_recv_buffer_size(rcvbuf)?;
     }
+    // The port is picked at connect() (unique per 4-tuple), not at bind() (unique per
+    // address, and slow to find among hundreds of thousands of bound sockets).
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
     sock.bind(&SocketAddrV4::new(src, 0).into())?;
     sock.set_nonblocking(true)?;
     match sock.connect(&to.into()) {

@@ -24,6 +24,7 @@ pub struct Spec {
     pub channel: String,
     pub ws: bool,
     pub concurrency: usize,
+    pub connect_timeout: u64,
 }
 
 struct Gen {
@@ -52,6 +53,7 @@ impl Fleet {
                 .args(["--channel", &s.channel])
                 .args(["--concurrency", &s.concurrency.to_string()])
                 .args(["--transport", if s.ws { "ws" } else { "sse" }])
+                .args(["--connect-timeout", &s.connect_timeout.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());

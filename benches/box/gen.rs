@@ -63,6 +63,8 @@ struct Gen {
     origin_us: u64,
     /// µs since the epoch when the latest client became ready
     last_ready_us: u64,
+    /// socket/bind/connect errors by message
+    errors: std::collections::BTreeMap<String, u64>,
 }
 
 pub fn run(a: GenArgs) -> Result<(), String> {
@@ -85,6 +87,7 @@ pub fn run(a: GenArgs) -> Result<(), String> {
         opened: 0,
         origin_us: 0,
         last_ready_us: 0,
+        errors: Default::default(),
         a,
     };
     let cmds = stdin_lines();
@@ -119,8 +122,12 @@ impl Gen {
     fn open_one(&mut self, rcvbuf: usize, t0: u64) -> bool {
         let src = source(self.a.first + self.opened, self.a.per_source);
         self.opened += 1;
-        let Ok(mut stream) = open(src, self.a.target, rcvbuf) else {
-            return false;
+        let mut stream = match open(src, self.a.target, rcvbuf) {
+            Ok(s) => s,
+            Err(e) => {
+                *self.errors.entry(e.to_string()).or_default() += 1;
+                return false;
+            }
         };
         let tok = Token(self.clients.len());
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -140,7 +147,7 @@ impl Gen {
     fn connect_all(&mut self) -> Result<(), String> {
         let first_us = epoch_us();
         self.origin_us = first_us;
-        let deadline = Instant::now() + self.a.connect_timeout + Duration::from_secs(60);
+        let deadline = Instant::now() + self.a.connect_timeout;
         let (mut failed, mut pending) = (0usize, 0usize);
         while self.clients.len() + failed < self.a.conns || pending > 0 {
             while pending < self.a.concurrency && self.clients.len() + failed < self.a.conns {

@@ -85,6 +85,7 @@ fn connect(a: &Args, nodes: &Nodes, channel: &str) -> Res<Fleet> {
         channel: channel.to_owned(),
         ws: a.transport == "ws",
         concurrency: a.concurrency,
+        connect_timeout: a.connect_timeout,
     })?;
     let ready = fleet.collect(Duration::from_secs(a.connect_timeout + 120))?;
     let n = sum(&ready, "ready");
