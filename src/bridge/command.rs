@@ -230,6 +230,8 @@ impl CommandThread {
         if batch.is_empty() {
             return;
         }
+        // A switch heard while this batch waited: not on the old master.
+        self.follow_master();
         let redis = self.redis.clone();
         let Some(con) = self.con.as_mut() else {
             for p in &batch {

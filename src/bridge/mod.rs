@@ -8,6 +8,12 @@
 //!   stream entry and notification in one atomic step), loads channel
 //!   histories from their streams, and sends the readiness canary.
 //!
+//! With `redis.sentinels` a third thread ([`sentinel`]) keeps the shared
+//! [`Master`] pointing at the master Sentinel names; every thread that
+//! talks to Redis reads it when it connects and reconnects when it moves.
+//! With `redis.min_replicas_ack` the command thread follows each publish
+//! batch with `WAIT` and answers 503 when too few replicas confirmed it.
+//!
 //! Reactors never wait on Redis: they hand commands over a bounded queue
 //! with `try_send` (full: 503, counted; see [`crate::link`]) and get
 //! answers through their mailboxes. Both threads reconnect with

@@ -65,8 +65,14 @@ impl RedisServer {
     /// Spawns on `self.port`; false when it exited (the port was taken).
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
+        // A directory of its own: a replica's full sync writes dump.rdb
+        // there, and a server started later in the same directory would
+        // load it (even with `--save ""`).
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).expect("redis-server directory");
         let child = Command::new("redis-server")
             .args(&self.leading)
+            .args(["--dir", &dir.to_string_lossy()])
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--protected-mode", "no"])
             .args(&self.extra)
@@ -91,6 +97,11 @@ impl RedisServer {
             self.child = None;
         }
         !exited
+    }
+
+    /// The server's working directory (removed on drop).
+    fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("redix-redis-{}-{}", std::process::id(), self.port))
     }
 
     /// Runs one command (RESP over a fresh connection); the raw reply.
@@ -194,6 +205,7 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();
         self.kill();
+        let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 
