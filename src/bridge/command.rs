@@ -264,31 +264,9 @@ impl CommandThread {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut demoted = None;
         for (p, result) in batch.iter().zip(results) {
-            // The script cache was flushed: load it again and retry once.
-            let result = match result {
-                Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
-                    Some(con) => publish_once(con, &args, &p.publish),
-                    None => Err(e),
-                },
-                other => other,
-            };
-            outcomes.push(match result {
-                Ok((id, duplicate)) => {
-                    redis.link.publishes.fetch_add(1, Ordering::Relaxed);
-                    if duplicate {
-                        self.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    PublishReply::Done { id, duplicate }
-                }
-                Err(e) => {
-                    redis.link.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("publish to {} failed: {e}", p.publish.channel);
-                    if e.code() == Some("READONLY") {
-                        demoted = Some(e.clone());
-                    }
-                    PublishReply::Failed(format!("Redis: {e}"))
-                }
-            });
+            let (outcome, readonly) = self.outcome(&args, &p.publish, result);
+            demoted = demoted.or(readonly);
+            outcomes.push(outcome);
         }
         self.confirm(&mut outcomes);
         for (p, outcome) in batch.iter().zip(outcomes) {
@@ -297,6 +275,39 @@ impl CommandThread {
         if let Some(e) = demoted {
             // We are talking to a replica (a master demoted under us).
             self.lost("a publish", &e);
+        }
+    }
+
+    /// One publish's answer (retrying once if the script cache was
+    /// flushed), and the `READONLY` error if the server is a replica now.
+    fn outcome(
+        &mut self,
+        args: &PublishArgs<'_>,
+        publish: &Publish,
+        result: super::wire::PublishResult,
+    ) -> (PublishReply, Option<RedisError>) {
+        let result = match result {
+            Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
+                Some(con) => publish_once(con, args, publish),
+                None => Err(e),
+            },
+            other => other,
+        };
+        let link = &self.redis.link;
+        match result {
+            Ok((id, duplicate)) => {
+                link.publishes.fetch_add(1, Ordering::Relaxed);
+                if duplicate {
+                    self.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                (PublishReply::Done { id, duplicate }, None)
+            }
+            Err(e) => {
+                link.publish_errors.fetch_add(1, Ordering::Relaxed);
+                log::warn!("publish to {} failed: {e}", publish.channel);
+                let readonly = (e.code() == Some("READONLY")).then(|| e.clone());
+                (PublishReply::Failed(format!("Redis: {e}")), readonly)
+            }
         }
     }
 
