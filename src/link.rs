@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::bridge::Master;
 use crate::config::RedisConfig;
 use crate::mailbox::ConnRef;
 
@@ -134,6 +135,9 @@ pub struct LinkState {
     pub connections: AtomicU64,
     /// Reconnects that found Redis without the newest id this node saw.
     pub data_losses: AtomicU64,
+    /// Publishes answered 503 because fewer than `redis.min_replicas_ack`
+    /// replicas confirmed them in time.
+    pub unacked: AtomicU64,
 }
 
 /// Work for the command thread.
@@ -213,6 +217,8 @@ pub struct Redis {
     pub names: Names,
     /// This process in the cluster (its canary channel).
     pub node: String,
+    /// Where the master is now (it moves under Sentinel).
+    pub master: Arc<Master>,
     commands: Sender<Command>,
     /// History loads, apart from publishes.
     loads: Sender<Command>,
@@ -222,7 +228,7 @@ pub struct Redis {
 
 impl Redis {
     /// The handle, and the receiving ends of its two queues.
-    pub fn new(config: RedisConfig) -> (Redis, Queues) {
+    pub fn new(config: RedisConfig, master: Arc<Master>) -> (Redis, Queues) {
         let (tx, rx) = crossbeam_channel::bounded(config.queue);
         let (loads_tx, loads_rx) = crossbeam_channel::bounded(config.queue);
         let nanos = std::time::SystemTime::now()
@@ -234,6 +240,7 @@ impl Redis {
             config,
             link: LinkState::default(),
             node,
+            master,
             commands: tx,
             loads: loads_tx,
             last_drop_log_ms: AtomicU64::new(0),

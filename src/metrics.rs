@@ -326,12 +326,14 @@ pub struct RedisFigures {
     pub repeats: u64,
     pub held_dropped: u64,
     pub data_losses: u64,
+    pub unacked: u64,
+    pub master_switches: u64,
 }
 
 /// Appends the Redis metrics.
 #[rustfmt::skip]
 pub fn render_redis(out: &mut String, r: &RedisFigures) {
-    let metrics: [(&str, &str, &str, u64); 16] = [
+    let metrics: [(&str, &str, &str, u64); 18] = [
         ("redix_redis_up", "gauge", "1 when the Redis round trip works (what /readyz checks).", u64::from(r.up)),
         ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection is up and its canary returns.", u64::from(r.pubsub_up)),
         ("redix_redis_command_connected", "gauge", "1 while the command connection is up.", u64::from(r.command_up)),
@@ -348,6 +350,8 @@ pub fn render_redis(out: &mut String, r: &RedisFigures) {
         ("redix_redis_repeats_total", "counter", "Pub/sub events this node already had (after a reload).", r.repeats),
         ("redix_redis_held_dropped_total", "counter", "Live events dropped while their channel loaded (too many held).", r.held_dropped),
         ("redix_redis_data_losses_total", "counter", "Reconnects that found Redis without the newest id this node saw (restarted empty or flushed).", r.data_losses),
+        ("redix_redis_publishes_unacked_total", "counter", "Publishes answered 503 because fewer than redis.min_replicas_ack replicas confirmed them in time.", r.unacked),
+        ("redix_redis_master_switches_total", "counter", "Times Sentinel moved the master this node follows.", r.master_switches),
     ];
     write_singles(out, &metrics);
 }

@@ -237,18 +237,18 @@ fn start_bridges(
         })?;
     }
     if let Some(link) = &shared.market {
-        let cluster = match &shared.redis {
-            Some(redis) => Some(market::lease::ClusterParts {
-                endpoint: bridge::Endpoint::parse(&redis.config.url)?,
+        let cluster = shared
+            .redis
+            .as_ref()
+            .map(|redis| market::lease::ClusterParts {
+                master: redis.master.clone(),
                 names: redis.names.clone(),
                 node: redis.node.clone(),
                 lease_ms: shared.config.market.lease_ms,
                 retention: Retention::of(&shared.config),
                 hub: shared.hub.clone(),
                 link: link.clone(),
-            }),
-            None => None,
-        };
+            });
         market::upstream::start(market::upstream::Upstream {
             config: shared.config.market.clone(),
             hub: shared.hub.clone(),
@@ -273,6 +273,7 @@ fn start_jobs(
         return jobs::redis::start(jobs::redis::Parts {
             config: shared.config.jobs.clone(),
             redis: redis.config.clone(),
+            master: redis.master.clone(),
             max_event_bytes: shared.config.limits.max_body_bytes,
             clock: shared.clock,
             mailboxes: mailboxes.to_vec(),
@@ -354,7 +355,8 @@ pub fn start(config: Config) -> Result<Running, String> {
     let hub = build_hub(&config, &mailboxes);
     let (redis, queues) = match config.redis.enabled() {
         true => {
-            let (redis, rx) = Redis::new(config.redis.clone());
+            let master = Arc::new(bridge::Master::from_config(&config.redis)?);
+            let (redis, rx) = Redis::new(config.redis.clone(), master);
             (Some(Arc::new(redis)), Some(rx))
         }
         false => (None, None),

@@ -272,9 +272,13 @@ impl Shared {
     /// The ports that mark the Redis and market threads' sockets (see
     /// `diag::Peers`).
     pub fn fd_peers(&self) -> diag::Peers {
-        let redis_port = match &self.redis {
-            Some(r) => diag::url_port(&r.config.url, 6379),
-            None => None,
+        // The master's port (it moves under Sentinel) and the sentinels'.
+        let redis_ports = match &self.redis {
+            Some(r) => {
+                let sentinels = r.master.sentinels.iter().map(|(_, port)| *port);
+                r.master.port().into_iter().chain(sentinels).collect()
+            }
+            None => Vec::new(),
         };
         let market = &self.config.market;
         let default = match market.url.starts_with("wss:") {
@@ -290,7 +294,7 @@ impl Shared {
             market_ports.extend((sim != 0).then_some(sim));
         }
         diag::Peers {
-            redis_port,
+            redis_ports,
             market_ports,
         }
     }
@@ -304,7 +308,10 @@ impl Shared {
 
     pub fn owned_fds(&self) -> Owned {
         let redis = self.redis.as_ref();
-        let redis_conns = redis.map_or(0, |r| r.link.connections.load(Ordering::Relaxed));
+        let redis_conns = redis.map_or(0, |r| {
+            r.link.connections.load(Ordering::Relaxed)
+                + r.master.sentinel_fds.load(Ordering::Relaxed)
+        });
         let market = self.market.as_ref();
         let market_fds = market.map_or(0, |m| m.fds.load(Ordering::Relaxed));
         let jobs_fds = self.jobs.fds.load(Ordering::Relaxed);

@@ -122,6 +122,8 @@ pub fn render_metrics(shared: &Shared) -> String {
             repeats: get(&hub.remote_repeats),
             held_dropped: get(&hub.held_dropped),
             data_losses: get(&l.data_losses),
+            unacked: get(&l.unacked),
+            master_switches: get(&redis.master.switches),
         };
         metrics::render_redis(&mut text, &r);
     }

@@ -15,10 +15,11 @@ use crossbeam_channel::Receiver;
 use redis::{Connection, RedisError, Value};
 
 use super::wire::{
-    check_data_kept, connect, link_failed, load_cmd, load_once, load_script, parse_load,
-    publish_once, publish_pipelined, publish_script, PublishArgs, PUBLISH_BATCH,
+    check_data_kept, connect, connect_master, link_failed, load_cmd, load_once, load_script,
+    parse_load, publish_once, publish_pipelined, publish_script, wait_replicas, PublishArgs,
+    PUBLISH_BATCH,
 };
-use super::{Backoff, Endpoint, Parts, Retention};
+use super::{Backoff, Master, Parts, Retention};
 use crate::clock::Clock;
 use crate::hub::Hub;
 use crate::link::{Command, Names, Publish, Queues, Redis};
@@ -42,8 +43,9 @@ struct CommandThread {
     clock: Clock,
     retention: Retention,
     mailboxes: Vec<Arc<Mailbox>>,
-    endpoint: Endpoint,
     con: Option<Connection>,
+    /// The master's generation the connection was made under.
+    generation: u64,
     backoff: Backoff,
     quiet: super::Quiet,
     reconnect_at: Instant,
@@ -53,7 +55,7 @@ struct CommandThread {
 }
 
 /// Runs the command thread until every sender of the queue is gone.
-pub fn run(parts: Parts, endpoint: Endpoint) {
+pub fn run(parts: Parts) {
     let Parts {
         redis,
         queues,
@@ -70,8 +72,8 @@ pub fn run(parts: Parts, endpoint: Endpoint) {
         clock,
         retention,
         mailboxes,
-        endpoint,
         con: None,
+        generation: 0,
         backoff,
         quiet: super::Quiet::default(),
         reconnect_at: Instant::now(),
@@ -87,6 +89,7 @@ pub fn run(parts: Parts, endpoint: Endpoint) {
     // trip at most.
     loop {
         beat.stamp();
+        t.follow_master();
         t.ensure_connected();
         if t.con.is_some() && Instant::now() >= t.next_canary {
             t.canary();
@@ -124,7 +127,13 @@ impl CommandThread {
         }
         let redis = self.redis.clone();
         let timeout = Duration::from_millis(redis.config.timeout_ms);
-        match connect(&self.endpoint, timeout) {
+        let generation = redis.master.generation();
+        let connected = connect_master(&redis.master, timeout).and_then(|con| {
+            // A publish's reply comes after its `WAIT`.
+            con.set_read_timeout(Some(timeout + ack_wait(&redis)))?;
+            Ok(con)
+        });
+        match connected {
             Ok(mut con) => {
                 let loaded = publish_script()
                     .load(&mut con)
@@ -142,6 +151,7 @@ impl CommandThread {
                 redis.link.command_up.store(true, Ordering::Release);
                 log::info!("Redis command connection up");
                 self.con = Some(con);
+                self.generation = generation;
                 self.backoff.reset();
                 self.quiet.reset();
                 self.next_canary = Instant::now();
@@ -153,6 +163,16 @@ impl CommandThread {
                 ));
                 self.reconnect_at = Instant::now() + wait;
             }
+        }
+    }
+
+    /// Sentinel moved the master: a connection to the old one would get
+    /// `READONLY` (or hang with it), so it is made again now.
+    fn follow_master(&mut self) {
+        if self.con.is_some() && self.redis.master.generation() != self.generation {
+            let moved = RedisError::from((redis::ErrorKind::Io, "the master moved"));
+            self.lost("a master switch", &moved);
+            self.reconnect_at = Instant::now();
         }
     }
 
@@ -210,6 +230,8 @@ impl CommandThread {
         if batch.is_empty() {
             return;
         }
+        // A switch heard while this batch waited: not on the old master.
+        self.follow_master();
         let redis = self.redis.clone();
         let Some(con) = self.con.as_mut() else {
             for p in &batch {
@@ -239,30 +261,88 @@ impl CommandThread {
                 return;
             }
         };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut demoted = None;
         for (p, result) in batch.iter().zip(results) {
-            // The script cache was flushed: load it again and retry once.
-            let result = match result {
-                Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
-                    Some(con) => publish_once(con, &args, &p.publish),
-                    None => Err(e),
-                },
-                other => other,
-            };
-            let outcome = match result {
-                Ok((id, duplicate)) => {
-                    redis.link.publishes.fetch_add(1, Ordering::Relaxed);
-                    if duplicate {
-                        self.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    PublishReply::Done { id, duplicate }
-                }
-                Err(e) => {
-                    redis.link.publish_errors.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("publish to {} failed: {e}", p.publish.channel);
-                    PublishReply::Failed(format!("Redis: {e}"))
-                }
-            };
+            let (outcome, readonly) = self.outcome(&args, &p.publish, result);
+            demoted = demoted.or(readonly);
+            outcomes.push(outcome);
+        }
+        self.confirm(&mut outcomes);
+        for (p, outcome) in batch.iter().zip(outcomes) {
             self.answer(p, outcome);
+        }
+        if let Some(e) = demoted {
+            // We are talking to a replica (a master demoted under us).
+            self.lost("a publish", &e);
+        }
+    }
+
+    /// One publish's answer (retrying once if the script cache was
+    /// flushed), and the `READONLY` error if the server is a replica now.
+    fn outcome(
+        &mut self,
+        args: &PublishArgs<'_>,
+        publish: &Publish,
+        result: super::wire::PublishResult,
+    ) -> (PublishReply, Option<RedisError>) {
+        let result = match result {
+            Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
+                Some(con) => publish_once(con, args, publish),
+                None => Err(e),
+            },
+            other => other,
+        };
+        let link = &self.redis.link;
+        match result {
+            Ok((id, duplicate)) => {
+                link.publishes.fetch_add(1, Ordering::Relaxed);
+                if duplicate {
+                    self.hub.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                (PublishReply::Done { id, duplicate }, None)
+            }
+            Err(e) => {
+                link.publish_errors.fetch_add(1, Ordering::Relaxed);
+                log::warn!("publish to {} failed: {e}", publish.channel);
+                let readonly = (e.code() == Some("READONLY")).then(|| e.clone());
+                (PublishReply::Failed(format!("Redis: {e}")), readonly)
+            }
+        }
+    }
+
+    /// With `redis.min_replicas_ack`: the batch's publishes stand only if
+    /// that many replicas have them (`WAIT` covers every write this
+    /// connection made); else they answer 503 and the publisher retries
+    /// with its publish id. What was written stays written (and was
+    /// announced): the retry finds the publish id and answers with the
+    /// same event, so nothing is delivered twice.
+    fn confirm(&mut self, outcomes: &mut [PublishReply]) {
+        let needed = self.redis.config.min_replicas_ack;
+        let done = |o: &PublishReply| matches!(o, PublishReply::Done { .. });
+        if needed == 0 || !outcomes.iter().any(done) {
+            return;
+        }
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        let timeout_ms = self.redis.config.ack_timeout_ms;
+        let why = match wait_replicas(con, needed, timeout_ms) {
+            Ok(acked) if acked >= u64::from(needed) => return,
+            Ok(acked) => format!(
+                "Redis: {acked} of {needed} replicas confirmed the publish within {timeout_ms} ms; retry with the same id"
+            ),
+            Err(e) => {
+                let why = format!("Redis: WAIT failed: {e}");
+                if link_failed(&e) {
+                    self.lost("WAIT", &e);
+                }
+                why
+            }
+        };
+        for outcome in outcomes.iter_mut().filter(|o| done(o)) {
+            self.redis.link.unacked.fetch_add(1, Ordering::Relaxed);
+            *outcome = PublishReply::Failed(why.clone());
         }
     }
 
@@ -381,7 +461,11 @@ pub fn publish_cli(
     }
     let data = crate::hub::compact_json(data);
     let timeout = Duration::from_millis(config.redis.timeout_ms);
-    let endpoint = Endpoint::parse(&config.redis.url).map_err(|e| (2, e))?;
+    let master = Master::from_config(&config.redis).map_err(|e| (2, e))?;
+    if !master.sentinels.is_empty() {
+        super::sentinel::resolve_once(&master, timeout).map_err(|e| (1, e))?;
+    }
+    let endpoint = master.endpoint().map_err(|e| (1, e))?;
     let mut con = connect(&endpoint, timeout)
         .map_err(|e| (1, format!("{}:{}: {e}", endpoint.host, endpoint.port)))?;
     let names = Names::new(&config.redis.prefix);
@@ -396,6 +480,28 @@ pub fn publish_cli(
     };
     let (id, duplicate) =
         publish_once(&mut con, &args, &publish).map_err(|e| (1, e.to_string()))?;
+    let needed = config.redis.min_replicas_ack;
+    if needed > 0 {
+        let _ = con.set_read_timeout(Some(timeout + ack_wait_of(&config.redis)));
+        let acked = wait_replicas(&mut con, needed, config.redis.ack_timeout_ms)
+            .map_err(|e| (1, format!("WAIT: {e}")))?;
+        if acked < u64::from(needed) {
+            let why = format!("published as {id}, but {acked} of {needed} replicas confirmed it; retry with the same --id");
+            return Err((1, why));
+        }
+    }
     let answer = serde_json::json!({"id": id, "channel": channel, "duplicate": duplicate});
     Ok(answer.to_string())
+}
+
+/// How much longer than a plain command a publish may take: its `WAIT`.
+fn ack_wait(redis: &Redis) -> Duration {
+    ack_wait_of(&redis.config)
+}
+
+fn ack_wait_of(config: &crate::config::RedisConfig) -> Duration {
+    match config.min_replicas_ack {
+        0 => Duration::ZERO,
+        _ => Duration::from_millis(config.ack_timeout_ms),
+    }
 }

@@ -8,6 +8,12 @@
 //!   stream entry and notification in one atomic step), loads channel
 //!   histories from their streams, and sends the readiness canary.
 //!
+//! With `redis.sentinels` a third thread ([`sentinel`]) keeps the shared
+//! [`Master`] pointing at the master Sentinel names; every thread that
+//! talks to Redis reads it when it connects and reconnects when it moves.
+//! With `redis.min_replicas_ack` the command thread follows each publish
+//! batch with `WAIT` and answers 503 when too few replicas confirmed it.
+//!
 //! Reactors never wait on Redis: they hand commands over a bounded queue
 //! with `try_send` (full: 503, counted; see [`crate::link`]) and get
 //! answers through their mailboxes. Both threads reconnect with
@@ -16,8 +22,12 @@
 //! server state, and imports nothing from `reactor/`.
 
 pub mod command;
+pub mod master;
 pub mod pubsub;
+pub mod sentinel;
 pub mod wire;
+
+pub use master::Master;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -245,22 +255,36 @@ pub struct Parts {
     pub beats: (Beat, Beat),
 }
 
-/// Starts the pub/sub and command threads.
+/// Starts the pub/sub and command threads (and with `redis.sentinels`
+/// the Sentinel watcher that tells them where the master is).
 pub fn start(parts: Parts) -> Result<(), String> {
     let redis = &parts.redis;
-    let endpoint = Endpoint::parse(&redis.config.url)?;
-    log::info!(
-        "Redis mode: {}:{} (prefix {:?}, node {})",
-        endpoint.host,
-        endpoint.port,
-        redis.config.prefix,
-        redis.node
-    );
+    let cfg = &redis.config;
+    match redis.master.endpoint() {
+        Ok(e) => log::info!(
+            "Redis mode: {}:{} (prefix {:?}, node {})",
+            e.host,
+            e.port,
+            cfg.prefix,
+            redis.node
+        ),
+        Err(_) => log::info!(
+            "Redis mode: master {:?} through {} sentinels (prefix {:?}, node {})",
+            cfg.master_name,
+            cfg.sentinels.len(),
+            cfg.prefix,
+            redis.node
+        ),
+    }
+    if !redis.master.sentinels.is_empty() {
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let backoff = (cfg.backoff_min_ms, cfg.backoff_max_ms);
+        sentinel::start(redis.master.clone(), timeout, backoff)?;
+    }
     let sub = pubsub::PubSub {
         redis: redis.clone(),
         hub: parts.hub.clone(),
         clock: parts.clock,
-        endpoint: endpoint.clone(),
         beat: parts.beats.1.clone(),
     };
     std::thread::Builder::new()
@@ -269,7 +293,7 @@ pub fn start(parts: Parts) -> Result<(), String> {
         .map_err(|e| format!("spawn Redis pub/sub thread: {e}"))?;
     std::thread::Builder::new()
         .name("redix-redis-command".into())
-        .spawn(move || command::run(parts, endpoint))
+        .spawn(move || command::run(parts))
         .map_err(|e| format!("spawn Redis command thread: {e}"))?;
     Ok(())
 }

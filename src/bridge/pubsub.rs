@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::{Backoff, Endpoint};
+use super::Backoff;
 use crate::clock::Clock;
 use crate::health::Beat;
 use crate::hub::{ids, Hub, RemoteEvent};
@@ -53,7 +53,6 @@ pub struct PubSub {
     pub redis: Arc<Redis>,
     pub hub: Arc<Hub>,
     pub clock: Clock,
-    pub endpoint: Endpoint,
     pub beat: Beat,
 }
 
@@ -115,11 +114,15 @@ struct Session<'a> {
     canary_seen_ms: u64,
     /// A canary came back on this connection: the link worked.
     worked: bool,
+    /// The master's generation this connection was made under.
+    generation: u64,
 }
 
 impl<'a> Session<'a> {
     fn open(ps: &'a PubSub) -> Result<Session<'a>, String> {
-        let (redis, ep) = (&*ps.redis, &ps.endpoint);
+        let redis = &*ps.redis;
+        let generation = redis.master.generation();
+        let ep = &redis.master.endpoint()?;
         let timeout = Duration::from_millis(redis.config.timeout_ms);
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&(ep.host.as_str(), ep.port))
             .map_err(|e| format!("resolve {}: {e}", ep.host))?
@@ -147,6 +150,7 @@ impl<'a> Session<'a> {
             unsent: Vec::new(),
             canary_seen_ms: ps.clock.now_ms(),
             worked: false,
+            generation,
         };
         if let Some(pass) = &ep.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
@@ -197,6 +201,11 @@ impl<'a> Session<'a> {
     fn serve(&mut self) -> String {
         loop {
             self.beat.stamp();
+            if self.redis.master.generation() != self.generation {
+                // A demoted master would keep this connection open and
+                // silent: follow the new one.
+                return "the master moved".into();
+            }
             if let Err(e) = self.apply_changes() {
                 return e;
             }

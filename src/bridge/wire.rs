@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::{Connection, RedisError, Script, Value};
 
-use super::{Endpoint, Retention};
+use super::{Endpoint, Master, Retention};
 use crate::hub::{ids, Hub, RemoteEvent};
 use crate::link::{Names, Publish, Redis};
 
@@ -30,6 +30,14 @@ pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, Red
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;
     Ok(con)
+}
+
+/// Opens a command connection to wherever the master is now.
+pub fn connect_master(master: &Master, timeout: Duration) -> Result<Connection, RedisError> {
+    let endpoint = master
+        .endpoint()
+        .map_err(|e| RedisError::from((redis::ErrorKind::Io, "no master", e)))?;
+    connect(&endpoint, timeout)
 }
 
 /// What one publish needs besides the connection.
@@ -290,7 +298,23 @@ pub(super) fn lost_script() -> &'static Script {
     })
 }
 
-/// The wire failed (as opposed to Redis answering with an error).
+/// `WAIT needed timeout_ms`: how many replicas have every write this
+/// connection made (it returns early once `needed` have).
+pub(super) fn wait_replicas(
+    con: &mut Connection,
+    needed: u32,
+    timeout_ms: u64,
+) -> Result<u64, RedisError> {
+    redis::cmd("WAIT").arg(needed).arg(timeout_ms).query(con)
+}
+
+/// The wire failed (as opposed to Redis answering with an error), or the
+/// server is a replica now (`READONLY`: Sentinel demoted it; the master
+/// is elsewhere and the connection must be made again).
 pub fn link_failed(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.code() == Some("READONLY")
 }

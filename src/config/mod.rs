@@ -111,6 +111,13 @@ pub const DEFAULT_REDIS_READY_WITHIN_MS: u64 = 2_000;
 /// Reconnect backoff: first wait and cap (each wait gets jitter).
 pub const DEFAULT_REDIS_BACKOFF_MIN_MS: u64 = 50;
 pub const DEFAULT_REDIS_BACKOFF_MAX_MS: u64 = 2_000;
+/// Replicas that must confirm a publish (`WAIT`) before it is
+/// acknowledged; 0: acknowledged once the master has it (no `WAIT`).
+pub const DEFAULT_REDIS_MIN_REPLICAS_ACK: u32 = 0;
+/// How long a publish waits for its replicas before it answers 503.
+pub const DEFAULT_REDIS_ACK_TIMEOUT_MS: u64 = 500;
+/// The Sentinel name of the monitored master.
+pub const DEFAULT_REDIS_MASTER_NAME: &str = "mymaster";
 
 /// The whole configuration of one redix process.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -156,6 +163,19 @@ pub struct RedisConfig {
     pub ready_within_ms: u64,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// A publish is acknowledged only once this many replicas confirmed
+    /// it (`WAIT n ack_timeout_ms`); else it answers 503 and the
+    /// publisher retries with its publish id. Default 0: no `WAIT`.
+    pub min_replicas_ack: u32,
+    /// How long a publish waits for `min_replicas_ack` replicas; must be
+    /// below `wait_ms`. Default 500.
+    pub ack_timeout_ms: u64,
+    /// Sentinels (`host:port`) that name the master; with them the host
+    /// and port of `url` are ignored (its user, password and database
+    /// still apply). Default empty: `url` is the master.
+    pub sentinels: Vec<String>,
+    /// The master's name in Sentinel. Default `mymaster`.
+    pub master_name: String,
 }
 
 impl Default for RedisConfig {
@@ -170,6 +190,10 @@ impl Default for RedisConfig {
             ready_within_ms: DEFAULT_REDIS_READY_WITHIN_MS,
             backoff_min_ms: DEFAULT_REDIS_BACKOFF_MIN_MS,
             backoff_max_ms: DEFAULT_REDIS_BACKOFF_MAX_MS,
+            min_replicas_ack: DEFAULT_REDIS_MIN_REPLICAS_ACK,
+            ack_timeout_ms: DEFAULT_REDIS_ACK_TIMEOUT_MS,
+            sentinels: Vec::new(),
+            master_name: DEFAULT_REDIS_MASTER_NAME.into(),
         }
     }
 }
@@ -238,8 +262,9 @@ impl MarketConfig {
 }
 
 impl RedisConfig {
+    /// Redis mode: a master URL, or sentinels that name the master.
     pub fn enabled(&self) -> bool {
-        !self.url.is_empty()
+        !self.url.is_empty() || !self.sentinels.is_empty()
     }
 }
 

@@ -186,8 +186,34 @@ impl Config {
     }
 
     fn check_redis(&self) -> Result<(), ConfigError> {
-        if self.redis.enabled() && redis::parse_redis_url(&self.redis.url).is_none() {
+        let r = &self.redis;
+        if !r.url.is_empty() && redis::parse_redis_url(&r.url).is_none() {
             return Err(invalid("redis.url must look like redis://host:port".into()));
+        }
+        if let Some(bad) = r
+            .sentinels
+            .iter()
+            .find(|s| crate::bridge::sentinel::parse_addr(s).is_err())
+        {
+            return Err(invalid(format!(
+                "redis.sentinels: {bad:?} is not host:port"
+            )));
+        }
+        if r.sentinels.len() > 32 {
+            return Err(invalid("redis.sentinels: at most 32".into()));
+        }
+        if !r.sentinels.is_empty() && r.master_name.is_empty() {
+            return Err(invalid(
+                "redis.master_name must name the master with redis.sentinels".into(),
+            ));
+        }
+        if r.min_replicas_ack > 64 {
+            return Err(invalid("redis.min_replicas_ack must be at most 64".into()));
+        }
+        if r.min_replicas_ack > 0 && (r.ack_timeout_ms == 0 || r.ack_timeout_ms >= r.wait_ms) {
+            return Err(invalid(
+                "redis.ack_timeout_ms must be above 0 and below redis.wait_ms (the request would time out first)".into(),
+            ));
         }
         if self.redis.prefix.len() > 64 {
             return Err(invalid("redis.prefix must be at most 64 bytes".into()));

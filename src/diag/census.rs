@@ -35,8 +35,8 @@ pub const MAX_UNOWNED_LISTED: usize = 100;
 /// The ports that mark sockets of the threads other than the reactors.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
-    /// Redis mode: the port of `redis.url`.
-    pub redis_port: Option<u16>,
+    /// Redis mode: the master's port and the sentinels'.
+    pub redis_ports: Vec<u16>,
     /// The market upstream's port and the built-in simulator's.
     pub market_ports: Vec<u16>,
 }
@@ -114,7 +114,7 @@ fn owner_of(
     }
     if let Some(s) = socket {
         let (local, remote) = (s.local.port(), s.remote.port());
-        if peers.redis_port.is_some_and(|p| p == remote) {
+        if peers.redis_ports.contains(&remote) {
             return "redis";
         }
         if peers
@@ -205,7 +205,7 @@ mod tests {
         let registered: HashSet<i32> = [10, 11, 4].into_iter().collect();
         let base: HashSet<(i32, &str)> = baseline.iter().map(|f| (f.fd, &*f.target)).collect();
         let peers = Peers {
-            redis_port: Some(6379),
+            redis_ports: vec![6379],
             market_ports: vec![9000],
         };
         let listen = tcp("LISTEN", "127.0.0.1:4000", "0.0.0.0:0");

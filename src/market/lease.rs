@@ -31,7 +31,7 @@ use redis::{Connection, RedisError, Script};
 use serde_json::json;
 
 use crate::bridge::wire::{self, PublishArgs};
-use crate::bridge::{Endpoint, Retention};
+use crate::bridge::{Master, Retention};
 use crate::hub::{Hub, MARKET_PREFIX};
 use crate::link::{MarketLink, Names, Publish};
 
@@ -50,7 +50,8 @@ fn interest_script() -> &'static Script {
 
 /// What the cluster coordination needs.
 pub struct ClusterParts {
-    pub endpoint: Endpoint,
+    /// Where the master is (it moves under Sentinel; read at each connect).
+    pub master: Arc<Master>,
     pub names: Names,
     pub node: String,
     pub lease_ms: u64,
@@ -165,7 +166,7 @@ impl Cluster {
             let timeout = self
                 .period()
                 .clamp(Duration::from_millis(100), Duration::from_secs(2));
-            self.con = Some(wire::connect(&self.parts.endpoint, timeout)?);
+            self.con = Some(wire::connect_master(&self.parts.master, timeout)?);
         }
         self.write_interest()?;
         self.renew_or_take(take)

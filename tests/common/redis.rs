@@ -15,15 +15,30 @@ use super::server::{wait_until, Server};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// Arguments before the port (a config file, `--sentinel`).
+    leading: Vec<String>,
+    /// Arguments after the defaults (`--replicaof`, …), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` from PATH without persistence and waits until
     /// it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[], &[])
+    }
+
+    /// Starts with `leading` arguments before `--port` and `extra` ones
+    /// after the defaults (both kept for restarts).
+    pub fn start_with(leading: &[String], extra: &[String]) -> RedisServer {
         for _ in 0..5 {
             let port = free_port();
-            let mut r = RedisServer { child: None, port };
+            let mut r = RedisServer {
+                child: None,
+                port,
+                leading: leading.to_vec(),
+                extra: extra.to_vec(),
+            };
             if r.spawn() {
                 return r;
             }
@@ -33,7 +48,12 @@ impl RedisServer {
 
     /// Starts on a given port (one a node was already told about).
     pub fn start_on(port: u16) -> RedisServer {
-        let mut r = RedisServer { child: None, port };
+        let mut r = RedisServer {
+            child: None,
+            port,
+            leading: Vec::new(),
+            extra: Vec::new(),
+        };
         assert!(r.spawn(), "redis-server could not take port {port}");
         r
     }
@@ -45,9 +65,17 @@ impl RedisServer {
     /// Spawns on `self.port`; false when it exited (the port was taken).
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
+        // A directory of its own: a replica's full sync writes dump.rdb
+        // there, and a server started later in the same directory would
+        // load it (even with `--save ""`).
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).expect("redis-server directory");
         let child = Command::new("redis-server")
+            .args(&self.leading)
+            .args(["--dir", &dir.to_string_lossy()])
             .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--protected-mode", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -69,6 +97,11 @@ impl RedisServer {
             self.child = None;
         }
         !exited
+    }
+
+    /// The server's working directory (removed on drop).
+    fn dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("redix-redis-{}-{}", std::process::id(), self.port))
     }
 
     /// Runs one command (RESP over a fresh connection); the raw reply.
@@ -124,12 +157,55 @@ impl RedisServer {
     pub fn resume(&self) {
         self.signal(libc::SIGCONT);
     }
+
+    /// A replica of `master` (`--replicaof`), waited on until the master
+    /// counts it online.
+    pub fn replica_of(master: &RedisServer) -> RedisServer {
+        let port = master.port.to_string();
+        let extra = ["--replicaof", "127.0.0.1", &port].map(String::from);
+        let before = master.online_replicas();
+        let r = Self::start_with(&[], &extra);
+        wait_until("the replica to be online", || {
+            master.online_replicas() > before
+        });
+        r
+    }
+
+    /// Replicas the master sees online (`INFO replication`).
+    pub fn online_replicas(&self) -> usize {
+        let info = self.command(&["INFO", "replication"]).unwrap_or_default();
+        info.lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .count()
+    }
+
+    /// A Sentinel monitoring `master` as `name` (quorum 2), with the short
+    /// timeouts the tests use: down after 500 ms, failover timeout 2 s. Its
+    /// config file (Sentinel rewrites it) lives in `dir`.
+    pub fn sentinel(master: &RedisServer, name: &str, dir: &std::path::Path) -> RedisServer {
+        let conf = dir.join(format!("sentinel-{}.conf", free_port()));
+        let text = format!(
+            "sentinel monitor {name} 127.0.0.1 {port} 2\n\
+             sentinel down-after-milliseconds {name} 500\n\
+             sentinel failover-timeout {name} 2000\n\
+             sentinel parallel-syncs {name} 1\n",
+            port = master.port
+        );
+        std::fs::write(&conf, text).expect("write the sentinel config");
+        let leading = [conf.to_string_lossy().into_owned(), "--sentinel".into()];
+        Self::start_with(&leading, &[])
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.resume();
         self.kill();
+        let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 

@@ -3,8 +3,9 @@
 //! summarize requests parked on a job get its result when it ends,
 //! whichever node or worker ended it.
 //!
-//! It blocks in its read (no timeout: the channel may stay quiet for
-//! hours, and a paused Redis is not a lost one); a closed or failed
+//! It waits in its read as long as it takes (the channel may stay quiet
+//! for hours, and a paused Redis is not a lost one), waking every
+//! [`FOLLOW`] only to see whether Sentinel moved the master; a closed or failed
 //! connection is re-made with backoff, and every new subscription sends
 //! [`Note::Resync`], since jobs may have ended while nobody listened.
 
@@ -16,8 +17,11 @@ use crossbeam_channel::Sender;
 use redis::RedisError;
 
 use super::functions::parse_done;
-use crate::bridge::{Backoff, Endpoint, Quiet};
+use crate::bridge::{Backoff, Quiet};
 use crate::jobs::Jobs;
+
+/// How often a quiet subscription looks whether the master moved.
+const FOLLOW: Duration = Duration::from_secs(1);
 
 /// What the listener tells the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +34,8 @@ pub enum Note {
 
 /// The listener's inputs.
 pub struct Listener {
-    pub endpoint: Endpoint,
+    /// Where the master is now (read at each connect).
+    pub master: Arc<crate::bridge::Master>,
     /// `<prefix>jobs:done`.
     pub channel: String,
     /// Connect and subscribe within this.
@@ -75,11 +80,11 @@ impl Listener {
 
     /// One connection, until it fails.
     fn session(&self, backoff: &mut Backoff, quiet: &mut Quiet) -> RedisError {
-        let client = match self
-            .endpoint
-            .connection_info()
-            .and_then(redis::Client::open)
-        {
+        let endpoint = match self.master.endpoint() {
+            Ok(e) => e,
+            Err(e) => return RedisError::from((redis::ErrorKind::Io, "no master", e)),
+        };
+        let client = match endpoint.connection_info().and_then(redis::Client::open) {
             Ok(c) => c,
             Err(e) => return e,
         };
@@ -98,7 +103,10 @@ impl Listener {
         if let Err(e) = sub.subscribe(&self.channel) {
             return e;
         }
-        if let Err(e) = sub.set_read_timeout(None) {
+        // Timed reads, so a master switch is noticed while all is quiet
+        // (a demoted master would keep this connection silent).
+        let generation = self.master.generation();
+        if let Err(e) = sub.set_read_timeout(Some(FOLLOW)) {
             return e;
         }
         backoff.reset();
@@ -108,6 +116,7 @@ impl Listener {
             let payload = sub.get_message().and_then(|m| m.get_payload::<String>());
             let payload = match payload {
                 Ok(p) => p,
+                Err(e) if e.is_timeout() && self.master.generation() == generation => continue,
                 Err(e) => {
                     // Dropping the subscription unsubscribes, which reads
                     // a reply: not for ever.

@@ -48,8 +48,8 @@ use self::functions::{Settings, Swept};
 use super::embedded::log_breaker;
 use super::owners::InFlight;
 use super::{Jobs, Request};
-use crate::bridge::wire::{connect, link_failed};
-use crate::bridge::{Backoff, Endpoint, Quiet};
+use crate::bridge::wire::{connect_master, link_failed};
+use crate::bridge::{Backoff, Quiet};
 use crate::clock::Clock;
 use crate::config::{JobsConfig, RedisConfig};
 use crate::link::Names;
@@ -71,6 +71,8 @@ const WAITER_SLACK_MS: u64 = 10_000;
 pub struct Parts {
     pub config: JobsConfig,
     pub redis: RedisConfig,
+    /// Where the master is now (read at each connect).
+    pub master: Arc<crate::bridge::Master>,
     /// The largest event a worker may send (`limits.max_body_bytes`, as
     /// for a publish).
     pub max_event_bytes: usize,
@@ -85,8 +87,7 @@ pub struct Parts {
 /// Starts the engine's thread (the listener starts once Redis has taken
 /// the functions).
 pub fn start(parts: Parts) -> Result<(), String> {
-    let endpoint = Endpoint::parse(&parts.redis.url)?;
-    let engine = Engine::new(parts, endpoint);
+    let engine = Engine::new(parts);
     std::thread::Builder::new()
         .name("redix-jobs".into())
         .spawn(move || engine.run())
@@ -142,7 +143,6 @@ struct Engine {
     parts: Parts,
     names: Names,
     settings: Settings,
-    endpoint: Endpoint,
     link: Option<Link>,
     /// The functions, settings and groups are in place.
     set_up: bool,
@@ -160,7 +160,7 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(parts: Parts, endpoint: Endpoint) -> Engine {
+    fn new(parts: Parts) -> Engine {
         let (notes_tx, notes) = crossbeam_channel::bounded(NOTES);
         let r = &parts.redis;
         let backoff = Backoff::new(r.backoff_min_ms, r.backoff_max_ms);
@@ -171,7 +171,6 @@ impl Engine {
         Engine {
             names: Names::new(&r.prefix),
             settings: Settings::of(&parts.config, parts.max_event_bytes),
-            endpoint,
             link: None,
             set_up: false,
             backoff,
@@ -225,7 +224,7 @@ impl Engine {
         }
         if self.link.is_none() {
             let timeout = Duration::from_millis(self.parts.redis.timeout_ms);
-            match connect(&self.endpoint, timeout) {
+            match connect_master(&self.parts.master, timeout) {
                 Ok(con) => self.link = Some(Link::new(con, &self.parts.jobs)),
                 Err(e) => {
                     self.failed("connection", &e);
@@ -271,7 +270,7 @@ impl Engine {
     fn start_listener(&self, notes: Sender<Note>) {
         let r = &self.parts.redis;
         let listener = Listener {
-            endpoint: self.endpoint.clone(),
+            master: self.parts.master.clone(),
             channel: self.names.jobs_done(),
             timeout: Duration::from_millis(r.timeout_ms),
             backoff_min_ms: r.backoff_min_ms,
