@@ -105,31 +105,32 @@ pub enum AttackerSel {
     Compare,
 }
 
-/// One pass of the runs: without anything, the sampled pass without attacker, or attacked.
+/// One pass of the runs, i.e. what runs beside a fanout: nothing, the attacker's sampled
+/// baseline (RSS and `/readyz`, no attacker), or the attacker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttackPass {
+pub enum Pass {
     Off,
     Baseline,
     Pipeline,
 }
 
-impl AttackPass {
+impl Pass {
     /// appended to the server's label
     pub fn tag(self) -> &'static str {
         match self {
-            AttackPass::Off => "",
-            AttackPass::Baseline => " (no attacker)",
-            AttackPass::Pipeline => " + attacker",
+            Pass::Off => "",
+            Pass::Baseline => " (no attacker)",
+            Pass::Pipeline => " + attacker",
         }
     }
 }
 
 /// The passes `--attacker` asks for, in order.
-pub fn attack_passes(a: &Args) -> Vec<AttackPass> {
+pub fn attack_passes(a: &Args) -> Vec<Pass> {
     match a.attacker {
-        AttackerSel::None => vec![AttackPass::Off],
-        AttackerSel::Pipeline => vec![AttackPass::Pipeline],
-        AttackerSel::Compare => vec![AttackPass::Baseline, AttackPass::Pipeline],
+        AttackerSel::None => vec![Pass::Off],
+        AttackerSel::Pipeline => vec![Pass::Pipeline],
+        AttackerSel::Compare => vec![Pass::Baseline, Pass::Pipeline],
     }
 }
 

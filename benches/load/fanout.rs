@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::attack::Attack;
 use crate::attack_figs::AttackFigs;
-use crate::cli::{Args, AttackPass, Transport};
+use crate::cli::{Args, Pass, Transport};
 use crate::deployment::{node_name, Deployment};
 use crate::hist::Histogram;
 use crate::now_ns;
@@ -231,7 +231,7 @@ pub fn run_fanout(
     srcs: &mut SrcAlloc,
     sr: SubRate,
     round: usize,
-    pass: AttackPass,
+    pass: Pass,
 ) -> Res<FanoutResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
     let name = label(dep.kind, dep.mode, tr, a);

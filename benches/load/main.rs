@@ -79,8 +79,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 
 use cli::{
-    attack_passes, fanout_plan, Args, AttackPass, AttackerSel, Mode, ModeSel, ScenarioSel,
-    TargetSel, Transport, TransportSel,
+    attack_passes, fanout_plan, Args, AttackerSel, Mode, ModeSel, Pass, ScenarioSel, TargetSel,
+    Transport, TransportSel,
 };
 use deployment::Deployment;
 use output::{base_name, emit_json, fanout_json, idle_json, label, print_fanout, print_idle};
@@ -231,7 +231,7 @@ fn run_target(
     kind: Kind,
     transport: Transport,
     mode: Mode,
-    pass: AttackPass,
+    pass: Pass,
     a: &Args,
     srcs: &mut SrcAlloc,
 ) -> TargetResult {
