@@ -112,7 +112,7 @@ impl Attack {
         a: &Args,
         window: Duration,
     ) -> Res<Option<Attack>> {
-        if pass == Pass::Off {
+        if !matches!(pass, Pass::Baseline | Pass::Pipeline) {
             return Ok(None);
         }
         if !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {

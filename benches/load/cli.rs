@@ -55,6 +55,10 @@ pub enum ScenarioSel {
     /// trades from a `redix finnhub-sim` process through redix to --subs subscribers spread
     /// over --market-symbols symbols (redix only; not part of `all`)
     Market,
+    /// job submissions with no worker: --jobs-clients concurrent `POST /api/summarize`
+    /// (latency to the 202), then the fanout runs without and with that many requests parked
+    /// (redix embedded only; not part of `all`)
+    Jobs,
 }
 
 /// redix's mode (nchan is always one server)
@@ -106,12 +110,14 @@ pub enum AttackerSel {
 }
 
 /// One pass of the runs, i.e. what runs beside a fanout: nothing, the attacker's sampled
-/// baseline (RSS and `/readyz`, no attacker), or the attacker.
+/// baseline (RSS and `/readyz`, no attacker), the attacker, or parked summarize requests
+/// (`--scenario jobs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
     Off,
     Baseline,
     Pipeline,
+    Parked,
 }
 
 impl Pass {
@@ -121,6 +127,7 @@ impl Pass {
             Pass::Off => "",
             Pass::Baseline => " (no attacker)",
             Pass::Pipeline => " + attacker",
+            Pass::Parked => " + parked jobs",
         }
     }
 }
@@ -258,6 +265,20 @@ pub struct Args {
     /// the attack stops (and the run fails) when the server's VmRSS passes this many MiB
     #[arg(long, default_value_t = 1024)]
     pub attacker_rss_cap_mib: u64,
+    /// jobs: concurrent summarize requests (one source address each): the submit burst, and
+    /// the requests held parked beside the fanout
+    #[arg(long, default_value_t = 200)]
+    pub jobs_clients: usize,
+    /// jobs: burst rounds with `?wait=0` (202 at once), distinct URLs each round
+    #[arg(long, default_value_t = 10)]
+    pub jobs_rounds: usize,
+    /// jobs: burst rounds without `?wait=` (202 after the quick-check window, `jobs.wait_ms`)
+    #[arg(long, default_value_t = 1)]
+    pub jobs_window_rounds: usize,
+    /// jobs: the `?wait=` seconds (0–10) of the requests parked beside the fanout; each is
+    /// re-posted (a new URL) as its 202 comes back
+    #[arg(long, default_value_t = 10)]
+    pub jobs_park_wait: u32,
     /// passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     pub bench: bool,
