@@ -15,6 +15,12 @@ mod hist;
 #[allow(dead_code)] // only part of the module is tested
 #[path = "../benches/support/http.rs"]
 mod http;
+#[allow(dead_code)] // only part of the module is tested
+#[path = "../benches/load/jobs_figs.rs"]
+mod jobs_figs;
+#[allow(dead_code)] // only part of the module is tested
+#[path = "../benches/load/jobs_park_figs.rs"]
+mod jobs_park_figs;
 #[path = "../benches/load/plan.rs"]
 mod plan;
 #[allow(dead_code)] // only part of the module is tested
@@ -610,3 +616,8 @@ fn market_every_trade_is_a_delivery_in_ms() {
     on_ws_message(TRADES.as_bytes(), &mut |_| n += 1, &mut acked).unwrap();
     assert_eq!(n, 3);
 }
+
+// ---- jobs: the summarize request, its answers, the acceptance checks (in a file of its own) ---
+
+#[path = "bench_self_test/jobs.rs"]
+mod jobs_checks;
