@@ -269,9 +269,14 @@ fn bursts(dep: &Deployment, a: &Args, srcs: &mut SrcAlloc) -> Res<Vec<BurstFigs>
             a.jobs_clients,
             wait_s.map(|w| format!("?wait={w}")).unwrap_or_default()
         );
-        let t0 = cpu_ticks(pid)?;
+        let own = std::process::id() as i32;
+        let (t0, g0, b0, w0) = (cpu_ticks(pid)?, cpu_ticks(own)?, box_cpu(), Instant::now());
         let mut f = run_burst(&cfg)?;
-        f.server_cpu_ms = cpu_ticks(pid)?.saturating_sub(t0) as f64 * 1000.0 / clk_tck();
+        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 * 1000.0 / clk_tck();
+        f.wall_s = w0.elapsed().as_secs_f64();
+        f.server_cpu_ms = ms(t0, cpu_ticks(pid)?);
+        f.loadgen_cpu_pct = ms(g0, cpu_ticks(own)?) / 10.0 / f.wall_s;
+        f.box_busy_pct = box_busy_pct(b0, box_cpu());
         f.server = jobs_metrics(dep);
         out.push(f);
     }

@@ -216,6 +216,11 @@ pub struct BurstFigs {
     pub burst_spread_us: u64,
     /// redix CPU over the rounds (connections set up and closed included), ms
     pub server_cpu_ms: f64,
+    /// the rounds' wall time, s; the generator's CPU and the whole box's over it, in % of
+    /// one core (a busy "everything else" means the rounds were disturbed)
+    pub wall_s: f64,
+    pub loadgen_cpu_pct: f64,
+    pub box_busy_pct: f64,
     pub server: Option<JobsMetrics>,
 }
 
@@ -230,6 +235,9 @@ impl BurstFigs {
             tally: AnswerTally::default(),
             burst_spread_us: 0,
             server_cpu_ms: 0.0,
+            wall_s: 0.0,
+            loadgen_cpu_pct: 0.0,
+            box_busy_pct: 0.0,
             server: None,
         }
     }
@@ -294,6 +302,13 @@ pub fn burst_text(name: &str, f: &BurstFigs, window_ms: u64) -> String {
         "  server CPU          {:.0} ms over the rounds → {per:.0} µs per request (connection setup and close included)",
         f.server_cpu_ms
     );
+    let server_pct = f.server_cpu_ms / 10.0 / f.wall_s.max(1e-9);
+    let other = (f.box_busy_pct - server_pct - f.loadgen_cpu_pct).max(0.0);
+    let _ = writeln!(
+        s,
+        "  box                 {:.0} % of one core busy over the {:.1} s of rounds: server {server_pct:.0} %, generator {:.0} %, everything else {other:.0} %",
+        f.box_busy_pct, f.wall_s, f.loadgen_cpu_pct
+    );
     if let Some(m) = &f.server {
         let _ = writeln!(s, "  server              {}", m.line());
     }
@@ -306,7 +321,9 @@ pub fn burst_json(f: &BurstFigs) -> Value {
         "wait_s": f.wait_s, "clients": f.clients, "rounds": f.rounds, "expected": f.expected(),
         "answers": f.tally.json(), "latency_us": f.lat.json(),
         "round_p99_us": f.round_p99_us, "burst_spread_us": f.burst_spread_us,
-        "server_cpu_ms": f.server_cpu_ms, "server": f.server.as_ref().map(JobsMetrics::json),
+        "server_cpu_ms": f.server_cpu_ms, "wall_s": (f.wall_s * 100.0).round() / 100.0,
+        "loadgen_cpu_pct": f.loadgen_cpu_pct.round(), "box_busy_pct": f.box_busy_pct.round(),
+        "server": f.server.as_ref().map(JobsMetrics::json),
     })
 }
 
