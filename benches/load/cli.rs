@@ -275,7 +275,7 @@ pub struct Args {
     /// jobs: burst rounds without `?wait=` (202 after the quick-check window, `jobs.wait_ms`)
     #[arg(long, default_value_t = 1)]
     pub jobs_window_rounds: usize,
-    /// jobs: the `?wait=` seconds (0–10) of the requests parked beside the fanout; each is
+    /// jobs: the `?wait=` seconds (1–10) of the requests parked beside the fanout; each is
     /// re-posted (a new URL) as its 202 comes back
     #[arg(long, default_value_t = 10)]
     pub jobs_park_wait: u32,

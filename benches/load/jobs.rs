@@ -62,8 +62,9 @@ pub fn check_args(a: &Args) -> Res<()> {
     if !(1..=MAX_CLIENTS).contains(&a.jobs_clients) {
         return Err(format!("--jobs-clients must be 1..={MAX_CLIENTS}"));
     }
-    if a.jobs_park_wait > 10 || a.jobs_rounds == 0 {
-        return Err("--jobs-park-wait is 0..=10 s (`jobs.max_wait_ms`), --jobs-rounds ≥ 1".into());
+    // ≥ 1 s keeps the parked requests a bounded load (at most --jobs-clients per second)
+    if !(1..=10).contains(&a.jobs_park_wait) || a.jobs_rounds == 0 {
+        return Err("--jobs-park-wait is 1..=10 s (`jobs.max_wait_ms`), --jobs-rounds ≥ 1".into());
     }
     Ok(())
 }
