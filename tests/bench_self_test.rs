@@ -15,6 +15,12 @@ mod hist;
 #[allow(dead_code)] // only part of the module is tested
 #[path = "../benches/support/http.rs"]
 mod http;
+#[allow(dead_code)] // only part of the module is tested
+#[path = "../benches/load/jobs_figs.rs"]
+mod jobs_figs;
+#[allow(dead_code)] // only part of the module is tested
+#[path = "../benches/load/jobs_park_figs.rs"]
+mod jobs_park_figs;
 #[path = "../benches/load/plan.rs"]
 mod plan;
 #[allow(dead_code)] // only part of the module is tested
@@ -613,28 +619,10 @@ fn market_every_trade_is_a_delivery_in_ms() {
 
 // ---- the box bench's histogram (crosses process boundaries as sparse buckets) ---------------
 
-#[allow(dead_code)] // only part of the module is tested
-#[path = "../benches/box/hist.rs"]
-mod box_hist;
+#[path = "bench_self_test/box_hist.rs"]
+mod box_hist_checks;
 
-#[test]
-fn box_histogram_survives_the_trip_between_processes() {
-    let (mut a, mut b) = (box_hist::Hist::default(), box_hist::Hist::default());
-    for v in 1..=5_000u64 {
-        a.record(v);
-    }
-    for v in 5_001..=10_000u64 {
-        b.record(v);
-    }
-    let mut merged = box_hist::Hist::default();
-    for h in [&a, &b] {
-        let (buckets, max) = h.to_sparse();
-        merged.add_sparse(&buckets, max);
-    }
-    assert_eq!(merged.n, 10_000);
-    assert_eq!(merged.max, 10_000);
-    let p99 = merged.percentile(99.0);
-    assert!((9_900..=10_000).contains(&p99), "p99 {p99}");
-    let p50 = merged.percentile(50.0);
-    assert!((5_000..=5_160).contains(&p50), "p50 {p50}");
-}
+// ---- jobs: the summarize request, its answers, the acceptance checks (in a file of its own) ---
+
+#[path = "bench_self_test/jobs.rs"]
+mod jobs_checks;

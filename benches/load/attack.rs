@@ -22,7 +22,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::attack_figs::ProbeOutcome;
 use crate::attack_figs::{pipeline_buf, request, requests_completed, AttackFigs, Probe};
-use crate::cli::{Args, AttackPass};
+use crate::cli::{Args, Pass};
 use crate::support::http::parse_response;
 use crate::support::proc::rss_kib;
 use crate::Res;
@@ -106,19 +106,19 @@ impl Attack {
     /// Starts the pass's threads against the server at `addr` (process `pid`) for `window`;
     /// None when the pass has no attacker and nothing to sample.
     pub fn start(
-        pass: AttackPass,
+        pass: Pass,
         addr: SocketAddr,
         pid: i32,
         a: &Args,
         window: Duration,
     ) -> Res<Option<Attack>> {
-        if pass == AttackPass::Off {
+        if !matches!(pass, Pass::Baseline | Pass::Pipeline) {
             return Ok(None);
         }
         if !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
             return Err(format!("the attacker only targets 127.0.0.0/8, not {addr}"));
         }
-        let attacking = pass == AttackPass::Pipeline;
+        let attacking = pass == Pass::Pipeline;
         let figs = AttackFigs {
             attacking,
             conns: if attacking { a.attacker_conns } else { 0 },

@@ -55,6 +55,10 @@ pub enum ScenarioSel {
     /// trades from a `redix finnhub-sim` process through redix to --subs subscribers spread
     /// over --market-symbols symbols (redix only; not part of `all`)
     Market,
+    /// job submissions with no worker: --jobs-clients concurrent `POST /api/summarize`
+    /// (latency to the 202), then the fanout runs without and with that many requests parked
+    /// (redix embedded only; not part of `all`)
+    Jobs,
 }
 
 /// redix's mode (nchan is always one server)
@@ -105,31 +109,35 @@ pub enum AttackerSel {
     Compare,
 }
 
-/// One pass of the runs: without anything, the sampled pass without attacker, or attacked.
+/// One pass of the runs, i.e. what runs beside a fanout: nothing, the attacker's sampled
+/// baseline (RSS and `/readyz`, no attacker), the attacker, or parked summarize requests
+/// (`--scenario jobs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttackPass {
+pub enum Pass {
     Off,
     Baseline,
     Pipeline,
+    Parked,
 }
 
-impl AttackPass {
+impl Pass {
     /// appended to the server's label
     pub fn tag(self) -> &'static str {
         match self {
-            AttackPass::Off => "",
-            AttackPass::Baseline => " (no attacker)",
-            AttackPass::Pipeline => " + attacker",
+            Pass::Off => "",
+            Pass::Baseline => " (no attacker)",
+            Pass::Pipeline => " + attacker",
+            Pass::Parked => " + parked jobs",
         }
     }
 }
 
 /// The passes `--attacker` asks for, in order.
-pub fn attack_passes(a: &Args) -> Vec<AttackPass> {
+pub fn attack_passes(a: &Args) -> Vec<Pass> {
     match a.attacker {
-        AttackerSel::None => vec![AttackPass::Off],
-        AttackerSel::Pipeline => vec![AttackPass::Pipeline],
-        AttackerSel::Compare => vec![AttackPass::Baseline, AttackPass::Pipeline],
+        AttackerSel::None => vec![Pass::Off],
+        AttackerSel::Pipeline => vec![Pass::Pipeline],
+        AttackerSel::Compare => vec![Pass::Baseline, Pass::Pipeline],
     }
 }
 
@@ -268,6 +276,20 @@ pub struct Args {
     /// bytes of one floor write (redix's SSE event of a 100-byte payload is about this size)
     #[arg(long, default_value_t = 180)]
     pub floor_size: usize,
+    /// jobs: concurrent summarize requests (one source address each): the submit burst, and
+    /// the requests held parked beside the fanout
+    #[arg(long, default_value_t = 200)]
+    pub jobs_clients: usize,
+    /// jobs: burst rounds with `?wait=0` (202 at once), distinct URLs each round
+    #[arg(long, default_value_t = 10)]
+    pub jobs_rounds: usize,
+    /// jobs: burst rounds without `?wait=` (202 after the quick-check window, `jobs.wait_ms`)
+    #[arg(long, default_value_t = 1)]
+    pub jobs_window_rounds: usize,
+    /// jobs: the `?wait=` seconds (1–10) of the requests parked beside the fanout; each is
+    /// re-posted (a new URL) as its 202 comes back
+    #[arg(long, default_value_t = 10)]
+    pub jobs_park_wait: u32,
     /// passed by `cargo bench`; ignored
     #[arg(long, hide = true)]
     pub bench: bool,

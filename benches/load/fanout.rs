@@ -2,7 +2,9 @@
 //! first node at E events/s for D seconds; latency, deliveries/s, loss, and server CPU per
 //! delivery (Δ utime+stime / deliveries received), with a quiet baseline before publishing.
 //! With `--attacker` the pipelining attacker (`attack`) runs, on its own threads, for the
-//! publishing window against the first node.
+//! publishing window against the first node; in the parked pass of `--scenario jobs` the parked
+//! summarize requests (`jobs_park`) run, on their own thread, from before the quiet baseline to
+//! the end of the drain.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -12,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use crate::attack::Attack;
 use crate::attack_figs::AttackFigs;
-use crate::cli::{Args, AttackPass, Transport};
+use crate::cli::{Args, Pass, Transport};
 use crate::deployment::{node_name, Deployment};
 use crate::hist::Histogram;
+use crate::jobs_park::Parkers;
+use crate::jobs_park_figs::ParkFigs;
 use crate::now_ns;
 use crate::output::label;
 use crate::plan::SubRate;
@@ -69,6 +73,8 @@ pub struct FanoutResult {
     pub redis_rss_end: Option<u64>,
     /// `--attacker`: the attack's (or the sampled pass's) figures
     pub attack: Option<AttackFigs>,
+    /// `--scenario jobs`, the pass with parked requests: theirs
+    pub parked: Option<ParkFigs>,
 }
 
 /// One node's share of a fanout run (Redis mode).
@@ -231,7 +237,7 @@ pub fn run_fanout(
     srcs: &mut SrcAlloc,
     sr: SubRate,
     round: usize,
-    pass: AttackPass,
+    pass: Pass,
 ) -> Res<FanoutResult> {
     let deadline = Instant::now() + Duration::from_secs_f64(a.deadline);
     let name = label(dep.kind, dep.mode, tr, a);
@@ -240,6 +246,8 @@ pub fn run_fanout(
     let set = subscribe(dep, a, tr, srcs, sr, deadline)?;
     let sh = set.sh.clone();
     let ready = sh.ready.load(Relaxed);
+    let (addr, pid) = (dep.primary().addr, dep.primary().pid);
+    let parkers = Parkers::start_for(pass, addr, a, srcs, deadline)?;
     thread::sleep(Duration::from_millis(500));
     let quiet = quiet_baseline(&procs)?;
     let rss_before: u64 = dep.nodes.iter().map(|n| rss_kib(n.pid)).sum::<Res<u64>>()?;
@@ -251,20 +259,18 @@ pub fn run_fanout(
         sr.subs, sr.rate, a.duration
     );
     let window = Duration::from_secs_f64(a.duration);
-    let (addr, pid) = (dep.primary().addr, dep.primary().pid);
     let attack = Attack::start(pass, addr, pid, a, window)?;
+    if let Some(p) = &parkers {
+        p.mark();
+    }
     let p = publish(dep, a, sr.rate, deadline)?;
     let mut attack = attack.map(Attack::finish);
     let expected = p.ok * ready as u64;
     let drain_until = (Instant::now() + Duration::from_secs_f64(a.drain_timeout)).min(deadline);
     let drain_s = drain(dep, &sh, expected, drain_until)?;
     let s1 = Sample::take(&procs)?;
-    let rss_end_each = dep
-        .nodes
-        .iter()
-        .map(|n| rss_kib(n.pid))
-        .collect::<Res<Vec<u64>>>()?;
-    let redis_rss_end = dep.redis.as_ref().map(|r| rss_kib(r.pid)).transpose()?;
+    let parked = parkers.map(Parkers::finish);
+    let (rss_end_each, redis_rss_end) = rss_at_end(dep)?;
     if let Some(f) = attack.as_mut() {
         f.rss_after_kib = rss_end_each[0];
     }
@@ -280,8 +286,20 @@ pub fn run_fanout(
         redis_rss_end,
         drain_s,
         attack,
+        parked,
     };
     Ok(run.result(dep, a, set, &p, &s0, &s1))
+}
+
+/// VmRSS of each node and of redis-server (Redis mode), KiB.
+fn rss_at_end(dep: &Deployment) -> Res<(Vec<u64>, Option<u64>)> {
+    let each = dep
+        .nodes
+        .iter()
+        .map(|n| rss_kib(n.pid))
+        .collect::<Res<Vec<u64>>>()?;
+    let redis = dep.redis.as_ref().map(|r| rss_kib(r.pid)).transpose()?;
+    Ok((each, redis))
 }
 
 /// What `run_fanout` measured before the counters are read.
@@ -297,6 +315,7 @@ struct Run {
     redis_rss_end: Option<u64>,
     drain_s: f64,
     attack: Option<AttackFigs>,
+    parked: Option<ParkFigs>,
 }
 
 impl Run {
@@ -373,6 +392,7 @@ impl Run {
             redis_quiet_ms_per_s: self.quiet.get(nn).copied(),
             redis_rss_end: self.redis_rss_end,
             attack: self.attack,
+            parked: self.parked,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Load benchmark for redix (and nchan, its peer), as described in BENCHMARKS.md.
 //!
 //! `cargo bench --bench load -- [--target redix|nchan|both] [--transport sse|ws|both]
-//!  [--scenario idle|fanout|all] [--mode embedded|redis|both] [--plan SUBSxRATE,...] ...`
+//!  [--scenario idle|fanout|all|market|jobs] [--mode embedded|redis|both] [--plan SUBSxRATE,...] ...`
 //!
 //! Every scenario runs over SSE, over WebSocket, or both (`--transport`, default both; each
 //! server × transport gets a freshly started server, the same binary).
@@ -47,10 +47,21 @@
 //!   server's VmRSS is sampled (`attack`, figures in `attack_figs`); `--attacker compare` runs
 //!   everything without, then with the attacker and checks the hardening's acceptance figures.
 //!
+//! * jobs (`--scenario jobs`, redix embedded only, not part of `all`): redix with no job worker
+//!   (`jobs.demo_worker=false`) and its breaker held closed. First `--jobs-rounds` (10) bursts
+//!   of `--jobs-clients` (200) concurrent `POST /api/summarize?wait=0` from one source address
+//!   each, a new URL every request: latency from the write to the whole `202` (p50/p99/max),
+//!   every answer checked to be `202` pending; then `--jobs-window-rounds` (1) without `?wait=`
+//!   (the `202` after the quick-check window). Then every fanout run twice, each on a fresh
+//!   server: without, and with `--jobs-clients` requests parked (`?wait=--jobs-park-wait`,
+//!   re-posted as each `202` comes back) throughout; subscribers' latency, CPU per delivery,
+//!   the ratio, and the requests in flight (`jobs`, `jobs_submit`, `jobs_park`, `jobs_conn`;
+//!   figures and checks in `jobs_figs`, `jobs_park_figs`).
+//!
 //! Layout: `cli` (flags) → `deployment` (`server`, `peers`: the processes measured) →
 //! scenarios `idle` and `fanout`, which drive `worker` (generator threads running `conn`s,
-//! whose bytes `event` parses into `hist`) and `publisher`; `output` and `tables` print.
-//! `support` is shared with the wire bench.
+//! whose bytes `event` parses into `hist`) and `publisher`; `market` and `jobs` run their own
+//! passes; `output` and `tables` print. `support` is shared with the wire bench.
 
 mod attack;
 mod attack_figs;
@@ -62,6 +73,12 @@ mod fanout;
 mod floor;
 mod hist;
 mod idle;
+mod jobs;
+mod jobs_conn;
+mod jobs_figs;
+mod jobs_park;
+mod jobs_park_figs;
+mod jobs_submit;
 mod market;
 mod market_out;
 mod output;
@@ -80,8 +97,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 
 use cli::{
-    attack_passes, fanout_plan, Args, AttackPass, AttackerSel, Mode, ModeSel, ScenarioSel,
-    TargetSel, Transport, TransportSel,
+    attack_passes, fanout_plan, Args, AttackerSel, Mode, ModeSel, Pass, ScenarioSel, TargetSel,
+    Transport, TransportSel,
 };
 use deployment::Deployment;
 use output::{base_name, emit_json, fanout_json, idle_json, label, print_fanout, print_idle};
@@ -157,6 +174,11 @@ fn run(a: &Args) -> Res<bool> {
         .iter()
         .map(|p| p.subs)
         .fold(a.conns, usize::max)
+        + if a.scenario == ScenarioSel::Jobs {
+            a.jobs_clients
+        } else {
+            0
+        }
         + 64;
     if nofile < need as u64 {
         return Err(format!(
@@ -172,6 +194,9 @@ fn run(a: &Args) -> Res<bool> {
     let mut srcs = SrcAlloc { next: 2 };
     if a.scenario == ScenarioSel::Market {
         return run_market_all(a, &mut srcs);
+    }
+    if a.scenario == ScenarioSel::Jobs {
+        return jobs::run_jobs_all(a, &mut srcs);
     }
     let mut results = Vec::new();
     'passes: for pass in attack_passes(a) {
@@ -232,7 +257,7 @@ fn run_target(
     kind: Kind,
     transport: Transport,
     mode: Mode,
-    pass: AttackPass,
+    pass: Pass,
     a: &Args,
     srcs: &mut SrcAlloc,
 ) -> TargetResult {

@@ -144,7 +144,7 @@ pub fn redix_args_for(a: &Args, sim: &Server) -> Args {
 }
 
 /// A counter from redix's `/metrics/prom`, None when it cannot be read.
-fn prom_counter(dep: &Deployment, name: &str) -> Option<f64> {
+pub fn prom_counter(dep: &Deployment, name: &str) -> Option<f64> {
     let (status, body) = http_get(dep.primary().addr, "/metrics/prom").ok()?;
     if status != 200 {
         return None;

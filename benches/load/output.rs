@@ -11,6 +11,7 @@ use crate::attack_figs;
 use crate::cli::{Args, Mode, Transport, TransportSel};
 use crate::fanout::{per_delivery_us, FanoutResult};
 use crate::idle::IdleResult;
+use crate::jobs_park_figs;
 use crate::server::Kind;
 use crate::support::report::{ms, round, thousands};
 
@@ -85,6 +86,9 @@ pub fn fanout_json(kind: Kind, mode: Mode, tr: Transport, r: &FanoutResult) -> V
                 })
             })
             .collect();
+    }
+    if let Some(f) = &r.parked {
+        v["parked"] = jobs_park_figs::park_json(f);
     }
     if let Some(f) = &r.attack {
         v["attack"] = attack_figs::json(f);
@@ -175,10 +179,11 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
         } else {
             String::new()
         },
-        match &r.attack {
-            Some(f) if f.attacking => ", pipelining attacker",
-            Some(_) => ", no attacker",
-            None => "",
+        match (&r.attack, &r.parked) {
+            (Some(f), _) if f.attacking => ", pipelining attacker",
+            (Some(_), _) => ", no attacker",
+            (None, Some(_)) => ", parked summarize requests beside it",
+            (None, None) => "",
         }
     );
     let _ = writeln!(s, "  subscribers ready   {} / {}", r.ready, r.subs);
@@ -199,6 +204,9 @@ pub fn print_fanout(name: &str, tr: Transport, r: &FanoutResult) {
     deliveries(&mut s, r);
     cpu_lines(&mut s, r);
     generator_line(&mut s, r);
+    if let Some(f) = &r.parked {
+        s.push_str(&jobs_park_figs::park_text(f));
+    }
     if let Some(f) = &r.attack {
         s.push_str(&attack_figs::text(f));
     }

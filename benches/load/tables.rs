@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::attack_figs::{compare_table, pct_counting_lost, Side};
-use crate::cli::{fanout_plan, Args, AttackPass, Mode, ScenarioSel, Transport, TransportSel};
+use crate::cli::{fanout_plan, Args, Mode, Pass, ScenarioSel, Transport, TransportSel};
 use crate::fanout::{per_delivery_us, FanoutResult};
 use crate::idle::IdleResult;
 use crate::output::label;
@@ -17,7 +17,7 @@ pub struct TargetResult {
     pub mode: Mode,
     pub transport: Transport,
     /// `--attacker`: which pass this run belongs to
-    pub pass: AttackPass,
+    pub pass: Pass,
     /// one per round; the comparison table shows round 1 (a fresh server)
     pub idle: Vec<IdleResult>,
     pub fanout: Vec<FanoutResult>,
@@ -301,9 +301,9 @@ pub fn rounds_table(results: &[TargetResult], a: &Args) -> String {
 /// check passed and every attacked run has its pair.
 pub fn attack_comparisons(results: &[TargetResult], a: &Args) -> (String, bool) {
     let (mut out, mut all) = (String::new(), true);
-    for att in results.iter().filter(|r| r.pass == AttackPass::Pipeline) {
+    for att in results.iter().filter(|r| r.pass == Pass::Pipeline) {
         let base = results.iter().find(|b| {
-            b.pass == AttackPass::Baseline
+            b.pass == Pass::Baseline
                 && (b.kind, b.mode, b.transport) == (att.kind, att.mode, att.transport)
         });
         let name = label(att.kind, att.mode, att.transport, a);
