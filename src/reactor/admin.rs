@@ -244,7 +244,7 @@ impl Worker {
         let ConnState::Sse(sse) = &mut conn.state else {
             return false;
         };
-        let keep_queue = sse.gzip.is_some();
+        let keep_queue = sse.is_gzip();
         let last = sse.last(&d.sse_last(resume.as_deref()));
         self.close_gracefully(key, Some(last), !keep_queue, now);
         true

@@ -16,9 +16,9 @@ use super::timer::TimerKind;
 use super::{event_bytes, release_slot, reset_bytes, Encoding, Waiting, Worker};
 use crate::api::answers::redis_unavailable;
 use crate::api::StreamStart;
-use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sse, Sub};
+use crate::conn::{ConnState, Phase, SlotKind, Sse, Sub};
 use crate::hub::{NotReady, Snapshot};
-use crate::proto::gzip::{self as gz, Trail};
+use crate::proto::gzip as gz;
 use crate::proto::sse;
 
 impl Worker {
@@ -59,7 +59,7 @@ impl Worker {
         }
         if let Some(d) = conn.state.delivery_mut() {
             if let Some(last) = snap.replay.last() {
-                d.last_queued = Some(last.id);
+                d.queued(last.id);
             }
             let live_from = snap.live_from.iter().copied().max().unwrap_or(0);
             d.live_from_max = d.live_from_max.max(live_from);
@@ -111,15 +111,12 @@ impl Worker {
         };
         let http_slot = conn.ip_slot.replace((SlotKind::Sse, start.ip_slot));
         release_slot(&self.shared.access, http_slot);
-        let mut sse = Sse {
-            channels: subs(&start.channels, &snap).collect(),
-            delivery: Delivery::default(),
-            next_ping_ms: now + heartbeat,
-            gzip: start.gzip.then(Trail::default),
-            batch: start.batch,
-            hold_until: None,
-            token: None,
-        };
+        let mut sse = Sse::new(
+            subs(&start.channels, &snap).collect(),
+            now + heartbeat,
+            start.gzip,
+            start.batch,
+        );
         let mut head = match start.gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
             false => sse::HEAD.as_bytes().to_vec(),

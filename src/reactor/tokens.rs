@@ -37,7 +37,7 @@ impl Worker {
             timer_at: at,
         };
         match &mut conn.state {
-            ConnState::Sse(sse) => sse.token = Some(Box::new(token)),
+            ConnState::Sse(sse) => sse.set_token(token),
             ConnState::Ws(ws) => ws.token = Some(token),
             ConnState::Request(_) | ConnState::Closing { .. } => return,
         }
@@ -84,7 +84,7 @@ impl Worker {
             ConnState::Request(_) | ConnState::Closing { .. } => return,
         };
         let d = &sse.delivery;
-        let resume = d.resume_id(d.last_queued);
+        let resume = d.resume_id(d.last_queued());
         let resume = resume.map(|id| self.shared.hub.show_id(id));
         let last = sse.last(&sse::token_expired(resume.as_deref()));
         self.close_gracefully(key, Some(last), false, now);
