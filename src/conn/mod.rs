@@ -66,8 +66,9 @@ pub struct Delivery {
     pub live_from_max: u64,
     /// Data events this client lost to a full queue: the warnings, and
     /// `trades:*` events conflated away (replaced or refused), which
-    /// never warn (for `/debug/connections`).
-    pub drops: u64,
+    /// never warn (for `/debug/connections`). Saturates (a `u32` keeps
+    /// the struct at 40 B).
+    pub drops: u32,
     /// Data events dropped because the queue was full: slow-consumer
     /// warnings, of which `queue.slow_warnings` end the connection.
     pub warnings: u32,
@@ -562,7 +563,7 @@ impl Conn {
         }
         d.note_gap(id);
         d.warnings += 1;
-        d.drops += 1;
+        d.drops = d.drops.saturating_add(1);
         match d.warnings >= max_warnings {
             true => Enqueued::TooSlow,
             false => Enqueued::Dropped,
@@ -590,11 +591,11 @@ impl Conn {
             }
             Pushed::Replaced => {
                 d.queued(id);
-                d.drops += 1;
+                d.drops = d.drops.saturating_add(1);
                 Enqueued::Conflated
             }
             Pushed::Full => {
-                d.drops += 1;
+                d.drops = d.drops.saturating_add(1);
                 Enqueued::Dropped
             }
         }
