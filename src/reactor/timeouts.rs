@@ -23,7 +23,7 @@ impl Worker {
     }
 
     fn on_timer(&mut self, entry: Entry, now: u64) {
-        let (key, gen) = (entry.key, entry.gen);
+        let (key, gen) = (entry.key(), entry.gen);
         let Some(conn) = self.conns.get(key).filter(|c| c.gen == gen) else {
             return;
         };

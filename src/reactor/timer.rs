@@ -26,12 +26,23 @@ pub enum TimerKind {
     Token,
 }
 
+/// 16 B: the wheel holds one or two per connection. The slab key is
+/// kept as a `u32` (a reactor's slab holds far fewer connections) and
+/// the deadline as the wheel turn it falls in: an entry's bucket gives
+/// the tick within the turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    pub key: usize,
+    key: u32,
     pub gen: u32,
+    turn: u32,
     pub kind: TimerKind,
-    at_tick: u64,
+}
+
+impl Entry {
+    /// The connection's slab key.
+    pub fn key(&self) -> usize {
+        self.key as usize
+    }
 }
 
 pub struct TimerWheel {
@@ -66,11 +77,12 @@ impl TimerWheel {
     pub fn schedule(&mut self, at_ms: u64, key: usize, gen: u32, kind: TimerKind) {
         let at_tick = at_ms.div_ceil(self.tick_ms).max(self.done_tick + 1);
         let n = self.slots.len() as u64;
+        debug_assert!(u32::try_from(key).is_ok(), "slab key {key} over u32");
         self.slots[(at_tick % n) as usize].push(Entry {
-            key,
+            key: key as u32,
             gen,
+            turn: u32::try_from(at_tick / n).unwrap_or(u32::MAX),
             kind,
-            at_tick,
         });
         self.len += 1;
     }
@@ -87,10 +99,11 @@ impl TimerWheel {
         let first = self.done_tick + 1;
         let last = now_tick.min(self.done_tick + n);
         for tick in first..=last {
-            let slot = &mut self.slots[(tick % n) as usize];
+            let index = tick % n;
+            let slot = &mut self.slots[index as usize];
             let before = slot.len();
             slot.retain(|e| {
-                if e.at_tick <= now_tick {
+                if u64::from(e.turn) * n + index <= now_tick {
                     out.push(*e);
                     false
                 } else {
@@ -126,7 +139,7 @@ mod tests {
     use super::*;
 
     fn keys(out: &[Entry]) -> Vec<usize> {
-        out.iter().map(|e| e.key).collect()
+        out.iter().map(|e| e.key()).collect()
     }
 
     #[test]
