@@ -125,6 +125,7 @@ impl Worker {
         conn.queue.push_control(Bytes::from(head));
         let old = std::mem::replace(&mut conn.state, ConnState::Sse(sse));
         self.moved(old.phase(), Phase::Sse);
+        self.cancel_request_timer(key, gen, &old);
         self.timers
             .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
         self.install_token(key, start.grant, now);

@@ -57,6 +57,17 @@ impl Worker {
         self.timers.schedule(at, key, conn.gen, TimerKind::Request);
     }
 
+    /// A request that became a stream takes its live request timer out of
+    /// the wheel: an idle stream should not hold a dead entry until it
+    /// would have fired (up to the keep-alive timeout).
+    pub(super) fn cancel_request_timer(&mut self, key: usize, gen: u32, old: &ConnState) {
+        if let ConnState::Request(req) = old {
+            if let Some(at) = req.timer_at {
+                self.timers.cancel(at, key, gen, TimerKind::Request);
+            }
+        }
+    }
+
     /// The request timer: ignored unless it is the live one; then end the
     /// wait if the deadline passed, else arm for the deadline.
     fn request_due(&mut self, key: usize, now: u64) {

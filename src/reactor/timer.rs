@@ -87,6 +87,26 @@ impl TimerWheel {
         self.len += 1;
     }
 
+    /// Takes out the entry `schedule(at_ms, key, gen, kind)` made, when it
+    /// is still in the bucket of `at_ms` (one scheduled in the past went to
+    /// the next tick instead and stays: it fires as a no-op). Searches
+    /// from the bucket's end, where recent entries are.
+    pub fn cancel(&mut self, at_ms: u64, key: usize, gen: u32, kind: TimerKind) -> bool {
+        let at_tick = at_ms.div_ceil(self.tick_ms);
+        let n = self.slots.len() as u64;
+        let slot = &mut self.slots[(at_tick % n) as usize];
+        let turn = u32::try_from(at_tick / n).unwrap_or(u32::MAX);
+        let same = |e: &Entry| e.key() == key && e.gen == gen && e.kind == kind && e.turn == turn;
+        match slot.iter().rposition(same) {
+            Some(pos) => {
+                slot.remove(pos);
+                self.len -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Moves every entry due at `now_ms` into `out`.
     pub fn expire(&mut self, now_ms: u64, out: &mut Vec<Entry>) {
         let now_tick = now_ms / self.tick_ms;
@@ -140,6 +160,22 @@ mod tests {
 
     fn keys(out: &[Entry]) -> Vec<usize> {
         out.iter().map(|e| e.key()).collect()
+    }
+
+    #[test]
+    fn cancel_takes_out_only_the_named_entry() {
+        let mut w = TimerWheel::new(8, 10);
+        w.schedule(30, 1, 0, TimerKind::Request);
+        w.schedule(30, 2, 0, TimerKind::Request);
+        w.schedule(30, 1, 0, TimerKind::Heartbeat);
+        assert!(!w.cancel(30, 1, 1, TimerKind::Request), "other generation");
+        assert!(w.cancel(30, 1, 0, TimerKind::Request));
+        assert!(!w.cancel(30, 1, 0, TimerKind::Request), "already gone");
+        assert_eq!(w.len(), 2);
+        let mut out = Vec::new();
+        w.expire(30, &mut out);
+        assert_eq!(keys(&out), vec![2, 1]);
+        assert_eq!(out[1].kind, TimerKind::Heartbeat);
     }
 
     #[test]

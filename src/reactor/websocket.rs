@@ -56,6 +56,7 @@ impl Worker {
         }
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(ws));
         self.moved(old.phase(), Phase::Ws);
+        self.cancel_request_timer(key, gen, &old);
         self.timers
             .schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
         self.install_token(key, up.grant, now);
