@@ -93,8 +93,9 @@ pub struct Worker {
     shared: Arc<Shared>,
     conns: Slab<Conn>,
     next_gen: u32,
-    /// Channel → keys of local subscribers.
-    topics: HashMap<Arc<str>, HashSet<usize>>,
+    /// Channel → keys of local subscribers, as `u32` (a slab key stays
+    /// far below; half the set's memory per subscription).
+    topics: HashMap<Arc<str>, HashSet<u32>>,
     /// Connections with bytes queued this turn, as (key, gen).
     dirty: Vec<(usize, u32)>,
     /// Connections to read again next turn (their read budget ran out, or

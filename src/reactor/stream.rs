@@ -65,7 +65,10 @@ impl Worker {
             d.live_from_max = d.live_from_max.max(live_from);
         }
         for ch in channels {
-            self.topics.entry(ch.clone()).or_default().insert(key);
+            self.topics
+                .entry(ch.clone())
+                .or_default()
+                .insert(key as u32);
         }
         self.mark_dirty(key, gen);
         let ended = snap.replay.last().is_some_and(|ev| ev.ends_job);
@@ -146,7 +149,7 @@ impl Worker {
     pub(super) fn unsubscribe(&mut self, key: usize, channels: &[Sub]) {
         for Sub { channel: ch, .. } in channels {
             if let Some(subs) = self.topics.get_mut(ch) {
-                subs.remove(&key);
+                subs.remove(&(key as u32));
                 if subs.is_empty() {
                     self.topics.remove(ch);
                     self.shared.hub.detach(self.id, ch);
