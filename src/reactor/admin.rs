@@ -186,7 +186,7 @@ impl Worker {
                 _ => Vec::new(),
             },
             Selector::Channel(ch) => match self.topics.get(ch) {
-                Some(subs) => subs.iter().map(|&k| k as usize).collect(),
+                Some(subs) => subs.iter().collect(),
                 None => Vec::new(),
             },
             Selector::Ip(ip) => {

@@ -128,7 +128,7 @@ impl Worker {
             too_slow: Vec::new(),
         };
         let frames = BatchFrames::new(&events);
-        for key in subs.iter().map(|&k| k as usize) {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };

@@ -54,7 +54,7 @@ impl Worker {
         };
         let mut batch_wanted = false;
         let mut ended = Vec::new();
-        for key in subs.iter().map(|&k| k as usize) {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -100,7 +100,7 @@ impl Worker {
             return;
         };
         let mut touched = Vec::new();
-        for key in subs.iter().map(|&k| k as usize) {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -123,7 +123,7 @@ impl Worker {
         };
         let ws = ws_api::channel_error_frame(channel, code, message);
         let mut touched = Vec::new();
-        for key in subs.iter().map(|&k| k as usize) {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };

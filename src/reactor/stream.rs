@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::timer::TimerKind;
+use super::topics::Subscribers;
 use super::{event_bytes, release_slot, reset_bytes, Encoding, Waiting, Worker};
 use crate::api::answers::redis_unavailable;
 use crate::api::StreamStart;
@@ -65,10 +66,12 @@ impl Worker {
             d.live_from_max = d.live_from_max.max(live_from);
         }
         for ch in channels {
-            self.topics
-                .entry(ch.clone())
-                .or_default()
-                .insert(key as u32);
+            match self.topics.get_mut(ch) {
+                Some(subs) => subs.insert(key),
+                None => {
+                    self.topics.insert(ch.clone(), Subscribers::new(key));
+                }
+            }
         }
         self.mark_dirty(key, gen);
         let ended = snap.replay.last().is_some_and(|ev| ev.ends_job);
@@ -149,8 +152,7 @@ impl Worker {
     pub(super) fn unsubscribe(&mut self, key: usize, channels: &[Sub]) {
         for Sub { channel: ch, .. } in channels {
             if let Some(subs) = self.topics.get_mut(ch) {
-                subs.remove(&(key as u32));
-                if subs.is_empty() {
+                if subs.remove(key) {
                     self.topics.remove(ch);
                     self.shared.hub.detach(self.id, ch);
                 }
