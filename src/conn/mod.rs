@@ -18,7 +18,7 @@ use mio::net::TcpStream;
 
 use crate::event::Event;
 use crate::limits::{Bucket, IpKey};
-use crate::proto::deflate::WindowBits;
+use crate::proto::deflate::{Agreement, WindowBits};
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
 use crate::tokens::Grant;
@@ -46,31 +46,77 @@ pub struct Request {
 }
 
 /// What a subscriber connection (SSE or WebSocket) has been sent.
+///
+/// The three ids are stored without `Option` (8 B each instead of 16, in
+/// every subscriber's slot): real event ids are never 0 (0 is the
+/// "from the start" cursor), so 0 means "none" for the first two; the
+/// gap point may itself be 0 (everything was lost from the start), so it
+/// is stored plus one. Ids stay below `u64::MAX` (`hub::ids`), so the +1
+/// cannot overflow.
 #[derive(Debug, Default)]
 pub struct Delivery {
-    /// Last data event queued.
-    pub last_queued: Option<u64>,
-    /// Last data event completely written.
-    pub last_written: Option<u64>,
-    /// Last event queued before the first drop: a resume point with no gap.
-    pub before_gap: Option<u64>,
+    /// Last data event queued; 0: none.
+    last_queued: u64,
+    /// Last data event completely written; 0: none.
+    last_written: u64,
+    /// Last event queued before the first drop, plus one: a resume point
+    /// with no gap; 0: nothing dropped yet.
+    before_gap_plus1: u64,
+    /// The highest `Sub::live_from`: events above it are always wanted.
+    pub live_from_max: u64,
+    /// Data events this client lost to a full queue: the warnings, and
+    /// `trades:*` events conflated away (replaced or refused), which
+    /// never warn (for `/debug/connections`). Saturates (a `u32` keeps
+    /// the struct at 40 B).
+    pub drops: u32,
     /// Data events dropped because the queue was full: slow-consumer
     /// warnings, of which `queue.slow_warnings` end the connection.
     pub warnings: u32,
-    /// Data events this client lost to a full queue: the warnings, and
-    /// `trades:*` events conflated away (replaced or refused), which
-    /// never warn (for `/debug/connections`).
-    pub drops: u64,
-    /// The highest `Sub::live_from`: events above it are always wanted.
-    pub live_from_max: u64,
+}
+
+fn some_id(id: u64) -> Option<u64> {
+    (id != 0).then_some(id)
 }
 
 impl Delivery {
+    /// Last data event queued.
+    pub fn last_queued(&self) -> Option<u64> {
+        some_id(self.last_queued)
+    }
+
+    /// Last data event completely written.
+    pub fn last_written(&self) -> Option<u64> {
+        some_id(self.last_written)
+    }
+
+    /// Last event queued before the first drop: a resume point with no gap.
+    pub fn before_gap(&self) -> Option<u64> {
+        self.before_gap_plus1.checked_sub(1)
+    }
+
+    /// Records a data event queued.
+    pub fn queued(&mut self, id: u64) {
+        self.last_queued = id;
+    }
+
+    /// Records a data event completely written.
+    pub fn written(&mut self, id: u64) {
+        self.last_written = id;
+    }
+
+    /// Records a drop: the first one fixes the resume point with no gap.
+    fn note_gap(&mut self, dropped: u64) {
+        if self.before_gap_plus1 == 0 {
+            let gap = self.last_queued().unwrap_or(dropped.saturating_sub(1));
+            self.before_gap_plus1 = gap + 1;
+        }
+    }
+
     /// The id from which this client can resume without losing anything,
     /// when its stream ends after the frame now being written (`in_progress`).
     pub fn resume_id(&self, in_progress: Option<u64>) -> Option<u64> {
-        let delivered = in_progress.max(self.last_written);
-        match (self.before_gap, delivered) {
+        let delivered = in_progress.max(self.last_written());
+        match (self.before_gap(), delivered) {
             (Some(gap), Some(d)) => Some(gap.min(d)),
             (gap, d) => gap.or(d),
         }
@@ -96,26 +142,92 @@ pub struct Authorized {
     pub timer_at: u64,
 }
 
-/// An SSE subscriber.
+/// An SSE subscriber. Only what every stream uses is inline (the slot
+/// of every connection is as large as its largest state); gzip, batching
+/// and a token live in [`SseExtra`], allocated for streams that use one.
 #[derive(Debug)]
 pub struct Sse {
     pub channels: Box<[Sub]>,
     pub delivery: Delivery,
     pub next_ping_ms: u64,
+    extra: Option<Box<SseExtra>>,
+}
+
+/// The rarely used parts of an SSE stream.
+#[derive(Debug, Default)]
+pub struct SseExtra {
     /// Set for a gzip-encoded stream: what it has carried so far.
-    pub gzip: Option<Trail>,
+    gzip: Option<Trail>,
     /// The client asked for batching: writes wait for the batch window.
-    pub batch: bool,
+    batch: bool,
     /// Writes are held until then (a batch window is open).
-    pub hold_until: Option<u64>,
-    /// Token mode: the stream's token (boxed: open streams pay nothing).
-    pub token: Option<Box<Authorized>>,
+    hold_until: Option<u64>,
+    /// Token mode: the stream's token.
+    token: Option<Authorized>,
 }
 
 impl Sse {
+    pub fn new(channels: Box<[Sub]>, next_ping_ms: u64, gzip: bool, batch: bool) -> Sse {
+        let extra = (gzip || batch).then(|| {
+            Box::new(SseExtra {
+                gzip: gzip.then(Trail::default),
+                batch,
+                ..SseExtra::default()
+            })
+        });
+        Sse {
+            channels,
+            delivery: Delivery::default(),
+            next_ping_ms,
+            extra,
+        }
+    }
+
+    fn extra_mut(&mut self) -> &mut SseExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// A gzip-encoded stream.
+    pub fn is_gzip(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.gzip.is_some())
+    }
+
+    fn trail(&mut self) -> Option<&mut Trail> {
+        self.extra.as_mut().and_then(|x| x.gzip.as_mut())
+    }
+
+    /// The client asked for batching.
+    pub fn batch(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.batch)
+    }
+
+    /// Until when writes are held (a batch window is open).
+    pub fn hold_until(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|x| x.hold_until)
+    }
+
+    pub fn set_hold_until(&mut self, until: Option<u64>) {
+        if until.is_some() || self.extra.is_some() {
+            self.extra_mut().hold_until = until;
+        }
+    }
+
+    /// Token mode: the stream's token.
+    pub fn token(&self) -> Option<&Authorized> {
+        self.extra.as_ref().and_then(|x| x.token.as_ref())
+    }
+
+    pub fn token_mut(&mut self) -> Option<&mut Authorized> {
+        self.extra.as_mut().and_then(|x| x.token.as_mut())
+    }
+
+    pub fn set_token(&mut self, token: Authorized) {
+        self.extra_mut().token = Some(token);
+    }
+
     /// A control chunk (retry, ping, reset) in this stream's encoding.
     pub fn control(&mut self, raw: &[u8]) -> Bytes {
-        match &mut self.gzip {
+        match self.trail() {
             None => Bytes::copy_from_slice(raw),
             Some(trail) => {
                 trail.update(raw);
@@ -126,7 +238,7 @@ impl Sse {
 
     /// The stream's last chunk; a gzip stream ends with its trailer.
     pub fn last(&mut self, raw: &[u8]) -> Bytes {
-        match &mut self.gzip {
+        match self.trail() {
             None => Bytes::copy_from_slice(raw),
             Some(trail) => {
                 trail.update(raw);
@@ -140,15 +252,15 @@ impl Sse {
     /// An event in this stream's encoding; the caller records it with
     /// [`Sse::sent`] once it is queued.
     pub fn event(&self, ev: &Event, gzip_compressions: &AtomicU64) -> Bytes {
-        match self.gzip {
-            None => ev.sse.clone(),
-            Some(_) => ev.sse_gzip(gzip_compressions),
+        match self.is_gzip() {
+            false => ev.sse.clone(),
+            true => ev.sse_gzip(gzip_compressions),
         }
     }
 
     /// Counts a queued event into the gzip trailer.
     pub fn sent(&mut self, ev: &Event) {
-        if let Some(trail) = &mut self.gzip {
+        if let Some(trail) = self.trail() {
             trail.update(&ev.sse);
         }
     }
@@ -161,35 +273,105 @@ pub struct Ws {
     /// Subscribed channels (at most `ws.max_subscriptions`, counting
     /// `waiting`).
     pub channels: Vec<Sub>,
-    /// Redis mode: subscriptions whose channel is loading, with their
-    /// `since`; acknowledged once it has loaded.
-    pub waiting: Vec<(Arc<str>, Option<u64>)>,
     pub delivery: Delivery,
-    /// Frames in, messages out.
-    pub rx: Reassembler,
-    /// Received bytes not yet decoded: a partial frame header or control
-    /// frame; empty (unallocated) when idle.
-    pub rbuf: Vec<u8>,
+    /// The receive side while a frame or message is coming in; `None`
+    /// between messages (an idle client holds no receive state).
+    pub rx: Option<Box<Receiving>>,
+    /// The permessage-deflate agreement, when the client made one.
+    pub agreement: Option<Agreement>,
     /// `/ws/echo`: echo messages instead of reading commands.
     pub echo: bool,
     /// The client asked for `{"type":"batch"}` frames.
     pub batch: bool,
     /// Last time any byte arrived from the client.
     pub last_seen_ms: u64,
-    /// When the message being received began; 0 between messages.
-    pub message_since_ms: u64,
     /// Subscribe/unsubscribe commands (`ws.subscribes_per_sec`).
     pub commands: Bucket,
     pub next_ping_ms: u64,
+    /// Waiting subscriptions and a token; `None` when there are neither.
+    pub extra: Option<Box<WsExtra>>,
+}
+
+/// The rarely used parts of a WebSocket.
+#[derive(Debug, Default)]
+pub struct WsExtra {
+    /// Redis mode: subscriptions whose channel is loading, with their
+    /// `since`; acknowledged once it has loaded.
+    pub waiting: Vec<(Arc<str>, Option<u64>)>,
     /// Token mode: the token each subscribe is checked against.
     pub token: Option<Authorized>,
 }
 
 impl Ws {
+    /// The rarely used parts, allocated on first use.
+    pub fn extra_mut(&mut self) -> &mut WsExtra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// Subscriptions whose channel is loading (Redis mode).
+    pub fn waiting(&self) -> &[(Arc<str>, Option<u64>)] {
+        self.extra.as_ref().map_or(&[], |x| &x.waiting)
+    }
+
+    /// Takes the waiting subscriptions, leaving none.
+    pub fn take_waiting(&mut self) -> Vec<(Arc<str>, Option<u64>)> {
+        self.extra
+            .as_mut()
+            .map(|x| std::mem::take(&mut x.waiting))
+            .unwrap_or_default()
+    }
+
+    /// Token mode: the token each subscribe is checked against.
+    pub fn token(&self) -> Option<&Authorized> {
+        self.extra.as_ref().and_then(|x| x.token.as_ref())
+    }
+
+    pub fn token_mut(&mut self) -> Option<&mut Authorized> {
+        self.extra.as_mut().and_then(|x| x.token.as_mut())
+    }
+
     /// The window to compress this client's messages with, when it agreed
     /// to permessage-deflate.
     pub fn deflate(&self) -> Option<WindowBits> {
-        self.rx.deflate().map(|a| a.server_window())
+        self.agreement.map(|a| a.server_window())
+    }
+
+    /// The receive side, created when bytes arrive.
+    pub fn receiving(&mut self, max_message: usize) -> &mut Receiving {
+        let agreement = self.agreement;
+        self.rx.get_or_insert_with(|| {
+            Box::new(Receiving {
+                rx: Reassembler::new(max_message, agreement),
+                rbuf: Vec::new(),
+                message_since_ms: 0,
+            })
+        })
+    }
+
+    /// When the message being received began; 0 between messages.
+    pub fn message_since_ms(&self) -> u64 {
+        self.rx.as_ref().map_or(0, |r| r.message_since_ms)
+    }
+}
+
+/// A WebSocket's receive side while bytes of a frame or a message are in:
+/// created when bytes arrive, dropped once a message is complete and no
+/// byte is left over.
+#[derive(Debug)]
+pub struct Receiving {
+    /// Frames in, messages out.
+    pub rx: Reassembler,
+    /// Received bytes not yet decoded: a partial frame header or control
+    /// frame.
+    pub rbuf: Vec<u8>,
+    /// When the message being received began; 0 between messages.
+    pub message_since_ms: u64,
+}
+
+impl Receiving {
+    /// Nothing is partly received: the state can go.
+    pub fn idle(&self) -> bool {
+        !self.rx.in_message() && self.rbuf.is_empty()
     }
 }
 
@@ -294,8 +476,8 @@ impl ConnState {
     /// an operator may disconnect by it.
     pub fn subject(&self) -> Option<&Arc<str>> {
         match self {
-            ConnState::Sse(sse) => sse.token.as_ref().map(|t| &t.grant.sub),
-            ConnState::Ws(ws) => ws.token.as_ref().map(|t| &t.grant.sub),
+            ConnState::Sse(sse) => sse.token().map(|t| &t.grant.sub),
+            ConnState::Ws(ws) => ws.token().map(|t| &t.grant.sub),
             ConnState::Request(_) | ConnState::Closing { .. } => None,
         }
     }
@@ -325,8 +507,8 @@ impl ConnState {
     /// The subscription token of a stream opened with one.
     pub fn token_mut(&mut self) -> Option<&mut Authorized> {
         match self {
-            ConnState::Sse(sse) => sse.token.as_deref_mut(),
-            ConnState::Ws(ws) => ws.token.as_mut(),
+            ConnState::Sse(sse) => sse.token_mut(),
+            ConnState::Ws(ws) => ws.token_mut(),
             ConnState::Request(_) | ConnState::Closing { .. } => None,
         }
     }
@@ -376,14 +558,12 @@ impl Conn {
             return Enqueued::Dropped;
         };
         if self.queue.push_data(bytes, id, limits) {
-            d.last_queued = Some(id);
+            d.queued(id);
             return Enqueued::Queued;
         }
-        if d.before_gap.is_none() {
-            d.before_gap = Some(d.last_queued.unwrap_or(id.saturating_sub(1)));
-        }
+        d.note_gap(id);
         d.warnings += 1;
-        d.drops += 1;
+        d.drops = d.drops.saturating_add(1);
         match d.warnings >= max_warnings {
             true => Enqueued::TooSlow,
             false => Enqueued::Dropped,
@@ -406,16 +586,16 @@ impl Conn {
         };
         match self.queue.push_conflated(bytes, id, channel, limits) {
             Pushed::Queued => {
-                d.last_queued = Some(id);
+                d.queued(id);
                 Enqueued::Queued
             }
             Pushed::Replaced => {
-                d.last_queued = Some(id);
-                d.drops += 1;
+                d.queued(id);
+                d.drops = d.drops.saturating_add(1);
                 Enqueued::Conflated
             }
             Pushed::Full => {
-                d.drops += 1;
+                d.drops = d.drops.saturating_add(1);
                 Enqueued::Dropped
             }
         }
@@ -426,7 +606,7 @@ impl Conn {
         let done = self.queue.flush(&mut self.stream, budget);
         self.blocked = done.status == IoStatus::WouldBlock;
         if let (Some(d), Some(id)) = (self.state.delivery_mut(), done.last_id) {
-            d.last_written = Some(id);
+            d.written(id);
         }
         done
     }

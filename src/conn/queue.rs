@@ -47,12 +47,14 @@ pub struct QueueLimits {
 #[derive(Debug, Default)]
 pub struct WriteQueue {
     frames: VecDeque<Frame>,
-    /// Bytes of the front frame already written.
-    offset: usize,
-    /// Data frames queued.
-    events: usize,
     /// Bytes queued (data and control), minus `offset`.
     bytes: usize,
+    /// Bytes of the front frame already written (`u32`, like `events`:
+    /// the queue is in every connection's slot; a frame is an event or a
+    /// response, far below 4 GiB).
+    offset: u32,
+    /// Data frames queued (at most `queue.max_events` plus a replay).
+    events: u32,
 }
 
 /// What a flush did.
@@ -77,7 +79,7 @@ impl WriteQueue {
     }
 
     pub fn len_events(&self) -> usize {
-        self.events
+        self.events as usize
     }
 
     pub fn len_bytes(&self) -> usize {
@@ -109,7 +111,8 @@ impl WriteQueue {
 
     /// Queues a data frame unless a cap is reached; false means dropped.
     pub fn push_data(&mut self, bytes: Bytes, id: u64, limits: QueueLimits) -> bool {
-        if self.events >= limits.max_events || self.bytes + bytes.len() > limits.max_bytes {
+        if self.events as usize >= limits.max_events || self.bytes + bytes.len() > limits.max_bytes
+        {
             return false;
         }
         self.events += 1;
@@ -135,7 +138,9 @@ impl WriteQueue {
         channel: &Arc<str>,
         limits: QueueLimits,
     ) -> Pushed {
-        if self.events < limits.max_events && self.bytes + bytes.len() <= limits.max_bytes {
+        if (self.events as usize) < limits.max_events
+            && self.bytes + bytes.len() <= limits.max_bytes
+        {
             self.events += 1;
             self.bytes += bytes.len();
             self.frames.push_back(Frame {
@@ -217,7 +222,7 @@ impl WriteQueue {
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
             for (i, f) in self.frames.iter().take(MAX_IOV).enumerate() {
-                let start = if i == 0 { self.offset } else { 0 };
+                let start = if i == 0 { self.offset as usize } else { 0 };
                 slices[n] = IoSlice::new(&f.bytes[start..]);
                 n += 1;
             }
@@ -250,9 +255,9 @@ impl WriteQueue {
             let Some(front) = self.frames.front() else {
                 break;
             };
-            let left = front.bytes.len() - self.offset;
+            let left = front.bytes.len() - self.offset as usize;
             if written < left {
-                self.offset += written;
+                self.offset += written as u32;
                 return;
             }
             written -= left;

@@ -186,7 +186,7 @@ impl Worker {
                 _ => Vec::new(),
             },
             Selector::Channel(ch) => match self.topics.get(ch) {
-                Some(subs) => subs.iter().copied().collect(),
+                Some(subs) => subs.iter().collect(),
                 None => Vec::new(),
             },
             Selector::Ip(ip) => {
@@ -244,7 +244,7 @@ impl Worker {
         let ConnState::Sse(sse) = &mut conn.state else {
             return false;
         };
-        let keep_queue = sse.gzip.is_some();
+        let keep_queue = sse.is_gzip();
         let last = sse.last(&d.sse_last(resume.as_deref()));
         self.close_gracefully(key, Some(last), !keep_queue, now);
         true
@@ -255,7 +255,7 @@ impl Worker {
         let mut top = TopN::new(q.top);
         let mut report = Report::default();
         for (key, conn) in &self.conns {
-            let drops = conn.state.delivery().map_or(0, |d| d.drops);
+            let drops = conn.state.delivery().map_or(0, |d| u64::from(d.drops));
             let (bytes, events) = (conn.queue.len_bytes(), conn.queue.len_events());
             report
                 .totals
@@ -296,7 +296,7 @@ impl Worker {
             channel_count: subs.len(),
             queued_bytes: conn.queue.len_bytes() as u64,
             queued_events: conn.queue.len_events() as u64,
-            drops: delivery.map_or(0, |d| d.drops),
+            drops: delivery.map_or(0, |d| u64::from(d.drops)),
             warnings: delivery.map_or(0, |d| u64::from(d.warnings)),
             age_ms: now.saturating_sub(conn.opened_ms),
             idle_ms: now.saturating_sub(last_active(conn)),

@@ -128,7 +128,7 @@ impl Worker {
             too_slow: Vec::new(),
         };
         let frames = BatchFrames::new(&events);
-        for &key in subs {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -173,20 +173,20 @@ impl Worker {
         let ConnState::Sse(sse) = &mut conn.state else {
             return false;
         };
-        if !sse.batch || events == 0 || events >= max {
-            sse.hold_until = None;
+        if !sse.batch() || events == 0 || events >= max {
+            sse.set_hold_until(None);
             return false;
         }
-        match sse.hold_until {
+        match sse.hold_until() {
             None => {
-                sse.hold_until = Some(now + window);
+                sse.set_hold_until(Some(now + window));
                 self.timers
                     .schedule(now + window, key, gen, TimerKind::Batch);
                 true
             }
             Some(until) if now < until => true,
             Some(_) => {
-                sse.hold_until = None;
+                sse.set_hold_until(None);
                 false
             }
         }

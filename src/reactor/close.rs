@@ -48,7 +48,7 @@ impl Worker {
             ConnState::Sse(sse) => self.unsubscribe(key, &sse.channels),
             ConnState::Ws(ws) => {
                 self.unsubscribe(key, &ws.channels);
-                self.stop_waiting(key, gen, &ws.waiting);
+                self.stop_waiting(key, gen, ws.waiting());
             }
             ConnState::Request(_) | ConnState::Closing { .. } => {}
         }

@@ -54,7 +54,7 @@ impl Worker {
         };
         let mut batch_wanted = false;
         let mut ended = Vec::new();
-        for &key in subs {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -70,7 +70,7 @@ impl Worker {
             };
             // A gzip stream's trailer covers every byte queued: no
             // replacing there.
-            let gzip = matches!(&conn.state, ConnState::Sse(sse) if sse.gzip.is_some());
+            let gzip = matches!(&conn.state, ConnState::Sse(sse) if sse.is_gzip());
             let outcome = match conflate && !gzip {
                 true => conn.enqueue_conflated(bytes, ev.id, &ev.channel, self.limits),
                 false => conn.enqueue_event(bytes, ev.id, self.limits, max_warnings),
@@ -100,7 +100,7 @@ impl Worker {
             return;
         };
         let mut touched = Vec::new();
-        for &key in subs {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -123,7 +123,7 @@ impl Worker {
         };
         let ws = ws_api::channel_error_frame(channel, code, message);
         let mut touched = Vec::new();
-        for &key in subs {
+        for key in subs.iter() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -175,7 +175,7 @@ impl Worker {
         };
         // A gzip trailer covers every byte queued, so a gzip stream keeps
         // its queue and sends `slow` after it.
-        let keep_queue = sse.gzip.is_some();
+        let keep_queue = sse.is_gzip();
         let last = sse.last(&sse::slow(resume.as_deref()));
         self.close_gracefully(key, Some(last), !keep_queue, now);
     }

@@ -40,13 +40,16 @@ mod stream;
 mod timeouts;
 pub mod timer;
 mod tokens;
+mod topics;
 mod websocket;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use topics::Subscribers;
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -93,8 +96,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     conns: Slab<Conn>,
     next_gen: u32,
-    /// Channel → keys of local subscribers.
-    topics: HashMap<Arc<str>, HashSet<usize>>,
+    /// Channel → keys of local subscribers (one inline, more in a set).
+    topics: HashMap<Arc<str>, Subscribers>,
     /// Connections with bytes queued this turn, as (key, gen).
     dirty: Vec<(usize, u32)>,
     /// Connections to read again next turn (their read budget ran out, or

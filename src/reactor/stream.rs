@@ -13,12 +13,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::timer::TimerKind;
+use super::topics::Subscribers;
 use super::{event_bytes, release_slot, reset_bytes, Encoding, Waiting, Worker};
 use crate::api::answers::redis_unavailable;
 use crate::api::StreamStart;
-use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sse, Sub};
+use crate::conn::{ConnState, Phase, SlotKind, Sse, Sub};
 use crate::hub::{NotReady, Snapshot};
-use crate::proto::gzip::{self as gz, Trail};
+use crate::proto::gzip as gz;
 use crate::proto::sse;
 
 impl Worker {
@@ -59,13 +60,18 @@ impl Worker {
         }
         if let Some(d) = conn.state.delivery_mut() {
             if let Some(last) = snap.replay.last() {
-                d.last_queued = Some(last.id);
+                d.queued(last.id);
             }
             let live_from = snap.live_from.iter().copied().max().unwrap_or(0);
             d.live_from_max = d.live_from_max.max(live_from);
         }
         for ch in channels {
-            self.topics.entry(ch.clone()).or_default().insert(key);
+            match self.topics.get_mut(ch) {
+                Some(subs) => subs.insert(key),
+                None => {
+                    self.topics.insert(ch.clone(), Subscribers::new(key));
+                }
+            }
         }
         self.mark_dirty(key, gen);
         let ended = snap.replay.last().is_some_and(|ev| ev.ends_job);
@@ -111,15 +117,12 @@ impl Worker {
         };
         let http_slot = conn.ip_slot.replace((SlotKind::Sse, start.ip_slot));
         release_slot(&self.shared.access, http_slot);
-        let mut sse = Sse {
-            channels: subs(&start.channels, &snap).collect(),
-            delivery: Delivery::default(),
-            next_ping_ms: now + heartbeat,
-            gzip: start.gzip.then(Trail::default),
-            batch: start.batch,
-            hold_until: None,
-            token: None,
-        };
+        let mut sse = Sse::new(
+            subs(&start.channels, &snap).collect(),
+            now + heartbeat,
+            start.gzip,
+            start.batch,
+        );
         let mut head = match start.gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
             false => sse::HEAD.as_bytes().to_vec(),
@@ -128,6 +131,7 @@ impl Worker {
         conn.queue.push_control(Bytes::from(head));
         let old = std::mem::replace(&mut conn.state, ConnState::Sse(sse));
         self.moved(old.phase(), Phase::Sse);
+        self.cancel_request_timer(key, gen, &old);
         self.timers
             .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
         self.install_token(key, start.grant, now);
@@ -148,8 +152,7 @@ impl Worker {
     pub(super) fn unsubscribe(&mut self, key: usize, channels: &[Sub]) {
         for Sub { channel: ch, .. } in channels {
             if let Some(subs) = self.topics.get_mut(ch) {
-                subs.remove(&key);
-                if subs.is_empty() {
+                if subs.remove(key) {
                     self.topics.remove(ch);
                     self.shared.hub.detach(self.id, ch);
                 }

@@ -23,7 +23,7 @@ impl Worker {
     }
 
     fn on_timer(&mut self, entry: Entry, now: u64) {
-        let (key, gen) = (entry.key, entry.gen);
+        let (key, gen) = (entry.key(), entry.gen);
         let Some(conn) = self.conns.get(key).filter(|c| c.gen == gen) else {
             return;
         };
@@ -55,6 +55,17 @@ impl Worker {
         }
         req.timer_at = Some(at);
         self.timers.schedule(at, key, conn.gen, TimerKind::Request);
+    }
+
+    /// A request that became a stream takes its live request timer out of
+    /// the wheel: an idle stream should not hold a dead entry until it
+    /// would have fired (up to the keep-alive timeout).
+    pub(super) fn cancel_request_timer(&mut self, key: usize, gen: u32, old: &ConnState) {
+        if let ConnState::Request(req) = old {
+            if let Some(at) = req.timer_at {
+                self.timers.cancel(at, key, gen, TimerKind::Request);
+            }
+        }
     }
 
     /// The request timer: ignored unless it is the live one; then end the

@@ -26,12 +26,23 @@ pub enum TimerKind {
     Token,
 }
 
+/// 16 B: the wheel holds one or two per connection. The slab key is
+/// kept as a `u32` (a reactor's slab holds far fewer connections) and
+/// the deadline as the wheel turn it falls in: an entry's bucket gives
+/// the tick within the turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    pub key: usize,
+    key: u32,
     pub gen: u32,
+    turn: u32,
     pub kind: TimerKind,
-    at_tick: u64,
+}
+
+impl Entry {
+    /// The connection's slab key.
+    pub fn key(&self) -> usize {
+        self.key as usize
+    }
 }
 
 pub struct TimerWheel {
@@ -66,13 +77,34 @@ impl TimerWheel {
     pub fn schedule(&mut self, at_ms: u64, key: usize, gen: u32, kind: TimerKind) {
         let at_tick = at_ms.div_ceil(self.tick_ms).max(self.done_tick + 1);
         let n = self.slots.len() as u64;
+        debug_assert!(u32::try_from(key).is_ok(), "slab key {key} over u32");
         self.slots[(at_tick % n) as usize].push(Entry {
-            key,
+            key: key as u32,
             gen,
+            turn: u32::try_from(at_tick / n).unwrap_or(u32::MAX),
             kind,
-            at_tick,
         });
         self.len += 1;
+    }
+
+    /// Takes out the entry `schedule(at_ms, key, gen, kind)` made, when it
+    /// is still in the bucket of `at_ms` (one scheduled in the past went to
+    /// the next tick instead and stays: it fires as a no-op). Searches
+    /// from the bucket's end, where recent entries are.
+    pub fn cancel(&mut self, at_ms: u64, key: usize, gen: u32, kind: TimerKind) -> bool {
+        let at_tick = at_ms.div_ceil(self.tick_ms);
+        let n = self.slots.len() as u64;
+        let slot = &mut self.slots[(at_tick % n) as usize];
+        let turn = u32::try_from(at_tick / n).unwrap_or(u32::MAX);
+        let same = |e: &Entry| e.key() == key && e.gen == gen && e.kind == kind && e.turn == turn;
+        match slot.iter().rposition(same) {
+            Some(pos) => {
+                slot.remove(pos);
+                self.len -= 1;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Moves every entry due at `now_ms` into `out`.
@@ -87,10 +119,11 @@ impl TimerWheel {
         let first = self.done_tick + 1;
         let last = now_tick.min(self.done_tick + n);
         for tick in first..=last {
-            let slot = &mut self.slots[(tick % n) as usize];
+            let index = tick % n;
+            let slot = &mut self.slots[index as usize];
             let before = slot.len();
             slot.retain(|e| {
-                if e.at_tick <= now_tick {
+                if u64::from(e.turn) * n + index <= now_tick {
                     out.push(*e);
                     false
                 } else {
@@ -126,7 +159,23 @@ mod tests {
     use super::*;
 
     fn keys(out: &[Entry]) -> Vec<usize> {
-        out.iter().map(|e| e.key).collect()
+        out.iter().map(|e| e.key()).collect()
+    }
+
+    #[test]
+    fn cancel_takes_out_only_the_named_entry() {
+        let mut w = TimerWheel::new(8, 10);
+        w.schedule(30, 1, 0, TimerKind::Request);
+        w.schedule(30, 2, 0, TimerKind::Request);
+        w.schedule(30, 1, 0, TimerKind::Heartbeat);
+        assert!(!w.cancel(30, 1, 1, TimerKind::Request), "other generation");
+        assert!(w.cancel(30, 1, 0, TimerKind::Request));
+        assert!(!w.cancel(30, 1, 0, TimerKind::Request), "already gone");
+        assert_eq!(w.len(), 2);
+        let mut out = Vec::new();
+        w.expire(30, &mut out);
+        assert_eq!(keys(&out), vec![2, 1]);
+        assert_eq!(out[1].kind, TimerKind::Heartbeat);
     }
 
     #[test]

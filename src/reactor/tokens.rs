@@ -12,7 +12,7 @@
 use super::timer::TimerKind;
 use super::Worker;
 use crate::api::ws::{authorized_frame, revoked_frame, CommandError};
-use crate::conn::{Authorized, ConnState};
+use crate::conn::{Authorized, ConnState, Ws};
 use crate::metrics::WorkerStats;
 use crate::proto::sse;
 use crate::proto::ws::close_code;
@@ -37,8 +37,8 @@ impl Worker {
             timer_at: at,
         };
         match &mut conn.state {
-            ConnState::Sse(sse) => sse.token = Some(Box::new(token)),
-            ConnState::Ws(ws) => ws.token = Some(token),
+            ConnState::Sse(sse) => sse.set_token(token),
+            ConnState::Ws(ws) => ws.extra_mut().token = Some(token),
             ConnState::Request(_) | ConnState::Closing { .. } => return,
         }
         self.timers.schedule(at, key, conn.gen, TimerKind::Token);
@@ -84,7 +84,7 @@ impl Worker {
             ConnState::Request(_) | ConnState::Closing { .. } => return,
         };
         let d = &sse.delivery;
-        let resume = d.resume_id(d.last_queued);
+        let resume = d.resume_id(d.last_queued());
         let resume = resume.map(|id| self.shared.hub.show_id(id));
         let last = sse.last(&sse::token_expired(resume.as_deref()));
         self.close_gracefully(key, Some(last), false, now);
@@ -95,7 +95,7 @@ impl Worker {
         let Some(ConnState::Ws(ws)) = self.conns.get(key).map(|c| &c.state) else {
             return Ok(());
         };
-        match &ws.token {
+        match ws.token() {
             Some(t) if t.grant.allows(channel) => Ok(()),
             Some(_) => {
                 WorkerStats::add(&self.stats().rejected_channel, 1);
@@ -136,7 +136,11 @@ impl Worker {
         let ConnState::Ws(ws) = &mut conn.state else {
             return Ok(());
         };
-        let token = match &mut ws.token {
+        let Ws {
+            channels, extra, ..
+        } = &mut **ws;
+        let extra = extra.get_or_insert_with(Box::default);
+        let token = match &mut extra.token {
             Some(held) => {
                 held.grant
                     .renew(grant)
@@ -150,7 +154,7 @@ impl Worker {
                     return Err(("too_many_connections", why));
                 };
                 grant.hold(slot);
-                ws.token.insert(Authorized {
+                extra.token.insert(Authorized {
                     grant,
                     timer_at: u64::MAX,
                 })
@@ -160,8 +164,8 @@ impl Worker {
             token.timer_at = at;
             self.timers.schedule(at, key, gen, TimerKind::Token);
         }
-        let revoked: Vec<String> = (ws.channels.iter().map(|s| &s.channel))
-            .chain(ws.waiting.iter().map(|(c, _)| c))
+        let revoked: Vec<String> = (channels.iter().map(|s| &s.channel))
+            .chain(extra.waiting.iter().map(|(c, _)| c))
             .filter(|c| !token.grant.allows(c))
             .map(|c| c.to_string())
             .collect();

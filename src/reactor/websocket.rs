@@ -19,7 +19,7 @@ use crate::hub::ids::Format;
 use crate::hub::NotReady;
 use crate::limits::Bucket;
 use crate::metrics::WorkerStats;
-use crate::proto::ws::{self, close_code, Message, OpCode, Reassembler};
+use crate::proto::ws::{self, close_code, Message, OpCode};
 use bytes::Bytes;
 
 /// Bytes read from a WebSocket per read call batch before decoding.
@@ -40,20 +40,23 @@ impl Worker {
         conn.queue.push_control(Bytes::from(up.response));
         let ws = Ws {
             channels: Vec::new(),
-            waiting: Vec::new(),
             delivery: Delivery::default(),
-            rx: Reassembler::new(max_message, up.deflate),
-            rbuf: early,
+            rx: None,
+            agreement: up.deflate,
             echo: up.echo,
             batch: up.batch,
             last_seen_ms: now,
-            message_since_ms: 0,
             commands: Bucket::default(),
             next_ping_ms: now + ping_ms,
-            token: None,
+            extra: None,
         };
-        let old = std::mem::replace(&mut conn.state, ConnState::Ws(Box::new(ws)));
+        let mut ws = Box::new(ws);
+        if !early.is_empty() {
+            ws.receiving(max_message).rbuf = early;
+        }
+        let old = std::mem::replace(&mut conn.state, ConnState::Ws(ws));
         self.moved(old.phase(), Phase::Ws);
+        self.cancel_request_timer(key, gen, &old);
         self.timers
             .schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
         self.install_token(key, up.grant, now);
@@ -65,6 +68,7 @@ impl Worker {
     /// spent (then again next turn), decoding as it goes.
     pub(super) fn read_ws(&mut self, key: usize, now: u64) {
         let mut budget = READ_BUDGET;
+        let max_message = self.shared.config.ws.max_message_bytes;
         loop {
             if budget == 0 {
                 return self.read_again(key);
@@ -75,11 +79,13 @@ impl Worker {
             let ConnState::Ws(ws) = &mut conn.state else {
                 return;
             };
-            let before = ws.rbuf.len();
+            let rbuf = &mut ws.receiving(max_message).rbuf;
+            let before = rbuf.len();
             let cap = READ_CAP.min(before + budget);
-            let status = io::read_into(&mut conn.stream, &mut ws.rbuf, cap);
-            budget -= ws.rbuf.len() - before;
-            if ws.rbuf.len() > before {
+            let status = io::read_into(&mut conn.stream, rbuf, cap);
+            let got = rbuf.len() - before;
+            budget -= got;
+            if got > 0 {
                 ws.last_seen_ms = now;
             }
             self.decode_ws(key, now);
@@ -103,13 +109,19 @@ impl Worker {
         let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
             return;
         };
-        let mut buf = std::mem::take(&mut ws.rbuf);
+        let Some(r) = ws.rx.as_mut() else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut r.rbuf);
         let mut off = 0;
         let failure = loop {
             let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
                 break None;
             };
-            match ws.rx.decode(&mut buf[off..]) {
+            let Some(r) = ws.rx.as_mut() else {
+                break None;
+            };
+            match r.rx.decode(&mut buf[off..]) {
                 Err(e) => break Some(e),
                 Ok((0, None)) => break None,
                 Ok((n, msg)) => {
@@ -124,14 +136,19 @@ impl Worker {
         };
         if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
             buf.drain(..off);
-            if !buf.is_empty() {
-                ws.rbuf = buf;
+            if let Some(r) = ws.rx.as_mut() {
+                if !buf.is_empty() {
+                    r.rbuf = buf;
+                }
+                r.message_since_ms = match r.rx.in_message() {
+                    true if r.message_since_ms == 0 => now.max(1),
+                    true => r.message_since_ms,
+                    false => 0,
+                };
+                if r.idle() {
+                    ws.rx = None;
+                }
             }
-            ws.message_since_ms = match ws.rx.in_message() {
-                true if ws.message_since_ms == 0 => now.max(1),
-                true => ws.message_since_ms,
-                false => 0,
-            };
         }
         if let Some(e) = failure {
             WorkerStats::add(&self.stats().ws_protocol_errors, 1);
@@ -250,8 +267,8 @@ impl Worker {
         let ConnState::Ws(ws) = &mut conn.state else {
             return Err(("closing", "connection is closing".into()));
         };
-        if let Some(pos) = ws.waiting.iter().position(|(c, _)| **c == *channel) {
-            let (ch, _) = ws.waiting.swap_remove(pos);
+        if let Some(pos) = ws.waiting().iter().position(|(c, _)| **c == *channel) {
+            let (ch, _) = ws.extra_mut().waiting.swap_remove(pos);
             let me = self.conn_ref(key, gen);
             self.shared.hub.cancel_wait(&[ch], me);
             return Ok(unsubscribed_frame(&channel));
@@ -280,7 +297,7 @@ impl Worker {
         let ConnState::Ws(ws) = &conn.state else {
             return Err(closing());
         };
-        if ws.waiting.iter().any(|(c, _)| **c == *channel) {
+        if ws.waiting().iter().any(|(c, _)| **c == *channel) {
             return Ok(());
         }
         if ws.channels.iter().any(|s| *s.channel == *channel) {
@@ -288,7 +305,7 @@ impl Worker {
             return Ok(());
         }
         self.token_allows(key, &channel)?;
-        if ws.channels.len() + ws.waiting.len() >= max {
+        if ws.channels.len() + ws.waiting().len() >= max {
             return Err((
                 "too_many_subscriptions",
                 format!("at most {max} subscriptions per connection"),
@@ -300,7 +317,7 @@ impl Worker {
             Ok(snap) => snap,
             Err(NotReady::Loading) => {
                 if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
-                    ws.waiting.push((ch, since));
+                    ws.extra_mut().waiting.push((ch, since));
                 }
                 return Ok(());
             }
@@ -374,7 +391,7 @@ impl Worker {
         let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
             return;
         };
-        let waiting = std::mem::take(&mut ws.waiting);
+        let waiting = ws.take_waiting();
         for (ch, since) in waiting {
             if let Err((code, message)) = self.ws_subscribe(key, ch.to_string(), since) {
                 WorkerStats::add(&self.stats().ws_command_errors, 1);
@@ -391,10 +408,10 @@ impl Worker {
         let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
             return;
         };
-        let Some(pos) = ws.waiting.iter().position(|(c, _)| c == channel) else {
+        let Some(pos) = ws.waiting().iter().position(|(c, _)| c == channel) else {
             return;
         };
-        let (ch, since) = ws.waiting.remove(pos);
+        let (ch, since) = ws.extra_mut().waiting.remove(pos);
         if let Err((code, message)) = self.ws_subscribe(key, ch.to_string(), since) {
             WorkerStats::add(&self.stats().ws_command_errors, 1);
             self.push_control(key, error_frame(code, &message));
@@ -414,7 +431,8 @@ impl Worker {
             return self.close_ws(key, close_code::GOING_AWAY, "idle timeout", now);
         }
         // Pings keep a connection alive, not a message that never ends.
-        if ws.message_since_ms != 0 && now >= ws.message_since_ms + message_ms {
+        let since = ws.message_since_ms();
+        if since != 0 && now >= since + message_ms {
             let reason = "message not completed in time";
             return self.close_ws(key, close_code::POLICY, reason, now);
         }
@@ -424,7 +442,7 @@ impl Worker {
             ping = true;
         }
         let at = ws.next_ping_ms.min(idle_deadline);
-        let waiting = !ws.waiting.is_empty();
+        let waiting = !ws.waiting().is_empty();
         self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
         if waiting {
             // In case a wake-up was lost to a full inbox.
