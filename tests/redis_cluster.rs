@@ -1,0 +1,219 @@
+//! Redis Cluster: a real cluster of three masters and three replicas
+//! (`redis-cli --cluster create`), two redix nodes given its seeds, and
+//! channels whose slots land on every shard.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use common::*;
+
+/// Six `redis-server --cluster-enabled yes`, joined by `redis-cli`.
+fn start_cluster() -> Vec<RedisServer> {
+    let extra: Vec<String> = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let nodes: Vec<RedisServer> = (0..6)
+        .map(|_| RedisServer::start_with(&[], &extra))
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output()
+        .expect("redis-cli on PATH");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for n in &nodes {
+        wait_until("cluster_state:ok on every node", || {
+            n.command(&["CLUSTER", "INFO"])
+                .is_some_and(|r| r.contains("cluster_state:ok"))
+        });
+    }
+    nodes
+}
+
+/// Two channels per master's slot range (`redis-cli` splits the 16,384
+/// slots in three), found by asking the cluster for their slots.
+fn channels_on_every_shard(node: &RedisServer) -> Vec<String> {
+    let mut per_shard: [Vec<String>; 3] = Default::default();
+    for i in 0.. {
+        let ch = format!("cl-{i}");
+        let reply = node
+            .command(&["CLUSTER", "KEYSLOT", &format!("rx:{{{ch}}}:s")])
+            .expect("KEYSLOT");
+        let slot: usize = reply.trim().trim_start_matches(':').parse().expect("slot");
+        let shard = (slot * 3 / 16384).min(2);
+        if per_shard[shard].len() < 2 {
+            per_shard[shard].push(ch);
+        }
+        if per_shard.iter().all(|s| s.len() == 2) {
+            break;
+        }
+    }
+    per_shard.concat()
+}
+
+fn cluster_node(seeds: &[RedisServer]) -> Server {
+    let list: Vec<String> = seeds
+        .iter()
+        .map(|s| format!("\"redis://127.0.0.1:{}\"", s.port))
+        .collect();
+    let list = format!("redis.cluster=[{}]", list.join(","));
+    let node = Server::start(&["--set", &list, "--set", "redis.prefix=\"rx:\""]);
+    wait_until("the cluster node to be ready", || {
+        get(node.addr, "/readyz").0 == 200
+    });
+    node
+}
+
+/// (channel, id, data) of the next WebSocket message.
+fn next_ws(ws: &mut RawWs) -> (String, String, i64) {
+    let f = ws.read_non_ping().expect("a frame");
+    let v: serde_json::Value = serde_json::from_str(&f.text()).expect("json");
+    assert_eq!(v["type"], "message", "{v}");
+    let channel = v["channel"].as_str().expect("channel").to_string();
+    let id = v["id"].as_str().expect("id").to_string();
+    (channel, id, v["data"].as_i64().expect("data"))
+}
+
+fn next_sse(c: &mut SseClient) -> (String, i64) {
+    let ev = c.next_message().expect("an event");
+    let v: serde_json::Value = serde_json::from_str(&ev.data).expect("json");
+    (ev.id.expect("id"), v["data"].as_i64().expect("data"))
+}
+
+fn ws_on(addr: SocketAddr, channels: &[String]) -> RawWs {
+    let mut ws = RawWs::connect(addr, "/ws", &[]);
+    for ch in channels {
+        ws_subscribe(&mut ws, ch);
+    }
+    ws
+}
+
+/// Per channel, the (id, data) published, in order.
+type Published = HashMap<String, Vec<(String, i64)>>;
+
+fn publish_alternately(
+    nodes: [SocketAddr; 2],
+    channels: &[String],
+    range: std::ops::Range<i64>,
+    out: &mut Published,
+) {
+    for i in range {
+        let ch = &channels[i as usize % channels.len()];
+        let id = publish_stream_id(nodes[i as usize % 2], ch, &i.to_string());
+        out.entry(ch.clone()).or_default().push((id, i));
+    }
+}
+
+#[test]
+fn events_on_every_shard_reach_every_client_once_in_order_and_resume_across_nodes() {
+    let cluster = start_cluster();
+    let channels = channels_on_every_shard(&cluster[0]);
+    let a = cluster_node(&cluster[..2]);
+    let b = cluster_node(&cluster[3..]);
+    let mut ws = [ws_on(a.addr, &channels), ws_on(b.addr, &channels)];
+    let mut sse: Vec<(String, SseClient)> = Vec::new();
+    for node in [&a, &b] {
+        for ch in &channels {
+            let c = SseClient::connect(node.addr, ch);
+            assert_eq!(c.status, 200, "{}", c.head);
+            sse.push((ch.clone(), c));
+        }
+    }
+    let mut published = Published::new();
+    publish_alternately([a.addr, b.addr], &channels, 0..3000, &mut published);
+    for (n, w) in ws.iter_mut().enumerate() {
+        let mut got: Published = HashMap::new();
+        for _ in 0..3000 {
+            let (ch, id, data) = next_ws(w);
+            got.entry(ch).or_default().push((id, data));
+        }
+        assert_eq!(got, published, "WebSocket client on node {n}");
+    }
+    for (ch, c) in &mut sse {
+        let got: Vec<(String, i64)> = (0..500).map(|_| next_sse(c)).collect();
+        assert_eq!(&got, &published[ch.as_str()], "SSE client of {ch}");
+    }
+    println!(
+        "3000 events over {} channels on 3 shards: every client, once, in order",
+        channels.len()
+    );
+
+    // A WebSocket client moves from A to B with a `since` per channel;
+    // events go on being published meanwhile.
+    let mut moved = RawWs::connect(b.addr, "/ws", &[]);
+    let mut expect: Published = HashMap::new();
+    for ch in &channels {
+        let since = &published[ch.as_str()][399].0;
+        moved.send_text(&format!(
+            r#"{{"type":"subscribe","channel":"{ch}","since":"{since}"}}"#
+        ));
+        expect.insert(ch.clone(), published[ch.as_str()][400..].to_vec());
+    }
+    let mut more = Published::new();
+    publish_alternately([a.addr, b.addr], &channels, 3000..3060, &mut more);
+    for (ch, evs) in &more {
+        expect
+            .entry(ch.clone())
+            .or_default()
+            .extend(evs.iter().cloned());
+    }
+    let total: usize = expect.values().map(Vec::len).sum();
+    let mut got: Published = HashMap::new();
+    let (mut acks, mut n) = (0, 0);
+    while acks < channels.len() || n < total {
+        let f = moved.read_non_ping().expect("a frame");
+        let v: serde_json::Value = serde_json::from_str(&f.text()).expect("json");
+        if v["type"] == "subscribed" {
+            acks += 1;
+            continue;
+        }
+        assert_eq!(v["type"], "message", "{v}");
+        let ch = v["channel"].as_str().expect("channel").to_string();
+        let id = v["id"].as_str().expect("id").to_string();
+        got.entry(ch)
+            .or_default()
+            .push((id, v["data"].as_i64().expect("data")));
+        n += 1;
+    }
+    assert_eq!(got, expect, "the WebSocket client that moved");
+    println!("WebSocket client moved A -> B with since per channel: {total} events, none lost");
+
+    // An SSE client of one channel moves from B to A with Last-Event-ID.
+    let ch = &channels[5];
+    let all: Vec<(String, i64)> = published[ch.as_str()]
+        .iter()
+        .chain(&more[ch.as_str()])
+        .cloned()
+        .collect();
+    let last = format!("Last-Event-ID: {}", all[449].0);
+    let mut c = SseClient::open(a.addr, &format!("/api/stream?channels={ch}"), &[&last]);
+    assert_eq!(c.status, 200, "{}", c.head);
+    let got: Vec<(String, i64)> = (450..all.len()).map(|_| next_sse(&mut c)).collect();
+    assert_eq!(got, all[450..].to_vec(), "the SSE client that moved");
+    println!(
+        "SSE client of {ch} moved B -> A with Last-Event-ID: {} events, none lost",
+        got.len()
+    );
+
+    // Several channels on one SSE stream: refused, and why.
+    let c = SseClient::connect(a.addr, &format!("{},{}", channels[0], channels[1]));
+    assert_eq!(c.status, 400, "{}", c.head);
+    drop(cluster);
+}
