@@ -217,3 +217,120 @@ fn events_on_every_shard_reach_every_client_once_in_order_and_resume_across_node
     assert_eq!(c.status, 400, "{}", c.head);
     drop(cluster);
 }
+
+/// `redis-cli -p PORT ARGS…`, its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli on PATH");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The port of the master that serves `slot`, from `CLUSTER NODES`.
+fn owner_of(node: u16, slot: u16) -> u16 {
+    let nodes = redis_cli(node, &["CLUSTER", "NODES"]);
+    for line in nodes.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 9 || !f[2].contains("master") {
+            continue;
+        }
+        let serves = f[8..].iter().any(|r| {
+            let (lo, hi) = r.split_once('-').unwrap_or((r, r));
+            lo.parse::<u16>().is_ok_and(|lo| lo <= slot)
+                && hi.parse::<u16>().is_ok_and(|hi| slot <= hi)
+        });
+        if serves {
+            let port = f[1].split(['@', ':']).nth(1).expect("port");
+            return port.parse().expect("port");
+        }
+    }
+    panic!("no master serves slot {slot}: {nodes}");
+}
+
+/// Moves one slot and its keys from master `from` to master `to`, the way
+/// `redis-cli --cluster reshard` does (IMPORTING, MIGRATING, MIGRATE,
+/// SETSLOT NODE everywhere).
+fn move_slot(masters: &[u16], slot: u16, from: u16, to: u16) {
+    let s = slot.to_string();
+    let src = redis_cli(from, &["CLUSTER", "MYID"]).trim().to_string();
+    let dst = redis_cli(to, &["CLUSTER", "MYID"]).trim().to_string();
+    redis_cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &src]);
+    redis_cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &dst]);
+    loop {
+        let keys = redis_cli(from, &["CLUSTER", "GETKEYSINSLOT", &s, "1000"]);
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let port = to.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        let answer = redis_cli(from, &args);
+        assert!(answer.contains("OK"), "MIGRATE: {answer}");
+    }
+    for m in [to, from].iter().chain(masters) {
+        redis_cli(*m, &["CLUSTER", "SETSLOT", &s, "NODE", &dst]);
+    }
+}
+
+fn slot_of(node: &RedisServer, channel: &str) -> u16 {
+    let reply = node
+        .command(&["CLUSTER", "KEYSLOT", &format!("rx:{{{channel}}}:s")])
+        .expect("KEYSLOT");
+    reply.trim().trim_start_matches(':').parse().expect("slot")
+}
+
+#[test]
+fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
+    let cluster = start_cluster();
+    let channels = channels_on_every_shard(&cluster[0]);
+    let a = cluster_node(&cluster[..2]);
+    let b = cluster_node(&cluster[3..]);
+    let mut ws = [ws_on(a.addr, &channels), ws_on(b.addr, &channels)];
+    let moving = &channels[0];
+    let slot = slot_of(&cluster[0], moving);
+    let from = owner_of(cluster[0].port, slot);
+    let masters: Vec<u16> = cluster
+        .iter()
+        .map(|n| n.port)
+        .filter(|p| redis_cli(*p, &["ROLE"]).starts_with("master"))
+        .collect();
+    let to = *masters
+        .iter()
+        .find(|p| **p != from)
+        .expect("another master");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let (channels, done, nodes) = (channels.clone(), done.clone(), [a.addr, b.addr]);
+        std::thread::spawn(move || {
+            let mut published = Published::new();
+            for i in 0..1200 {
+                publish_alternately(nodes, &channels, i..i + 1, &mut published);
+                done.store(i as usize + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            published
+        })
+    };
+    wait_until("300 publishes before the move", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 300
+    });
+    move_slot(&masters, slot, from, to);
+    let moved_at = done.load(std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.join().expect("publisher");
+    for m in &masters {
+        assert_eq!(owner_of(*m, slot), to, "slot {slot} as master {m} sees it");
+    }
+    for (n, w) in ws.iter_mut().enumerate() {
+        let mut got: Published = HashMap::new();
+        for _ in 0..1200 {
+            let (ch, id, data) = next_ws(w);
+            got.entry(ch).or_default().push((id, data));
+        }
+        assert_eq!(got, published, "WebSocket client on node {n}");
+    }
+    println!(
+        "slot {slot} of {moving} moved {from} -> {to} after publish {moved_at} of 1200: every client got all, once, in order"
+    );
+}
