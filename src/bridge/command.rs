@@ -280,7 +280,8 @@ impl CommandThread {
     }
 
     /// One publish's answer (retrying once if the script cache was
-    /// flushed), and the `READONLY` error if the server is a replica now.
+    /// flushed), and the error that ends the connection (`READONLY`: the
+    /// server is a replica now; Redis Cluster: a node is unreachable).
     fn outcome(
         &mut self,
         args: &PublishArgs<'_>,
@@ -306,8 +307,12 @@ impl CommandThread {
             Err(e) => {
                 link.publish_errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("publish to {} failed: {e}", publish.channel);
-                let readonly = (e.code() == Some("READONLY")).then(|| e.clone());
-                (PublishReply::Failed(format!("Redis: {e}")), readonly)
+                // `READONLY`: a demoted master. A wire failure here (Redis
+                // Cluster publishes one by one) is a node gone: the new
+                // connection reads the slot map again, so a promoted
+                // replica is found.
+                let lost = link_failed(&e).then(|| e.clone());
+                (PublishReply::Failed(format!("Redis: {e}")), lost)
             }
         }
     }
