@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use redis::{ConnectionLike, RedisError, Value};
 
+use super::wire::Link;
+
 use super::wire::{
     check_data_kept, connect, connect_cluster, connect_master, link_failed, load_cmd, load_once,
-    load_script, parse_load, publish_once, publish_pipelined, publish_script, wait_replicas,
-    PublishArgs, PUBLISH_BATCH,
+    load_script, parse_load, publish_once, publish_pipelined, publish_script, PublishArgs,
+    PUBLISH_BATCH,
 };
 use super::{Backoff, Master, Parts, Retention};
 use crate::clock::Clock;
@@ -44,7 +46,7 @@ struct CommandThread {
     retention: Retention,
     mailboxes: Vec<Arc<Mailbox>>,
     /// One server's connection, or (Redis Cluster) the cluster's.
-    con: Option<Box<dyn ConnectionLike + Send>>,
+    con: Option<Box<dyn Link>>,
     /// The master's generation the connection was made under.
     generation: u64,
     backoff: Backoff,
@@ -269,7 +271,7 @@ impl CommandThread {
             demoted = demoted.or(readonly);
             outcomes.push(outcome);
         }
-        self.confirm(&mut outcomes);
+        self.confirm(&batch, &mut outcomes);
         for (p, outcome) in batch.iter().zip(outcomes) {
             self.answer(p, outcome);
         }
@@ -319,36 +321,62 @@ impl CommandThread {
 
     /// With `redis.min_replicas_ack`: the batch's publishes stand only if
     /// that many replicas have them (`WAIT` covers every write this
-    /// connection made); else they answer 503 and the publisher retries
-    /// with its publish id. What was written stays written (and was
-    /// announced): the retry finds the publish id and answers with the
-    /// same event, so nothing is delivered twice.
-    fn confirm(&mut self, outcomes: &mut [PublishReply]) {
+    /// connection made on that server: one `WAIT`, or with Redis Cluster
+    /// one on each channel's slot master); else they answer 503 and the
+    /// publisher retries with its publish id. What was written stays
+    /// written (and was announced): the retry finds the publish id and
+    /// answers with the same event, so nothing is delivered twice.
+    fn confirm(&mut self, batch: &[Pending], outcomes: &mut [PublishReply]) {
         let needed = self.redis.config.min_replicas_ack;
         let done = |o: &PublishReply| matches!(o, PublishReply::Done { .. });
-        if needed == 0 || !outcomes.iter().any(done) {
+        if needed == 0 {
             return;
         }
-        let Some(con) = self.con.as_mut() else {
-            return;
+        let redis = self.redis.clone();
+        let key_of = |p: &Pending| match redis.names.is_cluster() {
+            true => redis.names.stream(&p.publish.channel),
+            false => String::new(),
         };
+        let mut keys: Vec<String> = batch
+            .iter()
+            .zip(outcomes.iter())
+            .filter(|(_, o)| done(o))
+            .map(|(p, _)| key_of(p))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let Some(why) = self.unconfirmed(&key, needed) else {
+                continue;
+            };
+            for (p, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+                if done(outcome) && key_of(p) == key {
+                    redis.link.unacked.fetch_add(1, Ordering::Relaxed);
+                    *outcome = PublishReply::Failed(why.clone());
+                }
+            }
+        }
+    }
+
+    /// `WAIT` on the server holding `key`: `None` when enough replicas
+    /// confirmed, else why not.
+    fn unconfirmed(&mut self, key: &str, needed: u32) -> Option<String> {
         let timeout_ms = self.redis.config.ack_timeout_ms;
-        let why = match wait_replicas(&mut **con, needed, timeout_ms) {
-            Ok(acked) if acked >= u64::from(needed) => return,
-            Ok(acked) => format!(
+        let Some(con) = self.con.as_mut() else {
+            return Some("Redis: the connection was lost before WAIT".into());
+        };
+        match con.wait_for(key, needed, timeout_ms) {
+            Ok(acked) if acked >= u64::from(needed) => None,
+            Ok(acked) => Some(format!(
                 "Redis: {acked} of {needed} replicas confirmed the publish within {timeout_ms} ms; retry with the same id"
-            ),
+            )),
             Err(e) => {
                 let why = format!("Redis: WAIT failed: {e}");
                 if link_failed(&e) {
                     self.lost("WAIT", &e);
                 }
-                why
+                Some(why)
             }
-        };
-        for outcome in outcomes.iter_mut().filter(|o| done(o)) {
-            self.redis.link.unacked.fetch_add(1, Ordering::Relaxed);
-            *outcome = PublishReply::Failed(why.clone());
         }
     }
 
@@ -475,9 +503,12 @@ pub fn publish_cli(
     }
     let endpoint = master.endpoint().map_err(|e| (1, e))?;
     let where_ = |e: RedisError| (1, format!("{}:{}: {e}", endpoint.host, endpoint.port));
-    let (mut con, names): (Box<dyn ConnectionLike>, Names) = match config.redis.is_cluster() {
+    let (mut con, names): (Box<dyn Link>, Names) = match config.redis.is_cluster() {
         true => (
-            Box::new(connect_cluster(&master.seeds, timeout).map_err(where_)?),
+            Box::new(
+                connect_cluster(&master.seeds, timeout, timeout + ack_wait_of(&config.redis))
+                    .map_err(where_)?,
+            ),
             Names::clustered(&config.redis.prefix),
         ),
         false => {
@@ -500,7 +531,8 @@ pub fn publish_cli(
         publish_once(&mut *con, &args, &publish).map_err(|e| (1, e.to_string()))?;
     let needed = config.redis.min_replicas_ack;
     if needed > 0 {
-        let acked = wait_replicas(&mut *con, needed, config.redis.ack_timeout_ms)
+        let acked = con
+            .wait_for(&names.stream(channel), needed, config.redis.ack_timeout_ms)
             .map_err(|e| (1, format!("WAIT: {e}")))?;
         if acked < u64::from(needed) {
             let why = format!("published as {id}, but {acked} of {needed} replicas confirmed it; retry with the same --id");
@@ -513,9 +545,12 @@ pub fn publish_cli(
 
 /// The command connection: to the master, or (Redis Cluster) to the
 /// cluster through its seed nodes.
-fn open(redis: &Redis, timeout: Duration) -> Result<Box<dyn ConnectionLike + Send>, RedisError> {
+fn open(redis: &Redis, timeout: Duration) -> Result<Box<dyn Link>, RedisError> {
     if redis.names.is_cluster() {
-        return Ok(Box::new(connect_cluster(&redis.master.seeds, timeout)?));
+        // A publish's reply may wait for its `WAIT`.
+        let reply_within = timeout + ack_wait(redis);
+        let con = connect_cluster(&redis.master.seeds, timeout, reply_within)?;
+        return Ok(Box::new(con));
     }
     let con = connect_master(&redis.master, timeout)?;
     // A publish's reply comes after its `WAIT`.

@@ -34,9 +34,11 @@ pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, Red
 
 /// Opens a Redis Cluster connection from the seed nodes: it keeps the
 /// slot map and follows `MOVED`, `ASK` and `TRYAGAIN` (bounded retries).
+/// `reply_within` bounds each answer (a publish's includes its `WAIT`).
 pub fn connect_cluster(
     seeds: &[Endpoint],
     timeout: Duration,
+    reply_within: Duration,
 ) -> Result<redis::cluster::ClusterConnection, RedisError> {
     let infos = seeds
         .iter()
@@ -44,7 +46,7 @@ pub fn connect_cluster(
         .collect::<Result<Vec<_>, _>>()?;
     let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
         .connection_timeout(timeout)
-        .response_timeout(timeout)
+        .response_timeout(reply_within)
         .retries(6);
     if let Some(first) = seeds.first() {
         if let Some(user) = &first.username {
@@ -354,6 +356,32 @@ pub(super) fn lost_script() -> &'static Script {
              return 1",
         )
     })
+}
+
+/// A command connection: one server's, or a Redis Cluster's.
+pub trait Link: ConnectionLike + Send {
+    /// `WAIT needed timeout_ms` on the server that holds `key` (the only
+    /// one, or the master of the key's slot): how many of its replicas
+    /// have every write this connection made there.
+    fn wait_for(&mut self, key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError>;
+}
+
+impl Link for Connection {
+    fn wait_for(&mut self, _key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError> {
+        wait_replicas(self, needed, timeout_ms)
+    }
+}
+
+impl Link for redis::cluster::ClusterConnection {
+    fn wait_for(&mut self, key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let owner = Route::with_key(key, SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(owner));
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(needed).arg(timeout_ms);
+        let reply = self.route_command(&wait, routing)?;
+        Ok(redis::from_redis_value(reply)?)
+    }
 }
 
 /// `WAIT needed timeout_ms`: how many replicas have every write this

@@ -265,10 +265,6 @@ fn redis_cluster_seeds_are_alone_and_refuse_what_cluster_mode_lacks() {
             "hash tag",
         ),
         (
-            vec!["--set", seeds, "--set", "redis.min_replicas_ack=1"],
-            "min_replicas_ack",
-        ),
-        (
             vec!["--set", seeds, "--set", r#"market.url="ws://h:1""#],
             "market.url",
         ),

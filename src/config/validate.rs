@@ -249,10 +249,6 @@ impl Config {
                 "redis.prefix must not contain { or } with redis.cluster (they make the hash tag)",
             ),
             (
-                r.min_replicas_ack > 0,
-                "redis.min_replicas_ack is not supported with redis.cluster yet",
-            ),
-            (
                 self.market.enabled(),
                 "market.url is not supported with redis.cluster yet",
             ),
