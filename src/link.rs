@@ -15,41 +15,95 @@ use crate::config::RedisConfig;
 use crate::mailbox::ConnRef;
 
 /// Key and channel names redix uses in Redis (see `scripts/publish.lua`).
+///
+/// With Redis Cluster every key of one channel carries the channel as its
+/// hash tag (`<prefix>{<channel>}:s`), so the publish script's keys share
+/// one slot; the id sequence is then the channel's own
+/// (`<prefix>{<channel>}:last`), and publisher ids are remembered per
+/// channel. The prefix holds no `{` (config check), so the tag is always
+/// the channel.
 #[derive(Debug, Clone)]
 pub struct Names {
     prefix: String,
+    cluster: bool,
 }
 
 impl Names {
     pub fn new(prefix: &str) -> Names {
         Names {
             prefix: prefix.to_string(),
+            cluster: false,
         }
+    }
+
+    /// The names of Redis Cluster mode: one hash tag per channel.
+    pub fn clustered(prefix: &str) -> Names {
+        Names {
+            prefix: prefix.to_string(),
+            cluster: true,
+        }
+    }
+
+    /// Redis Cluster mode: ids are ordered per channel only.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// The stream holding a channel's history.
     pub fn stream(&self, channel: &str) -> String {
-        format!("{}s:{channel}", self.prefix)
+        match self.cluster {
+            true => format!("{}{{{channel}}}:s", self.prefix),
+            false => format!("{}s:{channel}", self.prefix),
+        }
     }
 
     /// The pub/sub channel announcing a channel's events.
     pub fn notify(&self, channel: &str) -> String {
-        format!("{}c:{channel}", self.prefix)
+        match self.cluster {
+            true => format!("{}{{{channel}}}:c", self.prefix),
+            false => format!("{}c:{channel}", self.prefix),
+        }
     }
 
     /// The redix channel a pub/sub channel announces.
     pub fn channel_of<'a>(&self, notify: &'a str) -> Option<&'a str> {
-        notify.strip_prefix(&self.prefix)?.strip_prefix("c:")
+        let rest = notify.strip_prefix(&self.prefix)?;
+        match self.cluster {
+            true => rest.strip_prefix('{')?.strip_suffix("}:c"),
+            false => rest.strip_prefix("c:"),
+        }
     }
 
-    /// The last id handed out, cluster-wide.
+    /// The last id handed out: cluster-wide, or (Redis Cluster) the
+    /// channel's.
+    pub fn last_id_of(&self, channel: &str) -> String {
+        match self.cluster {
+            true => format!("{}{{{channel}}}:last", self.prefix),
+            false => self.last_id(),
+        }
+    }
+
+    /// The last id handed out, cluster-wide (single server and Sentinel).
     pub fn last_id(&self) -> String {
         format!("{}last", self.prefix)
     }
 
-    /// Remembers a publisher's id for deduplication.
-    pub fn seen(&self, publish_id: &str) -> String {
-        format!("{}p:{publish_id}", self.prefix)
+    /// Remembers a publisher's id for deduplication (Redis Cluster: per
+    /// channel, in the channel's slot).
+    pub fn seen(&self, channel: &str, publish_id: &str) -> String {
+        match self.cluster {
+            true => format!("{}{{{channel}}}:p:{publish_id}", self.prefix),
+            false => format!("{}p:{publish_id}", self.prefix),
+        }
+    }
+
+    /// The data-loss mark read by a channel's load (Redis Cluster: one
+    /// per channel, in its slot; nothing sets it there yet).
+    pub fn lost_of(&self, channel: &str) -> String {
+        match self.cluster {
+            true => format!("{}{{{channel}}}:lost", self.prefix),
+            false => self.lost(),
+        }
     }
 
     /// Ids up to this stream id were lost with a Redis that restarted
@@ -235,8 +289,12 @@ impl Redis {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         let node = format!("{}-{nanos:x}", std::process::id());
+        let names = match config.is_cluster() {
+            true => Names::clustered(&config.prefix),
+            false => Names::new(&config.prefix),
+        };
         let redis = Redis {
-            names: Names::new(&config.prefix),
+            names,
             config,
             link: LinkState::default(),
             node,
@@ -332,5 +390,27 @@ mod tests {
         assert_eq!(n.job("ab12"), "rx:job:ab12");
         assert_eq!(n.jobs_queue("ask"), "rx:jobs:ask");
         assert_eq!(n.jobs_done(), "rx:jobs:done");
+        assert_eq!(n.seen("a", "p1"), "rx:p:p1");
+        assert_eq!(n.last_id_of("a"), "rx:last");
+    }
+
+    #[test]
+    fn cluster_names_share_the_channel_as_hash_tag() {
+        let n = Names::clustered("rx:");
+        let table = [
+            (n.stream("a:b"), "rx:{a:b}:s"),
+            (n.notify("a:b"), "rx:{a:b}:c"),
+            (n.last_id_of("a:b"), "rx:{a:b}:last"),
+            (n.seen("a:b", "p1"), "rx:{a:b}:p:p1"),
+            (n.lost_of("a:b"), "rx:{a:b}:lost"),
+        ];
+        for (got, want) in table {
+            assert_eq!(got, want);
+        }
+        for ch in ["a", "trades:AAPL", "x}y", "{z"] {
+            assert_eq!(n.channel_of(&n.notify(ch)), Some(ch), "{ch:?}");
+        }
+        assert_eq!(n.channel_of("rx:c:a"), None);
+        assert!(n.is_cluster() && !Names::new("rx:").is_cluster());
     }
 }

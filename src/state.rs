@@ -272,11 +272,19 @@ impl Shared {
     /// The ports that mark the Redis and market threads' sockets (see
     /// `diag::Peers`).
     pub fn fd_peers(&self) -> diag::Peers {
-        // The master's port (it moves under Sentinel) and the sentinels'.
+        // The master's port (it moves under Sentinel), the sentinels' and
+        // (Redis Cluster) the seeds' (nodes found beyond them on other
+        // ports count as other sockets).
         let redis_ports = match &self.redis {
             Some(r) => {
                 let sentinels = r.master.sentinels.iter().map(|(_, port)| *port);
-                r.master.port().into_iter().chain(sentinels).collect()
+                let seeds = r.master.seeds.iter().map(|e| e.port);
+                r.master
+                    .port()
+                    .into_iter()
+                    .chain(sentinels)
+                    .chain(seeds)
+                    .collect()
             }
             None => Vec::new(),
         };

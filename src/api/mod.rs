@@ -233,6 +233,13 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
     }
     let cursor = stream_cursor(head, ctx)?;
     let max = shared.config.sse.max_channels;
+    if channels.len() > 1 && shared.config.redis.is_cluster() {
+        return Err(Reject::new(
+            400,
+            "bad_request",
+            "with Redis Cluster an SSE stream carries one channel: ids are ordered per channel, so one Last-Event-ID cannot resume several (open a stream per channel, or use the WebSocket API)",
+        ));
+    }
     if channels.is_empty() || channels.len() > max {
         return Err(Reject::new(
             400,

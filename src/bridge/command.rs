@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use redis::{Connection, RedisError, Value};
+use redis::{ConnectionLike, RedisError, Value};
+
+use super::wire::Link;
 
 use super::wire::{
-    check_data_kept, connect, connect_master, link_failed, load_cmd, load_once, load_script,
-    parse_load, publish_once, publish_pipelined, publish_script, wait_replicas, PublishArgs,
+    check_data_kept, connect, connect_cluster, connect_master, link_failed, load_cmd, load_once,
+    load_script, parse_load, publish_once, publish_pipelined, publish_script, PublishArgs,
     PUBLISH_BATCH,
 };
 use super::{Backoff, Master, Parts, Retention};
@@ -43,7 +45,8 @@ struct CommandThread {
     clock: Clock,
     retention: Retention,
     mailboxes: Vec<Arc<Mailbox>>,
-    con: Option<Connection>,
+    /// One server's connection, or (Redis Cluster) the cluster's.
+    con: Option<Box<dyn Link>>,
     /// The master's generation the connection was made under.
     generation: u64,
     backoff: Backoff,
@@ -128,16 +131,12 @@ impl CommandThread {
         let redis = self.redis.clone();
         let timeout = Duration::from_millis(redis.config.timeout_ms);
         let generation = redis.master.generation();
-        let connected = connect_master(&redis.master, timeout).and_then(|con| {
-            // A publish's reply comes after its `WAIT`.
-            con.set_read_timeout(Some(timeout + ack_wait(&redis)))?;
-            Ok(con)
-        });
+        let connected = open(&redis, timeout);
         match connected {
             Ok(mut con) => {
                 let loaded = publish_script()
-                    .load(&mut con)
-                    .and_then(|_| load_script().load(&mut con));
+                    .load(&mut *con)
+                    .and_then(|_| load_script().load(&mut *con));
                 if let Err(e) = loaded {
                     let wait = self.backoff.next_wait();
                     self.quiet.warn(format_args!(
@@ -147,7 +146,7 @@ impl CommandThread {
                     return;
                 }
                 redis.link.connections.fetch_add(1, Ordering::Relaxed);
-                check_data_kept(&mut con, &self.hub, &redis, self.retention);
+                check_data_kept(&mut *con, &self.hub, &redis, self.retention);
                 redis.link.command_up.store(true, Ordering::Release);
                 log::info!("Redis command connection up");
                 self.con = Some(con);
@@ -169,6 +168,10 @@ impl CommandThread {
     /// Sentinel moved the master: a connection to the old one would get
     /// `READONLY` (or hang with it), so it is made again now.
     fn follow_master(&mut self) {
+        // Redis Cluster: the cluster connection follows the slots itself.
+        if self.redis.names.is_cluster() {
+            return;
+        }
         if self.con.is_some() && self.redis.master.generation() != self.generation {
             let moved = RedisError::from((redis::ErrorKind::Io, "the master moved"));
             self.lost("a master switch", &moved);
@@ -243,7 +246,7 @@ impl CommandThread {
             names: &redis.names,
             retention: self.retention,
         };
-        let results = match publish_pipelined(con, &args, batch.iter().map(|p| &p.publish)) {
+        let results = match publish_pipelined(&mut **con, &args, batch.iter().map(|p| &p.publish)) {
             Ok(results) => results,
             Err(e) => {
                 redis
@@ -268,7 +271,7 @@ impl CommandThread {
             demoted = demoted.or(readonly);
             outcomes.push(outcome);
         }
-        self.confirm(&mut outcomes);
+        self.confirm(&batch, &mut outcomes);
         for (p, outcome) in batch.iter().zip(outcomes) {
             self.answer(p, outcome);
         }
@@ -279,7 +282,8 @@ impl CommandThread {
     }
 
     /// One publish's answer (retrying once if the script cache was
-    /// flushed), and the `READONLY` error if the server is a replica now.
+    /// flushed), and the error that ends the connection (`READONLY`: the
+    /// server is a replica now; Redis Cluster: a node is unreachable).
     fn outcome(
         &mut self,
         args: &PublishArgs<'_>,
@@ -288,7 +292,7 @@ impl CommandThread {
     ) -> (PublishReply, Option<RedisError>) {
         let result = match result {
             Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
-                Some(con) => publish_once(con, args, publish),
+                Some(con) => publish_once(&mut **con, args, publish),
                 None => Err(e),
             },
             other => other,
@@ -305,44 +309,74 @@ impl CommandThread {
             Err(e) => {
                 link.publish_errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("publish to {} failed: {e}", publish.channel);
-                let readonly = (e.code() == Some("READONLY")).then(|| e.clone());
-                (PublishReply::Failed(format!("Redis: {e}")), readonly)
+                // `READONLY`: a demoted master. A wire failure here (Redis
+                // Cluster publishes one by one) is a node gone: the new
+                // connection reads the slot map again, so a promoted
+                // replica is found.
+                let lost = link_failed(&e).then(|| e.clone());
+                (PublishReply::Failed(format!("Redis: {e}")), lost)
             }
         }
     }
 
     /// With `redis.min_replicas_ack`: the batch's publishes stand only if
     /// that many replicas have them (`WAIT` covers every write this
-    /// connection made); else they answer 503 and the publisher retries
-    /// with its publish id. What was written stays written (and was
-    /// announced): the retry finds the publish id and answers with the
-    /// same event, so nothing is delivered twice.
-    fn confirm(&mut self, outcomes: &mut [PublishReply]) {
+    /// connection made on that server: one `WAIT`, or with Redis Cluster
+    /// one on each channel's slot master); else they answer 503 and the
+    /// publisher retries with its publish id. What was written stays
+    /// written (and was announced): the retry finds the publish id and
+    /// answers with the same event, so nothing is delivered twice.
+    fn confirm(&mut self, batch: &[Pending], outcomes: &mut [PublishReply]) {
         let needed = self.redis.config.min_replicas_ack;
         let done = |o: &PublishReply| matches!(o, PublishReply::Done { .. });
-        if needed == 0 || !outcomes.iter().any(done) {
+        if needed == 0 {
             return;
         }
-        let Some(con) = self.con.as_mut() else {
-            return;
+        let redis = self.redis.clone();
+        let key_of = |p: &Pending| match redis.names.is_cluster() {
+            true => redis.names.stream(&p.publish.channel),
+            false => String::new(),
         };
+        let mut keys: Vec<String> = batch
+            .iter()
+            .zip(outcomes.iter())
+            .filter(|(_, o)| done(o))
+            .map(|(p, _)| key_of(p))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let Some(why) = self.unconfirmed(&key, needed) else {
+                continue;
+            };
+            for (p, outcome) in batch.iter().zip(outcomes.iter_mut()) {
+                if done(outcome) && key_of(p) == key {
+                    redis.link.unacked.fetch_add(1, Ordering::Relaxed);
+                    *outcome = PublishReply::Failed(why.clone());
+                }
+            }
+        }
+    }
+
+    /// `WAIT` on the server holding `key`: `None` when enough replicas
+    /// confirmed, else why not.
+    fn unconfirmed(&mut self, key: &str, needed: u32) -> Option<String> {
         let timeout_ms = self.redis.config.ack_timeout_ms;
-        let why = match wait_replicas(con, needed, timeout_ms) {
-            Ok(acked) if acked >= u64::from(needed) => return,
-            Ok(acked) => format!(
+        let Some(con) = self.con.as_mut() else {
+            return Some("Redis: the connection was lost before WAIT".into());
+        };
+        match con.wait_for(key, needed, timeout_ms) {
+            Ok(acked) if acked >= u64::from(needed) => None,
+            Ok(acked) => Some(format!(
                 "Redis: {acked} of {needed} replicas confirmed the publish within {timeout_ms} ms; retry with the same id"
-            ),
+            )),
             Err(e) => {
                 let why = format!("Redis: WAIT failed: {e}");
                 if link_failed(&e) {
                     self.lost("WAIT", &e);
                 }
-                why
+                Some(why)
             }
-        };
-        for outcome in outcomes.iter_mut().filter(|o| done(o)) {
-            self.redis.link.unacked.fetch_add(1, Ordering::Relaxed);
-            *outcome = PublishReply::Failed(why.clone());
         }
     }
 
@@ -374,12 +408,10 @@ impl CommandThread {
             };
             let n = self.waiting_loads.len().min(LOAD_BATCH);
             let batch: Vec<_> = self.waiting_loads.drain(..n).collect();
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors();
-            for (channel, _, after) in &batch {
-                pipe.add_command(load_cmd(&redis.names, channel, max(channel), *after));
-            }
-            let replies: Vec<Result<Value, RedisError>> = match pipe.query(con) {
+            let cmds = batch
+                .iter()
+                .map(|(channel, _, after)| load_cmd(&redis.names, channel, max(channel), *after));
+            let replies = match query_each(&mut **con, cmds, redis.names.is_cluster()) {
                 Ok(replies) => replies,
                 Err(e) => {
                     for item in batch.into_iter().rev() {
@@ -395,7 +427,9 @@ impl CommandThread {
             for ((channel, token, after), reply) in batch.into_iter().zip(replies) {
                 let loaded = match reply {
                     Err(e) if e.code() == Some("NOSCRIPT") => match self.con.as_mut() {
-                        Some(con) => load_once(con, &redis.names, &channel, max(&channel), after),
+                        Some(con) => {
+                            load_once(&mut **con, &redis.names, &channel, max(&channel), after)
+                        }
                         None => Err(e),
                     },
                     Err(e) => Err(e),
@@ -432,8 +466,10 @@ impl CommandThread {
         let Some(con) = self.con.as_mut() else {
             return;
         };
-        let result: Result<i64, RedisError> =
-            redis::cmd("PUBLISH").arg(&channel).arg(&sent).query(con);
+        let result: Result<i64, RedisError> = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&sent)
+            .query(&mut **con);
         if let Err(e) = result {
             if link_failed(&e) {
                 self.lost("the canary", &e);
@@ -466,9 +502,22 @@ pub fn publish_cli(
         super::sentinel::resolve_once(&master, timeout).map_err(|e| (1, e))?;
     }
     let endpoint = master.endpoint().map_err(|e| (1, e))?;
-    let mut con = connect(&endpoint, timeout)
-        .map_err(|e| (1, format!("{}:{}: {e}", endpoint.host, endpoint.port)))?;
-    let names = Names::new(&config.redis.prefix);
+    let where_ = |e: RedisError| (1, format!("{}:{}: {e}", endpoint.host, endpoint.port));
+    let (mut con, names): (Box<dyn Link>, Names) = match config.redis.is_cluster() {
+        true => (
+            Box::new(
+                connect_cluster(&master.seeds, timeout, timeout + ack_wait_of(&config.redis))
+                    .map_err(where_)?,
+            ),
+            Names::clustered(&config.redis.prefix),
+        ),
+        false => {
+            let con = connect(&endpoint, timeout).map_err(where_)?;
+            // A publish's reply may wait for its `WAIT`.
+            let _ = con.set_read_timeout(Some(timeout + ack_wait_of(&config.redis)));
+            (Box::new(con), Names::new(&config.redis.prefix))
+        }
+    };
     let args = PublishArgs {
         names: &names,
         retention: Retention::of(config),
@@ -479,11 +528,11 @@ pub fn publish_cli(
         publish_id: publish_id.map(str::to_string),
     };
     let (id, duplicate) =
-        publish_once(&mut con, &args, &publish).map_err(|e| (1, e.to_string()))?;
+        publish_once(&mut *con, &args, &publish).map_err(|e| (1, e.to_string()))?;
     let needed = config.redis.min_replicas_ack;
     if needed > 0 {
-        let _ = con.set_read_timeout(Some(timeout + ack_wait_of(&config.redis)));
-        let acked = wait_replicas(&mut con, needed, config.redis.ack_timeout_ms)
+        let acked = con
+            .wait_for(&names.stream(channel), needed, config.redis.ack_timeout_ms)
             .map_err(|e| (1, format!("WAIT: {e}")))?;
         if acked < u64::from(needed) {
             let why = format!("published as {id}, but {acked} of {needed} replicas confirmed it; retry with the same --id");
@@ -492,6 +541,47 @@ pub fn publish_cli(
     }
     let answer = serde_json::json!({"id": id, "channel": channel, "duplicate": duplicate});
     Ok(answer.to_string())
+}
+
+/// The command connection: to the master, or (Redis Cluster) to the
+/// cluster through its seed nodes.
+fn open(redis: &Redis, timeout: Duration) -> Result<Box<dyn Link>, RedisError> {
+    if redis.names.is_cluster() {
+        // A publish's reply may wait for its `WAIT`.
+        let reply_within = timeout + ack_wait(redis);
+        let con = connect_cluster(&redis.master.seeds, timeout, reply_within)?;
+        return Ok(Box::new(con));
+    }
+    let con = connect_master(&redis.master, timeout)?;
+    // A publish's reply comes after its `WAIT`.
+    con.set_read_timeout(Some(timeout + ack_wait(redis)))?;
+    Ok(Box::new(con))
+}
+
+/// Runs commands, one answer each: in one pipeline, or (Redis Cluster,
+/// where a pipeline goes to one node) one by one. `Err` when the wire
+/// failed.
+fn query_each(
+    con: &mut dyn ConnectionLike,
+    cmds: impl Iterator<Item = redis::Cmd>,
+    cluster: bool,
+) -> Result<Vec<Result<Value, RedisError>>, RedisError> {
+    if cluster {
+        let mut replies = Vec::new();
+        for cmd in cmds {
+            match cmd.query::<Value>(con) {
+                Err(e) if link_failed(&e) => return Err(e),
+                reply => replies.push(reply),
+            }
+        }
+        return Ok(replies);
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for cmd in cmds {
+        pipe.add_command(cmd);
+    }
+    pipe.query(con)
 }
 
 /// How much longer than a plain command a publish may take: its `WAIT`.

@@ -32,13 +32,25 @@ pub struct Master {
     pub switches: AtomicU64,
     /// Connections the Sentinel watcher holds open (for `/debug/fds`).
     pub sentinel_fds: AtomicU64,
+    /// Redis Cluster: the seed nodes (empty otherwise). The pub/sub
+    /// connection uses the current one and moves to the next when it
+    /// cannot reach it ([`Master::next_seed`]).
+    pub seeds: Vec<Endpoint>,
 }
 
 impl Master {
     /// From the configuration: the URL's endpoint, or (with sentinels) an
     /// unknown master until the watcher hears from one.
     pub fn from_config(config: &RedisConfig) -> Result<Master, String> {
-        let template = match config.url.is_empty() {
+        let seeds = config
+            .cluster
+            .iter()
+            .map(|u| Endpoint::parse(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = seeds
+            .first()
+            .map_or(config.url.as_str(), |_| &config.cluster[0]);
+        let template = match url.is_empty() {
             true => Endpoint {
                 host: String::new(),
                 port: 0,
@@ -46,7 +58,7 @@ impl Master {
                 password: None,
                 db: 0,
             },
-            false => Endpoint::parse(&config.url)?,
+            false => Endpoint::parse(url)?,
         };
         let sentinels = config
             .sentinels
@@ -65,6 +77,7 @@ impl Master {
             name: config.master_name.clone(),
             switches: AtomicU64::new(0),
             sentinel_fds: AtomicU64::new(0),
+            seeds,
         })
     }
 
@@ -114,6 +127,22 @@ impl Master {
         true
     }
 
+    /// Redis Cluster: the current seed failed; use the next one (bumps
+    /// the generation like a master switch).
+    pub fn next_seed(&self) {
+        let Some(at) = self.seeds.iter().position(|e| {
+            self.lock()
+                .as_ref()
+                .is_some_and(|(h, p)| *h == e.host && *p == e.port)
+        }) else {
+            return;
+        };
+        if let Some(next) = self.seeds.get((at + 1) % self.seeds.len()) {
+            *self.lock() = Some((next.host.clone(), next.port));
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, u16)>> {
         // The guarded value is a plain pair: a panic elsewhere cannot
         // leave it half-written.
@@ -135,6 +164,24 @@ mod tests {
         let e = m.endpoint().unwrap();
         assert_eq!((e.host.as_str(), e.port, e.db), ("10.0.0.1", 6380, 2));
         assert_eq!(m.generation(), 0);
+    }
+
+    #[test]
+    fn cluster_seeds_rotate() {
+        let config = RedisConfig {
+            cluster: vec![
+                "redis://10.0.0.1:7000".into(),
+                "redis://10.0.0.2:7001".into(),
+            ],
+            ..RedisConfig::default()
+        };
+        let m = Master::from_config(&config).unwrap();
+        let at = |m: &Master| m.endpoint().map(|e| e.port).ok();
+        assert_eq!(at(&m), Some(7000));
+        m.next_seed();
+        assert_eq!((at(&m), m.generation()), (Some(7001), 1));
+        m.next_seed();
+        assert_eq!(at(&m), Some(7000));
     }
 
     #[test]

@@ -79,7 +79,12 @@ impl PubSub {
                     }
                     why
                 }
-                Err(e) => e,
+                Err(e) => {
+                    // Redis Cluster: any node hears every announcement
+                    // (pub/sub crosses the cluster bus); try the next seed.
+                    redis.master.next_seed();
+                    e
+                }
             };
             redis.link.pubsub_up.store(false, Ordering::Release);
             redis.link.backlog_bytes.store(0, Ordering::Relaxed);

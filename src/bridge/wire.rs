@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use redis::{Connection, RedisError, Script, Value};
+use redis::{Connection, ConnectionLike, RedisError, Script, Value};
 
 use super::{Endpoint, Master, Retention};
 use crate::hub::{ids, Hub, RemoteEvent};
@@ -30,6 +30,33 @@ pub fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Connection, Red
     con.set_read_timeout(Some(timeout))?;
     con.set_write_timeout(Some(timeout))?;
     Ok(con)
+}
+
+/// Opens a Redis Cluster connection from the seed nodes: it keeps the
+/// slot map and follows `MOVED`, `ASK` and `TRYAGAIN` (bounded retries).
+/// `reply_within` bounds each answer (a publish's includes its `WAIT`).
+pub fn connect_cluster(
+    seeds: &[Endpoint],
+    timeout: Duration,
+    reply_within: Duration,
+) -> Result<redis::cluster::ClusterConnection, RedisError> {
+    let infos = seeds
+        .iter()
+        .map(Endpoint::connection_info)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+        .connection_timeout(timeout)
+        .response_timeout(reply_within)
+        .retries(6);
+    if let Some(first) = seeds.first() {
+        if let Some(user) = &first.username {
+            builder = builder.username(user);
+        }
+        if let Some(pass) = &first.password {
+            builder = builder.password(pass);
+        }
+    }
+    builder.build()?.get_connection()
 }
 
 /// Opens a command connection to wherever the master is now.
@@ -71,9 +98,9 @@ fn publish_cmd_fenced(args: &PublishArgs<'_>, p: &Publish, fence: Option<&str>) 
             2
         })
         .arg(names.stream(channel))
-        .arg(names.last_id());
+        .arg(names.last_id_of(channel));
     if let Some(pid) = publish_id {
-        cmd.arg(names.seen(pid));
+        cmd.arg(names.seen(channel, pid));
     }
     if fence.is_some() {
         cmd.arg(names.market_lease());
@@ -95,7 +122,7 @@ fn publish_cmd_fenced(args: &PublishArgs<'_>, p: &Publish, fence: Option<&str>) 
 /// wire failed or a publish was refused (a refusal's text starts with
 /// `FENCED`).
 pub fn publish_fenced(
-    con: &mut Connection,
+    con: &mut dyn ConnectionLike,
     args: &PublishArgs<'_>,
     batch: &[Publish],
     fence: &str,
@@ -112,7 +139,7 @@ pub fn publish_fenced(
 /// Runs the publish script once (loading it first): returns the stream id
 /// and whether the publisher id had been seen (then nothing was published).
 pub fn publish_once(
-    con: &mut Connection,
+    con: &mut dyn ConnectionLike,
     args: &PublishArgs<'_>,
     p: &Publish,
 ) -> Result<(String, bool), RedisError> {
@@ -124,10 +151,13 @@ pub fn publish_once(
 /// Runs publishes in one pipeline, one answer each. `Err` when the wire
 /// failed (then nothing is known about any of them).
 pub(super) fn publish_pipelined<'a>(
-    con: &mut Connection,
+    con: &mut dyn ConnectionLike,
     args: &PublishArgs<'a>,
     batch: impl Iterator<Item = &'a Publish>,
 ) -> Result<Vec<PublishResult>, RedisError> {
+    if args.names.is_cluster() {
+        return Ok(publish_each(con, args, batch));
+    }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for p in batch {
@@ -140,11 +170,35 @@ pub(super) fn publish_pipelined<'a>(
         .collect())
 }
 
+/// Redis Cluster: a pipeline goes to one node, so each publish runs
+/// alone, sent to its channel's slot owner (the cluster connection follows
+/// `MOVED`, `ASK` and `TRYAGAIN`). A wire failure ends the batch: the
+/// publishes after it answer with it.
+fn publish_each<'a>(
+    con: &mut dyn ConnectionLike,
+    args: &PublishArgs<'a>,
+    batch: impl Iterator<Item = &'a Publish>,
+) -> Vec<PublishResult> {
+    let mut failed: Option<RedisError> = None;
+    batch
+        .map(|p| {
+            if let Some(e) = &failed {
+                return Err(e.clone());
+            }
+            let result: Result<(String, i64), RedisError> = publish_cmd(args, p).query(con);
+            if let Err(e) = &result {
+                failed = link_failed(e).then(|| e.clone());
+            }
+            result.map(|(id, seen)| (id, seen == 1))
+        })
+        .collect()
+}
+
 /// Reads a channel's history from its stream, oldest first: on a first
 /// load the newest `max_events`, on a reload everything after `after`.
 /// Also returns the highest id known to be gone from the stream.
 pub fn load_once(
-    con: &mut Connection,
+    con: &mut dyn ConnectionLike,
     names: &Names,
     channel: &str,
     max_events: usize,
@@ -166,7 +220,7 @@ pub(super) fn load_cmd(
     cmd.arg(load_script().get_hash())
         .arg(2)
         .arg(names.stream(channel))
-        .arg(names.lost())
+        .arg(names.lost_of(channel))
         .arg(max_events)
         .arg(after.map(ids::stream_id).unwrap_or_default());
     cmd
@@ -242,9 +296,15 @@ pub fn text(v: &Value) -> Option<&str> {
 /// seen? If not, it restarted empty (or was flushed): the streams are gone,
 /// and a client resuming from an older id on a node that reloads a channel
 /// will not be told what it missed. Say so loudly, and count it.
-pub(super) fn check_data_kept(con: &mut Connection, hub: &Hub, redis: &Redis, keep: Retention) {
+pub(super) fn check_data_kept(
+    con: &mut dyn ConnectionLike,
+    hub: &Hub,
+    redis: &Redis,
+    keep: Retention,
+) {
     let seen = hub.last_id();
-    if seen == 0 {
+    // Redis Cluster: no cluster-wide id to compare (ids are per channel).
+    if seen == 0 || redis.names.is_cluster() {
         return;
     }
     let last: Result<Option<String>, RedisError> =
@@ -298,10 +358,36 @@ pub(super) fn lost_script() -> &'static Script {
     })
 }
 
+/// A command connection: one server's, or a Redis Cluster's.
+pub trait Link: ConnectionLike + Send {
+    /// `WAIT needed timeout_ms` on the server that holds `key` (the only
+    /// one, or the master of the key's slot): how many of its replicas
+    /// have every write this connection made there.
+    fn wait_for(&mut self, key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError>;
+}
+
+impl Link for Connection {
+    fn wait_for(&mut self, _key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError> {
+        wait_replicas(self, needed, timeout_ms)
+    }
+}
+
+impl Link for redis::cluster::ClusterConnection {
+    fn wait_for(&mut self, key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        let owner = Route::with_key(key, SlotAddr::Master);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(owner));
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(needed).arg(timeout_ms);
+        let reply = self.route_command(&wait, routing)?;
+        Ok(redis::from_redis_value(reply)?)
+    }
+}
+
 /// `WAIT needed timeout_ms`: how many replicas have every write this
 /// connection made (it returns early once `needed` have).
 pub(super) fn wait_replicas(
-    con: &mut Connection,
+    con: &mut dyn ConnectionLike,
     needed: u32,
     timeout_ms: u64,
 ) -> Result<u64, RedisError> {

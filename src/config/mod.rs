@@ -176,6 +176,10 @@ pub struct RedisConfig {
     pub sentinels: Vec<String>,
     /// The master's name in Sentinel. Default `mymaster`.
     pub master_name: String,
+    /// Redis Cluster: seed nodes (`redis://[user:password@]host:port`);
+    /// the rest of the cluster is found from them. Exclusive with `url`
+    /// and `sentinels`. Default empty: no cluster.
+    pub cluster: Vec<String>,
 }
 
 impl Default for RedisConfig {
@@ -194,6 +198,7 @@ impl Default for RedisConfig {
             ack_timeout_ms: DEFAULT_REDIS_ACK_TIMEOUT_MS,
             sentinels: Vec::new(),
             master_name: DEFAULT_REDIS_MASTER_NAME.into(),
+            cluster: Vec::new(),
         }
     }
 }
@@ -262,9 +267,15 @@ impl MarketConfig {
 }
 
 impl RedisConfig {
-    /// Redis mode: a master URL, or sentinels that name the master.
+    /// Redis mode: a master URL, sentinels that name the master, or the
+    /// seed nodes of a Redis Cluster.
     pub fn enabled(&self) -> bool {
-        !self.url.is_empty() || !self.sentinels.is_empty()
+        !self.url.is_empty() || !self.sentinels.is_empty() || self.is_cluster()
+    }
+
+    /// Redis Cluster mode (`redis.cluster`).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster.is_empty()
     }
 }
 

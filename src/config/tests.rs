@@ -241,3 +241,36 @@ fn token_settings_are_checked_at_start_without_showing_a_secret() {
     assert_eq!(c.auth.allowed_origins, ["https://app.example:8443"]);
     assert_eq!(Config::default().auth.subscribe, SubscribeMode::Open);
 }
+
+#[test]
+fn redis_cluster_seeds_are_alone_and_refuse_what_cluster_mode_lacks() {
+    let seeds = r#"redis.cluster=["redis://127.0.0.1:7000","redis://127.0.0.1:7001"]"#;
+    let c = Config::from_sources(&cli(&["--set", seeds]), &env(&[])).unwrap();
+    assert!(c.redis.enabled() && c.redis.is_cluster());
+    let refused = [
+        (
+            vec!["--set", r#"redis.cluster=["http://x"]"#],
+            "redis.cluster",
+        ),
+        (
+            vec!["--set", seeds, "--redis", "redis://h:1"],
+            "excludes redis.url",
+        ),
+        (
+            vec!["--set", seeds, "--set", r#"redis.sentinels=["h:1"]"#],
+            "excludes redis.url",
+        ),
+        (
+            vec!["--set", seeds, "--set", r#"redis.prefix="a{b""#],
+            "hash tag",
+        ),
+        (
+            vec!["--set", seeds, "--set", r#"market.url="ws://h:1""#],
+            "market.url",
+        ),
+    ];
+    for (args, why) in refused {
+        let err = Config::from_sources(&cli(&args), &env(&[])).unwrap_err().0;
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}

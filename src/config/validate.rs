@@ -218,7 +218,45 @@ impl Config {
         if self.redis.prefix.len() > 64 {
             return Err(invalid("redis.prefix must be at most 64 bytes".into()));
         }
+        self.check_cluster()?;
         self.check_market()
+    }
+
+    /// `redis.cluster`: seed URLs, alone, and only what cluster mode
+    /// supports (see README "Redis Cluster").
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let r = &self.redis;
+        if !r.is_cluster() {
+            return Ok(());
+        }
+        if let Some(bad) = r
+            .cluster
+            .iter()
+            .find(|u| crate::bridge::Endpoint::parse(u).is_err())
+        {
+            return Err(invalid(format!(
+                "redis.cluster: {bad:?} is not a redis://host:port URL"
+            )));
+        }
+        let refusals = [
+            (r.cluster.len() > 64, "redis.cluster: at most 64 seed nodes"),
+            (
+                !r.url.is_empty() || !r.sentinels.is_empty(),
+                "redis.cluster excludes redis.url and redis.sentinels (give one)",
+            ),
+            (
+                r.prefix.contains(['{', '}']),
+                "redis.prefix must not contain { or } with redis.cluster (they make the hash tag)",
+            ),
+            (
+                self.market.enabled(),
+                "market.url is not supported with redis.cluster yet",
+            ),
+        ];
+        match refusals.iter().find(|(bad, _)| *bad) {
+            Some((_, msg)) => Err(invalid(msg.to_string())),
+            None => Ok(()),
+        }
     }
 
     fn check_market(&self) -> Result<(), ConfigError> {

@@ -2,6 +2,10 @@
 -- on the channel's pub/sub channel, in one atomic step, under an id from
 -- one cluster-wide sequence (so one id orders events of every channel).
 --
+-- With Redis Cluster the caller passes the channel's hash-tagged names
+-- instead (<prefix>{<channel>}:s, :last, :p:<publisher id>, :c), all in
+-- one slot, and the sequence is then the channel's own.
+--
 -- KEYS[1]  stream of the channel        <prefix>s:<channel>
 -- KEYS[2]  the last id handed out       <prefix>last
 -- KEYS[3]  (optional) publisher id seen <prefix>p:<publisher id>
