@@ -32,7 +32,7 @@ impl RedisServer {
     /// after the defaults (both kept for restarts).
     pub fn start_with(leading: &[String], extra: &[String]) -> RedisServer {
         for _ in 0..5 {
-            let port = free_port();
+            let port = port_for(extra);
             let mut r = RedisServer {
                 child: None,
                 port,
@@ -210,6 +210,24 @@ impl Drop for RedisServer {
 }
 
 /// A port nobody listens on right now.
+/// A port for a redis-server with `extra` arguments. A cluster node also
+/// listens on its port + 10000 (the cluster bus): that must exist (so the
+/// port is at most 55535) and be free.
+fn port_for(extra: &[String]) -> u16 {
+    if !extra.iter().any(|a| a == "--cluster-enabled") {
+        return free_port();
+    }
+    for _ in 0..1000 {
+        let port = free_port();
+        let bus_free =
+            port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
+        if bus_free {
+            return port;
+        }
+    }
+    panic!("no free port with a free cluster bus port");
+}
+
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
