@@ -52,6 +52,8 @@ pub struct Client {
     pub got: u32,
     /// a stalled subscriber: its request is sent, then it is never read
     pub stall: bool,
+    /// a churning subscriber (`--churn-pct`): closed and reopened every second, not counted
+    pub churn: bool,
 }
 
 /// The source address for connection `i` of a run: `per_source` connections per address,
@@ -109,6 +111,7 @@ impl Client {
             expect: 0,
             got: 0,
             stall: false,
+            churn: false,
         }
     }
 

@@ -10,6 +10,9 @@
 //!   events, clients closed) and its latency histogram, then a new pass begins;
 //! * `stall K RCVBUF` → K more subscribers with a `RCVBUF`-byte receive buffer that are never
 //!   read after their request: `{"ev":"stalled","opened":K}`;
+//! * `churn K` → K more subscribers that are closed (every other one with RST, the rest with
+//!   FIN) and reopened every second, from fresh source ports; what they receive is not
+//!   counted: `{"ev":"churning","opened":K}`;
 //! * `quit` (or EOF) → every socket is closed with RST and the process exits.
 
 use std::io::{BufRead, Write};
@@ -54,6 +57,11 @@ struct Gen {
     clients: Vec<Client>,
     ws_cfg: Option<Arc<ws::Config>>,
     counts: Counts,
+    /// what the churning clients received (discarded)
+    churn_counts: Counts,
+    /// indices of the churning clients, and how many reopens so far
+    churners: Vec<usize>,
+    churned: u64,
     closed: u64,
     /// connect → ready of each ready client, µs
     setup_us: Vec<u64>,
@@ -82,6 +90,9 @@ pub fn run(a: GenArgs) -> Result<(), String> {
         clients: Vec::with_capacity(a.conns),
         ws_cfg,
         counts: Counts::default(),
+        churn_counts: Counts::default(),
+        churners: Vec::new(),
+        churned: 0,
         closed: 0,
         setup_us: Vec::with_capacity(a.conns),
         opened: 0,
@@ -92,8 +103,13 @@ pub fn run(a: GenArgs) -> Result<(), String> {
     };
     let cmds = stdin_lines();
     g.connect_all()?;
+    let mut last_churn = Instant::now();
     loop {
         g.pump(Duration::from_millis(20))?;
+        if !g.churners.is_empty() && last_churn.elapsed() >= Duration::from_secs(1) {
+            last_churn = Instant::now();
+            g.churn_all();
+        }
         match cmds.try_recv() {
             Ok(line) => {
                 if !g.command(line.trim())? {
@@ -142,6 +158,43 @@ impl Gen {
         let c = Client::new(stream, epoch_us() - t0, self.ws_cfg.as_ref());
         self.clients.push(c);
         true
+    }
+
+    /// Closes every churning client (even ones with RST, odd ones with FIN) and opens it
+    /// again in the same slot.
+    fn churn_all(&mut self) {
+        for k in 0..self.churners.len() {
+            let i = self.churners[k];
+            let _ = self.poll.registry().deregister(&mut self.clients[i].stream);
+            if k % 2 == 1 {
+                // FIN instead of the RST every socket here is set up for
+                let _ = socket2::SockRef::from(&self.clients[i].stream).set_linger(None);
+            }
+            let src = source(self.a.first + self.opened, self.a.per_source);
+            self.opened += 1;
+            let mut stream = match open(src, self.a.target, 0) {
+                Ok(s) => s,
+                Err(e) => {
+                    *self.errors.entry(e.to_string()).or_default() += 1;
+                    self.clients[i].state = State::Closed;
+                    continue;
+                }
+            };
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(i), interest)
+                .is_err()
+            {
+                continue;
+            }
+            let mut c = Client::new(stream, 0, self.ws_cfg.as_ref());
+            c.churn = true;
+            // the old socket closes here
+            self.clients[i] = c;
+            self.churned += 1;
+        }
     }
 
     fn connect_all(&mut self) -> Result<(), String> {
@@ -204,7 +257,7 @@ impl Gen {
                 State::Connecting if ev.is_writable() || ev.is_error() => {
                     if !c.send_request(&self.a.channel) {
                         c.state = State::Closed;
-                        self.closed += 1;
+                        self.closed += u64::from(!c.churn);
                         continue;
                     }
                     c.state = if c.stall {
@@ -218,10 +271,14 @@ impl Gen {
                 _ => {}
             }
             let was_ready = c.state == State::Ready;
-            if !c.read(&mut chunk, now_ns, &mut self.counts) {
+            let counts = match c.churn {
+                true => &mut self.churn_counts,
+                false => &mut self.counts,
+            };
+            if !c.read(&mut chunk, now_ns, counts) {
                 c.state = State::Closed;
-                self.closed += 1;
-            } else if !was_ready && c.state == State::Ready {
+                self.closed += u64::from(!c.churn);
+            } else if !was_ready && c.state == State::Ready && !c.churn {
                 self.last_ready_us = now_ns / 1000;
                 let since = (now_ns / 1000).saturating_sub(self.origin_us);
                 self.setup_us.push(since.saturating_sub(c.started_us));
@@ -241,12 +298,14 @@ impl Gen {
                 let complete = self
                     .clients
                     .iter()
-                    .filter(|c| c.state == State::Ready && c.got == expected)
+                    .filter(|c| !c.churn && c.state == State::Ready && c.got == expected)
                     .count();
                 let c = std::mem::take(&mut self.counts);
+                let churn = std::mem::take(&mut self.churn_counts);
                 let (buckets, max) = c.hist.to_sparse();
                 say(json!({"ev": "pass", "received": c.received, "gaps": c.gaps,
                     "dups": c.dups, "last_ns": c.last_ns, "complete": complete, "closed": self.closed,
+                    "churned": self.churned, "churn_received": churn.received,
                     "hist": buckets, "max": max}));
                 for c in &mut self.clients {
                     c.got = 0;
@@ -266,6 +325,20 @@ impl Gen {
                     }
                 }
                 say(json!({"ev": "stalled", "opened": opened}));
+            }
+            Some("churn") => {
+                let k: usize = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let t0 = self.origin_us;
+                let mut opened = 0;
+                for _ in 0..k {
+                    if self.open_one(0, t0) {
+                        opened += 1;
+                        let i = self.clients.len() - 1;
+                        self.clients[i].churn = true;
+                        self.churners.push(i);
+                    }
+                }
+                say(json!({"ev": "churning", "opened": opened}));
             }
             _ => return Ok(false),
         }

@@ -19,6 +19,8 @@
 //!   (`publish`) carrying a sequence number and a timestamp; per pass deliveries, loss,
 //!   gaps, duplicates and clients that got every event, deliveries/s, publish→receive
 //!   p50/p99/max (`hist`).
+//! * `--churn-pct P`: P % more clients, each closed (half RST, half FIN) and reopened every
+//!   second through every pass; the nodes' RSS and fds are sampled every 10 s (a soak).
 //! * `--stall-pct P`: every rate runs twice, first as is, then with P % more clients that
 //!   send their request and never read (a small receive buffer); the readers' figures are
 //!   compared and the nodes' RSS peak is checked against the queue caps (`run`).
@@ -87,6 +89,11 @@ pub struct Args {
     /// SO_RCVBUF of a stalled client
     #[arg(long, default_value_t = 4096)]
     pub stall_rcvbuf: usize,
+    /// churning clients, % of `--conns`, added before the passes: each is closed (half with
+    /// RST, half with FIN) and reopened every second; the nodes' RSS and fds are sampled every
+    /// 10 s of each pass (a soak: `--duration 600`)
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_pct: f64,
     /// `--set key=value` for every node (repeatable)
     #[arg(long = "set")]
     pub sets: Vec<String>,

@@ -41,6 +41,9 @@ pub fn run(a: &Args) -> Res<()> {
     let channel = format!("box-{}", std::process::id());
     let mut fleet = connect(a, &nodes, &channel)?;
     let mut publisher = Publisher::new(nodes.addr, &channel, a.payload);
+    if a.churn_pct > 0.0 {
+        churn(a, &mut fleet)?;
+    }
     for &rate in &a.rates {
         check_interrupted()?;
         let base = pass(a, &nodes, &mut fleet, &mut publisher, rate, "")?;
@@ -184,13 +187,24 @@ fn pass(
     let peak = Cell::new(rss0);
     let sampled = Cell::new(Instant::now());
     let start_ns = now_ns();
+    let t0 = Instant::now();
+    let soak = std::cell::RefCell::new(vec![(0.0, rss0, nodes.fds().iter().sum::<usize>())]);
     let p = publisher.run(rate, a.duration, || {
         if sampled.get().elapsed() > Duration::from_millis(250) {
             peak.set(peak.get().max(nodes.rss_kib()));
             sampled.set(Instant::now());
         }
+        let mut s = soak.borrow_mut();
+        let due = s.last().map_or(0.0, |l| l.0) + 10.0;
+        if a.churn_pct > 0.0 && t0.elapsed().as_secs_f64() >= due {
+            let fds = nodes.fds().iter().sum::<usize>();
+            s.push((t0.elapsed().as_secs_f64(), nodes.rss_kib(), fds));
+        }
         interrupted()
     });
+    if a.churn_pct > 0.0 {
+        soak_report(&soak.borrow());
+    }
     let want = p.ok * subs;
     let (mut got, mut moved) = (0, Instant::now());
     let end = Instant::now() + Duration::from_secs(60);
@@ -220,7 +234,7 @@ fn pass(
         format!(" ({label})")
     };
     println!(
-        "fanout {rate}/s × {subs} readers{tag}: published {}/{} ({} failed, slowest {:.1} ms); deliveries expected {want}, received {received}, lost {}, gaps {}, dups {}; readers with every event {}/{subs}; closed {}",
+        "fanout {rate}/s × {subs} readers{tag}: published {}/{} ({} failed, slowest {:.1} ms); deliveries expected {want}, received {received}, lost {}, gaps {}, dups {}; readers with every event {}/{subs}; closed {}{}",
         p.ok,
         (rate * a.duration).round(),
         p.failed,
@@ -230,6 +244,14 @@ fn pass(
         sum(&vals, "dups"),
         sum(&vals, "complete"),
         sum(&vals, "closed"),
+        match a.churn_pct > 0.0 {
+            true => format!(
+                "; churning clients reopened {} times so far, received {} (not counted)",
+                sum(&vals, "churned"),
+                sum(&vals, "churn_received")
+            ),
+            false => String::new(),
+        },
     );
     println!(
         "  {:.0} deliveries/s; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; nodes' CPU {cpu_s:.1} s ({:.2} µs per delivery); Σ RSS {rss0} → peak {} KiB; load {}",
@@ -255,6 +277,49 @@ fn pass(
         "cpu_s": cpu_s, "rss_kib": [rss0, out.rss_peak], "load": loadavg()});
     println!("{v}");
     Ok(out)
+}
+
+/// Opens the churning clients (spread over the generators).
+fn churn(a: &Args, fleet: &mut Fleet) -> Res<()> {
+    let k = (a.conns as f64 * a.churn_pct / 100.0).round() as usize;
+    let n = fleet.len();
+    let cmds: Vec<String> = (0..n)
+        .map(|i| format!("churn {}", k / n + usize::from(i < k % n)))
+        .collect();
+    fleet.send_each(&cmds)?;
+    let opened = sum(&fleet.collect(Duration::from_secs(30))?, "opened");
+    std::thread::sleep(Duration::from_secs(2));
+    println!("churning: {opened} more clients, each closed (half RST, half FIN) and reopened every second");
+    Ok(())
+}
+
+/// The soak samples (s, Σ RSS KiB, Σ fds) and their least-squares slopes per minute.
+fn soak_report(s: &[(f64, u64, usize)]) {
+    let slope = |f: &dyn Fn(&(f64, u64, usize)) -> f64| {
+        let n = s.len() as f64;
+        let (mx, my) = (
+            s.iter().map(|v| v.0).sum::<f64>() / n,
+            s.iter().map(f).sum::<f64>() / n,
+        );
+        let sxy: f64 = s.iter().map(|v| (v.0 - mx) * (f(v) - my)).sum();
+        let sxx: f64 = s.iter().map(|v| (v.0 - mx).powi(2)).sum();
+        60.0 * sxy / sxx.max(1e-9)
+    };
+    let line: Vec<String> = s
+        .iter()
+        .map(|v| format!("{:.0}s {} KiB {} fds", v.0, v.1, v.2))
+        .collect();
+    println!("  soak samples: {}", line.join("; "));
+    println!(
+        "  soak slope (least squares over {} samples): RSS {:+.1} KiB/min, fds {:+.2}/min; RSS min {} max {} KiB, fds min {} max {}",
+        s.len(),
+        slope(&|v| v.1 as f64),
+        slope(&|v| v.2 as f64),
+        s.iter().map(|v| v.1).min().unwrap_or(0),
+        s.iter().map(|v| v.1).max().unwrap_or(0),
+        s.iter().map(|v| v.2).min().unwrap_or(0),
+        s.iter().map(|v| v.2).max().unwrap_or(0),
+    );
 }
 
 /// Opens the stalled clients (spread over the generators); returns how many.
