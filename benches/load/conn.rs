@@ -3,13 +3,13 @@
 //! with whatever is read. `Conn::on_event` runs it as far as the socket allows.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use socket2::SockRef;
 
 use crate::event::{on_ws_message_t, SseStream};
 use crate::hist::Tally;
@@ -101,19 +101,7 @@ impl Conn {
         reg: &Registry,
         ws: Option<&Arc<ws::Config>>,
     ) -> io::Result<()> {
-        let s = Socket::new(
-            Domain::IPV4,
-            Type::STREAM.nonblocking(),
-            Some(Protocol::TCP),
-        )?;
-        s.set_tcp_nodelay(true)?;
-        s.bind(&SockAddr::from(SocketAddrV4::new(self.src, 0)))?;
-        match s.connect(&SockAddr::from(server)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let mut ms = TcpStream::from_std(s.into());
+        let mut ms = crate::support::net::connect_from(self.src, server)?;
         reg.register(&mut ms, Token(tok), Interest::READABLE | Interest::WRITABLE)?;
         self.sock = Some(ms);
         self.st = St::Connecting;

@@ -6,12 +6,11 @@
 //! `WouldBlock`).
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::support::http::parse_response;
 
@@ -67,19 +66,7 @@ impl PostConn {
 
     /// A non-blocking connect from `src` to `server`, registered as `tok`.
     pub fn connect(&mut self, tok: usize, server: SocketAddr, reg: &Registry) -> io::Result<()> {
-        let s = Socket::new(
-            Domain::IPV4,
-            Type::STREAM.nonblocking(),
-            Some(Protocol::TCP),
-        )?;
-        s.set_tcp_nodelay(true)?;
-        s.bind(&SockAddr::from(SocketAddrV4::new(self.src, 0)))?;
-        match s.connect(&SockAddr::from(server)) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        let mut ms = TcpStream::from_std(s.into());
+        let mut ms = crate::support::net::connect_from(self.src, server)?;
         reg.register(&mut ms, Token(tok), Interest::READABLE | Interest::WRITABLE)?;
         self.sock = Some(ms);
         self.st = St::Connecting;

@@ -9,6 +9,8 @@
 // answers; wire: peak RSS, rusage, Content-Length answers), hence the allows.
 #[allow(dead_code)] // shared by load and wire; each uses part of it
 pub mod http;
+#[allow(dead_code)] // the load bench's generators
+pub mod net;
 #[allow(dead_code)] // shared by load and wire; each uses part of it
 pub mod proc;
 #[allow(dead_code)] // shared by load and wire; each uses part of it
