@@ -482,14 +482,12 @@ fn subcommand_prints_its_listening_line_and_stops_on_sigterm() {
     assert!(body.contains(r#""subscribes":{"AAPL":1}"#), "{body}");
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let end = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < end, "still running after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut exited = None;
+    wait_until("the simulator to exit after SIGTERM", || {
+        exited = child.try_wait().expect("wait");
+        exited.is_some()
+    });
+    let status = exited.expect("an exit status");
     assert!(status.success(), "{status}");
     wait_closed(&mut ws);
 }
