@@ -188,10 +188,12 @@ impl Cluster {
             local.sort();
             local.truncate(MAX_INTEREST);
         }
+        // A set for the lookup: up to MAX_INTEREST symbols on each side.
+        let now_wanted: HashSet<&Arc<str>> = local.iter().collect();
         let gone: Vec<Arc<str>> = self
             .written
             .iter()
-            .filter(|s| !local.contains(s))
+            .filter(|s| !now_wanted.contains(s))
             .cloned()
             .collect();
         let Some(con) = self.con.as_mut() else {
