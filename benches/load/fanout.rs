@@ -75,6 +75,8 @@ pub struct FanoutResult {
     pub attack: Option<AttackFigs>,
     /// `--scenario jobs`, the pass with parked requests: theirs
     pub parked: Option<ParkFigs>,
+    /// `--floor`: the machine's write floor measured right after this run
+    pub floor: Option<crate::floor::Floor>,
 }
 
 /// One node's share of a fanout run (Redis mode).
@@ -393,6 +395,7 @@ impl Run {
             redis_rss_end: self.redis_rss_end,
             attack: self.attack,
             parked: self.parked,
+            floor: None,
         }
     }
 
