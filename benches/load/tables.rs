@@ -30,6 +30,9 @@ pub struct TargetResult {
 /// One row of the comparison table: figure, target, one cell per server.
 type Row = (String, String, Vec<String>);
 
+/// Each server's cells of one fanout run, from a figure of that run.
+type RunCells<'a> = dyn Fn(&dyn Fn(&FanoutResult) -> String) -> Vec<String> + 'a;
+
 pub fn comparison_table(results: &[TargetResult], a: &Args) -> String {
     let mut rows: Vec<Row> = Vec::new();
     if a.scenario != ScenarioSel::Fanout {
@@ -273,12 +276,7 @@ fn cost_rows(results: &[TargetResult], sr: SubRate, any_redis: bool, rows: &mut 
 /// `--floor`: CPU per delivery as a ratio to the write floor measured right after the run,
 /// and p99 against the p99 one event per write allows (every subscriber's write at the
 /// paced floor, over the box's cores).
-fn floor_rows(
-    tag: &str,
-    t: &Targets,
-    g: &dyn Fn(&dyn Fn(&FanoutResult) -> String) -> Vec<String>,
-    rows: &mut Vec<Row>,
-) {
+fn floor_rows(tag: &str, t: &Targets, g: &RunCells, rows: &mut Vec<Row>) {
     let with_floor = |f: &FanoutResult, cell: &dyn Fn(&Floor) -> String| {
         f.floor.as_ref().map_or_else(|| "—".into(), cell)
     };
