@@ -75,6 +75,13 @@ pub struct WorkerStats {
     pub accept_pauses_cap: AtomicU64,
     /// Times accepting paused because accept(2) ran out of descriptors.
     pub accept_pauses_fds: AtomicU64,
+    /// Reactor turns (poll return to the end of flushing) that took at
+    /// least 10 ms, 100 ms, 1 s.
+    pub slow_turns_10ms: AtomicU64,
+    pub slow_turns_100ms: AtomicU64,
+    pub slow_turns_1s: AtomicU64,
+    /// The longest turn so far, ms (a gauge per reactor).
+    pub turn_max_ms: AtomicU64,
 }
 
 impl WorkerStats {
@@ -157,6 +164,9 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_timer_entries", "gauge", "Entries in the reactors' timer wheels.", "", |s| &s.timer_entries),
     ("redix_accept_pauses_total", "counter", "Times accepting paused, by reason (the connection cap resumes below 90%; out of fds backs off).", "reason=\"conn_cap\"", |s| &s.accept_pauses_cap),
     ("redix_accept_pauses_total", "counter", "", "reason=\"fd_limit\"", |s| &s.accept_pauses_fds),
+    ("redix_reactor_slow_turns_total", "counter", "Reactor turns (poll return to the end of flushing) that took at least this long; every client of that reactor waited as long.", "over=\"10ms\"", |s| &s.slow_turns_10ms),
+    ("redix_reactor_slow_turns_total", "counter", "", "over=\"100ms\"", |s| &s.slow_turns_100ms),
+    ("redix_reactor_slow_turns_total", "counter", "", "over=\"1s\"", |s| &s.slow_turns_1s),
 ];
 
 /// Renders the exposition text.
@@ -191,6 +201,14 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
             "redix_worker_connections{{worker=\"{i}\"}} {}",
             w.open()
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redix_worker_turn_max_ms The longest turn of each reactor thread since start (counted from 10 ms).\n# TYPE redix_worker_turn_max_ms gauge"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let max = w.turn_max_ms.load(Ordering::Relaxed);
+        let _ = writeln!(out, "redix_worker_turn_max_ms{{worker=\"{i}\"}} {max}");
     }
     #[rustfmt::skip]
     let h = &p.hub;

@@ -226,6 +226,7 @@ impl Worker {
                 );
                 break;
             }
+            let turn_start = self.now_ms();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept.ready = true,
@@ -250,9 +251,7 @@ impl Worker {
             self.sweep_hub(now);
             self.flush_due_batches(now);
             self.flush_dirty(now);
-            self.shared.health.turned(self.id, self.shared.now_ms());
-            let entries = self.timers.len() as u64;
-            self.stats().timer_entries.store(entries, Ordering::Relaxed);
+            self.end_turn(turn_start, events.iter().count());
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     break;
@@ -261,6 +260,35 @@ impl Worker {
         }
         self.close_all();
         log::debug!("reactor {} stopped", self.id);
+    }
+
+    /// After a turn: the heartbeat the watchdog reads, the timer gauge, and
+    /// how long the turn took (slow turns are counted, the longest kept,
+    /// and one of a second or more logged: every client of this reactor
+    /// waited that long).
+    fn end_turn(&mut self, start_ms: u64, socket_events: usize) {
+        self.shared.health.turned(self.id, self.shared.now_ms());
+        let stats = self.stats();
+        stats
+            .timer_entries
+            .store(self.timers.len() as u64, Ordering::Relaxed);
+        let took = self.now_ms().saturating_sub(start_ms);
+        if took < 10 {
+            return;
+        }
+        stats.turn_max_ms.fetch_max(took, Ordering::Relaxed);
+        WorkerStats::add(&stats.slow_turns_10ms, 1);
+        if took >= 100 {
+            WorkerStats::add(&stats.slow_turns_100ms, 1);
+        }
+        if took >= 1000 {
+            WorkerStats::add(&stats.slow_turns_1s, 1);
+            log::warn!(
+                "reactor {}: one turn took {took} ms ({socket_events} socket events, {} connections open)",
+                self.id,
+                self.conns.len()
+            );
+        }
     }
 
     fn poll_timeout(&self, now: u64) -> u64 {
