@@ -241,6 +241,14 @@ fn cost_rows(results: &[TargetResult], sr: SubRate, any_redis: bool, rows: &mut 
         t.cpu.into(),
         g(&|f| format!("{:.3} µs", f.cpu_per_delivery_us)),
     ));
+    rows.push((
+        format!("{tag}: events per writev (redix's counters)"),
+        String::new(),
+        g(&|f| {
+            f.events_per_write
+                .map_or_else(|| "—".into(), |e| format!("{e:.2}"))
+        }),
+    ));
     if results
         .iter()
         .any(|r| r.fanout.iter().any(|f| f.floor.is_some()))
