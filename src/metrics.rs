@@ -82,6 +82,8 @@ pub struct WorkerStats {
     pub slow_turns_1s: AtomicU64,
     /// The longest turn so far, ms (a gauge per reactor).
     pub turn_max_ms: AtomicU64,
+    /// 1 while this reactor holds stream writes to coalesce them.
+    pub coalescing: AtomicU64,
 }
 
 impl WorkerStats {
@@ -167,6 +169,7 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_reactor_slow_turns_total", "counter", "Reactor turns (poll return to the end of flushing) that took at least this long; every client of that reactor waited as long.", "over=\"10ms\"", |s| &s.slow_turns_10ms),
     ("redix_reactor_slow_turns_total", "counter", "", "over=\"100ms\"", |s| &s.slow_turns_100ms),
     ("redix_reactor_slow_turns_total", "counter", "", "over=\"1s\"", |s| &s.slow_turns_1s),
+    ("redix_reactors_coalescing", "gauge", "Reactors holding stream writes to coalesce them (queue.coalesce_ms, above queue.coalesce_above deliveries/s).", "", |s| &s.coalescing),
 ];
 
 /// Renders the exposition text.

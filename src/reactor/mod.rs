@@ -30,6 +30,7 @@ mod accept;
 mod admin;
 mod batch;
 mod close;
+mod coalesce;
 mod deliver;
 mod drain;
 mod footprint;
@@ -123,6 +124,8 @@ pub struct Worker {
     parked: HashMap<usize, Parked>,
     /// Of those, admin requests waiting for the reactors' answers.
     admin_waits: usize,
+    /// Holding stream writes under load.
+    coalesce: coalesce::Coalesce,
 }
 
 /// A request waiting for Redis; the connection reads no further requests
@@ -189,6 +192,7 @@ impl Worker {
             rng: seed | 1,
             parked: HashMap::new(),
             admin_waits: 0,
+            coalesce: coalesce::Coalesce::default(),
         })
     }
 
@@ -268,11 +272,13 @@ impl Worker {
     /// waited that long).
     fn end_turn(&mut self, start_ms: u64, socket_events: usize) {
         self.shared.health.turned(self.id, self.shared.now_ms());
+        let now = self.now_ms();
+        self.measure_rate(now);
         let stats = self.stats();
         stats
             .timer_entries
             .store(self.timers.len() as u64, Ordering::Relaxed);
-        let took = self.now_ms().saturating_sub(start_ms);
+        let took = now.saturating_sub(start_ms);
         if took < 10 {
             return;
         }
@@ -294,11 +300,12 @@ impl Worker {
     fn poll_timeout(&self, now: u64) -> u64 {
         let accept_now =
             self.accept.ready && self.accept.paused_until.is_none() && self.listener.is_some();
-        let work_left = !self.dirty.is_empty() || !self.read_later.is_empty();
+        let held = self.held_until(now);
+        let work_left = (!self.dirty.is_empty() && held.is_none()) || !self.read_later.is_empty();
         if self.inbox_ready || accept_now || work_left {
             return 0;
         }
-        let mut t = MAX_POLL_MS;
+        let mut t = held.unwrap_or(MAX_POLL_MS);
         if let Some(ms) = self.timers.next_timeout_ms(now) {
             t = t.min(ms);
         }
