@@ -1,0 +1,193 @@
+//! The output: the run's settings and the box's load average, a block per mode, the
+//! comparison (ratio cluster / single), one JSON line per mode; and what a run must show to
+//! pass (every publish answered 2xx, every stream matching).
+
+use serde_json::json;
+
+use crate::run::ModeResult;
+use crate::support::report::{ms, round, thousands};
+use crate::Args;
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn preamble(a: &Args) {
+    println!(
+        "publish bench: {} nodes × {} reactor(s), {} publisher connections per node × depth {}, \
+         {} channels, ~{} B data, history.max_events {}, {} s warm-up + {} s measured; \
+         cluster: 3 masters × {} replica(s); redix {}",
+        a.nodes,
+        a.workers,
+        a.conns,
+        a.depth,
+        a.channels,
+        a.payload,
+        a.history,
+        a.warmup,
+        a.duration,
+        a.replicas,
+        a.redix_bin.display()
+    );
+    println!("load average before: {}", loadavg());
+}
+
+pub fn passed(r: &ModeResult) -> bool {
+    r.non_2xx.is_empty()
+        && r.errors == 0
+        && r.unanswered == 0
+        && r.check.matching == r.check.channels
+        && r.acked > 0
+}
+
+/// What most likely limited the mode, from the CPU figures.
+fn limit(r: &ModeResult) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let hot = r.redis.iter().filter(|s| s.master).find(|s| s.pct >= 85.0);
+    if let Some(s) = hot {
+        return format!("redis-server :{} at {:.0} % of its one core", s.port, s.pct);
+    }
+    if r.box_pct >= cores * 100.0 * 0.9 {
+        return format!(
+            "the box's {cores} cores ({:.0} % busy): nodes {:.0} %, redis {:.0} %, bench {:.0} %",
+            r.box_pct,
+            r.nodes.iter().map(|n| n.total).sum::<f64>(),
+            r.redis.iter().map(|s| s.pct).sum::<f64>(),
+            r.gen_pct
+        );
+    }
+    let reactor = r.nodes.iter().map(|n| n.reactor).fold(0.0, f64::max);
+    if reactor >= 85.0 {
+        return format!("a node's reactor at {reactor:.0} % of a core");
+    }
+    "no core full: waiting (round trips to Redis; see the command threads)".into()
+}
+
+pub fn print_mode(a: &Args, r: &ModeResult) {
+    println!();
+    println!(
+        "== {} ({} nodes) — load average after: {}",
+        r.mode.tag(),
+        a.nodes,
+        loadavg()
+    );
+    println!(
+        "  publishes/s (acknowledged, {:.1} s window)  {}",
+        r.secs,
+        thousands(r.rate())
+    );
+    println!(
+        "  latency p50 / p99 / p99.9 / max            {} / {} / {} / {} ms",
+        ms(r.lat[0] as u64),
+        ms(r.lat[1] as u64),
+        ms(r.lat[2] as u64),
+        ms(r.lat[3] as u64)
+    );
+    println!(
+        "  whole run: sent {}, 2xx {}, non-2xx {:?}, unanswered {}, connection errors {}",
+        r.sent, r.acked, r.non_2xx, r.unanswered, r.errors
+    );
+    if let Some(e) = &r.first_error {
+        println!("  first error: {e}");
+    }
+    for n in &r.nodes {
+        println!(
+            "  node {:<21} {:>5.1} % of a core (reactor {:.1}, Redis command thread {:.1}), {:.1} µs per publish it took",
+            n.addr,
+            n.total,
+            n.reactor,
+            n.command,
+            n.total * 10_000.0 * a.nodes as f64 / r.rate().max(1.0)
+        );
+    }
+    for s in &r.redis {
+        let role = if s.master { "master" } else { "replica" };
+        let per = match s.acked {
+            0 => String::new(),
+            n => format!(", {:.1} µs per publish of its slots", per_pub(r, s.pct, n)),
+        };
+        println!(
+            "  redis-server :{:<5} {role:<7} {:>5.1} % of a core; {} channels, {} publishes{per}",
+            s.port, s.pct, s.channels, s.acked
+        );
+    }
+    println!(
+        "  bench (publishers) {:.1} % of a core; box busy {:.0} %",
+        r.gen_pct, r.box_pct
+    );
+    println!(
+        "  check: {} of {} channels' newest stream entry = last acknowledged publish{}",
+        r.check.matching,
+        r.check.channels,
+        if passed(r) { "" } else { " — FAILED" }
+    );
+    for m in &r.check.mismatches {
+        println!("    {m}");
+    }
+    println!("  limited by (a guess from the CPU figures): {}", limit(r));
+}
+
+/// µs of CPU per publish for a server at `pct` % that carried `acked` of the run's publishes
+/// (its share of the window's rate).
+fn per_pub(r: &ModeResult, pct: f64, acked: u64) -> f64 {
+    let share = acked as f64 / r.acked.max(1) as f64;
+    pct * 10_000.0 / (r.rate() * share).max(1.0)
+}
+
+pub fn compare(results: &[ModeResult]) {
+    let single = results.iter().find(|r| r.mode == crate::Mode::Single);
+    let cluster = results.iter().find(|r| r.mode == crate::Mode::Cluster);
+    let (Some(s), Some(c)) = (single, cluster) else {
+        return;
+    };
+    let redis = |r: &ModeResult| r.redis.iter().map(|s| s.pct).sum::<f64>();
+    let nodes = |r: &ModeResult| r.nodes.iter().map(|n| n.total).sum::<f64>();
+    println!();
+    println!("| figure | one redis-server | 3-master cluster |");
+    println!("|---|---|---|");
+    println!(
+        "| publishes/s (acknowledged) | {} | {} (**{:.2}×**) |",
+        thousands(s.rate()),
+        thousands(c.rate()),
+        c.rate() / s.rate().max(1.0)
+    );
+    println!(
+        "| latency p50 / p99 ms | {} / {} | {} / {} |",
+        ms(s.lat[0] as u64),
+        ms(s.lat[1] as u64),
+        ms(c.lat[0] as u64),
+        ms(c.lat[1] as u64)
+    );
+    println!(
+        "| redis-server CPU, all servers (% of a core) | {:.0} | {:.0} |",
+        redis(s),
+        redis(c)
+    );
+    println!(
+        "| redix nodes CPU, together (% of a core) | {:.0} | {:.0} |",
+        nodes(s),
+        nodes(c)
+    );
+    println!(
+        "| bench / box busy (%) | {:.0} / {:.0} | {:.0} / {:.0} |",
+        s.gen_pct, s.box_pct, c.gen_pct, c.box_pct
+    );
+}
+
+pub fn json(a: &Args, r: &ModeResult) -> serde_json::Value {
+    json!({
+        "bench": "publish", "mode": r.mode.tag(), "nodes": a.nodes, "conns_per_node": a.conns,
+        "depth": a.depth, "channels": a.channels, "secs": round(r.secs, 2),
+        "publishes_per_s": round(r.rate(), 1), "sent": r.sent, "acked": r.acked,
+        "non_2xx": r.non_2xx.values().sum::<u64>(), "unanswered": r.unanswered,
+        "errors": r.errors, "p50_us": r.lat[0], "p99_us": r.lat[1], "p999_us": r.lat[2],
+        "max_us": r.lat[3],
+        "redis_cpu_pct": r.redis.iter().map(|s| round(s.pct, 1)).collect::<Vec<_>>(),
+        "node_cpu_pct": r.nodes.iter().map(|n| round(n.total, 1)).collect::<Vec<_>>(),
+        "bench_cpu_pct": round(r.gen_pct, 1), "box_busy_pct": round(r.box_pct, 1),
+        "channels_checked": r.check.channels, "channels_matching": r.check.matching,
+        "passed": passed(r),
+    })
+}
