@@ -184,6 +184,28 @@ impl Redis {
         }
         Err(format!("slot {slot} of {key} has no owner"))
     }
+
+    /// `CONFIG RESETSTAT` on every master (the window's command statistics start now).
+    pub fn reset_stats(&self) {
+        for s in self.masters() {
+            let _ = command(s.port, &["CONFIG", "RESETSTAT"]);
+        }
+    }
+
+    /// `cmd` (`evalsha`: the publish script; `publish`: its PUBLISH inside) on `port` since
+    /// `reset_stats`: calls and µs per call, from `INFO commandstats` (the command's own
+    /// time, without the per-request work around it).
+    pub fn cmd_stats(&self, port: u16, cmd: &str) -> Option<(u64, f64)> {
+        let info = command(port, &["INFO", "commandstats"]).ok()?.text()?;
+        let head = format!("cmdstat_{cmd}:");
+        let line = info.lines().find(|l| l.starts_with(&head))?;
+        let field = |name: &str| {
+            line.split([':', ','])
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        Some((field("calls")? as u64, field("usec_per_call")?))
+    }
 }
 
 impl Drop for Redis {

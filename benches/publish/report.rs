@@ -42,17 +42,44 @@ pub fn passed(r: &ModeResult) -> bool {
         && r.acked > 0
 }
 
+/// The box's busy share not taken by the run's own processes (other work on the box).
+fn everything_else(r: &ModeResult) -> f64 {
+    let ours = r.nodes.iter().map(|n| n.total).sum::<f64>()
+        + r.redis.iter().map(|s| s.pct).sum::<f64>()
+        + r.gen_pct;
+    (r.box_pct - ours).max(0.0)
+}
+
 /// What most likely limited the mode, from the CPU figures.
 fn limit(r: &ModeResult) -> String {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let full = r.box_pct >= cores * 100.0 * 0.9;
     let hot = r.redis.iter().filter(|s| s.master).find(|s| s.pct >= 85.0);
     if let Some(s) = hot {
         return format!("redis-server :{} at {:.0} % of its one core", s.port, s.pct);
     }
-    if r.box_pct >= cores * 100.0 * 0.9 {
-        return format!(
-            "the box's {cores} cores ({:.0} % busy): nodes {:.0} %, redis {:.0} %, bench {:.0} %",
+    let command = r.nodes.iter().map(|n| n.command).fold(0.0, f64::max);
+    let box_note = match full {
+        true => format!(
+            "; the box is full too ({:.0} % busy, everything else {:.0} %), which lengthens each wait",
             r.box_pct,
+            everything_else(r)
+        ),
+        false => String::new(),
+    };
+    if r.mode == crate::Mode::Cluster && command < 50.0 {
+        let per_node = r.rate() / r.nodes.len().max(1) as f64;
+        return format!(
+            "round trips: each node's command thread sends one publish at a time (no pipelining \
+             in cluster mode), one every {:.0} µs, busy at most {command:.0} % of a core{box_note}",
+            1e6 / per_node.max(1.0)
+        );
+    }
+    if full {
+        return format!(
+            "the box's {cores} cores ({:.0} % busy; everything else {:.0} %): nodes {:.0} %, redis {:.0} %, bench {:.0} %",
+            r.box_pct,
+            everything_else(r),
             r.nodes.iter().map(|n| n.total).sum::<f64>(),
             r.redis.iter().map(|s| s.pct).sum::<f64>(),
             r.gen_pct
@@ -62,7 +89,7 @@ fn limit(r: &ModeResult) -> String {
     if reactor >= 85.0 {
         return format!("a node's reactor at {reactor:.0} % of a core");
     }
-    "no core full: waiting (round trips to Redis; see the command threads)".into()
+    "no core full: the publishers in flight (--conns, --depth) over the latency".into()
 }
 
 pub fn print_mode(a: &Args, r: &ModeResult) {
@@ -104,18 +131,28 @@ pub fn print_mode(a: &Args, r: &ModeResult) {
     }
     for s in &r.redis {
         let role = if s.master { "master" } else { "replica" };
-        let per = match s.acked {
+        let mut per = match s.acked {
             0 => String::new(),
             n => format!(", {:.1} µs per publish of its slots", per_pub(r, s.pct, n)),
         };
+        if let Some((calls, us)) = s.script {
+            let publish = s
+                .publish_us
+                .map_or(String::new(), |p| format!(", PUBLISH {p:.1}"));
+            per.push_str(&format!(
+                " (script: {calls} calls, {us:.1} µs each{publish})"
+            ));
+        }
         println!(
             "  redis-server :{:<5} {role:<7} {:>5.1} % of a core; {} channels, {} publishes{per}",
             s.port, s.pct, s.channels, s.acked
         );
     }
     println!(
-        "  bench (publishers) {:.1} % of a core; box busy {:.0} %",
-        r.gen_pct, r.box_pct
+        "  bench (publishers) {:.1} % of a core; box busy {:.0} %, of which everything else {:.0} %",
+        r.gen_pct,
+        r.box_pct,
+        everything_else(r)
     );
     println!(
         "  check: {} of {} channels' newest stream entry = last acknowledged publish{}",
@@ -126,6 +163,14 @@ pub fn print_mode(a: &Args, r: &ModeResult) {
     for m in &r.check.mismatches {
         println!("    {m}");
     }
+    let per_node = r.rate() / r.nodes.len().max(1) as f64;
+    println!(
+        "  per node {} publishes/s = one every {:.0} µs; publishes in flight {} (Little: {:.2} ms each)",
+        thousands(per_node),
+        1e6 / per_node.max(1.0),
+        a.nodes * a.conns * a.depth,
+        (a.nodes * a.conns * a.depth) as f64 / r.rate().max(1.0) * 1e3
+    );
     println!("  limited by (a guess from the CPU figures): {}", limit(r));
 }
 
@@ -160,19 +205,29 @@ pub fn compare(results: &[ModeResult]) {
         ms(c.lat[0] as u64),
         ms(c.lat[1] as u64)
     );
+    let per = |pct: f64, r: &ModeResult| pct * 10_000.0 / r.rate().max(1.0);
     println!(
-        "| redis-server CPU, all servers (% of a core) | {:.0} | {:.0} |",
+        "| redis-server CPU, all servers: % of a core, µs per publish | {:.0}, {:.1} | {:.0}, {:.1} |",
         redis(s),
-        redis(c)
+        per(redis(s), s),
+        redis(c),
+        per(redis(c), c)
     );
     println!(
-        "| redix nodes CPU, together (% of a core) | {:.0} | {:.0} |",
+        "| redix nodes CPU, together: % of a core, µs per publish | {:.0}, {:.1} | {:.0}, {:.1} |",
         nodes(s),
-        nodes(c)
+        per(nodes(s), s),
+        nodes(c),
+        per(nodes(c), c)
     );
     println!(
-        "| bench / box busy (%) | {:.0} / {:.0} | {:.0} / {:.0} |",
-        s.gen_pct, s.box_pct, c.gen_pct, c.box_pct
+        "| bench / box busy / everything else (% of a core) | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
+        s.gen_pct,
+        s.box_pct,
+        everything_else(s),
+        c.gen_pct,
+        c.box_pct,
+        everything_else(c)
     );
 }
 
@@ -187,6 +242,8 @@ pub fn json(a: &Args, r: &ModeResult) -> serde_json::Value {
         "redis_cpu_pct": r.redis.iter().map(|s| round(s.pct, 1)).collect::<Vec<_>>(),
         "node_cpu_pct": r.nodes.iter().map(|n| round(n.total, 1)).collect::<Vec<_>>(),
         "bench_cpu_pct": round(r.gen_pct, 1), "box_busy_pct": round(r.box_pct, 1),
+        "everything_else_pct": round(everything_else(r), 1),
+        "script_us_per_call": r.redis.iter().filter_map(|s| s.script.map(|x| round(x.1, 2))).collect::<Vec<_>>(),
         "channels_checked": r.check.channels, "channels_matching": r.check.matching,
         "passed": passed(r),
     })

@@ -31,6 +31,10 @@ pub struct ShardCpu {
     pub pct: f64,
     pub channels: usize,
     pub acked: u64,
+    /// the publish script in the window (`INFO commandstats`): calls, µs per call
+    pub script: Option<(u64, f64)>,
+    /// the script's PUBLISH (broadcast over the cluster bus in a cluster): µs per call
+    pub publish_us: Option<f64>,
 }
 
 pub struct ModeResult {
@@ -143,6 +147,7 @@ fn measure(a: &Args, redis: &Redis, nodes: &Nodes, flags: &Flags) -> Res<Window>
         Instant::now(),
     );
     let a0 = flags.acked.load(Relaxed);
+    redis.reset_stats();
     flags.measuring.store(true, Relaxed);
     let slept = sleep_for(a.duration);
     flags.measuring.store(false, Relaxed);
@@ -227,6 +232,8 @@ fn shards(
             pct: cpu::pct(&w.cpu0, &w.cpu1, s.child.id() as i32, w.secs),
             channels: 0,
             acked: 0,
+            script: redis.cmd_stats(s.port, "evalsha").filter(|_| s.master),
+            publish_us: redis.cmd_stats(s.port, "publish").map(|p| p.1),
         })
         .collect();
     for t in tallies {
