@@ -192,6 +192,21 @@ impl Redis {
         }
     }
 
+    /// `CLUSTER INFO`'s `cluster_stats_messages_publish_{sent,received}` on `port`: PUBLISH
+    /// messages broadcast over the cluster bus (classic pub/sub goes to every node).
+    pub fn bus_publishes(&self, port: u16) -> Option<(u64, u64)> {
+        let info = command(port, &["CLUSTER", "INFO"]).ok()?.text()?;
+        let get = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some((
+            get("cluster_stats_messages_publish_sent").unwrap_or(0),
+            get("cluster_stats_messages_publish_received").unwrap_or(0),
+        ))
+    }
+
     /// `cmd` (`evalsha`: the publish script; `publish`: its PUBLISH inside) on `port` since
     /// `reset_stats`: calls and µs per call, from `INFO commandstats` (the command's own
     /// time, without the per-request work around it).

@@ -143,6 +143,9 @@ pub fn print_mode(a: &Args, r: &ModeResult) {
                 " (script: {calls} calls, {us:.1} µs each{publish})"
             ));
         }
+        if let Some((sent, received)) = s.bus {
+            per.push_str(&format!("; bus PUBLISH sent {sent}, received {received}"));
+        }
         println!(
             "  redis-server :{:<5} {role:<7} {:>5.1} % of a core; {} channels, {} publishes{per}",
             s.port, s.pct, s.channels, s.acked

@@ -35,6 +35,8 @@ pub struct ShardCpu {
     pub script: Option<(u64, f64)>,
     /// the script's PUBLISH (broadcast over the cluster bus in a cluster): µs per call
     pub publish_us: Option<f64>,
+    /// cluster bus PUBLISH messages sent and received over the whole run
+    pub bus: Option<(u64, u64)>,
 }
 
 pub struct ModeResult {
@@ -234,6 +236,7 @@ fn shards(
             acked: 0,
             script: redis.cmd_stats(s.port, "evalsha").filter(|_| s.master),
             publish_us: redis.cmd_stats(s.port, "publish").map(|p| p.1),
+            bus: redis.bus_publishes(s.port).filter(|_| redis.cluster),
         })
         .collect();
     for t in tallies {
