@@ -59,31 +59,28 @@ fn limit(r: &ModeResult) -> String {
         return format!("redis-server :{} at {:.0} % of its one core", s.port, s.pct);
     }
     let command = r.nodes.iter().map(|n| n.command).fold(0.0, f64::max);
-    let box_note = match full {
-        true => format!(
-            "; the box is full too ({:.0} % busy, everything else {:.0} %), which lengthens each wait",
-            r.box_pct,
-            everything_else(r)
-        ),
-        false => String::new(),
-    };
-    if r.mode == crate::Mode::Cluster && command < 50.0 {
-        let per_node = r.rate() / r.nodes.len().max(1) as f64;
-        return format!(
-            "round trips: each node's command thread sends one publish at a time (no pipelining \
-             in cluster mode), one every {:.0} µs, busy at most {command:.0} % of a core{box_note}",
+    let per_node = r.rate() / r.nodes.len().max(1) as f64;
+    let trips = match r.mode {
+        crate::Mode::Cluster => format!(
+            "each node's command thread has one publish at a time on the wire (no pipelining \
+             in cluster mode), one every {:.0} µs, busy at most {command:.0} % of a core",
             1e6 / per_node.max(1.0)
-        );
-    }
+        ),
+        crate::Mode::Single => String::new(),
+    };
     if full {
+        let sep = if trips.is_empty() { "" } else { "; " };
         return format!(
-            "the box's {cores} cores ({:.0} % busy; everything else {:.0} %): nodes {:.0} %, redis {:.0} %, bench {:.0} %",
+            "the box's {cores} cores ({:.0} % busy; everything else {:.0} %): nodes {:.0} %, redis {:.0} %, bench {:.0} %{sep}{trips}",
             r.box_pct,
             everything_else(r),
             r.nodes.iter().map(|n| n.total).sum::<f64>(),
             r.redis.iter().map(|s| s.pct).sum::<f64>(),
             r.gen_pct
         );
+    }
+    if !trips.is_empty() && command < 50.0 {
+        return format!("round trips: {trips}");
     }
     let reactor = r.nodes.iter().map(|n| n.reactor).fold(0.0, f64::max);
     if reactor >= 85.0 {
@@ -222,6 +219,14 @@ pub fn compare(results: &[ModeResult]) {
         per(nodes(s), s),
         nodes(c),
         per(nodes(c), c)
+    );
+    let all = |r: &ModeResult| redis(r) + nodes(r) + r.gen_pct;
+    println!(
+        "| the run's processes together (redis, nodes, bench): % of a core, µs per publish | {:.0}, {:.1} | {:.0}, {:.1} |",
+        all(s),
+        per(all(s), s),
+        all(c),
+        per(all(c), c)
     );
     println!(
         "| bench / box busy / everything else (% of a core) | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
