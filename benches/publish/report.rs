@@ -116,6 +116,27 @@ pub fn print_mode(a: &Args, r: &ModeResult) {
     if let Some(e) = &r.first_error {
         println!("  first error: {e}");
     }
+    print_processes(a, r);
+    println!(
+        "  bench (publishers) {:.1} % of a core; box busy {:.0} %, of which everything else {:.0} %",
+        r.gen_pct,
+        r.box_pct,
+        everything_else(r)
+    );
+    println!(
+        "  check: {} of {} channels' newest stream entry = last acknowledged publish{}",
+        r.check.matching,
+        r.check.channels,
+        if passed(r) { "" } else { " — FAILED" }
+    );
+    for m in &r.check.mismatches {
+        println!("    {m}");
+    }
+    print_reading(a, r);
+}
+
+/// Each node's and each redis-server's CPU.
+fn print_processes(a: &Args, r: &ModeResult) {
     for n in &r.nodes {
         println!(
             "  node {:<21} {:>5.1} % of a core (reactor {:.1}, Redis command thread {:.1}), {:.1} µs per publish it took",
@@ -148,21 +169,17 @@ pub fn print_mode(a: &Args, r: &ModeResult) {
             s.port, s.pct, s.channels, s.acked
         );
     }
+}
+
+/// Scheduling per publish, the rate per node, and what limited the mode.
+fn print_reading(a: &Args, r: &ModeResult) {
+    let [n, rs, b] = r.sched.map(|(slices, wait)| {
+        let per = r.rate().max(1.0) * r.secs;
+        format!("{:.2} / {:.1} µs", slices as f64 / per, wait / per)
+    });
     println!(
-        "  bench (publishers) {:.1} % of a core; box busy {:.0} %, of which everything else {:.0} %",
-        r.gen_pct,
-        r.box_pct,
-        everything_else(r)
+        "  per publish: times put on a CPU / µs runnable but waiting for one — nodes {n}, redis {rs}, bench {b}"
     );
-    println!(
-        "  check: {} of {} channels' newest stream entry = last acknowledged publish{}",
-        r.check.matching,
-        r.check.channels,
-        if passed(r) { "" } else { " — FAILED" }
-    );
-    for m in &r.check.mismatches {
-        println!("    {m}");
-    }
     let per_node = r.rate() / r.nodes.len().max(1) as f64;
     println!(
         "  per node {} publishes/s = one every {:.0} µs; publishes in flight {} (Little: {:.2} ms each)",
@@ -187,56 +204,57 @@ pub fn compare(results: &[ModeResult]) {
     let (Some(s), Some(c)) = (single, cluster) else {
         return;
     };
+    let row = |name: &str, f: &dyn Fn(&ModeResult) -> String| {
+        println!("| {name} | {} | {} |", f(s), f(c));
+    };
     let redis = |r: &ModeResult| r.redis.iter().map(|s| s.pct).sum::<f64>();
     let nodes = |r: &ModeResult| r.nodes.iter().map(|n| n.total).sum::<f64>();
+    let all = |r: &ModeResult| redis(r) + nodes(r) + r.gen_pct;
+    // % of a core → "%, µs of CPU per publish"
+    let cpu = |pct: f64, r: &ModeResult| format!("{pct:.0}, {:.1}", pct * 1e4 / r.rate().max(1.0));
     println!();
     println!("| figure | one redis-server | 3-master cluster |");
     println!("|---|---|---|");
-    println!(
-        "| publishes/s (acknowledged) | {} | {} (**{:.2}×**) |",
-        thousands(s.rate()),
-        thousands(c.rate()),
-        c.rate() / s.rate().max(1.0)
+    row("publishes/s (acknowledged)", &|r| match r.mode {
+        crate::Mode::Single => thousands(r.rate()),
+        crate::Mode::Cluster => format!(
+            "{} (**{:.2}×**)",
+            thousands(r.rate()),
+            r.rate() / s.rate().max(1.0)
+        ),
+    });
+    row("latency p50 / p99 ms", &|r| {
+        format!("{} / {}", ms(r.lat[0] as u64), ms(r.lat[1] as u64))
+    });
+    row(
+        "redis-server CPU, all servers: % of a core, µs per publish",
+        &|r| cpu(redis(r), r),
     );
-    println!(
-        "| latency p50 / p99 ms | {} / {} | {} / {} |",
-        ms(s.lat[0] as u64),
-        ms(s.lat[1] as u64),
-        ms(c.lat[0] as u64),
-        ms(c.lat[1] as u64)
+    row(
+        "redix nodes CPU, together: % of a core, µs per publish",
+        &|r| cpu(nodes(r), r),
     );
-    let per = |pct: f64, r: &ModeResult| pct * 10_000.0 / r.rate().max(1.0);
-    println!(
-        "| redis-server CPU, all servers: % of a core, µs per publish | {:.0}, {:.1} | {:.0}, {:.1} |",
-        redis(s),
-        per(redis(s), s),
-        redis(c),
-        per(redis(c), c)
+    row(
+        "the run's processes together (redis, nodes, bench): % of a core, µs per publish",
+        &|r| cpu(all(r), r),
     );
-    println!(
-        "| redix nodes CPU, together: % of a core, µs per publish | {:.0}, {:.1} | {:.0}, {:.1} |",
-        nodes(s),
-        per(nodes(s), s),
-        nodes(c),
-        per(nodes(c), c)
+    row(
+        "per publish, all the run's threads: times put on a CPU, time waiting for one",
+        &|r| {
+            let per = r.rate().max(1.0) * r.secs;
+            let n: u64 = r.sched.iter().map(|x| x.0).sum();
+            let w: f64 = r.sched.iter().map(|x| x.1).sum();
+            format!("{:.1}, {:.0} µs", n as f64 / per, w / per)
+        },
     );
-    let all = |r: &ModeResult| redis(r) + nodes(r) + r.gen_pct;
-    println!(
-        "| the run's processes together (redis, nodes, bench): % of a core, µs per publish | {:.0}, {:.1} | {:.0}, {:.1} |",
-        all(s),
-        per(all(s), s),
-        all(c),
-        per(all(c), c)
-    );
-    println!(
-        "| bench / box busy / everything else (% of a core) | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} |",
-        s.gen_pct,
-        s.box_pct,
-        everything_else(s),
-        c.gen_pct,
-        c.box_pct,
-        everything_else(c)
-    );
+    row("bench / box busy / everything else (% of a core)", &|r| {
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            r.gen_pct,
+            r.box_pct,
+            everything_else(r)
+        )
+    });
 }
 
 pub fn json(a: &Args, r: &ModeResult) -> serde_json::Value {
@@ -251,6 +269,7 @@ pub fn json(a: &Args, r: &ModeResult) -> serde_json::Value {
         "node_cpu_pct": r.nodes.iter().map(|n| round(n.total, 1)).collect::<Vec<_>>(),
         "bench_cpu_pct": round(r.gen_pct, 1), "box_busy_pct": round(r.box_pct, 1),
         "everything_else_pct": round(everything_else(r), 1),
+        "sched_slices": r.sched.map(|x| x.0), "sched_wait_us": r.sched.map(|x| round(x.1, 0)),
         "script_us_per_call": r.redis.iter().filter_map(|s| s.script.map(|x| round(x.1, 2))).collect::<Vec<_>>(),
         "channels_checked": r.check.channels, "channels_matching": r.check.matching,
         "passed": passed(r),

@@ -56,6 +56,8 @@ pub struct ModeResult {
     pub redis: Vec<ShardCpu>,
     pub gen_pct: f64,
     pub box_pct: f64,
+    /// nodes, redis-servers, bench: (times put on a CPU, µs waiting for one) in the window
+    pub sched: [(u64, f64); 3],
     pub check: Checked,
 }
 
@@ -141,6 +143,7 @@ fn measure(a: &Args, redis: &Redis, nodes: &Nodes, flags: &Flags) -> Res<Window>
     let node_pids = nodes.pids();
     let mut pids = node_pids.clone();
     pids.extend(redis.servers.iter().map(|s| s.child.id() as i32));
+    pids.push(std::process::id() as i32);
     sleep_for(a.warmup)?;
     let (c0, b0, g0, t0) = (
         cpu::sample(&pids, &node_pids),
@@ -186,6 +189,9 @@ fn result(
         *non_2xx.entry(*s).or_default() += n;
     }
     let check = check::streams(redis, &a.prefix, &tallies, a.history);
+    let redis_pids: Vec<i32> = redis.servers.iter().map(|s| s.child.id() as i32).collect();
+    let sched = [nodes.pids(), redis_pids, vec![std::process::id() as i32]]
+        .map(|p| cpu::sched_delta(&w.cpu0, &w.cpu1, &p));
     let node_cpu = nodes
         .0
         .iter()
@@ -214,6 +220,7 @@ fn result(
         redis: shards(a, redis, &w, &tallies)?,
         gen_pct: w.gen_pct,
         box_pct: w.box_pct,
+        sched,
         check,
     })
 }
