@@ -4,10 +4,10 @@
 //! least `min(acknowledged, history kept)`. Keys: `<prefix>s:<ch>` on one server,
 //! `<prefix>{<ch>}:s` on a cluster (asked on the slot's owner).
 
+use crate::cli::Res;
 use crate::load::ChannelTally;
 use crate::redis::Redis;
 use crate::support::resp::{cluster_command, command, Reply};
-use crate::Res;
 
 pub struct Checked {
     pub channels: usize,

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::cli::Res;
 use crate::support::http;
-use crate::Res;
 
 /// What the main thread and every publisher share.
 #[derive(Default)]

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cli::Res;
 use crate::support::http::status_of;
 use crate::support::spawn::{listening_addr, spawn_tied};
-use crate::Res;
 
 pub struct NodeOpts<'a> {
     pub bin: &'a PathBuf,

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cli::Res;
 use crate::support::resp::{command, Reply};
 use crate::support::spawn::spawn_tied;
-use crate::Res;
 
 /// One redis-server the bench started.
 pub struct Server {

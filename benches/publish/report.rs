@@ -4,9 +4,9 @@
 
 use serde_json::json;
 
+use crate::cli::Args;
 use crate::run::ModeResult;
 use crate::support::report::{ms, round, thousands};
-use crate::Args;
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -61,12 +61,12 @@ fn limit(r: &ModeResult) -> String {
     let command = r.nodes.iter().map(|n| n.command).fold(0.0, f64::max);
     let per_node = r.rate() / r.nodes.len().max(1) as f64;
     let trips = match r.mode {
-        crate::Mode::Cluster => format!(
+        crate::cli::Mode::Cluster => format!(
             "each node's command thread has one publish at a time on the wire (no pipelining \
              in cluster mode), one every {:.0} µs, busy at most {command:.0} % of a core",
             1e6 / per_node.max(1.0)
         ),
-        crate::Mode::Single => String::new(),
+        crate::cli::Mode::Single => String::new(),
     };
     if full {
         let sep = if trips.is_empty() { "" } else { "; " };
@@ -199,8 +199,8 @@ fn per_pub(r: &ModeResult, pct: f64, acked: u64) -> f64 {
 }
 
 pub fn compare(results: &[ModeResult]) {
-    let single = results.iter().find(|r| r.mode == crate::Mode::Single);
-    let cluster = results.iter().find(|r| r.mode == crate::Mode::Cluster);
+    let single = results.iter().find(|r| r.mode == crate::cli::Mode::Single);
+    let cluster = results.iter().find(|r| r.mode == crate::cli::Mode::Cluster);
     let (Some(s), Some(c)) = (single, cluster) else {
         return;
     };
@@ -216,8 +216,8 @@ pub fn compare(results: &[ModeResult]) {
     println!("| figure | one redis-server | 3-master cluster |");
     println!("|---|---|---|");
     row("publishes/s (acknowledged)", &|r| match r.mode {
-        crate::Mode::Single => thousands(r.rate()),
-        crate::Mode::Cluster => format!(
+        crate::cli::Mode::Single => thousands(r.rate()),
+        crate::cli::Mode::Cluster => format!(
             "{} (**{:.2}×**)",
             thousands(r.rate()),
             r.rate() / s.rate().max(1.0)

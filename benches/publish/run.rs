@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::check::{self, Checked};
+use crate::cli::{Args, Mode, Res};
 use crate::cpu;
 use crate::load::{self, ConnOut, Flags, Spec};
 use crate::nodes::{NodeOpts, Nodes};
 use crate::redis::Redis;
 use crate::support::proc::{alive, box_busy_pct, box_cpu, self_cpu_secs};
 use crate::support::spawn::{check_interrupted, interrupted};
-use crate::{Args, Mode, Res};
 
 pub struct NodeCpu {
     pub addr: String,
