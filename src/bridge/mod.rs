@@ -21,6 +21,7 @@
 //! link handle, the hub, the clock, its settings), never the whole
 //! server state, and imports nothing from `reactor/`.
 
+mod cli;
 pub mod command;
 pub mod master;
 pub mod pubsub;
