@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::bridge::shards::stats::ShardStats;
 use crate::bridge::Master;
 use crate::config::RedisConfig;
 use crate::mailbox::ConnRef;
@@ -273,6 +274,8 @@ pub struct Redis {
     pub node: String,
     /// Where the master is now (it moves under Sentinel).
     pub master: Arc<Master>,
+    /// Redis Cluster: per-shard figures (empty otherwise).
+    pub shards: ShardStats,
     commands: Sender<Command>,
     /// History loads, apart from publishes.
     loads: Sender<Command>,
@@ -299,6 +302,7 @@ impl Redis {
             link: LinkState::default(),
             node,
             master,
+            shards: ShardStats::default(),
             commands: tx,
             loads: loads_tx,
             last_drop_log_ms: AtomicU64::new(0),

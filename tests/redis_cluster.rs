@@ -301,13 +301,11 @@ fn slot_of(node: &RedisServer, channel: &str) -> u16 {
     reply.trim().trim_start_matches(':').parse().expect("slot")
 }
 
-/// Known to fail about half the runs (README "Redis Cluster", not yet):
-/// while the slot moves, one channel's announcements come from two masters
-/// over two cluster-bus links, so a node can hear a later event before an
-/// earlier one and drops the earlier as old. Every publish is answered and
-/// lands in the stream; the fix is sharded pub/sub. Run with `--ignored`.
+/// While the slot moves, the old master pushes `sunsubscribe` for the
+/// channel; each node reads the slot map again, SSUBSCRIBEs on the new
+/// master and reloads the channel from the last id it delivered, so its
+/// clients get every event once and in order across the move.
 #[test]
-#[ignore = "classic pub/sub can reorder one channel's events across a slot move (needs SSUBSCRIBE)"]
 fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
     let cluster = start_cluster();
     let channels = channels_on_every_shard(&cluster[0]);

@@ -15,9 +15,10 @@ use crossbeam_channel::Receiver;
 use redis::RedisError;
 
 pub use super::cli::publish_cli;
+use super::shards::slots::slot_of;
 use super::wire::{
-    check_data_kept, link_failed, load_cmd, load_once, load_script, open, parse_load, publish_once,
-    publish_pipelined, publish_script, query_each, Link, PublishArgs, PUBLISH_BATCH,
+    check_data_kept, link_failed, load_cmd, load_once, load_script, open, parse_load, publish_each,
+    publish_once, publish_pipelined, publish_script, query_each, Link, PublishArgs, PUBLISH_BATCH,
 };
 use super::{Backoff, Parts, Retention};
 use crate::clock::Clock;
@@ -244,7 +245,15 @@ impl CommandThread {
             names: &redis.names,
             retention: self.retention,
         };
-        let results = match publish_pipelined(&mut **con, &args, batch.iter().map(|p| &p.publish)) {
+        let publishes = batch.iter().map(|p| &p.publish);
+        let sent = match redis.names.is_cluster() {
+            true => {
+                let mut took = |p: &Publish, d| redis.shards.publish_took(slot_of(&p.channel), d);
+                Ok(publish_each(&mut **con, &args, publishes, &mut took))
+            }
+            false => publish_pipelined(&mut **con, &args, publishes),
+        };
+        let results = match sent {
             Ok(results) => results,
             Err(e) => {
                 redis

@@ -38,11 +38,11 @@ use crate::link::{Command, Redis};
 use crate::proto::resp::{self, Value};
 
 /// How long the loop waits for bytes, so channel changes go out promptly.
-const READ_TIMEOUT: Duration = Duration::from_millis(20);
+pub(super) const READ_TIMEOUT: Duration = Duration::from_millis(20);
 /// Largest message accepted (the publish body limit is far lower).
-const MAX_MESSAGE: usize = 16 << 20;
+pub(super) const MAX_MESSAGE: usize = 16 << 20;
 /// Bytes read per call.
-const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from Redis and not yet handled, at most.
 pub const MAX_BACKLOG: usize = 64 << 20;
 /// Channels per SUBSCRIBE command.
@@ -408,7 +408,7 @@ impl<'a> Session<'a> {
 }
 
 /// What the reader thread hands over: bytes, or why the connection ended.
-type Chunk = Result<Vec<u8>, String>;
+pub(super) type Chunk = Result<Vec<u8>, String>;
 
 /// The reader thread and the queue it fills. Dropping it ends the thread
 /// whatever it is blocked on, so a session's teardown cannot hang: not on
@@ -416,17 +416,17 @@ type Chunk = Result<Vec<u8>, String>;
 /// exactly where the reader sits when the node is behind (the receiver
 /// goes first, so its send fails). The join then waits for a thread that
 /// is already on its way out, and with it goes its handle on the socket.
-struct Reader {
+pub(super) struct Reader {
     stream: Arc<TcpStream>,
     /// Chunks the reader thread took off the socket; `Err` ends the session.
-    chunks: Receiver<Chunk>,
+    pub(super) chunks: Receiver<Chunk>,
     /// Bytes in `chunks`.
-    queued: Arc<AtomicU64>,
+    pub(super) queued: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Reader {
-    fn start(stream: Arc<TcpStream>) -> Result<Reader, String> {
+    pub(super) fn start(stream: Arc<TcpStream>) -> Result<Reader, String> {
         let (tx, chunks) = crossbeam_channel::bounded(MAX_BACKLOG / READ_CHUNK);
         let queued = Arc::new(AtomicU64::new(0));
         let (read_half, counter) = (stream.clone(), queued.clone());
@@ -481,7 +481,7 @@ fn read_loop(stream: Arc<TcpStream>, tx: Sender<Chunk>, queued: Arc<AtomicU64>) 
 }
 
 /// Reads `"<id> <data>"`; the id must be a stream id.
-fn parse_payload(payload: &[u8]) -> Option<RemoteEvent> {
+pub(super) fn parse_payload(payload: &[u8]) -> Option<RemoteEvent> {
     let text = std::str::from_utf8(payload).ok()?;
     let (id_text, data) = text.split_once(' ')?;
     Some(RemoteEvent {

@@ -157,7 +157,7 @@ pub(super) fn publish_pipelined<'a>(
     batch: impl Iterator<Item = &'a Publish>,
 ) -> Result<Vec<PublishResult>, RedisError> {
     if args.names.is_cluster() {
-        return Ok(publish_each(con, args, batch));
+        return Ok(publish_each(con, args, batch, &mut |_, _| {}));
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -174,11 +174,13 @@ pub(super) fn publish_pipelined<'a>(
 /// Redis Cluster: a pipeline goes to one node, so each publish runs
 /// alone, sent to its channel's slot owner (the cluster connection follows
 /// `MOVED`, `ASK` and `TRYAGAIN`). A wire failure ends the batch: the
-/// publishes after it answer with it.
-fn publish_each<'a>(
+/// publishes after it answer with it. `took` hears how long each
+/// publish that ran took (redirects followed included).
+pub(super) fn publish_each<'a>(
     con: &mut dyn ConnectionLike,
     args: &PublishArgs<'a>,
     batch: impl Iterator<Item = &'a Publish>,
+    took: &mut dyn FnMut(&Publish, Duration),
 ) -> Vec<PublishResult> {
     let mut failed: Option<RedisError> = None;
     batch
@@ -186,7 +188,9 @@ fn publish_each<'a>(
             if let Some(e) = &failed {
                 return Err(e.clone());
             }
+            let started = std::time::Instant::now();
             let result: Result<(String, i64), RedisError> = publish_cmd(args, p).query(con);
+            took(p, started.elapsed());
             if let Err(e) = &result {
                 failed = link_failed(e).then(|| e.clone());
             }
