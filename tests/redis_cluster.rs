@@ -121,6 +121,19 @@ fn ws_on(addr: SocketAddr, channels: &[String]) -> RawWs {
     ws
 }
 
+/// The per-shard series `name` of a node's metrics: master address to
+/// value.
+fn shard_rows(node: SocketAddr, name: &str) -> HashMap<String, f64> {
+    let (status, text) = get(node, "/metrics/prom");
+    assert_eq!(status, 200);
+    let prefix = format!("{name}{{shard=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| rest.split_once("\"} "))
+        .map(|(shard, v)| (shard.to_string(), v.parse().expect("a number")))
+        .collect()
+}
+
 /// Per channel, the (id, data) published, in order.
 type Published = HashMap<String, Vec<(String, i64)>>;
 
@@ -170,6 +183,20 @@ fn events_on_every_shard_reach_every_client_once_in_order_and_resume_across_node
         "3000 events over {} channels on 3 shards: every client, once, in order",
         channels.len()
     );
+    // Per shard: its link up, its two channels, and the 500 publishes
+    // this node ran there (each node published 1,500, alternating
+    // channels, so 500 on each shard).
+    for node in [a.addr, b.addr] {
+        let up = shard_rows(node, "redix_redis_shard_up");
+        let subscribed = shard_rows(node, "redix_redis_shard_channels");
+        let timed = shard_rows(node, "redix_redis_shard_publish_seconds_count");
+        assert_eq!(up.len(), 3, "{up:?}");
+        for shard in up.keys() {
+            assert_eq!(up[shard], 1.0, "{shard} on {node}");
+            assert_eq!(subscribed[shard], 2.0, "{shard} on {node}: {subscribed:?}");
+            assert_eq!(timed[shard], 500.0, "{shard} on {node}: {timed:?}");
+        }
+    }
 
     // A WebSocket client moves from A to B with a `since` per channel;
     // events go on being published meanwhile.
@@ -353,6 +380,15 @@ fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
         }
         assert_eq!(got, published, "WebSocket client on node {n}");
     }
+    // Both nodes followed the move away from `from`, and carry the
+    // channel on `to` now.
+    for node in [a.addr, b.addr] {
+        let (from, to) = (format!("127.0.0.1:{from}"), format!("127.0.0.1:{to}"));
+        let redirects = shard_rows(node, "redix_redis_shard_redirects_total");
+        assert!(redirects[&from] >= 1.0, "{node}: {redirects:?}");
+        let subscribed = shard_rows(node, "redix_redis_shard_channels");
+        assert_eq!((subscribed[&from], subscribed[&to]), (1.0, 3.0), "{node}");
+    }
     println!(
         "slot {slot} of {moving} moved {from} -> {to} after publish {moved_at} of 1200: every client got all, once, in order"
     );
@@ -400,6 +436,13 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
                 .position(|n| n.port == victim)
                 .expect("victim");
             cluster[n].kill();
+            // Not ready while a shard has no link (as in single-server
+            // mode while Redis is gone)…
+            for node in [a.addr, b.addr] {
+                wait_until("not ready while a master is down", || {
+                    get(node, "/readyz").0 == 503
+                });
+            }
             let other = cluster
                 .iter()
                 .find(|n| n.port != victim)
@@ -408,6 +451,12 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
             wait_until("a replica to take over the dead master's slots", || {
                 redis_cli(other, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
             });
+            // …and ready again once a replica took over, with no restart.
+            for node in [a.addr, b.addr] {
+                wait_until("ready again after the failover", || {
+                    get(node, "/readyz").0 == 200
+                });
+            }
         }
         let ch = &channels[i as usize % channels.len()];
         let node = [a.addr, b.addr][i as usize % 2];
@@ -423,6 +472,15 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
             got.entry(ch).or_default().push((id, data));
         }
         assert_eq!(got, published, "WebSocket client on node {n}");
+    }
+    // The dead master's row is gone; the promoted replica's is up, with
+    // the dead master's channels.
+    for node in [a.addr, b.addr] {
+        let up = shard_rows(node, "redix_redis_shard_up");
+        let subscribed = shard_rows(node, "redix_redis_shard_channels");
+        assert!(!up.contains_key(&format!("127.0.0.1:{victim}")), "{up:?}");
+        assert_eq!(up.values().sum::<f64>(), 3.0, "{up:?}");
+        assert_eq!(subscribed.values().sum::<f64>(), 6.0, "{subscribed:?}");
     }
     println!(
         "master {victim} killed after publish 200 of 600: a replica took over, every client got all, once, in order (slowest publish, retries included: {slowest:?})"
