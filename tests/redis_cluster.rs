@@ -424,47 +424,58 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
     let a = cluster_node_with(&cluster[..2], &acked);
     let b = cluster_node_with(&cluster[4..], &acked);
     let mut ws = [ws_on(a.addr, &channels), ws_on(b.addr, &channels)];
-    // The master of channel 0's slot: also node A's first seed when it is
-    // cluster[0] (its pub/sub connection then moves to the next seed).
+    // The master of channel 0's slot (node A's first seed when it is
+    // cluster[0]: A then reads the slot map from the other nodes).
     let victim = owner_of(cluster[0].port, slot_of(&cluster[0], &channels[0]));
-    let mut published = Published::new();
-    let mut slowest = std::time::Duration::ZERO;
-    for i in 0..600i64 {
-        if i == 200 {
-            let n = cluster
-                .iter()
-                .position(|n| n.port == victim)
-                .expect("victim");
-            cluster[n].kill();
-            // Not ready while a shard has no link (as in single-server
-            // mode while Redis is gone)…
-            for node in [a.addr, b.addr] {
-                wait_until("not ready while a master is down", || {
-                    get(node, "/readyz").0 == 503
-                });
+    // Publishes go on, retrying their 503s, while the master dies.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let (channels, done, nodes) = (channels.clone(), done.clone(), [a.addr, b.addr]);
+        std::thread::spawn(move || {
+            let mut published = Published::new();
+            let mut slowest = std::time::Duration::ZERO;
+            for i in 0..600i64 {
+                let ch = &channels[i as usize % channels.len()];
+                let started = std::time::Instant::now();
+                let id = publish_retrying(nodes[i as usize % 2], ch, i);
+                slowest = slowest.max(started.elapsed());
+                published.entry(ch.clone()).or_default().push((id, i));
+                done.store(i as usize + 1, std::sync::atomic::Ordering::Relaxed);
             }
-            let other = cluster
-                .iter()
-                .find(|n| n.port != victim)
-                .expect("another")
-                .port;
-            wait_until("a replica to take over the dead master's slots", || {
-                redis_cli(other, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-            });
-            // …and ready again once a replica took over, with no restart.
-            for node in [a.addr, b.addr] {
-                wait_until("ready again after the failover", || {
-                    get(node, "/readyz").0 == 200
-                });
-            }
-        }
-        let ch = &channels[i as usize % channels.len()];
-        let node = [a.addr, b.addr][i as usize % 2];
-        let started = std::time::Instant::now();
-        let id = publish_retrying(node, ch, i);
-        slowest = slowest.max(started.elapsed());
-        published.entry(ch.clone()).or_default().push((id, i));
+            (published, slowest)
+        })
+    };
+    wait_until("200 publishes before the kill", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 200
+    });
+    let n = cluster
+        .iter()
+        .position(|n| n.port == victim)
+        .expect("victim");
+    cluster[n].kill();
+    let killed_at = done.load(std::sync::atomic::Ordering::Relaxed);
+    // Not ready while a master of the slot map has no link (as in
+    // single-server mode while Redis is gone)…
+    for node in [a.addr, b.addr] {
+        wait_until("not ready while a master is down", || {
+            get(node, "/readyz").0 == 503
+        });
     }
+    let other = cluster
+        .iter()
+        .find(|n| n.port != victim)
+        .expect("another")
+        .port;
+    wait_until("a replica to take over the dead master's slots", || {
+        redis_cli(other, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+    });
+    // …and ready again once a replica took over, with no restart.
+    for node in [a.addr, b.addr] {
+        wait_until("ready again after the failover", || {
+            get(node, "/readyz").0 == 200
+        });
+    }
+    let (published, slowest) = publisher.join().expect("publisher");
     for (n, w) in ws.iter_mut().enumerate() {
         let mut got: Published = HashMap::new();
         for _ in 0..600 {
@@ -483,6 +494,6 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
         assert_eq!(subscribed.values().sum::<f64>(), 6.0, "{subscribed:?}");
     }
     println!(
-        "master {victim} killed after publish 200 of 600: a replica took over, every client got all, once, in order (slowest publish, retries included: {slowest:?})"
+        "master {victim} killed after publish {killed_at} of 600: both nodes not ready, then ready again; a replica took over, every client got all, once, in order (slowest publish, retries included: {slowest:?})"
     );
 }
