@@ -352,14 +352,20 @@ impl Redis {
         }
     }
 
-    /// Ready: both connections up and a canary came back through pub/sub
-    /// in time, recently. Else why not.
+    /// Ready: both connections up (Redis Cluster: a pub/sub link to every
+    /// master of the slot map) and a canary came back through pub/sub in
+    /// time, recently. Else why not.
     pub fn ready(&self, now_ms: u64) -> Result<(), &'static str> {
         if !self.link.command_up.load(Ordering::Acquire) {
             return Err("the Redis command connection is down");
         }
         if !self.link.pubsub_up.load(Ordering::Acquire) {
-            return Err("the Redis pub/sub connection is down");
+            return Err(match self.names.is_cluster() {
+                true => {
+                    "a Redis Cluster master has no working pub/sub link (see redix_redis_shard_up)"
+                }
+                false => "the Redis pub/sub connection is down",
+            });
         }
         let ok = self.link.canary_ok_ms.load(Ordering::Acquire);
         let window = self.config.ready_within_ms + self.config.canary_ms;
