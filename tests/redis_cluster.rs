@@ -342,11 +342,7 @@ fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
     let moving = &channels[0];
     let slot = slot_of(&cluster[0], moving);
     let from = owner_of(cluster[0].port, slot);
-    let masters: Vec<u16> = cluster
-        .iter()
-        .map(|n| n.port)
-        .filter(|p| redis_cli(*p, &["ROLE"]).starts_with("master"))
-        .collect();
+    let masters = masters_of(&cluster);
     let to = *masters
         .iter()
         .find(|p| **p != from)
@@ -392,6 +388,44 @@ fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
     println!(
         "slot {slot} of {moving} moved {from} -> {to} after publish {moved_at} of 1200: every client got all, once, in order"
     );
+}
+
+/// The masters of a cluster, by port.
+fn masters_of(cluster: &[RedisServer]) -> Vec<u16> {
+    cluster
+        .iter()
+        .map(|n| n.port)
+        .filter(|p| redis_cli(*p, &["ROLE"]).starts_with("master"))
+        .collect()
+}
+
+/// A channel whose slot moved before anyone here subscribed to it: the
+/// node's slot map still names the old master, which answers the
+/// SSUBSCRIBE with `MOVED`; the node subscribes on the master named, and
+/// the client gets what is published there.
+#[test]
+fn a_subscribe_answered_moved_follows_it_to_the_new_master() {
+    let cluster = start_cluster();
+    let channels = channels_on_every_shard(&cluster[0]);
+    let a = cluster_node(&cluster[..2]);
+    let ch = &channels[0];
+    let slot = slot_of(&cluster[0], ch);
+    let from = owner_of(cluster[0].port, slot);
+    let masters = masters_of(&cluster);
+    let to = *masters.iter().find(|p| **p != from).expect("another");
+    move_slot(&masters, slot, from, to);
+    let mut ws = ws_on(a.addr, std::slice::from_ref(ch));
+    let ids: Vec<String> = (0..5)
+        .map(|i| publish_stream_id(a.addr, ch, &i.to_string()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(next_ws(&mut ws), (ch.clone(), id.clone(), i as i64));
+    }
+    let (from, to) = (format!("127.0.0.1:{from}"), format!("127.0.0.1:{to}"));
+    let redirects = shard_rows(a.addr, "redix_redis_shard_redirects_total");
+    assert_eq!(redirects[&from], 1.0, "{redirects:?}");
+    let subscribed = shard_rows(a.addr, "redix_redis_shard_channels");
+    assert_eq!((subscribed[&from], subscribed[&to]), (0.0, 1.0));
 }
 
 /// Publishes `i` on `channel` with publisher id `p<i>` until a node takes
