@@ -71,6 +71,9 @@ struct Thread<'a> {
     redis: &'a Redis,
     hub: &'a Hub,
     clock: Clock,
+    /// Stamped each turn, and before each connection attempt (each may
+    /// take `redis.timeout_ms`).
+    beat: &'a Beat,
     /// Credentials for every node (the first seed's).
     template: Endpoint,
     map: SlotMap,
@@ -98,6 +101,7 @@ impl ShardedPubSub {
             redis,
             hub: &self.hub,
             clock: self.clock,
+            beat: &self.beat,
             template,
             map: SlotMap::default(),
             shards: BTreeMap::new(),
@@ -113,7 +117,7 @@ impl ShardedPubSub {
             t.home.insert(c, None);
         }
         loop {
-            self.beat.stamp();
+            t.beat.stamp();
             t.refresh_if_due();
             t.connect_due();
             t.apply_changes();
@@ -160,10 +164,12 @@ impl Thread<'_> {
         let seeds = self.redis.master.seeds.iter();
         nodes.extend(seeds.map(|e| format!("{}:{}", e.host, e.port)));
         nodes.extend(self.map.masters());
-        nodes.dedup();
+        let mut seen = std::collections::HashSet::new();
+        nodes.retain(|n| seen.insert(n.clone()));
         let timeout = Duration::from_millis(self.redis.config.timeout_ms);
         self.refreshed_at = Instant::now();
-        match slots::fetch(&nodes, &self.template, timeout) {
+        let beat = self.beat;
+        match slots::fetch(&nodes, &self.template, timeout, &|| beat.stamp()) {
             Ok(map) => {
                 self.refresh_at = None;
                 self.refresh_backoff.reset();
@@ -248,6 +254,7 @@ impl Thread<'_> {
             .collect();
         let timeout = Duration::from_millis(self.redis.config.timeout_ms);
         for addr in due {
+            self.beat.stamp();
             let opened = slots::endpoint_of(&addr, &self.template)
                 .ok_or_else(|| format!("{addr:?} is no host:port"))
                 .and_then(|ep| ShardLink::open(&ep, timeout, &self.canary, self.clock.now_ms()));

@@ -71,10 +71,17 @@ fn crc16(bytes: &[u8]) -> u16 {
 }
 
 /// Asks each of `nodes` in turn for the slot map; the first answer wins.
-/// `template` gives the credentials.
-pub fn fetch(nodes: &[Addr], template: &Endpoint, timeout: Duration) -> Result<SlotMap, String> {
+/// `template` gives the credentials; `before_each` runs before each try
+/// (each may take `timeout`: the caller stamps its heartbeat there).
+pub fn fetch(
+    nodes: &[Addr],
+    template: &Endpoint,
+    timeout: Duration,
+    before_each: &dyn Fn(),
+) -> Result<SlotMap, String> {
     let mut last = String::from("no node to ask");
     for node in nodes {
+        before_each();
         let Some(endpoint) = endpoint_of(node, template) else {
             continue;
         };
