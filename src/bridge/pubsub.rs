@@ -1,5 +1,7 @@
 //! The pub/sub thread: one connection SUBSCRIBEd to exactly the channels
 //! with local subscribers, read continuously so Redis never finds us slow.
+//! (Redis Cluster receives with sharded pub/sub instead, see
+//! [`super::shards`], which reuses this file's [`Reader`].)
 //!
 //! A reader thread per connection does nothing but move bytes from the
 //! socket into a bounded queue of chunks (at most [`MAX_BACKLOG`] bytes),
@@ -79,12 +81,7 @@ impl PubSub {
                     }
                     why
                 }
-                Err(e) => {
-                    // Redis Cluster: any node hears every announcement
-                    // (pub/sub crosses the cluster bus); try the next seed.
-                    redis.master.next_seed();
-                    e
-                }
+                Err(e) => e,
             };
             redis.link.pubsub_up.store(false, Ordering::Release);
             redis.link.backlog_bytes.store(0, Ordering::Relaxed);
