@@ -524,6 +524,7 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
         let up = shard_rows(node, "redix_redis_shard_up");
         let subscribed = shard_rows(node, "redix_redis_shard_channels");
         assert!(!up.contains_key(&format!("127.0.0.1:{victim}")), "{up:?}");
+        assert!(metric(node, "redix_redis_reconnects_total") >= 1.0);
         assert_eq!(up.values().sum::<f64>(), 3.0, "{up:?}");
         assert_eq!(subscribed.values().sum::<f64>(), 6.0, "{subscribed:?}");
     }

@@ -459,9 +459,9 @@ impl Thread<'_> {
                     let t = known.clone().unwrap_or_default();
                     self.lose(&t, &e);
                 }
-                if known.is_none() {
-                    self.want_refresh();
-                }
+                // The map is stale either way (other channels of the slot,
+                // and the publish latency's shard, follow it).
+                self.want_refresh();
                 self.home.insert(c, known);
             }
             _ => {}
