@@ -336,7 +336,7 @@ pub struct RedisFigures {
 pub fn render_redis(out: &mut String, r: &RedisFigures) {
     let metrics: [(&str, &str, &str, u64); 18] = [
         ("redix_redis_up", "gauge", "1 when the Redis round trip works (what /readyz checks).", u64::from(r.up)),
-        ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection is up and its canary returns.", u64::from(r.pubsub_up)),
+        ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection (Redis Cluster: every master's link) is up and its canary returns.", u64::from(r.pubsub_up)),
         ("redix_redis_command_connected", "gauge", "1 while the command connection is up.", u64::from(r.command_up)),
         ("redix_redis_reconnects_total", "counter", "Redis connections lost and made again.", r.reconnects),
         ("redix_redis_messages_total", "counter", "Pub/sub messages received.", r.received),
