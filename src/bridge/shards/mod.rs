@@ -23,6 +23,9 @@
 //!   promoted), links to masters no longer in it close, links to new ones
 //!   open, and every channel they carry is subscribed and reloaded.
 //!
+//! The map is also read every [`REFRESH_EVERY`], so the links converge on
+//! the cluster's masters whatever was missed.
+//!
 //! The readiness canary is a classic PUBLISH, which the cluster bus takes
 //! to every node: each link subscribes it, so each link proves itself.
 //! The pub/sub side is up (`/readyz`) while every master of the map has a
@@ -50,6 +53,10 @@ use slots::{Addr, SlotMap};
 
 /// The slot map is read again at most this often when something asks.
 const MIN_REFRESH: Duration = Duration::from_millis(100);
+/// …and at least this often, so the links converge on the cluster's
+/// masters even when no link noticed a change (say, a master that came
+/// back as a replica before the node saw its failover).
+const REFRESH_EVERY: Duration = Duration::from_secs(10);
 
 /// The sharded pub/sub thread's inputs.
 pub struct ShardedPubSub {
@@ -151,7 +158,9 @@ impl Thread<'_> {
     }
 
     fn refresh_if_due(&mut self) {
-        if self.refresh_at.is_none_or(|at| Instant::now() < at) {
+        let now = Instant::now();
+        let stale = now >= self.refreshed_at + REFRESH_EVERY;
+        if !stale && self.refresh_at.is_none_or(|at| now < at) {
             return;
         }
         // Nodes we talk to first, then the seeds, then masters of old.
