@@ -460,7 +460,8 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
     let mut ws = [ws_on(a.addr, &channels), ws_on(b.addr, &channels)];
     // The master of channel 0's slot (node A's first seed when it is
     // cluster[0]: A then reads the slot map from the other nodes).
-    let victim = owner_of(cluster[0].port, slot_of(&cluster[0], &channels[0]));
+    let slot = slot_of(&cluster[0], &channels[0]);
+    let victim = owner_of(cluster[0].port, slot);
     // Publishes go on, retrying their 503s, while the master dies.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let publisher = {
@@ -518,15 +519,20 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
         }
         assert_eq!(got, published, "WebSocket client on node {n}");
     }
-    // The dead master's row is gone; the promoted replica's is up, with
-    // the dead master's channels.
+    // The promoted replica took over the dead master's row: up, with its
+    // channels, the reconnects of the failover, and every publish this
+    // node ran on the shard (100 per shard, retries on top).
+    let heir = format!("127.0.0.1:{}", owner_of(other, slot));
     for node in [a.addr, b.addr] {
         let up = shard_rows(node, "redix_redis_shard_up");
         let subscribed = shard_rows(node, "redix_redis_shard_channels");
+        let reconnects = shard_rows(node, "redix_redis_shard_reconnects_total");
+        let timed = shard_rows(node, "redix_redis_shard_publish_seconds_count");
         assert!(!up.contains_key(&format!("127.0.0.1:{victim}")), "{up:?}");
-        assert!(metric(node, "redix_redis_reconnects_total") >= 1.0);
         assert_eq!(up.values().sum::<f64>(), 3.0, "{up:?}");
         assert_eq!(subscribed.values().sum::<f64>(), 6.0, "{subscribed:?}");
+        assert!(reconnects[&heir] >= 1.0, "{heir}: {reconnects:?}");
+        assert!(timed.values().all(|n| *n >= 100.0), "{timed:?}");
     }
     println!(
         "master {victim} killed after publish {killed_at} of 600: both nodes not ready, then ready again; a replica took over, every client got all, once, in order (slowest publish, retries included: {slowest:?})"

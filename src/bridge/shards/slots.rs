@@ -45,6 +45,15 @@ impl SlotMap {
         out
     }
 
+    /// `a` here serves a slot that `b` serves in `other`.
+    pub fn shares_slots(&self, a: &str, other: &SlotMap, b: &str) -> bool {
+        let mine = self.ranges.iter().filter(|(_, _, m)| m == a);
+        mine.into_iter().any(|(f, l, _)| {
+            let theirs = other.ranges.iter().filter(|(_, _, m)| m == b);
+            theirs.into_iter().any(|(of, ol, _)| f <= ol && of <= l)
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
     }
@@ -179,6 +188,10 @@ mod tests {
             assert_eq!(map.owner(slot).map(String::as_str), Some(want), "{slot}");
         }
         assert_eq!(map.masters(), vec![a("h:1"), a("h:2"), a("h:3")]);
+        let after = SlotMap::from_ranges(vec![(0, 5460, a("h:9")), (5461, 16383, a("h:3"))]);
+        assert!(map.shares_slots("h:1", &after, "h:9"));
+        assert!(!map.shares_slots("h:2", &after, "h:9"));
+        assert!(map.shares_slots("h:2", &after, "h:3"));
         let gap = SlotMap::from_ranges(vec![(10, 20, a("h:1"))]);
         assert_eq!((gap.owner(9), gap.owner(21)), (None, None));
     }

@@ -3,9 +3,11 @@
 //! thread (publish latency) and the metrics page.
 //!
 //! One row per master of the current slot map, keyed by its address: the
-//! label set is bounded by the cluster's shards. A row goes when its
-//! master leaves the map (after a failover, the promoted replica's
-//! address gets a fresh row).
+//! label set is bounded by the cluster's shards. A row follows its shard:
+//! a master new to the map that serves slots of one that left it (a
+//! promoted replica) takes over that row, counters and all, so a
+//! failover's reconnects, and publishes timed while the map still named
+//! the dead master, stay with the shard.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -52,13 +54,28 @@ impl ShardStats {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new slot map: a row for each of its masters, none for others.
+    /// A new slot map: a row for each of its masters, none for others; a
+    /// new master takes over the row of a master gone from the map that
+    /// served one of its slots.
     pub fn set_map(&self, map: &SlotMap) {
         let mut t = self.lock();
         let masters = map.masters();
-        t.rows.retain(|addr, _| masters.contains(addr));
+        let gone: Vec<Addr> = (t.rows.keys())
+            .filter(|a| !masters.contains(a))
+            .cloned()
+            .collect();
+        let mut gone: Vec<(Addr, ShardFigures)> = (gone.into_iter())
+            .filter_map(|a| t.rows.remove(&a).map(|row| (a, row)))
+            .collect();
         for m in masters {
-            t.rows.entry(m).or_default();
+            if t.rows.contains_key(&m) {
+                continue;
+            }
+            let heir = gone
+                .iter()
+                .position(|(old, _)| t.map.shares_slots(old, map, &m));
+            let row = heir.map(|at| gone.swap_remove(at).1).unwrap_or_default();
+            t.rows.insert(m, row);
         }
         t.map = map.clone();
     }
@@ -126,12 +143,22 @@ mod tests {
         );
         assert_eq!(one.latency_buckets, [0, 1, 0, 0, 0, 0, 0, 1]);
         assert_eq!(rows[1].1.latency_buckets[0], 1);
-        // h:2 fails over to h:3: its row goes, h:1 keeps its counters.
+        // h:2 fails over to h:3, which takes over its row.
+        stats.update("h:2", |r| r.reconnects += 2);
         stats.set_map(&map(&[(0, 8191, "h:1"), (8192, 16383, "h:3")]));
-        let addrs: Vec<String> = stats.rows().into_iter().map(|(a, _)| a).collect();
+        let rows = stats.rows();
+        let addrs: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(addrs, ["h:1", "h:3"]);
-        assert_eq!(stats.rows()[0].1.reconnects, 1);
+        assert_eq!((rows[0].1.reconnects, rows[1].1.reconnects), (1, 2));
+        assert_eq!(rows[1].1.latency_count, 1);
         stats.update("h:2", |r| r.reconnects += 1);
         assert_eq!(stats.rows().len(), 2);
+        // A master new to the map with slots no gone master had: a fresh row.
+        stats.set_map(&map(&[
+            (0, 8191, "h:1"),
+            (8192, 12000, "h:3"),
+            (12001, 16383, "h:4"),
+        ]));
+        assert_eq!(stats.rows()[2].1, ShardFigures::default());
     }
 }
