@@ -428,6 +428,60 @@ fn a_subscribe_answered_moved_follows_it_to_the_new_master() {
     assert_eq!((subscribed[&from], subscribed[&to]), (0.0, 1.0));
 }
 
+/// One shard's link cut by Redis (`CLIENT KILL TYPE pubsub` on its
+/// master) while events are published on every shard: the node connects
+/// again, SSUBSCRIBEs that shard's channels and reloads them, so its
+/// client gets every event once and in order, with no failover involved.
+#[test]
+fn a_shard_link_cut_by_redis_reconnects_and_reloads_what_it_missed() {
+    let cluster = start_cluster();
+    let channels = channels_on_every_shard(&cluster[0]);
+    let a = cluster_node(&cluster[..2]);
+    let mut ws = ws_on(a.addr, &channels);
+    let master = owner_of(cluster[0].port, slot_of(&cluster[0], &channels[0]));
+    let shard = format!("127.0.0.1:{master}");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let (channels, done, node) = (channels.clone(), done.clone(), a.addr);
+        std::thread::spawn(move || {
+            let mut published = Published::new();
+            for i in 0..600 {
+                publish_alternately([node, node], &channels, i..i + 1, &mut published);
+                done.store(i as usize + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            published
+        })
+    };
+    wait_until("200 publishes before the cut", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 200
+    });
+    let loads = metric(a.addr, "redix_redis_loads_total");
+    let killed = redis_cli(master, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+        "{killed}"
+    );
+    wait_until("the node to count the lost link", || {
+        shard_rows(a.addr, "redix_redis_shard_reconnects_total")[&shard] >= 1.0
+    });
+    let published = publisher.join().expect("publisher");
+    let mut got: Published = HashMap::new();
+    for _ in 0..600 {
+        let (ch, id, data) = next_ws(&mut ws);
+        got.entry(ch).or_default().push((id, data));
+    }
+    assert_eq!(got, published);
+    wait_until("the shard link up again", || {
+        shard_rows(a.addr, "redix_redis_shard_up")[&shard] == 1.0
+    });
+    assert_eq!(
+        shard_rows(a.addr, "redix_redis_shard_channels")[&shard],
+        2.0
+    );
+    // The shard's two channels were loaded again (from their last ids).
+    assert!(metric(a.addr, "redix_redis_loads_total") >= loads + 2.0);
+}
+
 /// Publishes `i` on `channel` with publisher id `p<i>` until a node takes
 /// it (a shard without a master answers 503 meanwhile); the id.
 fn publish_retrying(addr: SocketAddr, channel: &str, i: i64) -> String {
