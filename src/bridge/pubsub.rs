@@ -424,7 +424,13 @@ pub(super) struct Reader {
 
 impl Reader {
     pub(super) fn start(stream: Arc<TcpStream>) -> Result<Reader, String> {
-        let (tx, chunks) = crossbeam_channel::bounded(MAX_BACKLOG / READ_CHUNK);
+        Self::start_with(stream, MAX_BACKLOG / READ_CHUNK)
+    }
+
+    /// With room for `chunks` chunks (Redis Cluster shares
+    /// [`MAX_BACKLOG`] among its links).
+    pub(super) fn start_with(stream: Arc<TcpStream>, chunks: usize) -> Result<Reader, String> {
+        let (tx, chunks) = crossbeam_channel::bounded(chunks.max(1));
         let queued = Arc::new(AtomicU64::new(0));
         let (read_half, counter) = (stream.clone(), queued.clone());
         let thread = std::thread::Builder::new()

@@ -64,12 +64,14 @@ pub struct ShardLink {
 
 impl ShardLink {
     /// Connects, authenticates and subscribes the canary (classic pub/sub
-    /// reaches every node, so each link hears it).
+    /// reaches every node, so each link hears it). At most `backlog`
+    /// bytes wait read and not handled.
     pub fn open(
         ep: &Endpoint,
         timeout: Duration,
         canary: &str,
         now_ms: u64,
+        backlog: usize,
     ) -> Result<ShardLink, String> {
         let sock = std::net::ToSocketAddrs::to_socket_addrs(&(ep.host.as_str(), ep.port))
             .map_err(|e| format!("resolve {}: {e}", ep.host))?
@@ -83,7 +85,7 @@ impl ShardLink {
         };
         setup(&stream).map_err(|e| format!("socket options: {e}"))?;
         let stream = Arc::new(stream);
-        let reader = Reader::start(stream.clone())?;
+        let reader = Reader::start_with(stream.clone(), backlog / READ_CHUNK)?;
         let mut link = ShardLink {
             stream,
             reader,
@@ -260,7 +262,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let ep = Endpoint::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
-        let link = ShardLink::open(&ep, Duration::from_secs(5), "rx:canary:n", 0).unwrap();
+        let link = ShardLink::open(&ep, Duration::from_secs(5), "rx:canary:n", 0, 1 << 20).unwrap();
         let (server, _) = listener.accept().unwrap();
         (link, server)
     }

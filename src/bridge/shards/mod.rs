@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 
-use super::pubsub::{parse_payload, Chunk, READ_TIMEOUT};
+use super::pubsub::{parse_payload, Chunk, MAX_BACKLOG, READ_TIMEOUT};
 use super::{Backoff, Endpoint, Quiet};
 use crate::clock::Clock;
 use crate::health::Beat;
@@ -262,11 +262,15 @@ impl Thread<'_> {
             .map(|(a, _)| a.clone())
             .collect();
         let timeout = Duration::from_millis(self.redis.config.timeout_ms);
+        // The links share one backlog bound (4 MiB each at least).
+        let backlog = (MAX_BACKLOG / self.shards.len().max(1)).max(4 << 20);
         for addr in due {
             self.beat.stamp();
             let opened = slots::endpoint_of(&addr, &self.template)
                 .ok_or_else(|| format!("{addr:?} is no host:port"))
-                .and_then(|ep| ShardLink::open(&ep, timeout, &self.canary, self.clock.now_ms()));
+                .and_then(|ep| {
+                    ShardLink::open(&ep, timeout, &self.canary, self.clock.now_ms(), backlog)
+                });
             let mut link = match opened {
                 Ok(link) => link,
                 Err(e) => {
