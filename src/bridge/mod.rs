@@ -287,10 +287,11 @@ pub fn start(parts: Parts) -> Result<(), String> {
         let backoff = (cfg.backoff_min_ms, cfg.backoff_max_ms);
         sentinel::start(redis.master.clone(), timeout, backoff)?;
     }
-    let (hub, clock, beat) = (parts.hub.clone(), parts.clock, parts.beats.1.clone());
+    let (redis, hub, clock) = (redis.clone(), parts.hub.clone(), parts.clock);
+    let beat = parts.beats.1.clone();
+    // Redis Cluster receives with sharded pub/sub, one link per master.
     let receive: Box<dyn FnOnce() + Send> = match cfg.is_cluster() {
         true => {
-            let redis = redis.clone();
             let sub = shards::ShardedPubSub {
                 redis,
                 hub,
@@ -300,7 +301,6 @@ pub fn start(parts: Parts) -> Result<(), String> {
             Box::new(move || sub.run())
         }
         false => {
-            let redis = redis.clone();
             let sub = pubsub::PubSub {
                 redis,
                 hub,
