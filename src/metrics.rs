@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bridge::shards::stats::{ShardFigures, LATENCY_BUCKETS_MS};
 use crate::hub::HubFigures;
 
 /// Counters and gauges of one reactor thread.
@@ -356,7 +357,7 @@ pub struct RedisFigures {
 pub fn render_redis(out: &mut String, r: &RedisFigures) {
     let metrics: [(&str, &str, &str, u64); 18] = [
         ("redix_redis_up", "gauge", "1 when the Redis round trip works (what /readyz checks).", u64::from(r.up)),
-        ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection is up and its canary returns.", u64::from(r.pubsub_up)),
+        ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection (Redis Cluster: every master's link) is up and its canary returns.", u64::from(r.pubsub_up)),
         ("redix_redis_command_connected", "gauge", "1 while the command connection is up.", u64::from(r.command_up)),
         ("redix_redis_reconnects_total", "counter", "Redis connections lost and made again.", r.reconnects),
         ("redix_redis_messages_total", "counter", "Pub/sub messages received.", r.received),
@@ -375,6 +376,51 @@ pub fn render_redis(out: &mut String, r: &RedisFigures) {
         ("redix_redis_master_switches_total", "counter", "Times Sentinel moved the master this node follows.", r.master_switches),
     ];
     write_singles(out, &metrics);
+}
+
+/// Redis Cluster: one series per shard (labelled by its master's
+/// address, so as many as the cluster has masters) for each of these.
+#[rustfmt::skip]
+const SHARD_SERIES: [(&str, &str, &str); 4] = [
+    ("redix_redis_shard_up", "gauge", "1 while this shard's pub/sub link is up and its canary returns."),
+    ("redix_redis_shard_channels", "gauge", "Channels SSUBSCRIBEd on this shard's link."),
+    ("redix_redis_shard_reconnects_total", "counter", "This shard's pub/sub link lost (or refused) and tried again."),
+    ("redix_redis_shard_redirects_total", "counter", "Slot moves the subscriber followed away from this shard: MOVED/ASK answers to SSUBSCRIBE and sunsubscribe pushed by Redis."),
+];
+
+/// Appends the per-shard metrics of Redis Cluster mode.
+pub fn render_shards(out: &mut String, rows: &[(String, ShardFigures)]) {
+    for (i, (name, kind, help)) in SHARD_SERIES.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, r) in rows {
+            let value = [u64::from(r.up), r.channels, r.reconnects, r.redirects][i];
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+        }
+    }
+    let name = "redix_redis_shard_publish_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Publishes run on this shard's master (their script, redirects followed included).\n# TYPE {name} histogram"
+    );
+    for (shard, r) in rows {
+        let mut below = 0;
+        for (le, n) in LATENCY_BUCKETS_MS.iter().zip(r.latency_buckets) {
+            below += n;
+            let le = *le as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {below}"
+            );
+        }
+        let count = r.latency_count;
+        let sum = r.latency_sum_us as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {count}");
+    }
 }
 
 /// The market link, with `market.url`.
