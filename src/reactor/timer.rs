@@ -101,6 +101,13 @@ impl TimerWheel {
             Some(pos) => {
                 slot.remove(pos);
                 self.len -= 1;
+                // A request timer is cancelled milliseconds after it was
+                // armed, so its bucket often empties long before it comes
+                // due: give the memory back now, not when it fires (an
+                // idle stream would otherwise keep ~20 B of empty bucket).
+                if slot.is_empty() {
+                    *slot = Vec::new();
+                }
                 true
             }
             None => false,
@@ -234,6 +241,19 @@ mod tests {
             w.slots.iter().all(|s| s.capacity() <= 8),
             "bucket memory returned"
         );
+    }
+
+    #[test]
+    fn a_bucket_emptied_by_cancels_gives_its_memory_back() {
+        let mut w = TimerWheel::new(4, 10);
+        for k in 0..100 {
+            w.schedule(10, k, 0, TimerKind::Request);
+        }
+        for k in 0..100 {
+            assert!(w.cancel(10, k, 0, TimerKind::Request));
+        }
+        assert!(w.is_empty());
+        assert!(w.slots.iter().all(|s| s.capacity() == 0));
     }
 
     #[test]
