@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::timer::TimerKind;
+use super::topics::shared_name;
 use super::{release_slot, Closed, Worker, READ_BUDGET};
 use crate::api::ws::{
     error_frame, parse, pong_frame, subscribed_frame, unsubscribed_frame, CommandError, WsRequest,
@@ -311,7 +312,7 @@ impl Worker {
                 format!("at most {max} subscriptions per connection"),
             ));
         }
-        let ch: Arc<str> = Arc::from(channel.as_str());
+        let ch = shared_name(&self.topics, &channel).unwrap_or_else(|| Arc::from(channel.as_str()));
         self.charge_new_channel(key, &ch)?;
         let snap = match self.attach(key, gen, std::slice::from_ref(&ch), since) {
             Ok(snap) => snap,
