@@ -8,6 +8,8 @@
 
 pub mod io;
 pub mod queue;
+mod stamp;
+mod subs;
 
 use std::net::{IpAddr, Shutdown};
 use std::sync::atomic::AtomicU64;
@@ -24,6 +26,8 @@ use crate::proto::ws::Reassembler;
 use crate::tokens::Grant;
 use io::IoStatus;
 use queue::{Flushed, Pushed, QueueLimits, WriteQueue};
+pub use stamp::Stamp;
+pub use subs::{Sub, Subs};
 
 /// Bytes buffered while a request is incomplete.
 #[derive(Debug, Default)]
@@ -123,14 +127,6 @@ impl Delivery {
     }
 }
 
-/// One channel a connection listens to, and where its live delivery
-/// starts (events up to `live_from` came by replay, or not at all).
-#[derive(Debug, Clone)]
-pub struct Sub {
-    pub channel: Arc<str>,
-    pub live_from: u64,
-}
-
 /// A stream opened with a subscription token: what the token allows,
 /// and the one live timer that ends the stream when it expires.
 #[derive(Debug)]
@@ -147,7 +143,7 @@ pub struct Authorized {
 /// and a token live in [`SseExtra`], allocated for streams that use one.
 #[derive(Debug)]
 pub struct Sse {
-    pub channels: Box<[Sub]>,
+    pub channels: Subs,
     pub delivery: Delivery,
     pub next_ping_ms: u64,
     extra: Option<Box<SseExtra>>,
@@ -167,7 +163,7 @@ pub struct SseExtra {
 }
 
 impl Sse {
-    pub fn new(channels: Box<[Sub]>, next_ping_ms: u64, gzip: bool, batch: bool) -> Sse {
+    pub fn new(channels: Subs, next_ping_ms: u64, gzip: bool, batch: bool) -> Sse {
         let extra = (gzip || batch).then(|| {
             Box::new(SseExtra {
                 gzip: gzip.then(Trail::default),
@@ -272,7 +268,7 @@ impl Sse {
 pub struct Ws {
     /// Subscribed channels (at most `ws.max_subscriptions`, counting
     /// `waiting`).
-    pub channels: Vec<Sub>,
+    pub channels: Subs,
     pub delivery: Delivery,
     /// The receive side while a frame or message is coming in; `None`
     /// between messages (an idle client holds no receive state).
@@ -411,17 +407,18 @@ pub struct Conn {
     pub read_queued: bool,
     /// A write-deadline timer is live.
     pub write_armed: bool,
-    /// Since when queued bytes have made no write progress (ms on the
-    /// reactor clock); 0: writes are not stalled.
-    pub stalled_since_ms: u64,
+    /// Since when queued bytes have made no write progress; never:
+    /// writes are not stalled.
+    pub stalled_since: Stamp,
     /// A per-IP slot this connection must give back.
     pub ip_slot: Option<(SlotKind, IpKey)>,
-    pub opened_ms: u64,
-    /// When a write last moved bytes (reactor clock); 0: never.
-    pub last_write_ms: u64,
-    /// When a request byte last arrived (reactor clock); 0: never.
-    /// WebSocket reads are in `Ws::last_seen_ms`.
-    pub last_read_ms: u64,
+    /// When it was accepted.
+    pub opened: Stamp,
+    /// When a write last moved bytes.
+    pub last_write: Stamp,
+    /// When a request byte last arrived. WebSocket reads are in
+    /// `Ws::last_seen`.
+    pub last_read: Stamp,
 }
 
 /// What queueing one data event did.
@@ -538,11 +535,11 @@ impl Conn {
             dirty: false,
             read_queued: false,
             write_armed: false,
-            stalled_since_ms: 0,
+            stalled_since: Stamp::NEVER,
             ip_slot: None,
-            opened_ms: now_ms,
-            last_write_ms: 0,
-            last_read_ms: 0,
+            opened: Stamp::at(now_ms),
+            last_write: Stamp::NEVER,
+            last_read: Stamp::NEVER,
         }
     }
 

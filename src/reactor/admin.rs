@@ -263,8 +263,8 @@ impl Worker {
             let score = match q.sort {
                 Sort::Queue => bytes as u64,
                 Sort::Drops => drops,
-                Sort::Age => now.saturating_sub(conn.opened_ms),
-                Sort::Idle => now.saturating_sub(last_active(conn)),
+                Sort::Age => age_ms(conn, now),
+                Sort::Idle => idle_ms(conn, now),
             };
             top.offer(score, key);
         }
@@ -298,10 +298,9 @@ impl Worker {
             queued_events: conn.queue.len_events() as u64,
             drops: delivery.map_or(0, |d| u64::from(d.drops)),
             warnings: delivery.map_or(0, |d| u64::from(d.warnings)),
-            age_ms: now.saturating_sub(conn.opened_ms),
-            idle_ms: now.saturating_sub(last_active(conn)),
-            last_write_ago_ms: (conn.last_write_ms > 0)
-                .then(|| now.saturating_sub(conn.last_write_ms)),
+            age_ms: age_ms(conn, now),
+            idle_ms: idle_ms(conn, now),
+            last_write_ago_ms: conn.last_write.since(now),
         }
     }
 }
@@ -319,15 +318,23 @@ fn transport(conn: &Conn) -> &'static str {
     }
 }
 
-/// When a byte last moved on the connection, either way (or when it was
-/// accepted).
-fn last_active(conn: &Conn) -> u64 {
+fn age_ms(conn: &Conn, now: u64) -> u64 {
+    conn.opened.since(now).unwrap_or(0)
+}
+
+/// Since when no byte moved on the connection, either way (or since it
+/// was accepted).
+fn idle_ms(conn: &Conn, now: u64) -> u64 {
     let ws_read = match &conn.state {
-        ConnState::Ws(ws) => ws.last_seen_ms,
-        _ => 0,
+        ConnState::Ws(ws) => Some(now.saturating_sub(ws.last_seen_ms)),
+        _ => None,
     };
-    conn.opened_ms
-        .max(conn.last_write_ms)
-        .max(conn.last_read_ms)
-        .max(ws_read)
+    [
+        conn.last_write.since(now),
+        conn.last_read.since(now),
+        ws_read,
+    ]
+    .into_iter()
+    .flatten()
+    .fold(age_ms(conn, now), u64::min)
 }

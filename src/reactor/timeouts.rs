@@ -116,16 +116,19 @@ impl Worker {
     }
 
     /// Arms the write deadline of a connection whose writes just stalled.
-    pub(super) fn arm_write(&mut self, key: usize) {
+    pub(super) fn arm_write(&mut self, key: usize, now: u64) {
         let timeout = self.shared.config.limits.write_timeout_ms;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.write_armed || conn.stalled_since_ms == 0 {
+        let Some(stalled_for) = conn.stalled_since.since(now) else {
+            return;
+        };
+        if conn.write_armed {
             return;
         }
         conn.write_armed = true;
-        let at = conn.stalled_since_ms + timeout;
+        let at = now + timeout.saturating_sub(stalled_for);
         self.timers.schedule(at, key, conn.gen, TimerKind::Write);
     }
 
@@ -137,12 +140,11 @@ impl Worker {
             return;
         };
         conn.write_armed = false;
-        let since = conn.stalled_since_ms;
-        if since == 0 {
+        let Some(stalled_for) = conn.stalled_since.since(now) else {
             return;
-        }
-        if now < since + timeout {
-            return self.arm_write(key);
+        };
+        if stalled_for < timeout {
+            return self.arm_write(key, now);
         }
         let (peer, queued) = (conn.peer, conn.queue.len_bytes());
         WorkerStats::add(&self.stats().write_timeouts, 1);

@@ -15,7 +15,7 @@ use crate::api::ws::{
 };
 use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sub, Ws};
+use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sub, Subs, Ws};
 use crate::hub::ids::Format;
 use crate::hub::NotReady;
 use crate::limits::Bucket;
@@ -40,7 +40,7 @@ impl Worker {
         release_slot(&self.shared.access, http_slot);
         conn.queue.push_control(Bytes::from(up.response));
         let ws = Ws {
-            channels: Vec::new(),
+            channels: Subs::default(),
             delivery: Delivery::default(),
             rx: None,
             agreement: up.deflate,
@@ -335,9 +335,6 @@ impl Worker {
         self.push_control(key, subscribed_frame(&channel));
         if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
             let live_from = snap.live_from.first().copied().unwrap_or(0);
-            // Exactly one more slot: most clients hold one or two channels,
-            // and a first push would reserve four (96 B) for good.
-            ws.channels.reserve_exact(1);
             ws.channels.push(Sub {
                 channel: ch.clone(),
                 live_from,
