@@ -141,11 +141,12 @@ pub struct Authorized {
 /// An SSE subscriber. Only what every stream uses is inline (the slot
 /// of every connection is as large as its largest state); gzip, batching
 /// and a token live in [`SseExtra`], allocated for streams that use one.
+/// Its heartbeat is due whenever its heartbeat timer fires (the one
+/// entry it keeps in the wheel), so no ping time is stored.
 #[derive(Debug)]
 pub struct Sse {
     pub channels: Subs,
     pub delivery: Delivery,
-    pub next_ping_ms: u64,
     extra: Option<Box<SseExtra>>,
 }
 
@@ -163,7 +164,7 @@ pub struct SseExtra {
 }
 
 impl Sse {
-    pub fn new(channels: Subs, next_ping_ms: u64, gzip: bool, batch: bool) -> Sse {
+    pub fn new(channels: Subs, gzip: bool, batch: bool) -> Sse {
         let extra = (gzip || batch).then(|| {
             Box::new(SseExtra {
                 gzip: gzip.then(Trail::default),
@@ -174,7 +175,6 @@ impl Sse {
         Sse {
             channels,
             delivery: Delivery::default(),
-            next_ping_ms,
             extra,
         }
     }
@@ -263,7 +263,9 @@ impl Sse {
 }
 
 /// A WebSocket client (boxed in [`ConnState`]: SSE connections, the
-/// majority, should not pay for its size).
+/// majority, should not pay for its size). Pings go out every
+/// `ws.ping_ms` counted from the connection's accept, so no ping time is
+/// stored (the heartbeat timer's kind says whether a ping is due).
 #[derive(Debug)]
 pub struct Ws {
     /// Subscribed channels (at most `ws.max_subscriptions`, counting
@@ -280,10 +282,9 @@ pub struct Ws {
     /// The client asked for `{"type":"batch"}` frames.
     pub batch: bool,
     /// Last time any byte arrived from the client.
-    pub last_seen_ms: u64,
+    pub last_seen: Stamp,
     /// Subscribe/unsubscribe commands (`ws.subscribes_per_sec`).
     pub commands: Bucket,
-    pub next_ping_ms: u64,
     /// Waiting subscriptions and a token; `None` when there are neither.
     pub extra: Option<Box<WsExtra>>,
 }

@@ -22,7 +22,7 @@ use crate::admin::{
     MAX_CHANNELS_SHOWN, MAX_DISCONNECTS, WS_CLOSE_OPERATOR,
 };
 use crate::api::admin::AdminStart;
-use crate::conn::{Conn, ConnState};
+use crate::conn::{Conn, ConnState, Stamp};
 use crate::limits::IpKey;
 use crate::mailbox::{ConnRef, Msg};
 use crate::metrics::WorkerStats;
@@ -326,15 +326,11 @@ fn age_ms(conn: &Conn, now: u64) -> u64 {
 /// was accepted).
 fn idle_ms(conn: &Conn, now: u64) -> u64 {
     let ws_read = match &conn.state {
-        ConnState::Ws(ws) => Some(now.saturating_sub(ws.last_seen_ms)),
-        _ => None,
+        ConnState::Ws(ws) => ws.last_seen,
+        _ => Stamp::NEVER,
     };
-    [
-        conn.last_write.since(now),
-        conn.last_read.since(now),
-        ws_read,
-    ]
-    .into_iter()
-    .flatten()
-    .fold(age_ms(conn, now), u64::min)
+    [conn.last_write, conn.last_read, ws_read]
+        .iter()
+        .filter_map(|stamp| stamp.since(now))
+        .fold(age_ms(conn, now), u64::min)
 }

@@ -123,7 +123,7 @@ impl Worker {
                 sub
             })
             .collect();
-        let mut sse = Sse::new(subs, now + heartbeat, start.gzip, start.batch);
+        let mut sse = Sse::new(subs, start.gzip, start.batch);
         let mut head = match start.gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
             false => sse::HEAD.as_bytes().to_vec(),

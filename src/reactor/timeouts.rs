@@ -30,7 +30,8 @@ impl Worker {
         match (entry.kind, &conn.state) {
             (TimerKind::Request, ConnState::Request(_)) => self.request_due(key, now),
             (TimerKind::Heartbeat, ConnState::Sse(_)) => self.sse_heartbeat(key, gen, now),
-            (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now),
+            (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now, false),
+            (TimerKind::Ping, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now, true),
             (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
             (TimerKind::Batch, ConnState::Sse(_)) => self.mark_dirty(key, gen),
             (TimerKind::Write, _) => self.write_due(key, gen, now),
@@ -91,7 +92,9 @@ impl Worker {
         }
     }
 
-    /// `: ping` when the stream has been quiet for a heartbeat period.
+    /// Every heartbeat period, `: ping` unless bytes are queued anyway.
+    /// The entry that fired is the stream's only heartbeat entry (armed
+    /// at its start, re-armed here), so the next one counts from now.
     fn sse_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
         let heartbeat = self.shared.config.sse.heartbeat_ms;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -100,19 +103,13 @@ impl Worker {
         let ConnState::Sse(sse) = &mut conn.state else {
             return;
         };
-        if now >= sse.next_ping_ms {
-            sse.next_ping_ms = now + heartbeat;
-            if conn.queue.is_empty() {
-                let ping = sse.control(sse::PING);
-                conn.queue.push_control(ping);
-                self.mark_dirty(key, gen);
-            }
+        if conn.queue.is_empty() {
+            let ping = sse.control(sse::PING);
+            conn.queue.push_control(ping);
+            self.mark_dirty(key, gen);
         }
-        let Some(ConnState::Sse(sse)) = self.conns.get(key).map(|c| &c.state) else {
-            return;
-        };
-        let at = sse.next_ping_ms;
-        self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+        self.timers
+            .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
     }
 
     /// Arms the write deadline of a connection whose writes just stalled.

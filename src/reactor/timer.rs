@@ -14,8 +14,10 @@ pub enum TimerKind {
     /// A request (head and body), or the next request on a keep-alive
     /// connection, must have arrived.
     Request,
-    /// SSE heartbeat.
+    /// SSE heartbeat; a WebSocket's idle and message deadlines.
     Heartbeat,
+    /// A WebSocket's ping is due.
+    Ping,
     /// A closing connection gets this long to take its last bytes.
     Linger,
     /// An SSE batch window closes: write what it collected.

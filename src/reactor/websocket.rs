@@ -15,7 +15,7 @@ use crate::api::ws::{
 };
 use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sub, Subs, Ws};
+use crate::conn::{ConnState, Delivery, Phase, SlotKind, Stamp, Sub, Subs, Ws};
 use crate::hub::ids::Format;
 use crate::hub::NotReady;
 use crate::limits::Bucket;
@@ -35,7 +35,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let gen = conn.gen;
+        let (gen, first_ping) = (conn.gen, next_ping(conn.opened, now, ping_ms));
         let http_slot = conn.ip_slot.replace((SlotKind::Ws, up.ip_slot));
         release_slot(&self.shared.access, http_slot);
         conn.queue.push_control(Bytes::from(up.response));
@@ -46,9 +46,8 @@ impl Worker {
             agreement: up.deflate,
             echo: up.echo,
             batch: up.batch,
-            last_seen_ms: now,
+            last_seen: Stamp::at(now),
             commands: Bucket::default(),
-            next_ping_ms: now + ping_ms,
             extra: None,
         };
         let mut ws = Box::new(ws);
@@ -58,8 +57,7 @@ impl Worker {
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(ws));
         self.moved(old.phase(), Phase::Ws);
         self.cancel_request_timer(key, gen, &old);
-        self.timers
-            .schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
+        self.timers.schedule(first_ping, key, gen, TimerKind::Ping);
         self.install_token(key, up.grant, now);
         self.mark_dirty(key, gen);
         self.decode_ws(key, now);
@@ -87,7 +85,7 @@ impl Worker {
             let got = rbuf.len() - before;
             budget -= got;
             if got > 0 {
-                ws.last_seen_ms = now;
+                ws.last_seen = Stamp::at(now);
             }
             self.decode_ws(key, now);
             let still_ws = matches!(
@@ -416,16 +414,22 @@ impl Worker {
         }
     }
 
-    /// Heartbeat timer: close a silent client, else ping on schedule.
-    pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
+    /// Heartbeat timer (`ping`: the one armed for a ping): close a silent
+    /// client, else ping when due, and arm the next of the ping and the
+    /// idle deadline.
+    pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64, ping: bool) {
         let cfg = &self.shared.config.ws;
         let (ping_ms, idle_ms, message_ms) =
             (cfg.ping_ms, cfg.idle_timeout_ms, cfg.message_timeout_ms);
-        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let idle_deadline = ws.last_seen_ms + idle_ms;
-        if now >= idle_deadline {
+        let opened = conn.opened;
+        let ConnState::Ws(ws) = &mut conn.state else {
+            return;
+        };
+        let silent_for = ws.last_seen.since(now).unwrap_or(0);
+        if silent_for >= idle_ms {
             return self.close_ws(key, close_code::GOING_AWAY, "idle timeout", now);
         }
         // Pings keep a connection alive, not a message that never ends.
@@ -434,14 +438,14 @@ impl Worker {
             let reason = "message not completed in time";
             return self.close_ws(key, close_code::POLICY, reason, now);
         }
-        let mut ping = false;
-        if now >= ws.next_ping_ms {
-            ws.next_ping_ms = now + ping_ms;
-            ping = true;
-        }
-        let at = ws.next_ping_ms.min(idle_deadline);
+        let (idle_deadline, next) = (now + idle_ms - silent_for, next_ping(opened, now, ping_ms));
         let waiting = !ws.waiting().is_empty();
-        self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+        match next <= idle_deadline {
+            true => self.timers.schedule(next, key, gen, TimerKind::Ping),
+            false => self
+                .timers
+                .schedule(idle_deadline, key, gen, TimerKind::Heartbeat),
+        }
         if waiting {
             // In case a wake-up was lost to a full inbox.
             self.ws_retry(key);
@@ -456,4 +460,12 @@ impl Worker {
         let frame = Bytes::from(ws::close_frame(code, reason));
         self.close_gracefully(key, Some(frame), true, now);
     }
+}
+
+/// The first ping time after `now`: pings go out every `ping_ms` from the
+/// connection's accept (a timer late by less than a period still pings
+/// once, then keeps the phase).
+fn next_ping(opened: Stamp, now: u64, ping_ms: u64) -> u64 {
+    let age = opened.since(now).unwrap_or(0);
+    now + ping_ms - age % ping_ms.max(1)
 }
