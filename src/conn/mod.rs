@@ -6,6 +6,7 @@
 //! read them. State changes go through `mem::replace`, so a failed step
 //! cannot leave a half-moved connection.
 
+mod flags;
 pub mod io;
 pub mod queue;
 mod stamp;
@@ -24,6 +25,7 @@ use crate::proto::deflate::{Agreement, WindowBits};
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
 use crate::tokens::Grant;
+pub use flags::{Flag, Flags};
 use io::IoStatus;
 use queue::{Flushed, Pushed, QueueLimits, WriteQueue};
 pub use stamp::Stamp;
@@ -399,18 +401,7 @@ pub struct Conn {
     pub peer: IpAddr,
     pub state: ConnState,
     pub queue: WriteQueue,
-    /// The last write would have blocked: wait for a writable event.
-    pub blocked: bool,
-    /// Queued in the reactor's flush list this turn.
-    pub dirty: bool,
-    /// Queued in the reactor's list of connections to read again (a read
-    /// budget ran out with bytes left).
-    pub read_queued: bool,
-    /// A write-deadline timer is live.
-    pub write_armed: bool,
-    /// Since when queued bytes have made no write progress; never:
-    /// writes are not stalled.
-    pub stalled_since: Stamp,
+    pub flags: Flags,
     /// A per-IP slot this connection must give back.
     pub ip_slot: Option<(SlotKind, IpKey)>,
     /// When it was accepted.
@@ -532,11 +523,7 @@ impl Conn {
                 ..Request::default()
             }),
             queue: WriteQueue::default(),
-            blocked: false,
-            dirty: false,
-            read_queued: false,
-            write_armed: false,
-            stalled_since: Stamp::NEVER,
+            flags: Flags::default(),
             ip_slot: None,
             opened: Stamp::at(now_ms),
             last_write: Stamp::NEVER,
@@ -602,7 +589,8 @@ impl Conn {
     /// Writes what the queue holds, up to about `budget` bytes.
     pub fn flush(&mut self, budget: usize) -> Flushed {
         let done = self.queue.flush(&mut self.stream, budget);
-        self.blocked = done.status == IoStatus::WouldBlock;
+        self.flags
+            .set(Flag::Blocked, done.status == IoStatus::WouldBlock);
         if let (Some(d), Some(id)) = (self.state.delivery_mut(), done.last_id) {
             d.written(id);
         }

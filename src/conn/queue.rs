@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::io::{classify, IoStatus};
+use super::Stamp;
 
 /// Frames handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -62,6 +63,10 @@ struct Ring {
     offset: u32,
     /// Data frames queued (at most `queue.max_events` plus a replay).
     events: u32,
+    /// Since when the queued bytes have made no write progress (the
+    /// write deadline counts from it); never: not stalled. An empty
+    /// queue is never stalled, so it lives with the frames.
+    stalled_since: Stamp,
 }
 
 /// What a flush did.
@@ -116,6 +121,26 @@ impl WriteQueue {
     pub fn release(&mut self) {
         if self.is_empty() {
             self.0 = None;
+        }
+    }
+
+    /// Since when the queued bytes have made no write progress; never:
+    /// writes are not stalled.
+    pub fn stalled_since(&self) -> Stamp {
+        self.0.as_ref().map_or(Stamp::NEVER, |r| r.stalled_since)
+    }
+
+    /// Books a flush at `now` for the write deadline: a write that blocked
+    /// after moving bytes (or the first that blocked) starts the stall
+    /// clock; one that did not block ends the stall.
+    pub fn note_stall(&mut self, blocked: bool, moved: bool, now: u64) {
+        let Some(ring) = &mut self.0 else {
+            return;
+        };
+        match blocked {
+            true if moved || ring.stalled_since.is_never() => ring.stalled_since = Stamp::at(now),
+            true => {}
+            false => ring.stalled_since = Stamp::NEVER,
         }
     }
 

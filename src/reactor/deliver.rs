@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{event_bytes, reset_bytes, Closed, Encoding, Fanout, Worker};
 use crate::api::ws as ws_api;
 use crate::conn::io::IoStatus;
-use crate::conn::{ConnState, Stamp};
+use crate::conn::{ConnState, Flag, Stamp};
 use crate::event::Event;
 use crate::hub::MARKET_PREFIX;
 use crate::metrics::WorkerStats;
@@ -198,9 +198,12 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
             return;
         };
-        conn.dirty = false;
+        conn.flags.set(Flag::Dirty, false);
         let closing = matches!(conn.state, ConnState::Closing { .. });
-        if conn.blocked || conn.queue.is_empty() && !closing || self.hold_sse(key, now) {
+        if conn.flags.has(Flag::Blocked)
+            || conn.queue.is_empty() && !closing
+            || self.hold_sse(key, now)
+        {
             return;
         }
         let Some(conn) = self.conns.get_mut(key) else {
@@ -220,13 +223,7 @@ impl Worker {
             conn.last_write = Stamp::at(now);
         }
         let stalled = done.status == IoStatus::WouldBlock;
-        match stalled {
-            true if done.bytes > 0 || conn.stalled_since.is_never() => {
-                conn.stalled_since = Stamp::at(now);
-            }
-            true => {}
-            false => conn.stalled_since = Stamp::NEVER,
-        }
+        conn.queue.note_stall(stalled, done.bytes > 0, now);
         let reply_cap = self.shared.config.queue.max_bytes;
         let resume = match &mut conn.state {
             ConnState::Request(req) if req.paused && conn.queue.len_bytes() < reply_cap => {
@@ -252,7 +249,7 @@ impl Worker {
             IoStatus::WouldBlock => {}
             // Budget spent with bytes left: the rest goes next turn.
             IoStatus::Progress(_) if !conn.queue.is_empty() => {
-                conn.dirty = true;
+                conn.flags.set(Flag::Dirty, true);
                 self.dirty.push((key, gen));
             }
             IoStatus::Progress(_) => {

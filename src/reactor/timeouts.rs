@@ -7,7 +7,7 @@
 
 use super::timer::{Entry, TimerKind};
 use super::{Closed, Worker};
-use crate::conn::ConnState;
+use crate::conn::{ConnState, Flag};
 use crate::metrics::WorkerStats;
 use crate::proto::http::HttpError;
 use crate::proto::sse;
@@ -118,13 +118,13 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let Some(stalled_for) = conn.stalled_since.since(now) else {
+        let Some(stalled_for) = conn.queue.stalled_since().since(now) else {
             return;
         };
-        if conn.write_armed {
+        if conn.flags.has(Flag::WriteArmed) {
             return;
         }
-        conn.write_armed = true;
+        conn.flags.set(Flag::WriteArmed, true);
         let at = now + timeout.saturating_sub(stalled_for);
         self.timers.schedule(at, key, conn.gen, TimerKind::Write);
     }
@@ -136,8 +136,8 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
             return;
         };
-        conn.write_armed = false;
-        let Some(stalled_for) = conn.stalled_since.since(now) else {
+        conn.flags.set(Flag::WriteArmed, false);
+        let Some(stalled_for) = conn.queue.stalled_since().since(now) else {
             return;
         };
         if stalled_for < timeout {
