@@ -5,6 +5,8 @@
 //! stream's subscription token. An entry whose
 //! connection is gone, or whose deadline moved, does nothing or re-arms.
 
+use bytes::Bytes;
+
 use super::timer::{Entry, TimerKind};
 use super::{Closed, Worker};
 use crate::conn::{ConnState, Flag};
@@ -104,7 +106,12 @@ impl Worker {
             return;
         };
         if conn.queue.is_empty() {
-            let ping = sse.control(sse::PING);
+            // A plain stream's ping is the static bytes: no allocation
+            // beyond the queue's ring, every heartbeat of every stream.
+            let ping = match sse.is_gzip() {
+                false => Bytes::from_static(sse::PING),
+                true => sse.control(sse::PING),
+            };
             conn.queue.push_control(ping);
             self.mark_dirty(key, gen);
         }

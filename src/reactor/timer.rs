@@ -141,8 +141,11 @@ impl TimerWheel {
             });
             self.len -= before - slot.len();
             // A burst of connections grows a bucket; give the memory back,
-            // or every bucket keeps the largest burst it ever saw.
-            if slot.capacity() > 32 && slot.len() < slot.capacity() / 4 {
+            // or every bucket keeps the largest burst it ever saw (and a
+            // wheel whose entries have moved on, all 4,096 buckets).
+            if slot.is_empty() {
+                *slot = Vec::new();
+            } else if slot.capacity() > 32 && slot.len() < slot.capacity() / 4 {
                 slot.shrink_to(slot.len().max(8));
             }
         }
@@ -240,7 +243,7 @@ mod tests {
         w.expire(10, &mut out);
         assert_eq!(out.len(), 10_000);
         assert!(
-            w.slots.iter().all(|s| s.capacity() <= 8),
+            w.slots.iter().all(|s| s.capacity() == 0),
             "bucket memory returned"
         );
     }

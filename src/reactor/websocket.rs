@@ -451,7 +451,7 @@ impl Worker {
             self.ws_retry(key);
         }
         if ping {
-            self.push_control(key, Bytes::from(ws::ping(b"")));
+            self.push_control(key, Bytes::from_static(EMPTY_PING));
         }
     }
 
@@ -462,10 +462,32 @@ impl Worker {
     }
 }
 
+/// A ping frame with no payload (`ws::ping(b"")`), as static bytes: a
+/// ping allocates nothing beyond the queue's ring.
+const EMPTY_PING: &[u8] = &[0x89, 0x00];
+
 /// The first ping time after `now`: pings go out every `ping_ms` from the
 /// connection's accept (a timer late by less than a period still pings
 /// once, then keeps the phase).
 fn next_ping(opened: Stamp, now: u64, ping_ms: u64) -> u64 {
     let age = opened.since(now).unwrap_or(0);
     now + ping_ms - age % ping_ms.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_static_ping_is_an_empty_ping_frame() {
+        assert_eq!(EMPTY_PING, &ws::ping(b"")[..]);
+    }
+
+    #[test]
+    fn pings_keep_the_phase_of_the_accept() {
+        let opened = Stamp::at(1_000);
+        assert_eq!(next_ping(opened, 1_003, 20_000), 21_000);
+        assert_eq!(next_ping(opened, 21_000, 20_000), 41_000);
+        assert_eq!(next_ping(opened, 21_040, 20_000), 41_000, "a late timer");
+    }
 }
