@@ -6,8 +6,12 @@
 //! read them. State changes go through `mem::replace`, so a failed step
 //! cannot leave a half-moved connection.
 
+mod flags;
 pub mod io;
 pub mod queue;
+mod stamp;
+mod subs;
+mod ws;
 
 use std::net::{IpAddr, Shutdown};
 use std::sync::atomic::AtomicU64;
@@ -17,13 +21,15 @@ use bytes::Bytes;
 use mio::net::TcpStream;
 
 use crate::event::Event;
-use crate::limits::{Bucket, IpKey};
-use crate::proto::deflate::{Agreement, WindowBits};
+use crate::limits::IpKey;
 use crate::proto::gzip::{self, Trail};
-use crate::proto::ws::Reassembler;
 use crate::tokens::Grant;
+pub use flags::{Flag, Flags};
 use io::IoStatus;
 use queue::{Flushed, Pushed, QueueLimits, WriteQueue};
+pub use stamp::Stamp;
+pub use subs::{Sub, Subs};
+pub use ws::{Receiving, Ws, WsExtra};
 
 /// Bytes buffered while a request is incomplete.
 #[derive(Debug, Default)]
@@ -123,14 +129,6 @@ impl Delivery {
     }
 }
 
-/// One channel a connection listens to, and where its live delivery
-/// starts (events up to `live_from` came by replay, or not at all).
-#[derive(Debug, Clone)]
-pub struct Sub {
-    pub channel: Arc<str>,
-    pub live_from: u64,
-}
-
 /// A stream opened with a subscription token: what the token allows,
 /// and the one live timer that ends the stream when it expires.
 #[derive(Debug)]
@@ -145,11 +143,12 @@ pub struct Authorized {
 /// An SSE subscriber. Only what every stream uses is inline (the slot
 /// of every connection is as large as its largest state); gzip, batching
 /// and a token live in [`SseExtra`], allocated for streams that use one.
+/// Its heartbeat is due whenever its heartbeat timer fires (the one
+/// entry it keeps in the wheel), so no ping time is stored.
 #[derive(Debug)]
 pub struct Sse {
-    pub channels: Box<[Sub]>,
+    pub channels: Subs,
     pub delivery: Delivery,
-    pub next_ping_ms: u64,
     extra: Option<Box<SseExtra>>,
 }
 
@@ -167,7 +166,7 @@ pub struct SseExtra {
 }
 
 impl Sse {
-    pub fn new(channels: Box<[Sub]>, next_ping_ms: u64, gzip: bool, batch: bool) -> Sse {
+    pub fn new(channels: Subs, gzip: bool, batch: bool) -> Sse {
         let extra = (gzip || batch).then(|| {
             Box::new(SseExtra {
                 gzip: gzip.then(Trail::default),
@@ -178,7 +177,6 @@ impl Sse {
         Sse {
             channels,
             delivery: Delivery::default(),
-            next_ping_ms,
             extra,
         }
     }
@@ -266,115 +264,6 @@ impl Sse {
     }
 }
 
-/// A WebSocket client (boxed in [`ConnState`]: SSE connections, the
-/// majority, should not pay for its size).
-#[derive(Debug)]
-pub struct Ws {
-    /// Subscribed channels (at most `ws.max_subscriptions`, counting
-    /// `waiting`).
-    pub channels: Vec<Sub>,
-    pub delivery: Delivery,
-    /// The receive side while a frame or message is coming in; `None`
-    /// between messages (an idle client holds no receive state).
-    pub rx: Option<Box<Receiving>>,
-    /// The permessage-deflate agreement, when the client made one.
-    pub agreement: Option<Agreement>,
-    /// `/ws/echo`: echo messages instead of reading commands.
-    pub echo: bool,
-    /// The client asked for `{"type":"batch"}` frames.
-    pub batch: bool,
-    /// Last time any byte arrived from the client.
-    pub last_seen_ms: u64,
-    /// Subscribe/unsubscribe commands (`ws.subscribes_per_sec`).
-    pub commands: Bucket,
-    pub next_ping_ms: u64,
-    /// Waiting subscriptions and a token; `None` when there are neither.
-    pub extra: Option<Box<WsExtra>>,
-}
-
-/// The rarely used parts of a WebSocket.
-#[derive(Debug, Default)]
-pub struct WsExtra {
-    /// Redis mode: subscriptions whose channel is loading, with their
-    /// `since`; acknowledged once it has loaded.
-    pub waiting: Vec<(Arc<str>, Option<u64>)>,
-    /// Token mode: the token each subscribe is checked against.
-    pub token: Option<Authorized>,
-}
-
-impl Ws {
-    /// The rarely used parts, allocated on first use.
-    pub fn extra_mut(&mut self) -> &mut WsExtra {
-        self.extra.get_or_insert_with(Box::default)
-    }
-
-    /// Subscriptions whose channel is loading (Redis mode).
-    pub fn waiting(&self) -> &[(Arc<str>, Option<u64>)] {
-        self.extra.as_ref().map_or(&[], |x| &x.waiting)
-    }
-
-    /// Takes the waiting subscriptions, leaving none.
-    pub fn take_waiting(&mut self) -> Vec<(Arc<str>, Option<u64>)> {
-        self.extra
-            .as_mut()
-            .map(|x| std::mem::take(&mut x.waiting))
-            .unwrap_or_default()
-    }
-
-    /// Token mode: the token each subscribe is checked against.
-    pub fn token(&self) -> Option<&Authorized> {
-        self.extra.as_ref().and_then(|x| x.token.as_ref())
-    }
-
-    pub fn token_mut(&mut self) -> Option<&mut Authorized> {
-        self.extra.as_mut().and_then(|x| x.token.as_mut())
-    }
-
-    /// The window to compress this client's messages with, when it agreed
-    /// to permessage-deflate.
-    pub fn deflate(&self) -> Option<WindowBits> {
-        self.agreement.map(|a| a.server_window())
-    }
-
-    /// The receive side, created when bytes arrive.
-    pub fn receiving(&mut self, max_message: usize) -> &mut Receiving {
-        let agreement = self.agreement;
-        self.rx.get_or_insert_with(|| {
-            Box::new(Receiving {
-                rx: Reassembler::new(max_message, agreement),
-                rbuf: Vec::new(),
-                message_since_ms: 0,
-            })
-        })
-    }
-
-    /// When the message being received began; 0 between messages.
-    pub fn message_since_ms(&self) -> u64 {
-        self.rx.as_ref().map_or(0, |r| r.message_since_ms)
-    }
-}
-
-/// A WebSocket's receive side while bytes of a frame or a message are in:
-/// created when bytes arrive, dropped once a message is complete and no
-/// byte is left over.
-#[derive(Debug)]
-pub struct Receiving {
-    /// Frames in, messages out.
-    pub rx: Reassembler,
-    /// Received bytes not yet decoded: a partial frame header or control
-    /// frame.
-    pub rbuf: Vec<u8>,
-    /// When the message being received began; 0 between messages.
-    pub message_since_ms: u64,
-}
-
-impl Receiving {
-    /// Nothing is partly received: the state can go.
-    pub fn idle(&self) -> bool {
-        !self.rx.in_message() && self.rbuf.is_empty()
-    }
-}
-
 /// Which per-IP limit a connection's slot belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotKind {
@@ -402,26 +291,16 @@ pub struct Conn {
     pub peer: IpAddr,
     pub state: ConnState,
     pub queue: WriteQueue,
-    /// The last write would have blocked: wait for a writable event.
-    pub blocked: bool,
-    /// Queued in the reactor's flush list this turn.
-    pub dirty: bool,
-    /// Queued in the reactor's list of connections to read again (a read
-    /// budget ran out with bytes left).
-    pub read_queued: bool,
-    /// A write-deadline timer is live.
-    pub write_armed: bool,
-    /// Since when queued bytes have made no write progress (ms on the
-    /// reactor clock); 0: writes are not stalled.
-    pub stalled_since_ms: u64,
+    pub flags: Flags,
     /// A per-IP slot this connection must give back.
     pub ip_slot: Option<(SlotKind, IpKey)>,
-    pub opened_ms: u64,
-    /// When a write last moved bytes (reactor clock); 0: never.
-    pub last_write_ms: u64,
-    /// When a request byte last arrived (reactor clock); 0: never.
-    /// WebSocket reads are in `Ws::last_seen_ms`.
-    pub last_read_ms: u64,
+    /// When it was accepted.
+    pub opened: Stamp,
+    /// When a write last moved bytes.
+    pub last_write: Stamp,
+    /// When a request byte last arrived. WebSocket reads are in
+    /// `Ws::last_seen`.
+    pub last_read: Stamp,
 }
 
 /// What queueing one data event did.
@@ -534,15 +413,11 @@ impl Conn {
                 ..Request::default()
             }),
             queue: WriteQueue::default(),
-            blocked: false,
-            dirty: false,
-            read_queued: false,
-            write_armed: false,
-            stalled_since_ms: 0,
+            flags: Flags::default(),
             ip_slot: None,
-            opened_ms: now_ms,
-            last_write_ms: 0,
-            last_read_ms: 0,
+            opened: Stamp::at(now_ms),
+            last_write: Stamp::NEVER,
+            last_read: Stamp::NEVER,
         }
     }
 
@@ -604,7 +479,8 @@ impl Conn {
     /// Writes what the queue holds, up to about `budget` bytes.
     pub fn flush(&mut self, budget: usize) -> Flushed {
         let done = self.queue.flush(&mut self.stream, budget);
-        self.blocked = done.status == IoStatus::WouldBlock;
+        self.flags
+            .set(Flag::Blocked, done.status == IoStatus::WouldBlock);
         if let (Some(d), Some(id)) = (self.state.delivery_mut(), done.last_id) {
             d.written(id);
         }

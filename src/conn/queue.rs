@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::io::{classify, IoStatus};
+use super::Stamp;
 
 /// Frames handed to one `writev`.
 const MAX_IOV: usize = 64;
@@ -44,8 +45,15 @@ pub struct QueueLimits {
     pub max_bytes: usize,
 }
 
+/// The queue: nothing while it holds no frame and its ring was given
+/// back (an idle connection's slot carries 8 B, not the 48 of a ring and
+/// its counters); the ring, boxed with its counters, from the first frame
+/// until [`WriteQueue::release`].
 #[derive(Debug, Default)]
-pub struct WriteQueue {
+pub struct WriteQueue(Option<Box<Ring>>);
+
+#[derive(Debug, Default)]
+struct Ring {
     frames: VecDeque<Frame>,
     /// Bytes queued (data and control), minus `offset`.
     bytes: usize,
@@ -55,6 +63,10 @@ pub struct WriteQueue {
     offset: u32,
     /// Data frames queued (at most `queue.max_events` plus a replay).
     events: u32,
+    /// Since when the queued bytes have made no write progress (the
+    /// write deadline counts from it); never: not stalled. An empty
+    /// queue is never stalled, so it lives with the frames.
+    stalled_since: Stamp,
 }
 
 /// What a flush did.
@@ -73,44 +85,143 @@ pub struct Flushed {
 impl WriteQueue {
     /// Bytes of one queued frame's slot in the ring.
     pub const FRAME_SIZE: usize = std::mem::size_of::<Frame>();
+    /// Bytes of the boxed ring header (its counters and the `VecDeque`).
+    pub const RING_SIZE: usize = std::mem::size_of::<Ring>();
+
+    fn ring(&mut self) -> &mut Ring {
+        self.0.get_or_insert_with(Box::default)
+    }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.0.as_ref().is_none_or(|r| r.frames.is_empty())
     }
 
     pub fn len_events(&self) -> usize {
-        self.events as usize
+        self.0.as_ref().map_or(0, |r| r.events as usize)
     }
 
     pub fn len_bytes(&self) -> usize {
-        self.bytes
+        self.0.as_ref().map_or(0, |r| r.bytes)
     }
 
     /// The id of the data frame partly written, if any: it will complete
     /// whatever else is dropped.
     pub fn in_progress_id(&self) -> Option<u64> {
-        self.frames
-            .front()
-            .filter(|_| self.offset > 0)
-            .and_then(|f| f.data_id)
+        self.0.as_ref().and_then(|r| r.in_progress_id())
     }
 
     /// Slots the ring holds (allocated, used or not).
     pub fn capacity(&self) -> usize {
-        self.frames.capacity()
+        self.0.as_ref().map_or(0, |r| r.frames.capacity())
     }
 
     /// Gives the ring's memory back when the queue is empty (an idle
     /// connection then holds no queue memory at all); the next frame
     /// allocates it again.
     pub fn release(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 0 {
-            self.frames = VecDeque::new();
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+
+    /// Since when the queued bytes have made no write progress; never:
+    /// writes are not stalled.
+    pub fn stalled_since(&self) -> Stamp {
+        self.0.as_ref().map_or(Stamp::NEVER, |r| r.stalled_since)
+    }
+
+    /// Books a flush at `now` for the write deadline: a write that blocked
+    /// after moving bytes (or the first that blocked) starts the stall
+    /// clock; one that did not block ends the stall.
+    pub fn note_stall(&mut self, blocked: bool, moved: bool, now: u64) {
+        let Some(ring) = &mut self.0 else {
+            return;
+        };
+        match blocked {
+            true if moved || ring.stalled_since.is_never() => ring.stalled_since = Stamp::at(now),
+            true => {}
+            false => ring.stalled_since = Stamp::NEVER,
         }
     }
 
     /// Queues a data frame unless a cap is reached; false means dropped.
     pub fn push_data(&mut self, bytes: Bytes, id: u64, limits: QueueLimits) -> bool {
+        let fresh = self.0.is_none();
+        let queued = self.ring().push_data(bytes, id, limits);
+        if fresh && !queued {
+            self.0 = None;
+        }
+        queued
+    }
+
+    /// Queues a data frame of a conflated channel: like [`push_data`]
+    /// while there is room; when full, it takes the place of the newest
+    /// queued frame of the same channel not yet started, so a stalled
+    /// reader keeps one (the newest) event per channel.
+    ///
+    /// [`push_data`]: WriteQueue::push_data
+    pub fn push_conflated(
+        &mut self,
+        bytes: Bytes,
+        id: u64,
+        channel: &Arc<str>,
+        limits: QueueLimits,
+    ) -> Pushed {
+        let fresh = self.0.is_none();
+        let pushed = self.ring().push_conflated(bytes, id, channel, limits);
+        if fresh && pushed == Pushed::Full {
+            self.0 = None;
+        }
+        pushed
+    }
+
+    /// Queues a replayed data frame. Replays are bounded by the history,
+    /// not by the caps; live events after them meet the caps as usual.
+    pub fn push_replay(&mut self, bytes: Bytes, id: u64) {
+        self.ring().push_replay(bytes, id);
+    }
+
+    /// Queues a control frame; never dropped.
+    pub fn push_control(&mut self, bytes: Bytes) {
+        self.ring().push_control(bytes);
+    }
+
+    /// Removes data frames whose writing has not started; the frame in
+    /// progress stays so the stream's framing survives.
+    pub fn discard_pending_data(&mut self) {
+        if let Some(ring) = &mut self.0 {
+            ring.discard_pending_data();
+        }
+    }
+
+    /// Writes until the queue is empty, the writer would block, or about
+    /// `budget` bytes went out (then the status is `Progress` with bytes
+    /// still queued: one connection must not hold its reactor for long).
+    pub fn flush<W: Write>(&mut self, w: &mut W, budget: usize) -> Flushed {
+        match &mut self.0 {
+            Some(ring) => ring.flush(w, budget),
+            None => Flushed {
+                status: IoStatus::Progress(0),
+                bytes: 0,
+                events: 0,
+                last_id: None,
+                calls: 0,
+            },
+        }
+    }
+}
+
+impl Ring {
+    /// See [`WriteQueue::in_progress_id`].
+    fn in_progress_id(&self) -> Option<u64> {
+        self.frames
+            .front()
+            .filter(|_| self.offset > 0)
+            .and_then(|f| f.data_id)
+    }
+
+    /// See [`WriteQueue::push_data`].
+    fn push_data(&mut self, bytes: Bytes, id: u64, limits: QueueLimits) -> bool {
         if self.events as usize >= limits.max_events || self.bytes + bytes.len() > limits.max_bytes
         {
             return false;
@@ -125,13 +236,8 @@ impl WriteQueue {
         true
     }
 
-    /// Queues a data frame of a conflated channel: like [`push_data`]
-    /// while there is room; when full, it takes the place of the newest
-    /// queued frame of the same channel not yet started, so a stalled
-    /// reader keeps one (the newest) event per channel.
-    ///
-    /// [`push_data`]: WriteQueue::push_data
-    pub fn push_conflated(
+    /// See [`WriteQueue::push_conflated`].
+    fn push_conflated(
         &mut self,
         bytes: Bytes,
         id: u64,
@@ -167,9 +273,8 @@ impl WriteQueue {
         Pushed::Replaced
     }
 
-    /// Queues a replayed data frame. Replays are bounded by the history,
-    /// not by the caps; live events after them meet the caps as usual.
-    pub fn push_replay(&mut self, bytes: Bytes, id: u64) {
+    /// See [`WriteQueue::push_replay`].
+    fn push_replay(&mut self, bytes: Bytes, id: u64) {
         self.events += 1;
         self.bytes += bytes.len();
         self.frames.push_back(Frame {
@@ -179,8 +284,8 @@ impl WriteQueue {
         });
     }
 
-    /// Queues a control frame; never dropped.
-    pub fn push_control(&mut self, bytes: Bytes) {
+    /// See [`WriteQueue::push_control`].
+    fn push_control(&mut self, bytes: Bytes) {
         self.bytes += bytes.len();
         self.frames.push_back(Frame {
             bytes,
@@ -189,9 +294,8 @@ impl WriteQueue {
         });
     }
 
-    /// Removes data frames whose writing has not started; the frame in
-    /// progress stays so the stream's framing survives.
-    pub fn discard_pending_data(&mut self) {
+    /// See [`WriteQueue::discard_pending_data`].
+    fn discard_pending_data(&mut self) {
         let keep_front = usize::from(self.offset > 0);
         let mut index = 0;
         let (events, bytes) = (&mut self.events, &mut self.bytes);
@@ -207,10 +311,8 @@ impl WriteQueue {
         });
     }
 
-    /// Writes until the queue is empty, the writer would block, or about
-    /// `budget` bytes went out (then the status is `Progress` with bytes
-    /// still queued: one connection must not hold its reactor for long).
-    pub fn flush<W: Write>(&mut self, w: &mut W, budget: usize) -> Flushed {
+    /// See [`WriteQueue::flush`].
+    fn flush<W: Write>(&mut self, w: &mut W, budget: usize) -> Flushed {
         let mut done = Flushed {
             status: IoStatus::Progress(0),
             bytes: 0,
@@ -332,6 +434,22 @@ mod tests {
             !q.push_data(Bytes::from(vec![0; 101]), 0, LIMITS),
             "byte cap"
         );
+    }
+
+    #[test]
+    fn an_empty_queue_holds_no_ring() {
+        let mut q = WriteQueue::default();
+        assert!(q.0.is_none() && q.is_empty() && q.capacity() == 0);
+        assert!(!q.push_data(Bytes::from(vec![0; 101]), 0, LIMITS));
+        assert!(q.0.is_none(), "a refused first frame allocates nothing");
+        assert_eq!(q.flush(&mut Vec::new(), 100).status, IoStatus::Progress(0));
+        q.push_control(Bytes::from_static(b"hi"));
+        q.release();
+        assert!(q.0.is_some(), "kept while it holds a frame");
+        let done = q.flush(&mut Vec::new(), 100);
+        assert_eq!((done.bytes, q.is_empty()), (2, true));
+        q.release();
+        assert!(q.0.is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::admin::{
     MAX_CHANNELS_SHOWN, MAX_DISCONNECTS, WS_CLOSE_OPERATOR,
 };
 use crate::api::admin::AdminStart;
-use crate::conn::{Conn, ConnState};
+use crate::conn::{Conn, ConnState, Stamp};
 use crate::limits::IpKey;
 use crate::mailbox::{ConnRef, Msg};
 use crate::metrics::WorkerStats;
@@ -263,8 +263,8 @@ impl Worker {
             let score = match q.sort {
                 Sort::Queue => bytes as u64,
                 Sort::Drops => drops,
-                Sort::Age => now.saturating_sub(conn.opened_ms),
-                Sort::Idle => now.saturating_sub(last_active(conn)),
+                Sort::Age => age_ms(conn, now),
+                Sort::Idle => idle_ms(conn, now),
             };
             top.offer(score, key);
         }
@@ -298,10 +298,9 @@ impl Worker {
             queued_events: conn.queue.len_events() as u64,
             drops: delivery.map_or(0, |d| u64::from(d.drops)),
             warnings: delivery.map_or(0, |d| u64::from(d.warnings)),
-            age_ms: now.saturating_sub(conn.opened_ms),
-            idle_ms: now.saturating_sub(last_active(conn)),
-            last_write_ago_ms: (conn.last_write_ms > 0)
-                .then(|| now.saturating_sub(conn.last_write_ms)),
+            age_ms: age_ms(conn, now),
+            idle_ms: idle_ms(conn, now),
+            last_write_ago_ms: conn.last_write.since(now),
         }
     }
 }
@@ -319,15 +318,19 @@ fn transport(conn: &Conn) -> &'static str {
     }
 }
 
-/// When a byte last moved on the connection, either way (or when it was
-/// accepted).
-fn last_active(conn: &Conn) -> u64 {
+fn age_ms(conn: &Conn, now: u64) -> u64 {
+    conn.opened.since(now).unwrap_or(0)
+}
+
+/// Since when no byte moved on the connection, either way (or since it
+/// was accepted).
+fn idle_ms(conn: &Conn, now: u64) -> u64 {
     let ws_read = match &conn.state {
-        ConnState::Ws(ws) => ws.last_seen_ms,
-        _ => 0,
+        ConnState::Ws(ws) => ws.last_seen,
+        _ => Stamp::NEVER,
     };
-    conn.opened_ms
-        .max(conn.last_write_ms)
-        .max(conn.last_read_ms)
-        .max(ws_read)
+    [conn.last_write, conn.last_read, ws_read]
+        .iter()
+        .filter_map(|stamp| stamp.since(now))
+        .fold(age_ms(conn, now), u64::min)
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{event_bytes, reset_bytes, Closed, Encoding, Fanout, Worker};
 use crate::api::ws as ws_api;
 use crate::conn::io::IoStatus;
-use crate::conn::ConnState;
+use crate::conn::{ConnState, Flag, Stamp};
 use crate::event::Event;
 use crate::hub::MARKET_PREFIX;
 use crate::metrics::WorkerStats;
@@ -207,16 +207,21 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
             return;
         };
-        conn.dirty = false;
+        conn.flags.set(Flag::Dirty, false);
         let closing = matches!(conn.state, ConnState::Closing { .. });
-        if conn.blocked || conn.queue.is_empty() && !closing || self.hold_sse(key, now) {
+        if conn.flags.has(Flag::Blocked)
+            || conn.queue.is_empty() && !closing
+            || self.hold_sse(key, now)
+        {
             return;
         }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let last = conn.last_write_ms;
-        let cold = last == 0 || now.saturating_sub(last) >= RELEASE_AFTER_MS;
+        let cold = conn
+            .last_write
+            .since(now)
+            .is_none_or(|ms| ms >= RELEASE_AFTER_MS);
         let done = conn.flush(FLUSH_BUDGET);
         if cold || done.events == 0 {
             conn.queue.release();
@@ -224,16 +229,10 @@ impl Worker {
         // The write deadline counts from the last write that moved bytes
         // and then blocked; a write that does not block ends the stall.
         if done.bytes > 0 {
-            conn.last_write_ms = now.max(1);
+            conn.last_write = Stamp::at(now);
         }
         let stalled = done.status == IoStatus::WouldBlock;
-        match stalled {
-            true if done.bytes > 0 || conn.stalled_since_ms == 0 => {
-                conn.stalled_since_ms = now.max(1);
-            }
-            true => {}
-            false => conn.stalled_since_ms = 0,
-        }
+        conn.queue.note_stall(stalled, done.bytes > 0, now);
         let reply_cap = self.shared.config.queue.max_bytes;
         let resume = match &mut conn.state {
             ConnState::Request(req) if req.paused && conn.queue.len_bytes() < reply_cap => {
@@ -255,11 +254,11 @@ impl Worker {
         match done.status {
             IoStatus::Closed | IoStatus::Reset => self.close(key, Closed::PeerReset),
             IoStatus::Error(_) => self.close(key, Closed::Error),
-            IoStatus::WouldBlock if stalled => self.arm_write(key),
+            IoStatus::WouldBlock if stalled => self.arm_write(key, now),
             IoStatus::WouldBlock => {}
             // Budget spent with bytes left: the rest goes next turn.
             IoStatus::Progress(_) if !conn.queue.is_empty() => {
-                conn.dirty = true;
+                conn.flags.set(Flag::Dirty, true);
                 self.dirty.push((key, gen));
             }
             IoStatus::Progress(_) => {

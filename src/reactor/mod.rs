@@ -63,7 +63,7 @@ use crate::api::ws::reset_frame;
 use crate::api::StreamStart;
 use crate::conn::io::{discard, IoStatus};
 use crate::conn::queue::QueueLimits;
-use crate::conn::{Conn, ConnState, Enqueued, Phase, SlotKind};
+use crate::conn::{Conn, ConnState, Enqueued, Flag, Phase, SlotKind};
 use crate::event::Event;
 use crate::limits::IpKey;
 use crate::mailbox::{ConnRef, Mailbox, Msg};
@@ -397,7 +397,7 @@ impl Worker {
         };
         let parked = matches!(&conn.state, ConnState::Request(r) if r.parked);
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
-            conn.blocked = false;
+            conn.flags.set(Flag::Blocked, false);
             let gen = conn.gen;
             self.mark_dirty(key, gen);
         }
@@ -439,8 +439,8 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if !conn.read_queued {
-            conn.read_queued = true;
+        if !conn.flags.has(Flag::ReadQueued) {
+            conn.flags.set(Flag::ReadQueued, true);
             self.read_later.push((key, conn.gen));
             WorkerStats::add(&self.shared.stats[self.id].reads_deferred, 1);
         }
@@ -457,7 +457,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
                 continue;
             };
-            conn.read_queued = false;
+            conn.flags.set(Flag::ReadQueued, false);
             self.on_readable(key);
         }
         // Keep the allocation for the next turn.
@@ -471,8 +471,8 @@ impl Worker {
     /// Puts the connection on this turn's flush list.
     fn mark_dirty(&mut self, key: usize, gen: u32) {
         if let Some(conn) = self.conns.get_mut(key) {
-            if !conn.dirty {
-                conn.dirty = true;
+            if !conn.flags.has(Flag::Dirty) {
+                conn.flags.set(Flag::Dirty, true);
                 self.dirty.push((key, gen));
             }
         }
@@ -546,8 +546,8 @@ impl Fanout<'_> {
                 true
             }
             Enqueued::Queued => {
-                if !conn.dirty {
-                    conn.dirty = true;
+                if !conn.flags.has(Flag::Dirty) {
+                    conn.flags.set(Flag::Dirty, true);
                     self.dirty.push((key, conn.gen));
                 }
                 true

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::{Closed, Worker, READ_BUDGET};
 use crate::api::{self, Action, Ctx};
 use crate::conn::io::{self, IoStatus};
-use crate::conn::ConnState;
+use crate::conn::{ConnState, Stamp};
 use crate::metrics::WorkerStats;
 use crate::proto::http::{self, HttpError};
 
@@ -50,7 +50,7 @@ impl Worker {
             let status = io::read_into(&mut conn.stream, &mut req.buf, cap.min(before + budget));
             budget -= req.buf.len() - before;
             if req.buf.len() > before {
-                conn.last_read_ms = now.max(1);
+                conn.last_read = Stamp::at(now);
             }
             if before == 0 && !req.buf.is_empty() && req.served > 0 {
                 // A request began on an idle keep-alive connection: it has

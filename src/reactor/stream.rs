@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::timer::TimerKind;
-use super::topics::Subscribers;
+use super::topics::{shared_name, Subscribers};
 use super::{event_bytes, release_slot, reset_bytes, Encoding, Waiting, Worker};
 use crate::api::answers::redis_unavailable;
 use crate::api::StreamStart;
@@ -117,12 +117,13 @@ impl Worker {
         };
         let http_slot = conn.ip_slot.replace((SlotKind::Sse, start.ip_slot));
         release_slot(&self.shared.access, http_slot);
-        let mut sse = Sse::new(
-            subs(&start.channels, &snap).collect(),
-            now + heartbeat,
-            start.gzip,
-            start.batch,
-        );
+        let subs = subs(&start.channels, &snap)
+            .map(|mut sub| {
+                sub.channel = shared_name(&self.topics, &sub.channel).unwrap_or(sub.channel);
+                sub
+            })
+            .collect();
+        let mut sse = Sse::new(subs, start.gzip, start.batch);
         let mut head = match start.gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
             false => sse::HEAD.as_bytes().to_vec(),

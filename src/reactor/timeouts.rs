@@ -5,9 +5,11 @@
 //! stream's subscription token. An entry whose
 //! connection is gone, or whose deadline moved, does nothing or re-arms.
 
+use bytes::Bytes;
+
 use super::timer::{Entry, TimerKind};
 use super::{Closed, Worker};
-use crate::conn::ConnState;
+use crate::conn::{ConnState, Flag};
 use crate::metrics::WorkerStats;
 use crate::proto::http::HttpError;
 use crate::proto::sse;
@@ -30,7 +32,8 @@ impl Worker {
         match (entry.kind, &conn.state) {
             (TimerKind::Request, ConnState::Request(_)) => self.request_due(key, now),
             (TimerKind::Heartbeat, ConnState::Sse(_)) => self.sse_heartbeat(key, gen, now),
-            (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now),
+            (TimerKind::Heartbeat, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now, false),
+            (TimerKind::Ping, ConnState::Ws(_)) => self.ws_heartbeat(key, gen, now, true),
             (TimerKind::Linger, ConnState::Closing { .. }) => self.close(key, Closed::Timeout),
             (TimerKind::Batch, ConnState::Sse(_)) => self.mark_dirty(key, gen),
             (TimerKind::Write, _) => self.write_due(key, gen, now),
@@ -91,7 +94,9 @@ impl Worker {
         }
     }
 
-    /// `: ping` when the stream has been quiet for a heartbeat period.
+    /// Every heartbeat period, `: ping` unless bytes are queued anyway.
+    /// The entry that fired is the stream's only heartbeat entry (armed
+    /// at its start, re-armed here), so the next one counts from now.
     fn sse_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
         let heartbeat = self.shared.config.sse.heartbeat_ms;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -100,32 +105,34 @@ impl Worker {
         let ConnState::Sse(sse) = &mut conn.state else {
             return;
         };
-        if now >= sse.next_ping_ms {
-            sse.next_ping_ms = now + heartbeat;
-            if conn.queue.is_empty() {
-                let ping = sse.control(sse::PING);
-                conn.queue.push_control(ping);
-                self.mark_dirty(key, gen);
-            }
+        if conn.queue.is_empty() {
+            // A plain stream's ping is the static bytes: no allocation
+            // beyond the queue's ring, every heartbeat of every stream.
+            let ping = match sse.is_gzip() {
+                false => Bytes::from_static(sse::PING),
+                true => sse.control(sse::PING),
+            };
+            conn.queue.push_control(ping);
+            self.mark_dirty(key, gen);
         }
-        let Some(ConnState::Sse(sse)) = self.conns.get(key).map(|c| &c.state) else {
-            return;
-        };
-        let at = sse.next_ping_ms;
-        self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+        self.timers
+            .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
     }
 
     /// Arms the write deadline of a connection whose writes just stalled.
-    pub(super) fn arm_write(&mut self, key: usize) {
+    pub(super) fn arm_write(&mut self, key: usize, now: u64) {
         let timeout = self.shared.config.limits.write_timeout_ms;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.write_armed || conn.stalled_since_ms == 0 {
+        let Some(stalled_for) = conn.queue.stalled_since().since(now) else {
+            return;
+        };
+        if conn.flags.has(Flag::WriteArmed) {
             return;
         }
-        conn.write_armed = true;
-        let at = conn.stalled_since_ms + timeout;
+        conn.flags.set(Flag::WriteArmed, true);
+        let at = now + timeout.saturating_sub(stalled_for);
         self.timers.schedule(at, key, conn.gen, TimerKind::Write);
     }
 
@@ -136,13 +143,12 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.gen == gen) else {
             return;
         };
-        conn.write_armed = false;
-        let since = conn.stalled_since_ms;
-        if since == 0 {
+        conn.flags.set(Flag::WriteArmed, false);
+        let Some(stalled_for) = conn.queue.stalled_since().since(now) else {
             return;
-        }
-        if now < since + timeout {
-            return self.arm_write(key);
+        };
+        if stalled_for < timeout {
+            return self.arm_write(key, now);
         }
         let (peer, queued) = (conn.peer, conn.queue.len_bytes());
         WorkerStats::add(&self.stats().write_timeouts, 1);

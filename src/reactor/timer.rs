@@ -14,8 +14,10 @@ pub enum TimerKind {
     /// A request (head and body), or the next request on a keep-alive
     /// connection, must have arrived.
     Request,
-    /// SSE heartbeat.
+    /// SSE heartbeat; a WebSocket's idle and message deadlines.
     Heartbeat,
+    /// A WebSocket's ping is due.
+    Ping,
     /// A closing connection gets this long to take its last bytes.
     Linger,
     /// An SSE batch window closes: write what it collected.
@@ -101,6 +103,13 @@ impl TimerWheel {
             Some(pos) => {
                 slot.remove(pos);
                 self.len -= 1;
+                // A request timer is cancelled milliseconds after it was
+                // armed, so its bucket often empties long before it comes
+                // due: give the memory back now, not when it fires (an
+                // idle stream would otherwise keep ~20 B of empty bucket).
+                if slot.is_empty() {
+                    *slot = Vec::new();
+                }
                 true
             }
             None => false,
@@ -132,8 +141,11 @@ impl TimerWheel {
             });
             self.len -= before - slot.len();
             // A burst of connections grows a bucket; give the memory back,
-            // or every bucket keeps the largest burst it ever saw.
-            if slot.capacity() > 32 && slot.len() < slot.capacity() / 4 {
+            // or every bucket keeps the largest burst it ever saw (and a
+            // wheel whose entries have moved on, all 4,096 buckets).
+            if slot.is_empty() {
+                *slot = Vec::new();
+            } else if slot.capacity() > 32 && slot.len() < slot.capacity() / 4 {
                 slot.shrink_to(slot.len().max(8));
             }
         }
@@ -231,9 +243,22 @@ mod tests {
         w.expire(10, &mut out);
         assert_eq!(out.len(), 10_000);
         assert!(
-            w.slots.iter().all(|s| s.capacity() <= 8),
+            w.slots.iter().all(|s| s.capacity() == 0),
             "bucket memory returned"
         );
+    }
+
+    #[test]
+    fn a_bucket_emptied_by_cancels_gives_its_memory_back() {
+        let mut w = TimerWheel::new(4, 10);
+        for k in 0..100 {
+            w.schedule(10, k, 0, TimerKind::Request);
+        }
+        for k in 0..100 {
+            assert!(w.cancel(10, k, 0, TimerKind::Request));
+        }
+        assert!(w.is_empty());
+        assert!(w.slots.iter().all(|s| s.capacity() == 0));
     }
 
     #[test]

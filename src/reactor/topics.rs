@@ -5,7 +5,8 @@
 //! channel. One key is kept inline; a second turns it into a set, and the
 //! set turns back into one key when it shrinks to one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// Slab keys as `u32`: a reactor's slab stays far below.
 #[derive(Debug)]
@@ -56,6 +57,14 @@ impl Subscribers {
             .chain(many.into_iter().flatten())
             .map(|k| k as usize)
     }
+}
+
+/// The reactor's own copy of a channel's name when a local subscriber
+/// already holds one (the key of its topic entry): every `Sub` of a
+/// channel then shares one allocation instead of each keeping the one its
+/// request parsed (32 B per subscriber).
+pub fn shared_name(topics: &HashMap<Arc<str>, Subscribers>, name: &str) -> Option<Arc<str>> {
+    topics.get_key_value(name).map(|(key, _)| key.clone())
 }
 
 #[cfg(test)]

@@ -8,13 +8,14 @@
 use std::sync::Arc;
 
 use super::timer::TimerKind;
+use super::topics::shared_name;
 use super::{release_slot, Closed, Worker, READ_BUDGET};
 use crate::api::ws::{
     error_frame, parse, pong_frame, subscribed_frame, unsubscribed_frame, CommandError, WsRequest,
 };
 use crate::api::Upgrade;
 use crate::conn::io::{self, IoStatus};
-use crate::conn::{ConnState, Delivery, Phase, SlotKind, Sub, Ws};
+use crate::conn::{ConnState, Delivery, Phase, SlotKind, Stamp, Sub, Subs, Ws};
 use crate::hub::ids::Format;
 use crate::hub::NotReady;
 use crate::limits::Bucket;
@@ -34,20 +35,19 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let gen = conn.gen;
+        let (gen, first_ping) = (conn.gen, next_ping(conn.opened, now, ping_ms));
         let http_slot = conn.ip_slot.replace((SlotKind::Ws, up.ip_slot));
         release_slot(&self.shared.access, http_slot);
         conn.queue.push_control(Bytes::from(up.response));
         let ws = Ws {
-            channels: Vec::new(),
+            channels: Subs::default(),
             delivery: Delivery::default(),
             rx: None,
             agreement: up.deflate,
             echo: up.echo,
             batch: up.batch,
-            last_seen_ms: now,
+            last_seen: Stamp::at(now),
             commands: Bucket::default(),
-            next_ping_ms: now + ping_ms,
             extra: None,
         };
         let mut ws = Box::new(ws);
@@ -57,8 +57,7 @@ impl Worker {
         let old = std::mem::replace(&mut conn.state, ConnState::Ws(ws));
         self.moved(old.phase(), Phase::Ws);
         self.cancel_request_timer(key, gen, &old);
-        self.timers
-            .schedule(now + ping_ms, key, gen, TimerKind::Heartbeat);
+        self.timers.schedule(first_ping, key, gen, TimerKind::Ping);
         self.install_token(key, up.grant, now);
         self.mark_dirty(key, gen);
         self.decode_ws(key, now);
@@ -86,7 +85,7 @@ impl Worker {
             let got = rbuf.len() - before;
             budget -= got;
             if got > 0 {
-                ws.last_seen_ms = now;
+                ws.last_seen = Stamp::at(now);
             }
             self.decode_ws(key, now);
             let still_ws = matches!(
@@ -311,7 +310,7 @@ impl Worker {
                 format!("at most {max} subscriptions per connection"),
             ));
         }
-        let ch: Arc<str> = Arc::from(channel.as_str());
+        let ch = shared_name(&self.topics, &channel).unwrap_or_else(|| Arc::from(channel.as_str()));
         self.charge_new_channel(key, &ch)?;
         let snap = match self.attach(key, gen, std::slice::from_ref(&ch), since) {
             Ok(snap) => snap,
@@ -334,9 +333,6 @@ impl Worker {
         self.push_control(key, subscribed_frame(&channel));
         if let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) {
             let live_from = snap.live_from.first().copied().unwrap_or(0);
-            // Exactly one more slot: most clients hold one or two channels,
-            // and a first push would reserve four (96 B) for good.
-            ws.channels.reserve_exact(1);
             ws.channels.push(Sub {
                 channel: ch.clone(),
                 live_from,
@@ -418,16 +414,22 @@ impl Worker {
         }
     }
 
-    /// Heartbeat timer: close a silent client, else ping on schedule.
-    pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64) {
+    /// Heartbeat timer (`ping`: the one armed for a ping): close a silent
+    /// client, else ping when due, and arm the next of the ping and the
+    /// idle deadline.
+    pub(super) fn ws_heartbeat(&mut self, key: usize, gen: u32, now: u64, ping: bool) {
         let cfg = &self.shared.config.ws;
         let (ping_ms, idle_ms, message_ms) =
             (cfg.ping_ms, cfg.idle_timeout_ms, cfg.message_timeout_ms);
-        let Some(ConnState::Ws(ws)) = self.conns.get_mut(key).map(|c| &mut c.state) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let idle_deadline = ws.last_seen_ms + idle_ms;
-        if now >= idle_deadline {
+        let opened = conn.opened;
+        let ConnState::Ws(ws) = &mut conn.state else {
+            return;
+        };
+        let silent_for = ws.last_seen.since(now).unwrap_or(0);
+        if silent_for >= idle_ms {
             return self.close_ws(key, close_code::GOING_AWAY, "idle timeout", now);
         }
         // Pings keep a connection alive, not a message that never ends.
@@ -436,20 +438,20 @@ impl Worker {
             let reason = "message not completed in time";
             return self.close_ws(key, close_code::POLICY, reason, now);
         }
-        let mut ping = false;
-        if now >= ws.next_ping_ms {
-            ws.next_ping_ms = now + ping_ms;
-            ping = true;
-        }
-        let at = ws.next_ping_ms.min(idle_deadline);
+        let (idle_deadline, next) = (now + idle_ms - silent_for, next_ping(opened, now, ping_ms));
         let waiting = !ws.waiting().is_empty();
-        self.timers.schedule(at, key, gen, TimerKind::Heartbeat);
+        match next <= idle_deadline {
+            true => self.timers.schedule(next, key, gen, TimerKind::Ping),
+            false => self
+                .timers
+                .schedule(idle_deadline, key, gen, TimerKind::Heartbeat),
+        }
         if waiting {
             // In case a wake-up was lost to a full inbox.
             self.ws_retry(key);
         }
         if ping {
-            self.push_control(key, Bytes::from(ws::ping(b"")));
+            self.push_control(key, Bytes::from_static(EMPTY_PING));
         }
     }
 
@@ -457,5 +459,35 @@ impl Worker {
     pub(super) fn close_ws(&mut self, key: usize, code: u16, reason: &str, now: u64) {
         let frame = Bytes::from(ws::close_frame(code, reason));
         self.close_gracefully(key, Some(frame), true, now);
+    }
+}
+
+/// A ping frame with no payload (`ws::ping(b"")`), as static bytes: a
+/// ping allocates nothing beyond the queue's ring.
+const EMPTY_PING: &[u8] = &[0x89, 0x00];
+
+/// The first ping time after `now`: pings go out every `ping_ms` from the
+/// connection's accept (a timer late by less than a period still pings
+/// once, then keeps the phase).
+fn next_ping(opened: Stamp, now: u64, ping_ms: u64) -> u64 {
+    let age = opened.since(now).unwrap_or(0);
+    now + ping_ms - age % ping_ms.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_static_ping_is_an_empty_ping_frame() {
+        assert_eq!(EMPTY_PING, &ws::ping(b"")[..]);
+    }
+
+    #[test]
+    fn pings_keep_the_phase_of_the_accept() {
+        let opened = Stamp::at(1_000);
+        assert_eq!(next_ping(opened, 1_003, 20_000), 21_000);
+        assert_eq!(next_ping(opened, 21_000, 20_000), 41_000);
+        assert_eq!(next_ping(opened, 21_040, 20_000), 41_000, "a late timer");
     }
 }
