@@ -23,6 +23,7 @@ use crate::mailbox::{ConnRef, Outbox};
 use dedupe::Dedupe;
 use history::{Delta, History, HistoryLimits};
 
+pub mod cursor;
 pub mod dedupe;
 pub mod history;
 pub mod ids;
