@@ -263,6 +263,29 @@ pub struct HubFigures {
     pub dedupe_keys: usize,
 }
 
+/// Where a subscription resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// No cursor: live from now on.
+    Fresh,
+    /// After this id, on every channel (`0`: all the history there is).
+    At(u64),
+    /// After its own position on each channel, in the order subscribed
+    /// (0: all the history there is).
+    Each(Box<[u64]>),
+}
+
+impl Resume {
+    /// The cursor of the `i`th channel subscribed.
+    pub fn of(&self, i: usize) -> Option<u64> {
+        match self {
+            Resume::Fresh => None,
+            Resume::At(id) => Some(*id),
+            Resume::Each(each) => Some(each.get(i).copied().unwrap_or(0)),
+        }
+    }
+}
+
 /// A subscription's starting point.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -352,6 +375,21 @@ impl Hub {
         channels: &[Arc<str>],
         cursor: Option<u64>,
     ) -> Result<Snapshot, NotReady> {
+        let resume = match cursor {
+            Some(id) => Resume::At(id),
+            None => Resume::Fresh,
+        };
+        self.subscribe_from(conn, channels, &resume)
+    }
+
+    /// [`Hub::subscribe`] with a resume point per channel (a composite
+    /// cursor of Redis Cluster mode, in the order of `channels`).
+    pub fn subscribe_from(
+        &self,
+        conn: ConnRef,
+        channels: &[Arc<str>],
+        resume: &Resume,
+    ) -> Result<Snapshot, NotReady> {
         let mut inner = self.lock();
         if self.config.redis {
             self.wait_for_sync(&mut inner, channels, conn)?;
@@ -359,7 +397,8 @@ impl Hub {
         let reactor = conn.reactor;
         let mut snap = Snapshot::default();
         let (forgotten_to, last_id) = (inner.forgotten_to, inner.next_id.saturating_sub(1));
-        for name in channels {
+        for (i, name) in channels.iter().enumerate() {
+            let cursor = resume.of(i);
             let known = inner.channels.contains_key(name);
             let market = name.starts_with(MARKET_PREFIX);
             if market {
