@@ -6,6 +6,7 @@
 //! read them. State changes go through `mem::replace`, so a failed step
 //! cannot leave a half-moved connection.
 
+pub mod composite;
 pub mod io;
 pub mod queue;
 
@@ -22,6 +23,7 @@ use crate::proto::deflate::{Agreement, WindowBits};
 use crate::proto::gzip::{self, Trail};
 use crate::proto::ws::Reassembler;
 use crate::tokens::Grant;
+use composite::Composite;
 use io::IoStatus;
 use queue::{Flushed, Pushed, QueueLimits, WriteQueue};
 
@@ -164,6 +166,9 @@ pub struct SseExtra {
     hold_until: Option<u64>,
     /// Token mode: the stream's token.
     token: Option<Authorized>,
+    /// Redis Cluster mode, several channels: the composite cursor
+    /// (`channels` are then in canonical order).
+    composite: Option<Box<Composite>>,
 }
 
 impl Sse {
@@ -225,6 +230,33 @@ impl Sse {
         self.extra_mut().token = Some(token);
     }
 
+    /// Gives the stream a composite cursor (its channels must be in
+    /// canonical order).
+    pub fn set_composite(&mut self, composite: Composite) {
+        self.extra_mut().composite = Some(Box::new(composite));
+    }
+
+    /// A stream whose events carry a composite cursor.
+    pub fn is_composite(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.composite.is_some())
+    }
+
+    /// The composite cursor as it stands (every event queued counted).
+    pub fn composite_text(&self) -> Option<String> {
+        let composite = self.extra.as_ref()?.composite.as_ref()?;
+        Some(composite.text())
+    }
+
+    /// The composite cursor and the index of `channel` in it.
+    fn composite_of(&mut self, channel: &str) -> Option<(&mut Composite, usize)> {
+        let composite = self.extra.as_mut()?.composite.as_deref_mut()?;
+        let index = self
+            .channels
+            .binary_search_by(|s| (*s.channel).cmp(channel))
+            .ok()?;
+        Some((composite, index))
+    }
+
     /// A control chunk (retry, ping, reset) in this stream's encoding.
     pub fn control(&mut self, raw: &[u8]) -> Bytes {
         match self.trail() {
@@ -250,18 +282,33 @@ impl Sse {
     }
 
     /// An event in this stream's encoding; the caller records it with
-    /// [`Sse::sent`] once it is queued.
-    pub fn event(&self, ev: &Event, gzip_compressions: &AtomicU64) -> Bytes {
+    /// [`Sse::sent`] once it is queued (or [`Sse::missed`] when dropped).
+    /// A composite-cursor stream writes its own `id:` line (never gzip).
+    pub fn event(&mut self, ev: &Event, gzip_compressions: &AtomicU64) -> Bytes {
+        if let Some((composite, index)) = self.composite_of(&ev.channel) {
+            return composite.event(index, ev.id, &ev.sse);
+        }
         match self.is_gzip() {
             false => ev.sse.clone(),
             true => ev.sse_gzip(gzip_compressions),
         }
     }
 
-    /// Counts a queued event into the gzip trailer.
+    /// Counts a queued event into the gzip trailer or the composite cursor.
     pub fn sent(&mut self, ev: &Event) {
+        if let Some((composite, index)) = self.composite_of(&ev.channel) {
+            return composite.queued(index, ev.id);
+        }
         if let Some(trail) = self.trail() {
             trail.update(&ev.sse);
+        }
+    }
+
+    /// An event was dropped (full queue): a composite cursor holds its
+    /// channel where it was.
+    pub fn missed(&mut self, ev: &Event) {
+        if let Some((composite, index)) = self.composite_of(&ev.channel) {
+            composite.dropped(index);
         }
     }
 }
@@ -455,10 +502,18 @@ impl ConnState {
         }
     }
 
-    /// Counts a queued event into a gzip stream's trailer.
+    /// Counts a queued event into a gzip stream's trailer or its
+    /// composite cursor.
     pub fn sent(&mut self, ev: &Event) {
         if let ConnState::Sse(sse) = self {
             sse.sent(ev);
+        }
+    }
+
+    /// A data event was dropped for this connection (its queue was full).
+    pub fn missed(&mut self, ev: &Event) {
+        if let ConnState::Sse(sse) = self {
+            sse.missed(ev);
         }
     }
 

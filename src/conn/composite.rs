@@ -1,0 +1,155 @@
+//! The per-stream state of a composite-cursor SSE stream (Redis Cluster
+//! mode, several channels): each channel's position, and the `id:` line
+//! of every event written for this stream alone.
+//!
+//! Invariants:
+//! - A position moves when an event of its channel is queued, never
+//!   when one is dropped: after a drop on a channel (a full queue) that
+//!   channel's position stays where it was before the gap, so every later
+//!   `id:` is a resume point that loses nothing (the client gets that
+//!   channel's later events again, as with a plain id after a gap).
+//! - Events are written into a per-stream arena ([`BytesMut`]) and split
+//!   off as shared [`Bytes`]: a delivery allocates only when the arena is
+//!   used up and its earlier frames are still queued; once they are
+//!   written the arena's memory is reused in place.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::hub::cursor;
+
+/// Bytes the arena takes at a time.
+const ARENA_CHUNK: usize = 4096;
+
+/// What a composite-cursor stream knows about its channels.
+#[derive(Debug)]
+pub struct Composite {
+    /// Tag of the channel set ([`cursor::tag`]).
+    tag: u32,
+    /// Per channel (canonical order): the last id queued; 0: none yet.
+    positions: Box<[u64]>,
+    /// Per channel: an event was dropped, so the position stays.
+    gap: Box<[bool]>,
+    arena: BytesMut,
+}
+
+impl Composite {
+    /// A stream over a channel set `tag` starting at `positions`.
+    pub fn new(tag: u32, positions: Box<[u64]>) -> Composite {
+        Composite {
+            tag,
+            gap: vec![false; positions.len()].into_boxed_slice(),
+            positions,
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// The cursor as it stands: every event queued counted.
+    pub fn text(&self) -> String {
+        cursor::text(self.tag, &self.positions)
+    }
+
+    /// `sse` (a complete shared SSE event, `id:` line first) with its
+    /// `id:` replaced by the cursor after event `id` of channel `index`.
+    pub fn event(&mut self, index: usize, id: u64, sse: &[u8]) -> Bytes {
+        let body = match sse.iter().position(|b| *b == b'\n') {
+            Some(nl) if sse.starts_with(b"id: ") => &sse[nl + 1..],
+            _ => sse,
+        };
+        let need = 5 + cursor::max_len(self.positions.len()) + body.len();
+        if self.arena.capacity() < need {
+            self.arena.reserve(need.max(ARENA_CHUNK));
+        }
+        let Composite {
+            tag,
+            positions,
+            gap,
+            arena,
+        } = self;
+        // The channel of this event moves to it, unless a gap holds it.
+        let moved = !gap.get(index).copied().unwrap_or(true);
+        let position = |i: usize| match i == index && moved {
+            true => id,
+            false => positions[i],
+        };
+        arena.put_slice(b"id: ");
+        cursor::write(arena, *tag, positions.len(), position);
+        arena.put_u8(b'\n');
+        arena.put_slice(body);
+        arena.split().freeze()
+    }
+
+    /// An event `id` of channel `index` was queued.
+    pub fn queued(&mut self, index: usize, id: u64) {
+        if let (Some(p), Some(false)) = (self.positions.get_mut(index), self.gap.get(index)) {
+            *p = id;
+        }
+    }
+
+    /// An event of channel `index` was dropped: its position stays.
+    pub fn dropped(&mut self, index: usize) {
+        if let Some(g) = self.gap.get_mut(index) {
+            *g = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::hub::ids::parse_stream;
+
+    fn id(s: &str) -> u64 {
+        parse_stream(s).expect("id")
+    }
+
+    fn id_line(b: &Bytes) -> String {
+        let text = std::str::from_utf8(b).expect("utf-8");
+        let line = text.lines().next().expect("a line");
+        line.strip_prefix("id: ").expect("id:").to_string()
+    }
+
+    #[test]
+    fn each_event_carries_every_position_after_it_and_a_gap_holds_its_channel() {
+        let chans: Vec<Arc<str>> = vec![Arc::from("a"), Arc::from("b")];
+        let tag = cursor::tag(&chans);
+        let mut c = Composite::new(tag, vec![id("5-0"), 0].into());
+        let sse = b"id: 9-0\nevent: message\ndata: {}\n\n";
+        let ev = c.event(1, id("9-0"), sse);
+        assert!(ev.ends_with(b"\nevent: message\ndata: {}\n\n"));
+        let at = |s: &Bytes| cursor::parse(&id_line(s), &chans).expect("cursor");
+        assert_eq!(&*at(&ev), &[id("5-0"), id("9-0")]);
+        assert_eq!(
+            c.text(),
+            cursor::text(tag, &[id("5-0"), 0]),
+            "not queued yet"
+        );
+        c.queued(1, id("9-0"));
+        // a: 6-0 dropped; 7-0 queued after it; the cursor keeps a at 5-0.
+        c.dropped(0);
+        let ev = c.event(0, id("7-0"), sse);
+        assert_eq!(&*at(&ev), &[id("5-0"), id("9-0")]);
+        c.queued(0, id("7-0"));
+        let ev = c.event(1, id("10-1"), sse);
+        assert_eq!(&*at(&ev), &[id("5-0"), id("10-1")]);
+        c.queued(1, id("10-1"));
+        assert_eq!(c.text(), cursor::text(tag, &[id("5-0"), id("10-1")]));
+    }
+
+    #[test]
+    fn the_arena_is_reused_once_its_frames_are_written() {
+        let mut c = Composite::new(1, vec![0, 0].into());
+        let sse = b"id: 1-0\nevent: message\ndata: {\"x\":1}\n\n";
+        let first = c.event(0, id("1-0"), sse);
+        let start = first.as_ptr();
+        drop(first);
+        for _ in 0..1_000 {
+            let ev = c.event(0, id("1-0"), sse);
+            assert!(ev.len() < 64);
+        }
+        let again = c.event(0, id("1-0"), sse);
+        let arena = start as usize..start as usize + ARENA_CHUNK;
+        assert!(arena.contains(&(again.as_ptr() as usize)), "same memory");
+    }
+}
