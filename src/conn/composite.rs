@@ -11,7 +11,8 @@
 //! - Events are written into a per-stream arena ([`BytesMut`]) and split
 //!   off as shared [`Bytes`]: a delivery allocates only when the arena is
 //!   used up and its earlier frames are still queued; once they are
-//!   written the arena's memory is reused in place.
+//!   written the arena's memory is reused in place. A stream whose queue
+//!   is released (idle) releases its arena too.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -76,6 +77,13 @@ impl Composite {
         arena.put_u8(b'\n');
         arena.put_slice(body);
         arena.split().freeze()
+    }
+
+    /// Gives the arena back (its memory goes once the frames cut from it
+    /// are written): an idle stream holds none; the next event takes a
+    /// fresh chunk.
+    pub fn release(&mut self) {
+        self.arena = BytesMut::new();
     }
 
     /// An event `id` of channel `index` was queued.
@@ -151,5 +159,11 @@ mod tests {
         let again = c.event(0, id("1-0"), sse);
         let arena = start as usize..start as usize + ARENA_CHUNK;
         assert!(arena.contains(&(again.as_ptr() as usize)), "same memory");
+        // Released while a frame is still queued: that frame stays whole.
+        c.release();
+        assert_eq!(c.arena.capacity(), 0);
+        let next = c.event(1, id("2-0"), sse);
+        assert!(again.starts_with(b"id: c1") && next.starts_with(b"id: c1"));
+        assert!(again.ends_with(b"data: {\"x\":1}\n\n"));
     }
 }

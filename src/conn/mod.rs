@@ -517,6 +517,17 @@ impl ConnState {
         }
     }
 
+    /// The write queue was released (idle): a composite-cursor stream
+    /// gives its arena back too.
+    pub fn release_buffers(&mut self) {
+        let ConnState::Sse(sse) = self else {
+            return;
+        };
+        if let Some(composite) = sse.extra.as_mut().and_then(|x| x.composite.as_mut()) {
+            composite.release();
+        }
+    }
+
     /// The channels of a subscriber connection.
     pub fn subs(&self) -> &[Sub] {
         match self {

@@ -219,6 +219,9 @@ impl Worker {
         let done = conn.flush(FLUSH_BUDGET);
         if cold || done.events == 0 {
             conn.queue.release();
+            if conn.queue.is_empty() {
+                conn.state.release_buffers();
+            }
         }
         // The write deadline counts from the last write that moved bytes
         // and then blocked; a write that does not block ends the stall.
