@@ -10,16 +10,22 @@
 //!   channel's later events again, as with a plain id after a gap).
 //! - Events are written into a per-stream arena ([`BytesMut`]) and split
 //!   off as shared [`Bytes`]: a delivery allocates only when the arena is
-//!   used up and its earlier frames are still queued; once they are
-//!   written the arena's memory is reused in place. A stream whose queue
+//!   used up while frames cut from it are still queued (then the next
+//!   chunk is twice as large, up to 32 KiB); once they are written the
+//!   arena's memory is reclaimed in place. A stream whose queue
 //!   is released (idle) releases its arena too.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::hub::cursor;
 
-/// Bytes the arena takes at a time.
+/// Bytes the arena takes at a time, at first and after going idle.
 const ARENA_CHUNK: usize = 4096;
+/// The most it takes at a time: each time a chunk is used up while its
+/// frames are still queued (a burst larger than the chunk), the next one
+/// is twice as large, so a steady burst size ends up fitting in one chunk
+/// that is reclaimed in place.
+const MAX_ARENA_CHUNK: usize = 32 * 1024;
 
 /// What a composite-cursor stream knows about its channels.
 #[derive(Debug)]
@@ -31,6 +37,8 @@ pub struct Composite {
     /// Per channel: an event was dropped, so the position stays.
     gap: Box<[bool]>,
     arena: BytesMut,
+    /// Size of the chunk the arena holds; 0: none.
+    chunk: usize,
 }
 
 impl Composite {
@@ -41,6 +49,7 @@ impl Composite {
             gap: vec![false; positions.len()].into_boxed_slice(),
             positions,
             arena: BytesMut::new(),
+            chunk: 0,
         }
     }
 
@@ -57,14 +66,24 @@ impl Composite {
             _ => sse,
         };
         let need = 5 + cursor::max_len(self.positions.len()) + body.len();
-        if self.arena.capacity() < need {
-            self.arena.reserve(need.max(ARENA_CHUNK));
+        // Back to the chunk's start once every frame cut from it is
+        // written (tried while less than half is left, so a burst that
+        // follows a written one starts at the beginning).
+        let low = self.arena.capacity() < need.max(self.chunk / 2);
+        let reclaimed = low && self.arena.try_reclaim(need.max(self.chunk));
+        if !reclaimed && self.arena.capacity() < need {
+            self.chunk = match self.chunk {
+                0 => ARENA_CHUNK,
+                held => (held * 2).min(MAX_ARENA_CHUNK),
+            };
+            self.arena = BytesMut::with_capacity(need.max(self.chunk));
         }
         let Composite {
             tag,
             positions,
             gap,
             arena,
+            ..
         } = self;
         // The channel of this event moves to it, unless a gap holds it.
         let moved = !gap.get(index).copied().unwrap_or(true);
@@ -84,6 +103,7 @@ impl Composite {
     /// fresh chunk.
     pub fn release(&mut self) {
         self.arena = BytesMut::new();
+        self.chunk = 0;
     }
 
     /// An event `id` of channel `index` was queued.
@@ -143,6 +163,22 @@ mod tests {
         assert_eq!(&*at(&ev), &[id("5-0"), id("10-1")]);
         c.queued(1, id("10-1"));
         assert_eq!(c.text(), cursor::text(tag, &[id("5-0"), id("10-1")]));
+    }
+
+    #[test]
+    fn bursts_that_are_written_between_them_settle_in_one_chunk() {
+        let mut c = Composite::new(1, vec![0, 0].into());
+        let sse = format!("id: 1-0\nevent: message\ndata: {}\n\n", "x".repeat(200));
+        let mut starts = Vec::new();
+        for _ in 0..10 {
+            let burst: Vec<Bytes> = (0..50)
+                .map(|_| c.event(0, id("1-0"), sse.as_bytes()))
+                .collect();
+            starts.push(burst[0].as_ptr() as usize);
+            // Written: every frame of the burst goes.
+        }
+        assert!(c.chunk <= MAX_ARENA_CHUNK && c.chunk > ARENA_CHUNK, "grew");
+        assert!(starts[4..].windows(2).all(|w| w[0] == w[1]), "one chunk");
     }
 
     #[test]
