@@ -4,7 +4,9 @@
 //! Invariants:
 //! - Ids come from one counter under the hub lock, so they increase per
 //!   channel and across channels; one id is therefore a cursor for every
-//!   channel of a multi-channel stream.
+//!   channel of a multi-channel stream. (Redis Cluster mode: ids increase
+//!   per channel only, so such a stream resumes from a position per
+//!   channel, [`Resume::Each`], read from a [`cursor`].)
 //! - An event is encoded once, under the lock that gives it its id, and the
 //!   same `Arc<Event>` is handed to every reactor with subscribers, in id
 //!   order (the handoff happens under the lock too).
