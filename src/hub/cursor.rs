@@ -204,7 +204,7 @@ fn read_position(s: &str, base: u64) -> Result<u64, CursorError> {
 }
 
 /// Reads a cursor for the stream over `channels` (canonical order): the
-/// position of each, 0 for none. Strict: only text [`write`] produces.
+/// position of each, 0 for none. Strict: only text [`write()`] produces.
 pub fn parse(text: &str, channels: &[Arc<str>]) -> Result<Box<[u64]>, CursorError> {
     let max = max_len(channels.len());
     let Some(rest) = text.strip_prefix(PREFIX) else {
