@@ -79,20 +79,64 @@ fn from_each(published: &Published, k: &HashMap<String, usize>) -> Published {
         .collect()
 }
 
+/// Two nodes on one cluster, and the stream every step opens: channels
+/// on every shard, in the order the client names them and in the
+/// stream's canonical (sorted) order.
+struct Setup {
+    nodes: [Server; 2],
+    names: Vec<String>,
+    canonical: Vec<Arc<str>>,
+    path: String,
+}
+
+impl Setup {
+    fn new(cluster: &[RedisServer]) -> Setup {
+        let names = channels_on_every_shard(&cluster[0]);
+        let mut canonical: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
+        canonical.sort();
+        Setup {
+            nodes: [cluster_node(&cluster[..2]), cluster_node(&cluster[3..])],
+            path: format!("/api/stream?channels={}", names.join(",")),
+            names,
+            canonical,
+        }
+    }
+
+    fn addrs(&self) -> [std::net::SocketAddr; 2] {
+        [self.nodes[0].addr, self.nodes[1].addr]
+    }
+
+    /// The stream on node `n`, resuming from `cursor`.
+    fn open(&self, n: usize, cursor: Option<&str>) -> SseClient {
+        let header = cursor.map(|c| format!("Last-Event-ID: {c}"));
+        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
+        let c = SseClient::open(self.nodes[n].addr, &self.path, &headers);
+        assert_eq!(c.status, 200, "{}", c.head);
+        c
+    }
+}
+
 #[test]
 fn one_sse_stream_over_every_shard_resumes_on_another_node_from_its_composite_id() {
     let cluster = start_cluster();
-    let names = channels_on_every_shard(&cluster[0]);
-    let a = cluster_node(&cluster[..2]);
-    let b = cluster_node(&cluster[3..]);
-    let mut canonical: Vec<Arc<str>> = names.iter().map(|n| Arc::from(n.as_str())).collect();
-    canonical.sort();
-    let mut c = SseClient::connect(a.addr, &names.join(","));
-    assert_eq!(c.status, 200, "{}", c.head);
+    let s = Setup::new(&cluster);
     let mut published = Published::new();
-    publish_alternately([a.addr, b.addr], &names, 0..600, &mut published);
-    // Read half: the rest is delivered (or queued) but never read.
-    let (got, cursor) = read_composed(&mut c, &canonical, &vec![0; names.len()], 300);
+    let (read, cursor) = read_half(&s, &mut published);
+    hop(&s, &mut published, &read, &cursor);
+    reset_one_channel(&s, &published);
+    refuse_bad_cursors(&s, &published, &cursor);
+    drop(cluster);
+}
+
+/// 600 events published alternately on both nodes reach the stream on
+/// node A once and in order per channel; it reads 300 and leaves the
+/// rest delivered (or queued) but unread. How many it read per channel,
+/// and its last `id:`.
+fn read_half(s: &Setup, published: &mut Published) -> (HashMap<String, usize>, String) {
+    let mut c = s.open(0, None);
+    publish_alternately(s.addrs(), &s.names, 0..600, published);
+    let start = vec![0; s.names.len()];
+    let (got, cursor) = read_composed(&mut c, &s.canonical, &start, 300);
     let read: HashMap<String, usize> = got.iter().map(|(ch, e)| (ch.clone(), e.len())).collect();
     let first: Published = published
         .iter()
@@ -110,71 +154,67 @@ fn one_sse_stream_over_every_shard_resumes_on_another_node_from_its_composite_id
     );
     println!(
         "one SSE stream over {} channels on 3 shards: {cursor:?} after 300 events",
-        names.len()
+        s.names.len()
     );
-    drop(c);
+    (read, cursor)
+}
 
-    // Hop to the other node with the last id while publishing goes on.
+/// The client hops to node B with its last id while 300 more events are
+/// published: it gets exactly what it had not read, once, in order per
+/// channel, and nothing more.
+fn hop(s: &Setup, published: &mut Published, read: &HashMap<String, usize>, cursor: &str) {
     let publisher = {
-        let names = names.clone();
-        let nodes = [a.addr, b.addr];
+        let (names, nodes) = (s.names.clone(), s.addrs());
         std::thread::spawn(move || {
             let mut more = Published::new();
             publish_alternately(nodes, &names, 600..900, &mut more);
             more
         })
     };
-    let header = format!("Last-Event-ID: {cursor}");
-    let path = format!("/api/stream?channels={}", names.join(","));
-    let mut c = SseClient::open(b.addr, &path, &[&header]);
-    assert_eq!(c.status, 200, "{}", c.head);
+    let mut c = s.open(1, Some(cursor));
     for (ch, evs) in publisher.join().expect("publisher") {
         published.entry(ch).or_default().extend(evs);
     }
-    let expect = from_each(&published, &read);
+    let expect = from_each(published, read);
     let total: usize = expect.values().map(Vec::len).sum();
-    let start = redix::hub::cursor::parse(&cursor, &canonical).expect("cursor");
-    let (got, _) = read_composed(&mut c, &canonical, &start, total);
+    let start = redix::hub::cursor::parse(cursor, &s.canonical).expect("cursor");
+    let (got, _) = read_composed(&mut c, &s.canonical, &start, total);
     assert_eq!(got, expect, "the SSE client that hopped nodes");
     // Nothing more than that: the next event is the next one published.
-    let marker = publish_stream_id(a.addr, &names[0], "-1");
-    let next = next_composed(&mut c, &canonical);
+    let marker = publish_stream_id(s.nodes[0].addr, &s.names[0], "-1");
+    let next = next_composed(&mut c, &s.canonical);
     assert_eq!((next.id, next.data), (marker.clone(), -1), "no event twice");
+    let first = published.entry(s.names[0].clone()).or_default();
+    first.push((marker, -1));
     println!("the SSE client hopped A -> B with one Last-Event-ID: {total} events, once, in order per channel");
-    published
-        .entry(names[0].clone())
-        .or_default()
-        .push((marker, -1));
+}
 
-    // One channel's position older than its history: a reset for that
-    // channel alone, then what its history holds; the others go on exactly.
-    let x = &names[0];
-    let mut positions: Vec<u64> = canonical
+/// One channel's position older than its history: a reset for that
+/// channel alone, then what its history holds; the others go on exactly.
+fn reset_one_channel(s: &Setup, published: &Published) {
+    let x = &s.names[0];
+    let mut positions: Vec<u64> = s
+        .canonical
         .iter()
         .map(|ch| stream_position(&published[&**ch].last().expect("events").0))
         .collect();
-    let xi = canonical.iter().position(|ch| **ch == **x).expect("x");
+    let xi = s.canonical.iter().position(|ch| **ch == **x).expect("x");
     positions[xi] = redix::hub::ids::pack(1, 0).expect("an old id");
-    let tag = redix::hub::cursor::tag(&canonical);
+    let tag = redix::hub::cursor::tag(&s.canonical);
     let old = redix::hub::cursor::text(tag, &positions);
-    let mut c = SseClient::open(a.addr, &path, &[&format!("Last-Event-ID: {old}")]);
-    assert_eq!(c.status, 200, "{}", c.head);
+    let mut c = s.open(0, Some(&old));
     let reset = c.next_message().expect("an event");
     assert_eq!(reset.event.as_deref(), Some("reset"), "{reset:?}");
     assert!(reset.id.is_none(), "a reset moves no position");
     let v: serde_json::Value = serde_json::from_str(&reset.data).expect("json");
     assert_eq!(v["channel"], x.as_str(), "{v}");
-    let marker = publish_stream_id(b.addr, &names[1], "-2");
+    let other = &s.names[1];
+    let marker = publish_stream_id(s.nodes[1].addr, other, "-2");
     let mut replayed = Vec::new();
     loop {
-        let ev = next_composed(&mut c, &canonical);
-        if ev.channel == names[1] {
-            assert_eq!(
-                (ev.id, ev.data),
-                (marker, -2),
-                "nothing else of {}",
-                names[1]
-            );
+        let ev = next_composed(&mut c, &s.canonical);
+        if ev.channel == *other {
+            assert_eq!((ev.id, ev.data), (marker, -2), "nothing else of {other}");
             break;
         }
         assert_eq!(&ev.channel, x, "only the reset channel replays");
@@ -191,36 +231,31 @@ fn one_sse_stream_over_every_shard_resumes_on_another_node_from_its_composite_id
         "a position older than the history: reset for {x} alone, then its last {} events",
         replayed.len()
     );
+}
 
-    // Cursors this stream cannot resume from: 400, saying why.
+/// Cursors this stream cannot resume from: 400 `bad_cursor`, saying why.
+fn refuse_bad_cursors(s: &Setup, published: &Published, cursor: &str) {
     let cursor_of = |names: &[&str]| {
         let mut set: Vec<Arc<str>> = names.iter().map(|n| Arc::from(*n)).collect();
         set.sort();
         redix::hub::cursor::text(redix::hub::cursor::tag(&set), &vec![0; set.len()])
     };
-    let other = cursor_of(&[&names[0], &names[1]]);
-    let mut swapped: Vec<&str> = names.iter().map(String::as_str).collect();
+    let other = cursor_of(&[&s.names[0], &s.names[1]]);
+    let mut swapped: Vec<&str> = s.names.iter().map(String::as_str).collect();
     swapped[0] = "cl-other";
     let swapped = cursor_of(&swapped);
+    let plain = published[&s.names[0]][0].0.clone();
     let cases = [
         (other, "holds 2 positions; this stream has 6 channels"),
         (swapped, "another set of channels"),
-        (
-            published[&names[0]][0].0.clone(),
-            "is not a composite cursor",
-        ),
+        (plain, "is not a composite cursor"),
         (format!("{cursor}!"), "character '!'"),
         (format!("{cursor}{}", "0".repeat(200)), "too long"),
-        (cursor.replacen(".", ".0", 2), "malformed position"),
+        (cursor.replacen('.', ".0", 2), "malformed position"),
     ];
     for (bad, why) in cases {
-        let (status, body) = request(
-            a.addr,
-            "GET",
-            &path,
-            &[&format!("Last-Event-ID: {bad}")],
-            "",
-        );
+        let header = format!("Last-Event-ID: {bad}");
+        let (status, body) = request(s.nodes[0].addr, "GET", &s.path, &[&header], "");
         assert_eq!(status, 400, "{bad}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         assert_eq!(v["error"]["code"], "bad_cursor", "{body}");
@@ -228,5 +263,4 @@ fn one_sse_stream_over_every_shard_resumes_on_another_node_from_its_composite_id
         assert!(message.contains(why), "{bad}: {message}");
     }
     println!("bad cursors: 400 bad_cursor, naming the problem");
-    drop(cluster);
 }
