@@ -17,6 +17,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::{ConnState, Sse};
+use crate::event::Event;
 use crate::hub::cursor;
 
 /// Bytes the arena takes at a time, at first and after going idle.
@@ -117,6 +119,64 @@ impl Composite {
     pub fn dropped(&mut self, index: usize) {
         if let Some(g) = self.gap.get_mut(index) {
             *g = true;
+        }
+    }
+}
+
+// The composite cursor of an SSE stream, where it has one.
+impl Sse {
+    /// Gives the stream a composite cursor (its channels must be in
+    /// canonical order).
+    pub fn set_composite(&mut self, composite: Composite) {
+        self.extra_mut().composite = Some(Box::new(composite));
+    }
+
+    /// A stream whose events carry a composite cursor.
+    pub fn is_composite(&self) -> bool {
+        self.extra.as_ref().is_some_and(|x| x.composite.is_some())
+    }
+
+    /// The composite cursor as it stands (every event queued counted).
+    pub fn composite_text(&self) -> Option<String> {
+        let composite = self.extra.as_ref()?.composite.as_ref()?;
+        Some(composite.text())
+    }
+
+    /// The composite cursor and the index of `channel` in it.
+    pub(super) fn composite_of(&mut self, channel: &str) -> Option<(&mut Composite, usize)> {
+        let composite = self.extra.as_mut()?.composite.as_deref_mut()?;
+        let index = self
+            .channels
+            .binary_search_by(|s| (*s.channel).cmp(channel))
+            .ok()?;
+        Some((composite, index))
+    }
+
+    /// An event was dropped (full queue): a composite cursor holds its
+    /// channel where it was.
+    pub fn missed(&mut self, ev: &Event) {
+        if let Some((composite, index)) = self.composite_of(&ev.channel) {
+            composite.dropped(index);
+        }
+    }
+}
+
+impl ConnState {
+    /// A data event was dropped for this connection (its queue was full).
+    pub fn missed(&mut self, ev: &Event) {
+        if let ConnState::Sse(sse) = self {
+            sse.missed(ev);
+        }
+    }
+
+    /// The write queue was released (idle): a composite-cursor stream
+    /// gives its arena back too.
+    pub fn release_buffers(&mut self) {
+        let ConnState::Sse(sse) = self else {
+            return;
+        };
+        if let Some(composite) = sse.extra.as_mut().and_then(|x| x.composite.as_mut()) {
+            composite.release();
         }
     }
 }

@@ -230,33 +230,6 @@ impl Sse {
         self.extra_mut().token = Some(token);
     }
 
-    /// Gives the stream a composite cursor (its channels must be in
-    /// canonical order).
-    pub fn set_composite(&mut self, composite: Composite) {
-        self.extra_mut().composite = Some(Box::new(composite));
-    }
-
-    /// A stream whose events carry a composite cursor.
-    pub fn is_composite(&self) -> bool {
-        self.extra.as_ref().is_some_and(|x| x.composite.is_some())
-    }
-
-    /// The composite cursor as it stands (every event queued counted).
-    pub fn composite_text(&self) -> Option<String> {
-        let composite = self.extra.as_ref()?.composite.as_ref()?;
-        Some(composite.text())
-    }
-
-    /// The composite cursor and the index of `channel` in it.
-    fn composite_of(&mut self, channel: &str) -> Option<(&mut Composite, usize)> {
-        let composite = self.extra.as_mut()?.composite.as_deref_mut()?;
-        let index = self
-            .channels
-            .binary_search_by(|s| (*s.channel).cmp(channel))
-            .ok()?;
-        Some((composite, index))
-    }
-
     /// A control chunk (retry, ping, reset) in this stream's encoding.
     pub fn control(&mut self, raw: &[u8]) -> Bytes {
         match self.trail() {
@@ -301,14 +274,6 @@ impl Sse {
         }
         if let Some(trail) = self.trail() {
             trail.update(&ev.sse);
-        }
-    }
-
-    /// An event was dropped (full queue): a composite cursor holds its
-    /// channel where it was.
-    pub fn missed(&mut self, ev: &Event) {
-        if let Some((composite, index)) = self.composite_of(&ev.channel) {
-            composite.dropped(index);
         }
     }
 }
@@ -507,24 +472,6 @@ impl ConnState {
     pub fn sent(&mut self, ev: &Event) {
         if let ConnState::Sse(sse) = self {
             sse.sent(ev);
-        }
-    }
-
-    /// A data event was dropped for this connection (its queue was full).
-    pub fn missed(&mut self, ev: &Event) {
-        if let ConnState::Sse(sse) = self {
-            sse.missed(ev);
-        }
-    }
-
-    /// The write queue was released (idle): a composite-cursor stream
-    /// gives its arena back too.
-    pub fn release_buffers(&mut self) {
-        let ConnState::Sse(sse) = self else {
-            return;
-        };
-        if let Some(composite) = sse.extra.as_mut().and_then(|x| x.composite.as_mut()) {
-            composite.release();
         }
     }
 

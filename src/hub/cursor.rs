@@ -27,6 +27,9 @@
 //! At most `8 + 14 × channels` bytes ([`max_len`]); 32 channels (the
 //! default `sse.max_channels`) fit in 456.
 //!
+//! Also here: [`Resume`], where a subscription resumes (one id, or a
+//! position per channel read from a composite cursor).
+//!
 //! No sockets and no clock: encoding writes into a caller's buffer.
 
 use std::fmt;
@@ -35,6 +38,29 @@ use std::sync::Arc;
 use bytes::BufMut;
 
 use super::ids::{MAX_MS, MAX_SEQ, SEQ_BITS};
+
+/// Where a subscription resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// No cursor: live from now on.
+    Fresh,
+    /// After this id, on every channel (`0`: all the history there is).
+    At(u64),
+    /// After its own position on each channel, in the order subscribed
+    /// (0: all the history there is).
+    Each(Box<[u64]>),
+}
+
+impl Resume {
+    /// The cursor of the `i`th channel subscribed.
+    pub fn of(&self, i: usize) -> Option<u64> {
+        match self {
+            Resume::Fresh => None,
+            Resume::At(id) => Some(*id),
+            Resume::Each(each) => Some(each.get(i).copied().unwrap_or(0)),
+        }
+    }
+}
 
 /// What starts every composite cursor: its format and version.
 pub const PREFIX: &str = "c1";

@@ -31,6 +31,7 @@ pub mod history;
 pub mod ids;
 mod remote;
 
+pub use cursor::Resume;
 use remote::SyncState;
 pub use remote::{compact_json, NotReady, Received, RemoteEvent};
 
@@ -263,29 +264,6 @@ pub struct HubFigures {
     pub history_events: usize,
     pub history_bytes: usize,
     pub dedupe_keys: usize,
-}
-
-/// Where a subscription resumes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resume {
-    /// No cursor: live from now on.
-    Fresh,
-    /// After this id, on every channel (`0`: all the history there is).
-    At(u64),
-    /// After its own position on each channel, in the order subscribed
-    /// (0: all the history there is).
-    Each(Box<[u64]>),
-}
-
-impl Resume {
-    /// The cursor of the `i`th channel subscribed.
-    pub fn of(&self, i: usize) -> Option<u64> {
-        match self {
-            Resume::Fresh => None,
-            Resume::At(id) => Some(*id),
-            Resume::Each(each) => Some(each.get(i).copied().unwrap_or(0)),
-        }
-    }
 }
 
 /// A subscription's starting point.
