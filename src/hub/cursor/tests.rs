@@ -55,6 +55,19 @@ fn the_written_text_is_the_documented_one() {
 }
 
 #[test]
+fn the_readme_example_is_what_redix_writes() {
+    let c = chans(&["a", "b", "c", "d", "e", "f"]);
+    let base = 1_796_142_634_071;
+    let p: Vec<u64> = [22, 21, 1, 3, 2, 0]
+        .iter()
+        .map(|behind| pack(base - behind, 0).unwrap())
+        .collect();
+    let text = text(tag(&c), &p);
+    assert_eq!(text, "c1vH_A.Q8oSPHN.M.L.1.3.2.0");
+    assert_eq!(parse(&text, &c).as_deref(), Ok(&p[..]));
+}
+
+#[test]
 fn the_largest_cursor_fits_max_len() {
     let c: Vec<Arc<str>> = (0..32).map(|i| Arc::from(format!("ch{i}"))).collect();
     let mut p = vec![pack(0, MAX_SEQ).unwrap(); 32];
