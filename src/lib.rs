@@ -17,6 +17,8 @@
 //!             │      └─► Msg::PublishReply to the reactor that asked
 //!             │   pub/sub thread: SUBSCRIBEs the hub's wanted channels ◄── reader thread
 //!             │      (socket → 64 MiB bounded chunk queue) ─► Hub.receive ─► reactors
+//!             │      (Redis Cluster: SSUBSCRIBEs each channel on its slot's master, one
+//!             │       link and reader thread per master; bridge/shards)
 //!             │
 //!  signals ───┴─► signal thread: SIGTERM drains (Health flag + wake every Mailbox), SIGHUP reloads
 //!  watchdog thread: pings systemd while every reactor's Health stamp is fresh

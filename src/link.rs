@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::bridge::shards::stats::ShardStats;
 use crate::bridge::Master;
 use crate::config::RedisConfig;
 use crate::mailbox::ConnRef;
@@ -273,6 +274,8 @@ pub struct Redis {
     pub node: String,
     /// Where the master is now (it moves under Sentinel).
     pub master: Arc<Master>,
+    /// Redis Cluster: per-shard figures (empty otherwise).
+    pub shards: ShardStats,
     commands: Sender<Command>,
     /// History loads, apart from publishes.
     loads: Sender<Command>,
@@ -299,6 +302,7 @@ impl Redis {
             link: LinkState::default(),
             node,
             master,
+            shards: ShardStats::default(),
             commands: tx,
             loads: loads_tx,
             last_drop_log_ms: AtomicU64::new(0),
@@ -348,14 +352,20 @@ impl Redis {
         }
     }
 
-    /// Ready: both connections up and a canary came back through pub/sub
-    /// in time, recently. Else why not.
+    /// Ready: both connections up (Redis Cluster: a pub/sub link to every
+    /// master of the slot map) and a canary came back through pub/sub in
+    /// time, recently. Else why not.
     pub fn ready(&self, now_ms: u64) -> Result<(), &'static str> {
         if !self.link.command_up.load(Ordering::Acquire) {
             return Err("the Redis command connection is down");
         }
         if !self.link.pubsub_up.load(Ordering::Acquire) {
-            return Err("the Redis pub/sub connection is down");
+            return Err(match self.names.is_cluster() {
+                true => {
+                    "a Redis Cluster master has no working pub/sub link (see redix_redis_shard_up)"
+                }
+                false => "the Redis pub/sub connection is down",
+            });
         }
         let ok = self.link.canary_ok_ms.load(Ordering::Acquire);
         let window = self.config.ready_within_ms + self.config.canary_ms;

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bridge::shards::stats::{ShardFigures, LATENCY_BUCKETS_MS};
 use crate::hub::HubFigures;
 
 /// Counters and gauges of one reactor thread.
@@ -75,6 +76,15 @@ pub struct WorkerStats {
     pub accept_pauses_cap: AtomicU64,
     /// Times accepting paused because accept(2) ran out of descriptors.
     pub accept_pauses_fds: AtomicU64,
+    /// Reactor turns (poll return to the end of flushing) that took at
+    /// least 10 ms, 100 ms, 1 s.
+    pub slow_turns_10ms: AtomicU64,
+    pub slow_turns_100ms: AtomicU64,
+    pub slow_turns_1s: AtomicU64,
+    /// The longest turn so far, ms (a gauge per reactor).
+    pub turn_max_ms: AtomicU64,
+    /// 1 while this reactor holds stream writes to coalesce them.
+    pub coalescing: AtomicU64,
 }
 
 impl WorkerStats {
@@ -157,6 +167,10 @@ const SUMMED: &[(&str, &str, &str, &str, Field)] = &[
     ("redix_timer_entries", "gauge", "Entries in the reactors' timer wheels.", "", |s| &s.timer_entries),
     ("redix_accept_pauses_total", "counter", "Times accepting paused, by reason (the connection cap resumes below 90%; out of fds backs off).", "reason=\"conn_cap\"", |s| &s.accept_pauses_cap),
     ("redix_accept_pauses_total", "counter", "", "reason=\"fd_limit\"", |s| &s.accept_pauses_fds),
+    ("redix_reactor_slow_turns_total", "counter", "Reactor turns (poll return to the end of flushing) that took at least this long; every client of that reactor waited as long.", "over=\"10ms\"", |s| &s.slow_turns_10ms),
+    ("redix_reactor_slow_turns_total", "counter", "", "over=\"100ms\"", |s| &s.slow_turns_100ms),
+    ("redix_reactor_slow_turns_total", "counter", "", "over=\"1s\"", |s| &s.slow_turns_1s),
+    ("redix_reactors_coalescing", "gauge", "Reactors holding stream writes to coalesce them (queue.coalesce_ms, above queue.coalesce_above deliveries/s).", "", |s| &s.coalescing),
 ];
 
 /// Renders the exposition text.
@@ -191,6 +205,14 @@ pub fn render(workers: &[WorkerStats], p: &ProcessFigures) -> String {
             "redix_worker_connections{{worker=\"{i}\"}} {}",
             w.open()
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP redix_worker_turn_max_ms The longest turn of each reactor thread since start (counted from 10 ms).\n# TYPE redix_worker_turn_max_ms gauge"
+    );
+    for (i, w) in workers.iter().enumerate() {
+        let max = w.turn_max_ms.load(Ordering::Relaxed);
+        let _ = writeln!(out, "redix_worker_turn_max_ms{{worker=\"{i}\"}} {max}");
     }
     #[rustfmt::skip]
     let h = &p.hub;
@@ -335,7 +357,7 @@ pub struct RedisFigures {
 pub fn render_redis(out: &mut String, r: &RedisFigures) {
     let metrics: [(&str, &str, &str, u64); 18] = [
         ("redix_redis_up", "gauge", "1 when the Redis round trip works (what /readyz checks).", u64::from(r.up)),
-        ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection is up and its canary returns.", u64::from(r.pubsub_up)),
+        ("redix_redis_pubsub_connected", "gauge", "1 while the pub/sub connection (Redis Cluster: every master's link) is up and its canary returns.", u64::from(r.pubsub_up)),
         ("redix_redis_command_connected", "gauge", "1 while the command connection is up.", u64::from(r.command_up)),
         ("redix_redis_reconnects_total", "counter", "Redis connections lost and made again.", r.reconnects),
         ("redix_redis_messages_total", "counter", "Pub/sub messages received.", r.received),
@@ -354,6 +376,51 @@ pub fn render_redis(out: &mut String, r: &RedisFigures) {
         ("redix_redis_master_switches_total", "counter", "Times Sentinel moved the master this node follows.", r.master_switches),
     ];
     write_singles(out, &metrics);
+}
+
+/// Redis Cluster: one series per shard (labelled by its master's
+/// address, so as many as the cluster has masters) for each of these.
+#[rustfmt::skip]
+const SHARD_SERIES: [(&str, &str, &str); 4] = [
+    ("redix_redis_shard_up", "gauge", "1 while this shard's pub/sub link is up and its canary returns."),
+    ("redix_redis_shard_channels", "gauge", "Channels SSUBSCRIBEd on this shard's link."),
+    ("redix_redis_shard_reconnects_total", "counter", "This shard's pub/sub link lost (or refused) and tried again."),
+    ("redix_redis_shard_redirects_total", "counter", "Slot moves the subscriber followed away from this shard: MOVED/ASK answers to SSUBSCRIBE and sunsubscribe pushed by Redis."),
+];
+
+/// Appends the per-shard metrics of Redis Cluster mode.
+pub fn render_shards(out: &mut String, rows: &[(String, ShardFigures)]) {
+    for (i, (name, kind, help)) in SHARD_SERIES.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, r) in rows {
+            let value = [u64::from(r.up), r.channels, r.reconnects, r.redirects][i];
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+        }
+    }
+    let name = "redix_redis_shard_publish_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Publishes run on this shard's master (their script, redirects followed included).\n# TYPE {name} histogram"
+    );
+    for (shard, r) in rows {
+        let mut below = 0;
+        for (le, n) in LATENCY_BUCKETS_MS.iter().zip(r.latency_buckets) {
+            below += n;
+            let le = *le as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {below}"
+            );
+        }
+        let count = r.latency_count;
+        let sum = r.latency_sum_us as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(out, "{name}_sum{{shard=\"{shard}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{shard=\"{shard}\"}} {count}");
+    }
 }
 
 /// The market link, with `market.url`.

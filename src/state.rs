@@ -273,17 +273,20 @@ impl Shared {
     /// `diag::Peers`).
     pub fn fd_peers(&self) -> diag::Peers {
         // The master's port (it moves under Sentinel), the sentinels' and
-        // (Redis Cluster) the seeds' (nodes found beyond them on other
-        // ports count as other sockets).
+        // (Redis Cluster) the seeds' and the masters' of the slot map
+        // (replicas beyond them on other ports count as other sockets).
         let redis_ports = match &self.redis {
             Some(r) => {
                 let sentinels = r.master.sentinels.iter().map(|(_, port)| *port);
                 let seeds = r.master.seeds.iter().map(|e| e.port);
+                let shards = r.shards.rows().into_iter();
+                let masters = shards.filter_map(|(addr, _)| addr.rsplit_once(':')?.1.parse().ok());
                 r.master
                     .port()
                     .into_iter()
                     .chain(sentinels)
                     .chain(seeds)
+                    .chain(masters)
                     .collect()
             }
             None => Vec::new(),

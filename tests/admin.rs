@@ -2,7 +2,8 @@
 //! and connection id (SSE gets `event: reconnect` with the hint and its
 //! resume id, WebSocket the close code 4000), the connection listing that
 //! puts a stalled client first, `/debug/fds` naming a socket nothing owns,
-//! and the `admin` scope in front of all of it.
+//! and the `admin` scope in front of all of it; a wedged reactor counted as
+//! a slow turn.
 
 mod common;
 
@@ -337,4 +338,23 @@ fn the_admin_endpoints_need_the_admin_scope() {
         "",
     );
     assert_eq!(status, 404);
+}
+
+#[test]
+fn a_wedged_reactor_shows_as_a_slow_turn_in_the_metrics_and_the_log() {
+    let server = Server::start(&["--workers", "1", "--set", "debug.wedge=true"]);
+    // A busy box can make a turn slow by itself: count from here.
+    let over_1s = || server.metric("redix_reactor_slow_turns_total{over=\"1s\"}");
+    let over_100ms = || server.metric("redix_reactor_slow_turns_total{over=\"100ms\"}");
+    let (before_1s, before_100ms) = (over_1s(), over_100ms());
+    let (status, body) = request(server.addr, "POST", "/debug/wedge?ms=1200", &[], "");
+    assert_eq!(status, 200, "{body}");
+    // The metric is read by the same (only) reactor, after the wedged turn.
+    assert!(over_1s() > before_1s, "a turn of 1 s or more counted");
+    assert!(over_100ms() > before_100ms, "and as one of 100 ms or more");
+    let longest = server.metric("redix_worker_turn_max_ms{worker=\"0\"}");
+    assert!(longest >= 1200.0, "longest turn {longest} ms");
+    wait_until("the slow turn logged", || {
+        server.logs().contains("reactor 0: one turn took")
+    });
 }

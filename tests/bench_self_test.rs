@@ -626,3 +626,8 @@ mod box_hist_checks;
 
 #[path = "bench_self_test/jobs.rs"]
 mod jobs_checks;
+
+// ---- the publish bench's Redis client (in a file of its own) -----------------------------------
+
+#[path = "bench_self_test/publish.rs"]
+mod publish_checks;

@@ -33,6 +33,19 @@ fn ws_on(addr: SocketAddr, channels: &[String]) -> RawWs {
     ws
 }
 
+/// The per-shard series `name` of a node's metrics: master address to
+/// value.
+fn shard_rows(node: SocketAddr, name: &str) -> HashMap<String, f64> {
+    let (status, text) = get(node, "/metrics/prom");
+    assert_eq!(status, 200);
+    let prefix = format!("{name}{{shard=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| rest.split_once("\"} "))
+        .map(|(shard, v)| (shard.to_string(), v.parse().expect("a number")))
+        .collect()
+}
+
 #[test]
 fn events_on_every_shard_reach_every_client_once_in_order_and_resume_across_nodes() {
     let cluster = start_cluster();
@@ -66,6 +79,20 @@ fn events_on_every_shard_reach_every_client_once_in_order_and_resume_across_node
         "3000 events over {} channels on 3 shards: every client, once, in order",
         channels.len()
     );
+    // Per shard: its link up, its two channels, and the 500 publishes
+    // this node ran there (each node published 1,500, alternating
+    // channels, so 500 on each shard).
+    for node in [a.addr, b.addr] {
+        let up = shard_rows(node, "redix_redis_shard_up");
+        let subscribed = shard_rows(node, "redix_redis_shard_channels");
+        let timed = shard_rows(node, "redix_redis_shard_publish_seconds_count");
+        assert_eq!(up.len(), 3, "{up:?}");
+        for shard in up.keys() {
+            assert_eq!(up[shard], 1.0, "{shard} on {node}");
+            assert_eq!(subscribed[shard], 2.0, "{shard} on {node}: {subscribed:?}");
+            assert_eq!(timed[shard], 500.0, "{shard} on {node}: {timed:?}");
+        }
+    }
 
     // A WebSocket client moves from A to B with a `since` per channel;
     // events go on being published meanwhile.
@@ -194,13 +221,11 @@ fn slot_of(node: &RedisServer, channel: &str) -> u16 {
     reply.trim().trim_start_matches(':').parse().expect("slot")
 }
 
-/// Known to fail about half the runs (README "Redis Cluster", not yet):
-/// while the slot moves, one channel's announcements come from two masters
-/// over two cluster-bus links, so a node can hear a later event before an
-/// earlier one and drops the earlier as old. Every publish is answered and
-/// lands in the stream; the fix is sharded pub/sub. Run with `--ignored`.
+/// While the slot moves, the old master pushes `sunsubscribe` for the
+/// channel; each node reads the slot map again, SSUBSCRIBEs on the new
+/// master and reloads the channel from the last id it delivered, so its
+/// clients get every event once and in order across the move.
 #[test]
-#[ignore = "classic pub/sub can reorder one channel's events across a slot move (needs SSUBSCRIBE)"]
 fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
     let cluster = start_cluster();
     let channels = channels_on_every_shard(&cluster[0]);
@@ -210,11 +235,7 @@ fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
     let moving = &channels[0];
     let slot = slot_of(&cluster[0], moving);
     let from = owner_of(cluster[0].port, slot);
-    let masters: Vec<u16> = cluster
-        .iter()
-        .map(|n| n.port)
-        .filter(|p| redis_cli(*p, &["ROLE"]).starts_with("master"))
-        .collect();
+    let masters = masters_of(&cluster);
     let to = *masters
         .iter()
         .find(|p| **p != from)
@@ -248,9 +269,110 @@ fn publishes_follow_a_slot_that_moves_to_another_master_mid_stream() {
         }
         assert_eq!(got, published, "WebSocket client on node {n}");
     }
+    // Both nodes followed the move away from `from`, and carry the
+    // channel on `to` now.
+    for node in [a.addr, b.addr] {
+        let (from, to) = (format!("127.0.0.1:{from}"), format!("127.0.0.1:{to}"));
+        let redirects = shard_rows(node, "redix_redis_shard_redirects_total");
+        assert!(redirects[&from] >= 1.0, "{node}: {redirects:?}");
+        let subscribed = shard_rows(node, "redix_redis_shard_channels");
+        assert_eq!((subscribed[&from], subscribed[&to]), (1.0, 3.0), "{node}");
+    }
     println!(
         "slot {slot} of {moving} moved {from} -> {to} after publish {moved_at} of 1200: every client got all, once, in order"
     );
+}
+
+/// The masters of a cluster, by port.
+fn masters_of(cluster: &[RedisServer]) -> Vec<u16> {
+    cluster
+        .iter()
+        .map(|n| n.port)
+        .filter(|p| redis_cli(*p, &["ROLE"]).starts_with("master"))
+        .collect()
+}
+
+/// A channel whose slot moved before anyone here subscribed to it: the
+/// node's slot map still names the old master, which answers the
+/// SSUBSCRIBE with `MOVED`; the node subscribes on the master named, and
+/// the client gets what is published there.
+#[test]
+fn a_subscribe_answered_moved_follows_it_to_the_new_master() {
+    let cluster = start_cluster();
+    let channels = channels_on_every_shard(&cluster[0]);
+    let a = cluster_node(&cluster[..2]);
+    let ch = &channels[0];
+    let slot = slot_of(&cluster[0], ch);
+    let from = owner_of(cluster[0].port, slot);
+    let masters = masters_of(&cluster);
+    let to = *masters.iter().find(|p| **p != from).expect("another");
+    move_slot(&masters, slot, from, to);
+    let mut ws = ws_on(a.addr, std::slice::from_ref(ch));
+    let ids: Vec<String> = (0..5)
+        .map(|i| publish_stream_id(a.addr, ch, &i.to_string()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(next_ws(&mut ws), (ch.clone(), id.clone(), i as i64));
+    }
+    let (from, to) = (format!("127.0.0.1:{from}"), format!("127.0.0.1:{to}"));
+    let redirects = shard_rows(a.addr, "redix_redis_shard_redirects_total");
+    assert_eq!(redirects[&from], 1.0, "{redirects:?}");
+    let subscribed = shard_rows(a.addr, "redix_redis_shard_channels");
+    assert_eq!((subscribed[&from], subscribed[&to]), (0.0, 1.0));
+}
+
+/// One shard's link cut by Redis (`CLIENT KILL TYPE pubsub` on its
+/// master) while events are published on every shard: the node connects
+/// again, SSUBSCRIBEs that shard's channels and reloads them, so its
+/// client gets every event once and in order, with no failover involved.
+#[test]
+fn a_shard_link_cut_by_redis_reconnects_and_reloads_what_it_missed() {
+    let cluster = start_cluster();
+    let channels = channels_on_every_shard(&cluster[0]);
+    let a = cluster_node(&cluster[..2]);
+    let mut ws = ws_on(a.addr, &channels);
+    let master = owner_of(cluster[0].port, slot_of(&cluster[0], &channels[0]));
+    let shard = format!("127.0.0.1:{master}");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let (channels, done, node) = (channels.clone(), done.clone(), a.addr);
+        std::thread::spawn(move || {
+            let mut published = Published::new();
+            for i in 0..600 {
+                publish_alternately([node, node], &channels, i..i + 1, &mut published);
+                done.store(i as usize + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            published
+        })
+    };
+    wait_until("200 publishes before the cut", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 200
+    });
+    let loads = metric(a.addr, "redix_redis_loads_total");
+    let killed = redis_cli(master, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+        "{killed}"
+    );
+    wait_until("the node to count the lost link", || {
+        shard_rows(a.addr, "redix_redis_shard_reconnects_total")[&shard] >= 1.0
+    });
+    let published = publisher.join().expect("publisher");
+    let mut got: Published = HashMap::new();
+    for _ in 0..600 {
+        let (ch, id, data) = next_ws(&mut ws);
+        got.entry(ch).or_default().push((id, data));
+    }
+    assert_eq!(got, published);
+    wait_until("the shard link up again", || {
+        shard_rows(a.addr, "redix_redis_shard_up")[&shard] == 1.0
+    });
+    assert_eq!(
+        shard_rows(a.addr, "redix_redis_shard_channels")[&shard],
+        2.0
+    );
+    // The shard's two channels were loaded again (from their last ids).
+    assert!(metric(a.addr, "redix_redis_loads_total") >= loads + 2.0);
 }
 
 /// Publishes `i` on `channel` with publisher id `p<i>` until a node takes
@@ -283,34 +405,59 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
     let a = cluster_node_with(&cluster[..2], &acked);
     let b = cluster_node_with(&cluster[4..], &acked);
     let mut ws = [ws_on(a.addr, &channels), ws_on(b.addr, &channels)];
-    // The master of channel 0's slot: also node A's first seed when it is
-    // cluster[0] (its pub/sub connection then moves to the next seed).
-    let victim = owner_of(cluster[0].port, slot_of(&cluster[0], &channels[0]));
-    let mut published = Published::new();
-    let mut slowest = std::time::Duration::ZERO;
-    for i in 0..600i64 {
-        if i == 200 {
-            let n = cluster
-                .iter()
-                .position(|n| n.port == victim)
-                .expect("victim");
-            cluster[n].kill();
-            let other = cluster
-                .iter()
-                .find(|n| n.port != victim)
-                .expect("another")
-                .port;
-            wait_until("a replica to take over the dead master's slots", || {
-                redis_cli(other, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-            });
-        }
-        let ch = &channels[i as usize % channels.len()];
-        let node = [a.addr, b.addr][i as usize % 2];
-        let started = std::time::Instant::now();
-        let id = publish_retrying(node, ch, i);
-        slowest = slowest.max(started.elapsed());
-        published.entry(ch.clone()).or_default().push((id, i));
+    // The master of channel 0's slot (node A's first seed when it is
+    // cluster[0]: A then reads the slot map from the other nodes).
+    let slot = slot_of(&cluster[0], &channels[0]);
+    let victim = owner_of(cluster[0].port, slot);
+    // Publishes go on, retrying their 503s, while the master dies.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let publisher = {
+        let (channels, done, nodes) = (channels.clone(), done.clone(), [a.addr, b.addr]);
+        std::thread::spawn(move || {
+            let mut published = Published::new();
+            let mut slowest = std::time::Duration::ZERO;
+            for i in 0..600i64 {
+                let ch = &channels[i as usize % channels.len()];
+                let started = std::time::Instant::now();
+                let id = publish_retrying(nodes[i as usize % 2], ch, i);
+                slowest = slowest.max(started.elapsed());
+                published.entry(ch.clone()).or_default().push((id, i));
+                done.store(i as usize + 1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (published, slowest)
+        })
+    };
+    wait_until("200 publishes before the kill", || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= 200
+    });
+    let n = cluster
+        .iter()
+        .position(|n| n.port == victim)
+        .expect("victim");
+    cluster[n].kill();
+    let killed_at = done.load(std::sync::atomic::Ordering::Relaxed);
+    // Not ready while a master of the slot map has no link (as in
+    // single-server mode while Redis is gone)…
+    for node in [a.addr, b.addr] {
+        wait_until("not ready while a master is down", || {
+            get(node, "/readyz").0 == 503
+        });
     }
+    let other = cluster
+        .iter()
+        .find(|n| n.port != victim)
+        .expect("another")
+        .port;
+    wait_until("a replica to take over the dead master's slots", || {
+        redis_cli(other, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+    });
+    // …and ready again once a replica took over, with no restart.
+    for node in [a.addr, b.addr] {
+        wait_until("ready again after the failover", || {
+            get(node, "/readyz").0 == 200
+        });
+    }
+    let (published, slowest) = publisher.join().expect("publisher");
     for (n, w) in ws.iter_mut().enumerate() {
         let mut got: Published = HashMap::new();
         for _ in 0..600 {
@@ -319,7 +466,22 @@ fn a_master_killed_under_publishing_fails_over_and_every_acknowledged_event_arri
         }
         assert_eq!(got, published, "WebSocket client on node {n}");
     }
+    // The promoted replica took over the dead master's row: up, with its
+    // channels, the reconnects of the failover, and every publish this
+    // node ran on the shard (100 per shard, retries on top).
+    let heir = format!("127.0.0.1:{}", owner_of(other, slot));
+    for node in [a.addr, b.addr] {
+        let up = shard_rows(node, "redix_redis_shard_up");
+        let subscribed = shard_rows(node, "redix_redis_shard_channels");
+        let reconnects = shard_rows(node, "redix_redis_shard_reconnects_total");
+        let timed = shard_rows(node, "redix_redis_shard_publish_seconds_count");
+        assert!(!up.contains_key(&format!("127.0.0.1:{victim}")), "{up:?}");
+        assert_eq!(up.values().sum::<f64>(), 3.0, "{up:?}");
+        assert_eq!(subscribed.values().sum::<f64>(), 6.0, "{subscribed:?}");
+        assert!(reconnects[&heir] >= 1.0, "{heir}: {reconnects:?}");
+        assert!(timed.values().all(|n| *n >= 100.0), "{timed:?}");
+    }
     println!(
-        "master {victim} killed after publish 200 of 600: a replica took over, every client got all, once, in order (slowest publish, retries included: {slowest:?})"
+        "master {victim} killed after publish {killed_at} of 600: both nodes not ready, then ready again; a replica took over, every client got all, once, in order (slowest publish, retries included: {slowest:?})"
     );
 }

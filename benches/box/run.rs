@@ -375,8 +375,12 @@ fn compare(base: &PassOut, with: &PassOut, stalled: u64, addr: std::net::SocketA
             .unwrap_or(0.0)
     };
     println!(
-        "  one node's counters: redix_slow_disconnects_total {}, redix_events_dropped_total{{reason=\"queue_full\"}} {}",
+        "  one node's counters: redix_slow_disconnects_total {}, redix_events_dropped_total{{reason=\"queue_full\"}} {}; reactor turns ≥ 100 ms {}, ≥ 1 s {}, longest per reactor {} / {} ms",
         metric("redix_slow_disconnects_total"),
-        metric("redix_events_dropped_total{reason=\"queue_full\"}")
+        metric("redix_events_dropped_total{reason=\"queue_full\"}"),
+        metric("redix_reactor_slow_turns_total{over=\"100ms\"}"),
+        metric("redix_reactor_slow_turns_total{over=\"1s\"}"),
+        metric("redix_worker_turn_max_ms{worker=\"0\"}"),
+        metric("redix_worker_turn_max_ms{worker=\"1\"}"),
     );
 }

@@ -19,6 +19,7 @@ use crate::deployment::{node_name, Deployment};
 use crate::hist::Histogram;
 use crate::jobs_park::Parkers;
 use crate::jobs_park_figs::ParkFigs;
+use crate::market::prom_counter;
 use crate::now_ns;
 use crate::output::label;
 use crate::plan::SubRate;
@@ -75,6 +76,10 @@ pub struct FanoutResult {
     pub attack: Option<AttackFigs>,
     /// `--scenario jobs`, the pass with parked requests: theirs
     pub parked: Option<ParkFigs>,
+    /// `--floor`: the machine's write floor measured right after this run
+    pub floor: Option<crate::floor::Floor>,
+    /// redix: events per `writev` over the run (first node), from its counters
+    pub events_per_write: Option<f64>,
 }
 
 /// One node's share of a fanout run (Redis mode).
@@ -251,6 +256,7 @@ pub fn run_fanout(
     thread::sleep(Duration::from_millis(500));
     let quiet = quiet_baseline(&procs)?;
     let rss_before: u64 = dep.nodes.iter().map(|n| rss_kib(n.pid)).sum::<Res<u64>>()?;
+    let w0 = Writes::read(dep);
     let s0 = Sample::take(&procs)?;
     let pub_start = now_ns();
     sh.pub_start_ns.store(pub_start, Relaxed);
@@ -269,6 +275,9 @@ pub fn run_fanout(
     let drain_until = (Instant::now() + Duration::from_secs_f64(a.drain_timeout)).min(deadline);
     let drain_s = drain(dep, &sh, expected, drain_until)?;
     let s1 = Sample::take(&procs)?;
+    let events_per_write = Writes::read(dep)
+        .zip(w0)
+        .map(|(w1, w0)| w1.per_write_since(&w0));
     let parked = parkers.map(Parkers::finish);
     let (rss_end_each, redis_rss_end) = rss_at_end(dep)?;
     if let Some(f) = attack.as_mut() {
@@ -276,6 +285,7 @@ pub fn run_fanout(
     }
     dep.check_alive()?;
     let run = Run {
+        events_per_write,
         sr,
         round,
         ready,
@@ -302,8 +312,29 @@ fn rss_at_end(dep: &Deployment) -> Res<(Vec<u64>, Option<u64>)> {
     Ok((each, redis))
 }
 
+/// redix's write counters (`/metrics/prom` of the first node); None for nchan.
+struct Writes {
+    events: f64,
+    calls: f64,
+}
+
+impl Writes {
+    fn read(dep: &Deployment) -> Option<Writes> {
+        Some(Writes {
+            events: prom_counter(dep, "redix_events_written_total")?,
+            calls: prom_counter(dep, "redix_write_calls_total")?,
+        })
+    }
+
+    /// Events per `writev` since `before`.
+    fn per_write_since(&self, before: &Writes) -> f64 {
+        (self.events - before.events) / (self.calls - before.calls).max(1.0)
+    }
+}
+
 /// What `run_fanout` measured before the counters are read.
 struct Run {
+    events_per_write: Option<f64>,
     sr: SubRate,
     round: usize,
     ready: usize,
@@ -393,6 +424,8 @@ impl Run {
             redis_rss_end: self.redis_rss_end,
             attack: self.attack,
             parked: self.parked,
+            floor: None,
+            events_per_write: self.events_per_write,
         }
     }
 

@@ -22,6 +22,23 @@ use crate::Res;
 
 const MAX_ROUNDS: f64 = 200.0;
 
+/// The floor beside one fanout run: writer CPU per write, µs.
+#[derive(Clone, Copy)]
+pub struct Floor {
+    /// paced at the fanout's rate
+    pub paced_us: f64,
+    pub back_to_back_us: f64,
+}
+
+impl Floor {
+    /// The p99 one event per write allows at this rate: every subscriber's write at the paced
+    /// floor, spread over the box's cores (DESIGN.md: "1k writes × floor / cores"), µs.
+    pub fn allowed_p99_us(&self, subs: usize) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        subs as f64 * self.paced_us / cores as f64
+    }
+}
+
 /// Builds the floor program unless it is there already.
 fn floor_bin(src: &Path) -> Res<PathBuf> {
     let bin = PathBuf::from("target/release/floor");
@@ -74,8 +91,8 @@ fn run_floor(bin: &Path, conns: usize, rounds: u64, rate: f64, size: usize) -> R
         .ok_or_else(|| format!("floor printed no figure: {out:?}"))
 }
 
-/// Runs the floor for a fanout result and prints the ratios.
-pub fn after_fanout(a: &Args, r: &FanoutResult) {
+/// Runs the floor for a fanout result and prints the ratios; None when it could not run.
+pub fn after_fanout(a: &Args, r: &FanoutResult) -> Option<Floor> {
     let rounds = (r.rate * a.duration).clamp(1.0, MAX_ROUNDS) as u64;
     let conns = r.ready.max(1);
     let figures = floor_bin(&a.floor_src).and_then(|bin| {
@@ -85,7 +102,10 @@ pub fn after_fanout(a: &Args, r: &FanoutResult) {
     });
     let (paced, b2b) = match figures {
         Ok(f) => f,
-        Err(e) => return eprintln!("floor: {e}"),
+        Err(e) => {
+            eprintln!("floor: {e}");
+            return None;
+        }
     };
     let us = r.cpu_per_delivery_us;
     println!(
@@ -103,4 +123,8 @@ pub fn after_fanout(a: &Args, r: &FanoutResult) {
             "ratio_back_to_back":us / b2b,"floor_size":a.floor_size,"rounds":rounds}),
         a,
     );
+    Some(Floor {
+        paced_us: paced,
+        back_to_back_us: b2b,
+    })
 }

@@ -351,11 +351,11 @@ fn run_round(
             break;
         }
         match fanout::run_fanout(dep, a, transport, srcs, sr, round, tr.pass) {
-            Ok(r) => {
+            Ok(mut r) => {
                 print_fanout(base, transport, &r);
                 emit_json(&fanout_json(kind, mode, transport, &r), a);
                 if a.floor {
-                    floor::after_fanout(a, &r);
+                    r.floor = floor::after_fanout(a, &r);
                 }
                 if let Some((at, kib)) = r.attack.as_ref().and_then(|f| f.guard) {
                     tr.errors.push(format!(

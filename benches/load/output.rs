@@ -59,7 +59,7 @@ pub fn fanout_json(kind: Kind, mode: Mode, tr: Transport, r: &FanoutResult) -> V
         "deliveries_per_s": r.deliveries_per_s.round(),
         "latency_us": {"p50": r.hist.percentile(50.0), "p90": r.hist.percentile(90.0),
                        "p99": r.hist.percentile(99.0), "max": r.hist.max, "mean": r.hist.mean().round()},
-        "server_cpu_ms": round(r.cpu_ms, 1), "cpu_window_s": round(r.window_s, 2), "cpu_per_delivery_us": round(r.cpu_per_delivery_us, 3),
+        "server_cpu_ms": round(r.cpu_ms, 1), "cpu_window_s": round(r.window_s, 2), "cpu_per_delivery_us": round(r.cpu_per_delivery_us, 3), "events_per_write": r.events_per_write.map(|e| round(e, 2)),
         "server_quiet_cpu_ms_per_s": round(r.quiet_cpu_ms_per_s, 1),
         "rss_before_kib": r.rss_before, "rss_end_kib": r.rss_end,
         "loadgen_cpu_pct": r.loadgen_cpu_pct.round(), "box_busy_pct": r.box_busy_pct.round(),
@@ -271,6 +271,12 @@ fn cpu_lines(s: &mut String, r: &FanoutResult) {
             format!("; the {} redix nodes together", r.nodes.len())
         }
     );
+    if let Some(e) = r.events_per_write {
+        let _ = writeln!(
+            s,
+            "  writes              {e:.2} events per writev (redix's counters, first node)"
+        );
+    }
     for n in &r.nodes {
         let _ = writeln!(
             s,

@@ -1,8 +1,8 @@
 //! What both benches share: the redix process they start and its signals (`spawn`), `/proc`
-//! sampling (`proc`), HTTP/1.1 text (`http`), the one WebSocket client (`ws`) and number
-//! formatting (`report`).
+//! sampling (`proc`), HTTP/1.1 text (`http`), the one WebSocket client (`ws`), number
+//! formatting (`report`) and a minimal Redis client for checks (`resp`).
 //!
-//! `http`, `ws` and `report` are leaf modules (std and external crates only), so
+//! `http`, `ws`, `report` and `resp` are leaf modules (std and external crates only), so
 //! `tests/bench_self_test.rs` can include them by path.
 
 // Each bench uses only part of each module below (load: nchan, box CPU, chunked publish
@@ -15,6 +15,8 @@ pub mod net;
 pub mod proc;
 #[allow(dead_code)] // shared by load and wire; each uses part of it
 pub mod report;
+#[allow(dead_code)] // the publish bench's checks of the streams in Redis
+pub mod resp;
 #[allow(dead_code)] // shared by load and wire; each uses part of it
 pub mod spawn;
 #[allow(dead_code)] // shared by load and wire; each uses part of it

@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench wire -- [--scenario bytes|resume|all] ...`
 //!
-//! * bytes: a trade-like stream (`--rate` events/s for `--secs` s on `trades:AAPL`) read at
+//! * bytes: a trade-like stream (`--rate` events/s for `--secs` s on `bench:AAPL`; not
+//!   `trades:*`, the market feed's own namespace, which publishers are refused) read at
 //!   the same time by one client of each variant: SSE plain / gzip / `&batch=1` / gzip+batch,
 //!   WebSocket plain / permessage-deflate / `?batch=1` / deflate+batch. Every client decodes
 //!   everything it gets (gzip and deflate included), checks it received exactly the
@@ -78,7 +79,7 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0)]
     pub secs: f64,
     /// bytes: channel of the trade stream
-    #[arg(long, default_value = "trades:AAPL")]
+    #[arg(long, default_value = "bench:AAPL")]
     pub channel: String,
     /// bytes: `batch.window_ms` redix runs with
     #[arg(long, default_value_t = 50)]

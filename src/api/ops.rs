@@ -126,6 +126,9 @@ pub fn render_metrics(shared: &Shared) -> String {
             master_switches: get(&redis.master.switches),
         };
         metrics::render_redis(&mut text, &r);
+        if redis.names.is_cluster() {
+            metrics::render_shards(&mut text, &redis.shards.rows());
+        }
     }
     let j = &shared.jobs.stats;
     let jobs = JobFigures {

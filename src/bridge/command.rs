@@ -12,19 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use redis::{ConnectionLike, RedisError, Value};
+use redis::RedisError;
 
-use super::wire::Link;
-
+pub use super::cli::publish_cli;
+use super::shards::slots::slot_of;
 use super::wire::{
-    check_data_kept, connect, connect_cluster, connect_master, link_failed, load_cmd, load_once,
-    load_script, parse_load, publish_once, publish_pipelined, publish_script, PublishArgs,
-    PUBLISH_BATCH,
+    check_data_kept, link_failed, load_cmd, load_once, load_script, open, parse_load, publish_each,
+    publish_once, publish_pipelined, publish_script, query_each, Link, PublishArgs, PUBLISH_BATCH,
 };
-use super::{Backoff, Master, Parts, Retention};
+use super::{Backoff, Parts, Retention};
 use crate::clock::Clock;
 use crate::hub::Hub;
-use crate::link::{Command, Names, Publish, Queues, Redis};
+use crate::link::{Command, Publish, Queues, Redis};
 use crate::mailbox::{ConnRef, Mailbox, Msg, PublishReply};
 
 /// Loads waiting for the connection, at most (one per channel at a time).
@@ -246,7 +245,15 @@ impl CommandThread {
             names: &redis.names,
             retention: self.retention,
         };
-        let results = match publish_pipelined(&mut **con, &args, batch.iter().map(|p| &p.publish)) {
+        let publishes = batch.iter().map(|p| &p.publish);
+        let sent = match redis.names.is_cluster() {
+            true => {
+                let mut took = |p: &Publish, d| redis.shards.publish_took(slot_of(&p.channel), d);
+                Ok(publish_each(&mut **con, &args, publishes, &mut took))
+            }
+            false => publish_pipelined(&mut **con, &args, publishes),
+        };
+        let results = match sent {
             Ok(results) => results,
             Err(e) => {
                 redis
@@ -477,121 +484,5 @@ impl CommandThread {
                 log::warn!("canary publish: {e}");
             }
         }
-    }
-}
-
-/// `redix publish CHANNEL DATA`: one publish with the node's script and
-/// settings. Returns the answer as JSON, or the exit code and why.
-pub fn publish_cli(
-    config: &crate::config::Config,
-    channel: &str,
-    data: &str,
-    publish_id: Option<&str>,
-) -> Result<String, (i32, String)> {
-    if !config.redis.enabled() {
-        return Err((2, "give --redis redis://HOST:PORT (or redis.url)".into()));
-    }
-    crate::hub::check_channel(channel).map_err(|e| (2, e))?;
-    if publish_id.is_some_and(|p| p.is_empty() || p.len() > 256) {
-        return Err((2, "publisher ids are 1 to 256 bytes".into()));
-    }
-    let data = crate::hub::compact_json(data);
-    let timeout = Duration::from_millis(config.redis.timeout_ms);
-    let master = Master::from_config(&config.redis).map_err(|e| (2, e))?;
-    if !master.sentinels.is_empty() {
-        super::sentinel::resolve_once(&master, timeout).map_err(|e| (1, e))?;
-    }
-    let endpoint = master.endpoint().map_err(|e| (1, e))?;
-    let where_ = |e: RedisError| (1, format!("{}:{}: {e}", endpoint.host, endpoint.port));
-    let (mut con, names): (Box<dyn Link>, Names) = match config.redis.is_cluster() {
-        true => (
-            Box::new(
-                connect_cluster(&master.seeds, timeout, timeout + ack_wait_of(&config.redis))
-                    .map_err(where_)?,
-            ),
-            Names::clustered(&config.redis.prefix),
-        ),
-        false => {
-            let con = connect(&endpoint, timeout).map_err(where_)?;
-            // A publish's reply may wait for its `WAIT`.
-            let _ = con.set_read_timeout(Some(timeout + ack_wait_of(&config.redis)));
-            (Box::new(con), Names::new(&config.redis.prefix))
-        }
-    };
-    let args = PublishArgs {
-        names: &names,
-        retention: Retention::of(config),
-    };
-    let publish = Publish {
-        channel: channel.to_string(),
-        data: data.into_owned(),
-        publish_id: publish_id.map(str::to_string),
-    };
-    let (id, duplicate) =
-        publish_once(&mut *con, &args, &publish).map_err(|e| (1, e.to_string()))?;
-    let needed = config.redis.min_replicas_ack;
-    if needed > 0 {
-        let acked = con
-            .wait_for(&names.stream(channel), needed, config.redis.ack_timeout_ms)
-            .map_err(|e| (1, format!("WAIT: {e}")))?;
-        if acked < u64::from(needed) {
-            let why = format!("published as {id}, but {acked} of {needed} replicas confirmed it; retry with the same --id");
-            return Err((1, why));
-        }
-    }
-    let answer = serde_json::json!({"id": id, "channel": channel, "duplicate": duplicate});
-    Ok(answer.to_string())
-}
-
-/// The command connection: to the master, or (Redis Cluster) to the
-/// cluster through its seed nodes.
-fn open(redis: &Redis, timeout: Duration) -> Result<Box<dyn Link>, RedisError> {
-    if redis.names.is_cluster() {
-        // A publish's reply may wait for its `WAIT`.
-        let reply_within = timeout + ack_wait(redis);
-        let con = connect_cluster(&redis.master.seeds, timeout, reply_within)?;
-        return Ok(Box::new(con));
-    }
-    let con = connect_master(&redis.master, timeout)?;
-    // A publish's reply comes after its `WAIT`.
-    con.set_read_timeout(Some(timeout + ack_wait(redis)))?;
-    Ok(Box::new(con))
-}
-
-/// Runs commands, one answer each: in one pipeline, or (Redis Cluster,
-/// where a pipeline goes to one node) one by one. `Err` when the wire
-/// failed.
-fn query_each(
-    con: &mut dyn ConnectionLike,
-    cmds: impl Iterator<Item = redis::Cmd>,
-    cluster: bool,
-) -> Result<Vec<Result<Value, RedisError>>, RedisError> {
-    if cluster {
-        let mut replies = Vec::new();
-        for cmd in cmds {
-            match cmd.query::<Value>(con) {
-                Err(e) if link_failed(&e) => return Err(e),
-                reply => replies.push(reply),
-            }
-        }
-        return Ok(replies);
-    }
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for cmd in cmds {
-        pipe.add_command(cmd);
-    }
-    pipe.query(con)
-}
-
-/// How much longer than a plain command a publish may take: its `WAIT`.
-fn ack_wait(redis: &Redis) -> Duration {
-    ack_wait_of(&redis.config)
-}
-
-fn ack_wait_of(config: &crate::config::RedisConfig) -> Duration {
-    match config.min_replicas_ack {
-        0 => Duration::ZERO,
-        _ => Duration::from_millis(config.ack_timeout_ms),
     }
 }

@@ -32,9 +32,8 @@ pub struct Master {
     pub switches: AtomicU64,
     /// Connections the Sentinel watcher holds open (for `/debug/fds`).
     pub sentinel_fds: AtomicU64,
-    /// Redis Cluster: the seed nodes (empty otherwise). The pub/sub
-    /// connection uses the current one and moves to the next when it
-    /// cannot reach it ([`Master::next_seed`]).
+    /// Redis Cluster: the seed nodes (empty otherwise), where the command
+    /// connection and the sharded pub/sub thread first read the slot map.
     pub seeds: Vec<Endpoint>,
 }
 
@@ -127,22 +126,6 @@ impl Master {
         true
     }
 
-    /// Redis Cluster: the current seed failed; use the next one (bumps
-    /// the generation like a master switch).
-    pub fn next_seed(&self) {
-        let Some(at) = self.seeds.iter().position(|e| {
-            self.lock()
-                .as_ref()
-                .is_some_and(|(h, p)| *h == e.host && *p == e.port)
-        }) else {
-            return;
-        };
-        if let Some(next) = self.seeds.get((at + 1) % self.seeds.len()) {
-            *self.lock() = Some((next.host.clone(), next.port));
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(String, u16)>> {
         // The guarded value is a plain pair: a panic elsewhere cannot
         // leave it half-written.
@@ -164,24 +147,6 @@ mod tests {
         let e = m.endpoint().unwrap();
         assert_eq!((e.host.as_str(), e.port, e.db), ("10.0.0.1", 6380, 2));
         assert_eq!(m.generation(), 0);
-    }
-
-    #[test]
-    fn cluster_seeds_rotate() {
-        let config = RedisConfig {
-            cluster: vec![
-                "redis://10.0.0.1:7000".into(),
-                "redis://10.0.0.2:7001".into(),
-            ],
-            ..RedisConfig::default()
-        };
-        let m = Master::from_config(&config).unwrap();
-        let at = |m: &Master| m.endpoint().map(|e| e.port).ok();
-        assert_eq!(at(&m), Some(7000));
-        m.next_seed();
-        assert_eq!((at(&m), m.generation()), (Some(7001), 1));
-        m.next_seed();
-        assert_eq!(at(&m), Some(7000));
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!   stream entry and notification in one atomic step), loads channel
 //!   histories from their streams, and sends the readiness canary.
 //!
+//! With `redis.cluster` the pub/sub thread is [`shards`]: sharded
+//! pub/sub, one subscriber connection per master, following slot moves
+//! and failovers.
+//!
 //! With `redis.sentinels` a third thread ([`sentinel`]) keeps the shared
 //! [`Master`] pointing at the master Sentinel names; every thread that
 //! talks to Redis reads it when it connects and reconnects when it moves.
@@ -21,10 +25,12 @@
 //! link handle, the hub, the clock, its settings), never the whole
 //! server state, and imports nothing from `reactor/`.
 
+mod cli;
 pub mod command;
 pub mod master;
 pub mod pubsub;
 pub mod sentinel;
+pub mod shards;
 pub mod wire;
 
 pub use master::Master;
@@ -281,15 +287,32 @@ pub fn start(parts: Parts) -> Result<(), String> {
         let backoff = (cfg.backoff_min_ms, cfg.backoff_max_ms);
         sentinel::start(redis.master.clone(), timeout, backoff)?;
     }
-    let sub = pubsub::PubSub {
-        redis: redis.clone(),
-        hub: parts.hub.clone(),
-        clock: parts.clock,
-        beat: parts.beats.1.clone(),
+    let (redis, hub, clock) = (redis.clone(), parts.hub.clone(), parts.clock);
+    let beat = parts.beats.1.clone();
+    // Redis Cluster receives with sharded pub/sub, one link per master.
+    let receive: Box<dyn FnOnce() + Send> = match cfg.is_cluster() {
+        true => {
+            let sub = shards::ShardedPubSub {
+                redis,
+                hub,
+                clock,
+                beat,
+            };
+            Box::new(move || sub.run())
+        }
+        false => {
+            let sub = pubsub::PubSub {
+                redis,
+                hub,
+                clock,
+                beat,
+            };
+            Box::new(move || sub.run())
+        }
     };
     std::thread::Builder::new()
         .name("redix-redis-pubsub".into())
-        .spawn(move || sub.run())
+        .spawn(receive)
         .map_err(|e| format!("spawn Redis pub/sub thread: {e}"))?;
     std::thread::Builder::new()
         .name("redix-redis-command".into())

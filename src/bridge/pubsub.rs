@@ -1,5 +1,7 @@
 //! The pub/sub thread: one connection SUBSCRIBEd to exactly the channels
 //! with local subscribers, read continuously so Redis never finds us slow.
+//! (Redis Cluster receives with sharded pub/sub instead, see
+//! [`super::shards`], which reuses this file's [`Reader`].)
 //!
 //! A reader thread per connection does nothing but move bytes from the
 //! socket into a bounded queue of chunks (at most [`MAX_BACKLOG`] bytes),
@@ -38,11 +40,11 @@ use crate::link::{Command, Redis};
 use crate::proto::resp::{self, Value};
 
 /// How long the loop waits for bytes, so channel changes go out promptly.
-const READ_TIMEOUT: Duration = Duration::from_millis(20);
+pub(super) const READ_TIMEOUT: Duration = Duration::from_millis(20);
 /// Largest message accepted (the publish body limit is far lower).
-const MAX_MESSAGE: usize = 16 << 20;
+pub(super) const MAX_MESSAGE: usize = 16 << 20;
 /// Bytes read per call.
-const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from Redis and not yet handled, at most.
 pub const MAX_BACKLOG: usize = 64 << 20;
 /// Channels per SUBSCRIBE command.
@@ -79,12 +81,7 @@ impl PubSub {
                     }
                     why
                 }
-                Err(e) => {
-                    // Redis Cluster: any node hears every announcement
-                    // (pub/sub crosses the cluster bus); try the next seed.
-                    redis.master.next_seed();
-                    e
-                }
+                Err(e) => e,
             };
             redis.link.pubsub_up.store(false, Ordering::Release);
             redis.link.backlog_bytes.store(0, Ordering::Relaxed);
@@ -408,7 +405,7 @@ impl<'a> Session<'a> {
 }
 
 /// What the reader thread hands over: bytes, or why the connection ended.
-type Chunk = Result<Vec<u8>, String>;
+pub(super) type Chunk = Result<Vec<u8>, String>;
 
 /// The reader thread and the queue it fills. Dropping it ends the thread
 /// whatever it is blocked on, so a session's teardown cannot hang: not on
@@ -416,18 +413,24 @@ type Chunk = Result<Vec<u8>, String>;
 /// exactly where the reader sits when the node is behind (the receiver
 /// goes first, so its send fails). The join then waits for a thread that
 /// is already on its way out, and with it goes its handle on the socket.
-struct Reader {
+pub(super) struct Reader {
     stream: Arc<TcpStream>,
     /// Chunks the reader thread took off the socket; `Err` ends the session.
-    chunks: Receiver<Chunk>,
+    pub(super) chunks: Receiver<Chunk>,
     /// Bytes in `chunks`.
-    queued: Arc<AtomicU64>,
+    pub(super) queued: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Reader {
-    fn start(stream: Arc<TcpStream>) -> Result<Reader, String> {
-        let (tx, chunks) = crossbeam_channel::bounded(MAX_BACKLOG / READ_CHUNK);
+    pub(super) fn start(stream: Arc<TcpStream>) -> Result<Reader, String> {
+        Self::start_with(stream, MAX_BACKLOG / READ_CHUNK)
+    }
+
+    /// With room for `chunks` chunks (Redis Cluster shares
+    /// [`MAX_BACKLOG`] among its links).
+    pub(super) fn start_with(stream: Arc<TcpStream>, chunks: usize) -> Result<Reader, String> {
+        let (tx, chunks) = crossbeam_channel::bounded(chunks.max(1));
         let queued = Arc::new(AtomicU64::new(0));
         let (read_half, counter) = (stream.clone(), queued.clone());
         let thread = std::thread::Builder::new()
@@ -481,7 +484,7 @@ fn read_loop(stream: Arc<TcpStream>, tx: Sender<Chunk>, queued: Arc<AtomicU64>) 
 }
 
 /// Reads `"<id> <data>"`; the id must be a stream id.
-fn parse_payload(payload: &[u8]) -> Option<RemoteEvent> {
+pub(super) fn parse_payload(payload: &[u8]) -> Option<RemoteEvent> {
     let text = std::str::from_utf8(payload).ok()?;
     let (id_text, data) = text.split_once(' ')?;
     Some(RemoteEvent {

@@ -1,6 +1,7 @@
 //! The command connection's vocabulary: the Lua scripts, the publish and
 //! history-load commands (alone and pipelined), their replies read into
-//! events, and the check that Redis still holds the data this node saw.
+//! events, opening the command connection, and the check that Redis
+//! still holds the data this node saw.
 //! No thread and no queue here (see `command`).
 
 use std::sync::atomic::Ordering;
@@ -156,7 +157,7 @@ pub(super) fn publish_pipelined<'a>(
     batch: impl Iterator<Item = &'a Publish>,
 ) -> Result<Vec<PublishResult>, RedisError> {
     if args.names.is_cluster() {
-        return Ok(publish_each(con, args, batch));
+        return Ok(publish_each(con, args, batch, &mut |_, _| {}));
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -173,11 +174,13 @@ pub(super) fn publish_pipelined<'a>(
 /// Redis Cluster: a pipeline goes to one node, so each publish runs
 /// alone, sent to its channel's slot owner (the cluster connection follows
 /// `MOVED`, `ASK` and `TRYAGAIN`). A wire failure ends the batch: the
-/// publishes after it answer with it.
-fn publish_each<'a>(
+/// publishes after it answer with it. `took` hears how long each
+/// publish that ran took (redirects followed included).
+pub(super) fn publish_each<'a>(
     con: &mut dyn ConnectionLike,
     args: &PublishArgs<'a>,
     batch: impl Iterator<Item = &'a Publish>,
+    took: &mut dyn FnMut(&Publish, Duration),
 ) -> Vec<PublishResult> {
     let mut failed: Option<RedisError> = None;
     batch
@@ -185,7 +188,9 @@ fn publish_each<'a>(
             if let Some(e) = &failed {
                 return Err(e.clone());
             }
+            let started = std::time::Instant::now();
             let result: Result<(String, i64), RedisError> = publish_cmd(args, p).query(con);
+            took(p, started.elapsed());
             if let Err(e) = &result {
                 failed = link_failed(e).then(|| e.clone());
             }
@@ -403,4 +408,57 @@ pub fn link_failed(e: &RedisError) -> bool {
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.code() == Some("READONLY")
+}
+
+/// The command connection: to the master, or (Redis Cluster) to the
+/// cluster through its seed nodes.
+pub(super) fn open(redis: &Redis, timeout: Duration) -> Result<Box<dyn Link>, RedisError> {
+    if redis.names.is_cluster() {
+        // A publish's reply may wait for its `WAIT`.
+        let reply_within = timeout + ack_wait(redis);
+        let con = connect_cluster(&redis.master.seeds, timeout, reply_within)?;
+        return Ok(Box::new(con));
+    }
+    let con = connect_master(&redis.master, timeout)?;
+    // A publish's reply comes after its `WAIT`.
+    con.set_read_timeout(Some(timeout + ack_wait(redis)))?;
+    Ok(Box::new(con))
+}
+
+/// Runs commands, one answer each: in one pipeline, or (Redis Cluster,
+/// where a pipeline goes to one node) one by one. `Err` when the wire
+/// failed.
+pub(super) fn query_each(
+    con: &mut dyn ConnectionLike,
+    cmds: impl Iterator<Item = redis::Cmd>,
+    cluster: bool,
+) -> Result<Vec<Result<Value, RedisError>>, RedisError> {
+    if cluster {
+        let mut replies = Vec::new();
+        for cmd in cmds {
+            match cmd.query::<Value>(con) {
+                Err(e) if link_failed(&e) => return Err(e),
+                reply => replies.push(reply),
+            }
+        }
+        return Ok(replies);
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for cmd in cmds {
+        pipe.add_command(cmd);
+    }
+    pipe.query(con)
+}
+
+/// How much longer than a plain command a publish may take: its `WAIT`.
+pub(super) fn ack_wait(redis: &Redis) -> Duration {
+    ack_wait_of(&redis.config)
+}
+
+pub(super) fn ack_wait_of(config: &crate::config::RedisConfig) -> Duration {
+    match config.min_replicas_ack {
+        0 => Duration::ZERO,
+        _ => Duration::from_millis(config.ack_timeout_ms),
+    }
 }

@@ -92,6 +92,10 @@ pub const DEFAULT_QUEUE_MAX_EVENTS: usize = 500;
 pub const DEFAULT_QUEUE_MAX_BYTES: usize = 256 * 1024;
 /// Overflow warnings after which a slow consumer is disconnected.
 pub const DEFAULT_SLOW_WARNINGS: u32 = 10;
+/// Under load, a stream is written at most once per this window.
+pub const DEFAULT_COALESCE_MS: u64 = 20;
+/// Deliveries/s per reactor from which writes coalesce.
+pub const DEFAULT_COALESCE_ABOVE: u64 = 100_000;
 /// How long a shutdown waits for queued bytes to drain.
 pub const DEFAULT_DRAIN_MS: u64 = 10_000;
 /// How long a connection we are closing may take to read our last bytes.
@@ -396,6 +400,12 @@ pub struct QueueConfig {
     /// `trades:*` events are conflated for a full queue (a stalled reader
     /// keeps the newest per symbol) instead of dropped and counted as slow.
     pub conflate_trades: bool,
+    /// Under load (see `coalesce_above`), each stream is written at most
+    /// once per this many ms; 0 writes every turn.
+    pub coalesce_ms: u64,
+    /// Deliveries/s per reactor from which stream writes coalesce (and
+    /// only while its streams get two or more events per window).
+    pub coalesce_above: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -474,6 +484,8 @@ impl Default for QueueConfig {
             max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             slow_warnings: DEFAULT_SLOW_WARNINGS,
             conflate_trades: true,
+            coalesce_ms: DEFAULT_COALESCE_MS,
+            coalesce_above: DEFAULT_COALESCE_ABOVE,
         }
     }
 }

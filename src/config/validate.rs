@@ -95,6 +95,8 @@ impl Config {
             ("queue.max_events", n(q.max_events), 1, 1_000_000),
             ("queue.max_bytes", n(q.max_bytes), 1024, 1024 * MIB),
             ("queue.slow_warnings", u64::from(q.slow_warnings), 1, 1_000_000),
+            ("queue.coalesce_ms", q.coalesce_ms, 0, 1_000),
+            ("queue.coalesce_above", q.coalesce_above, 0, 1_000_000_000),
             ("history.max_events", n(h.max_events), 0, 1_000_000),
             ("history.max_age_ms", h.max_age_ms, 1, 30 * DAY_MS),
             ("history.sweep_ms", h.sweep_ms, 1, DAY_MS),

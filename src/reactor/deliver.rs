@@ -188,18 +188,27 @@ impl Worker {
         self.close_gracefully(key, Some(last), !keep_queue, now);
     }
 
-    /// Writes every connection that got bytes this turn.
+    /// Writes every connection that got bytes this turn, except open
+    /// streams while coalescing holds them (they stay dirty).
     pub(super) fn flush_dirty(&mut self, now: u64) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &(key, gen) in &dirty {
+        let hold = self.holding_streams(now);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut held = 0;
+        for i in 0..dirty.len() {
+            let (key, gen) = dirty[i];
+            if hold && self.is_held_stream(key) {
+                dirty[held] = (key, gen);
+                held += 1;
+                continue;
+            }
             self.flush_one(key, gen, now);
         }
-        // Keep the allocation for the next turn.
-        let mut dirty = dirty;
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
-        }
+        dirty.truncate(held);
+        // Those whose budget ran out go again next turn; keep the larger
+        // allocation for the next turn.
+        dirty.append(&mut self.dirty);
+        self.coalesce.only_held = held == dirty.len();
+        self.dirty = dirty;
     }
 
     fn flush_one(&mut self, key: usize, gen: u32, now: u64) {

@@ -30,6 +30,7 @@ mod accept;
 mod admin;
 mod batch;
 mod close;
+mod coalesce;
 mod deliver;
 mod drain;
 mod footprint;
@@ -123,6 +124,8 @@ pub struct Worker {
     parked: HashMap<usize, Parked>,
     /// Of those, admin requests waiting for the reactors' answers.
     admin_waits: usize,
+    /// Holding stream writes under load.
+    coalesce: coalesce::Coalesce,
 }
 
 /// A request waiting for Redis; the connection reads no further requests
@@ -189,6 +192,7 @@ impl Worker {
             rng: seed | 1,
             parked: HashMap::new(),
             admin_waits: 0,
+            coalesce: coalesce::Coalesce::default(),
         })
     }
 
@@ -226,6 +230,7 @@ impl Worker {
                 );
                 break;
             }
+            let turn_start = self.now_ms();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept.ready = true,
@@ -250,9 +255,7 @@ impl Worker {
             self.sweep_hub(now);
             self.flush_due_batches(now);
             self.flush_dirty(now);
-            self.shared.health.turned(self.id, self.shared.now_ms());
-            let entries = self.timers.len() as u64;
-            self.stats().timer_entries.store(entries, Ordering::Relaxed);
+            self.end_turn(turn_start, events.iter().count());
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     break;
@@ -263,14 +266,46 @@ impl Worker {
         log::debug!("reactor {} stopped", self.id);
     }
 
+    /// After a turn: the heartbeat the watchdog reads, the timer gauge, and
+    /// how long the turn took (slow turns are counted, the longest kept,
+    /// and one of a second or more logged: every client of this reactor
+    /// waited that long).
+    fn end_turn(&mut self, start_ms: u64, socket_events: usize) {
+        self.shared.health.turned(self.id, self.shared.now_ms());
+        let now = self.now_ms();
+        self.measure_rate(now);
+        let stats = self.stats();
+        stats
+            .timer_entries
+            .store(self.timers.len() as u64, Ordering::Relaxed);
+        let took = now.saturating_sub(start_ms);
+        if took < 10 {
+            return;
+        }
+        stats.turn_max_ms.fetch_max(took, Ordering::Relaxed);
+        WorkerStats::add(&stats.slow_turns_10ms, 1);
+        if took >= 100 {
+            WorkerStats::add(&stats.slow_turns_100ms, 1);
+        }
+        if took >= 1000 {
+            WorkerStats::add(&stats.slow_turns_1s, 1);
+            log::warn!(
+                "reactor {}: one turn took {took} ms ({socket_events} socket events, {} connections open)",
+                self.id,
+                self.conns.len()
+            );
+        }
+    }
+
     fn poll_timeout(&self, now: u64) -> u64 {
         let accept_now =
             self.accept.ready && self.accept.paused_until.is_none() && self.listener.is_some();
-        let work_left = !self.dirty.is_empty() || !self.read_later.is_empty();
+        let held = self.held_until(now);
+        let work_left = (!self.dirty.is_empty() && held.is_none()) || !self.read_later.is_empty();
         if self.inbox_ready || accept_now || work_left {
             return 0;
         }
-        let mut t = MAX_POLL_MS;
+        let mut t = held.unwrap_or(MAX_POLL_MS);
         if let Some(ms) = self.timers.next_timeout_ms(now) {
             t = t.min(ms);
         }

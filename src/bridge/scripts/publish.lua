@@ -4,7 +4,11 @@
 --
 -- With Redis Cluster the caller passes the channel's hash-tagged names
 -- instead (<prefix>{<channel>}:s, :last, :p:<publisher id>, :c), all in
--- one slot, and the sequence is then the channel's own.
+-- one slot, and the sequence is then the channel's own. The announcement
+-- then goes out with SPUBLISH (sharded pub/sub, Redis 7): only the nodes
+-- of the channel's shard carry it, and a node subscribed there hears one
+-- channel's events from one master, in order. Only cluster names end in
+-- '}:c' (a single server's end in the channel, which holds no '}').
 --
 -- KEYS[1]  stream of the channel        <prefix>s:<channel>
 -- KEYS[2]  the last id handed out       <prefix>last
@@ -84,6 +88,8 @@ if oldest and ms_of(oldest[1]) < ms - max_age then
 end
 if gone then redis.call('XSETID', stream, id, 'MAXDELETEDID', gone) end
 redis.call('PEXPIRE', stream, max_age)
-redis.call('PUBLISH', notify, id .. ' ' .. data)
+local announce = 'PUBLISH'
+if string.sub(notify, -3) == '}:c' then announce = 'SPUBLISH' end
+redis.call(announce, notify, id .. ' ' .. data)
 if seen_key then redis.call('SET', seen_key, id, 'PX', seen_ttl) end
 return {id, 0}
