@@ -119,6 +119,8 @@ export class DedupCache {
 export class Cursors {
   note(channel: string, id: string): void;
   get(channel: string): string | undefined;
+  /** Redis Cluster: the composite cursor an SSE stream of `channels` carried. */
+  noteStream(channels: string[], id: string): void;
   streamCursor(channels: string[]): string | undefined;
 }
 
@@ -130,6 +132,8 @@ export class LatencyWindow {
 
 export const DEFAULTS: Readonly<Required<Omit<Options, 'channels' | 'transport' | 'autoConnect' | 'clock' | 'fetch' | 'WebSocket'>>> & { transport: 'sse' };
 export function compareIds(a: string, b: string): number;
+/** A composite SSE cursor (`c1…`, Redis Cluster), not a plain event id. */
+export function isComposite(id: string): boolean;
 export function publishedAt(id: string, data: unknown): number | undefined;
 export function readSse(
   body: ReadableStream<Uint8Array>,

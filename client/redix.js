@@ -121,10 +121,22 @@ export function publishedAt(id, data) {
   return undefined;
 }
 
+// A composite cursor (Redis Cluster, an SSE stream of several channels):
+// every channel's position in one id, `c1…`; plain ids start with a digit.
+export const isComposite = (id) => /^c1/.test(String(id));
+
 // Last id per channel: what every reconnect resumes from.
 export class Cursors {
   constructor() {
     this.last = new Map();
+    // The last composite cursor an SSE stream carried, and its channels.
+    this.stream = undefined;
+  }
+
+  // An SSE stream of `channels` carried the composite cursor `id`: it
+  // alone says where every one of them stands (a gap may hold one back).
+  noteStream(channels, id) {
+    this.stream = { key: [...channels].sort().join(','), id: String(id) };
   }
 
   note(channel, id) {
@@ -138,7 +150,13 @@ export class Cursors {
 
   // One cursor for an SSE stream of `channels`: ids grow across channels,
   // so the newest seen on any of them (undefined when none).
+  // With Redis Cluster the stream's own composite cursor, while the
+  // channels are the same (another set starts without one: a composite
+  // cursor names its channel set, and redix refuses it for another).
   streamCursor(channels) {
+    if (this.stream) {
+      return this.stream.key === [...channels].sort().join(',') ? this.stream.id : undefined;
+    }
     let best;
     for (const ch of channels) {
       const id = this.last.get(ch);
@@ -416,11 +434,22 @@ RedixClient.prototype.openSse = function openSse() {
     try { msg = JSON.parse(ev.data); } catch { return; }
     // Every data event (`message`, and a job's token/done/error) is a
     // message envelope; redix's own notices are not.
-    if (msg.type === 'message') return this.deliver(msg.channel, ev.id ?? msg.id, msg.data);
+    const resumeFrom = (id) => {
+      if (isComposite(id)) return this.cursors.noteStream(channels, id);
+      for (const ch of channels) this.cursors.note(ch, id);
+    };
+    if (msg.type === 'message') {
+      // A composite id: the stream's cursor; the event's own id is msg.id.
+      if (isComposite(ev.id)) {
+        this.cursors.noteStream(channels, ev.id);
+        return this.deliver(msg.channel, msg.id, msg.data);
+      }
+      return this.deliver(msg.channel, ev.id ?? msg.id, msg.data);
+    }
     if (ev.event === 'reset') return this.reset(msg.channel, msg.reason);
     if (ev.event === 'error') return this.emit('error', msg);
     if (ev.event === 'slow' && msg.lastEventId) {
-      for (const ch of channels) this.cursors.note(ch, msg.lastEventId);
+      resumeFrom(msg.lastEventId);
       return finish('slow consumer', this.o.minDelay);
     }
     // A restart, or an operator's disconnect (reason "operator"): the
@@ -431,7 +460,7 @@ RedixClient.prototype.openSse = function openSse() {
     }
     if (ev.event === 'token_expired') {
       // Resume from the id it names with a fresh token: nothing is lost.
-      if (msg.lastEventId) for (const ch of channels) this.cursors.note(ch, msg.lastEventId);
+      if (msg.lastEventId) resumeFrom(msg.lastEventId);
       return finish('token expired', this.o.minDelay);
     }
   };

@@ -18,8 +18,12 @@
 //! reactor: fan-out, enqueue, flush; compression on first need). Per
 //! delivery = the growth of the reactor's count per publish from S = 1 to
 //! the largest S, divided by the added subscribers.
+//!
+//! Last, `sse-composite`: the per-stream `id:` of Redis Cluster mode's
+//! composite cursor, measured without sockets (see `composite.rs`).
 
 mod clients;
+mod composite;
 mod counting;
 
 use std::sync::atomic::Ordering;
@@ -97,6 +101,7 @@ fn main() {
     }
     running.stop();
     let _ = running.join();
+    composite::run(args.events);
 }
 
 fn start_redix() -> Running {

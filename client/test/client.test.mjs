@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
-  Backoff, DedupCache, Cursors, LatencyWindow, RedixClient, compareIds, publishedAt, DEFAULTS,
+  Backoff, DedupCache, Cursors, LatencyWindow, RedixClient, compareIds, isComposite, publishedAt, DEFAULTS,
 } from '../redix.js';
 
 // Virtual time: timers run when advance() passes them, in order.
@@ -309,3 +309,34 @@ function sse(text) {
 async function settle() {
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
 }
+
+test('SSE with Redis Cluster: the composite id is the stream\'s cursor; messages keep their own ids', async () => {
+  const clock = new FakeClock(() => 0.5);
+  const calls = [];
+  const msg = (ch, id, cursor) =>
+    `id: ${cursor}\nevent: message\ndata: {"type":"message","channel":"${ch}","id":"${id}","data":{}}\n\n`;
+  const bodies = [
+    () => sse(msg('b', '1795500650271-0', 'c1Ab_-.Q8oSPHN..0') + msg('a', '1795500650272-0', 'c1Ab_-.Q8oSPHO.0.1')),
+    () => sse('event: slow\ndata: {"reason":"slow consumer","lastEventId":"c1Ab_-.Q8oSPHO.0.1"}\n\n'),
+    () => sse(''),
+  ];
+  const fetch = async (url) => { calls.push(url); return bodies[calls.length - 1](); };
+  const c = new RedixClient('http://h:1', { channels: ['b', 'a'], clock, fetch });
+  const got = [];
+  c.on('message', (m) => got.push(`${m.channel} ${m.id}`));
+  await settle();
+  assert.deepEqual(got, ['b 1795500650271-0', 'a 1795500650272-0']);
+  assert.equal(c.cursors.get('a'), '1795500650272-0');
+  clock.advance(60_000);
+  await settle();
+  assert.match(calls[1], /lastEventId=c1Ab_-.Q8oSPHO.0.1(&|$)/);
+  clock.advance(60_000);
+  await settle();
+  assert.match(calls[2], /lastEventId=c1Ab_-.Q8oSPHO.0.1(&|$)/, 'slow names the cursor to resume from');
+  assert.ok(isComposite('c1x') && !isComposite('1795500650271-0') && !isComposite('42'));
+  const cursors = new Cursors();
+  cursors.noteStream(['x', 'y'], 'c1AAAA.1.0.');
+  assert.equal(cursors.streamCursor(['y', 'x']), 'c1AAAA.1.0.');
+  assert.equal(cursors.streamCursor(['x', 'z']), undefined, 'another set starts without it');
+  c.close();
+});

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::auth::Denied;
 use crate::config::Scope;
-use crate::hub::{check_channel, MARKET_PREFIX};
+use crate::hub::{check_channel, cursor, Resume, MARKET_PREFIX};
 use crate::limits::{client_ip, is_trusted, IpKey, IpLimiter};
 use crate::link::Publish;
 use crate::metrics::WorkerStats;
@@ -55,8 +55,12 @@ pub enum Action {
 pub struct StreamStart {
     pub channels: Vec<Arc<str>>,
     pub ip_slot: IpKey,
-    /// Resume after this event id (`Last-Event-ID` or `lastEventId`).
-    pub cursor: Option<u64>,
+    /// Where to resume (`Last-Event-ID` or `lastEventId`): after one id,
+    /// or (a composite cursor) after a position per channel.
+    pub cursor: Resume,
+    /// Redis Cluster mode, several channels: events carry a composite
+    /// cursor, and `channels` are in its canonical (sorted) order.
+    pub composite: bool,
     /// The client accepts gzip: encode the stream.
     pub gzip: bool,
     /// `?batch=1`: hold writes for the batch window.
@@ -231,15 +235,7 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             channels.push(Arc::from(name));
         }
     }
-    let cursor = stream_cursor(head, ctx)?;
     let max = shared.config.sse.max_channels;
-    if channels.len() > 1 && shared.config.redis.is_cluster() {
-        return Err(Reject::new(
-            400,
-            "bad_request",
-            "with Redis Cluster an SSE stream carries one channel: ids are ordered per channel, so one Last-Event-ID cannot resume several (open a stream per channel, or use the WebSocket API)",
-        ));
-    }
     if channels.is_empty() || channels.len() > max {
         return Err(Reject::new(
             400,
@@ -247,6 +243,16 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
             format!("name 1 to {max} channels"),
         ));
     }
+    // Redis Cluster: each channel has its own ids, so a stream over
+    // several carries a composite cursor, in one canonical channel order.
+    let composite = channels.len() > 1 && shared.config.redis.is_cluster();
+    if composite {
+        channels.sort_unstable();
+    }
+    let cursor = match composite {
+        true => composite_cursor(head, &channels)?,
+        false => stream_cursor(head, ctx)?.map_or(Resume::Fresh, Resume::At),
+    };
     let grant = subscribe::admit(head, ctx, &channels)?;
     charge_new_channels(ctx, client_key(head, ctx), &channels)?;
     let key = take_slot(head, ctx, &shared.access.sse, "SSE streams")?;
@@ -254,7 +260,9 @@ fn stream(head: &Head, ctx: &Ctx<'_>) -> Result<Action, Reject> {
         channels,
         ip_slot: key,
         cursor,
-        gzip: gzip::accepts(head.accept_encoding.as_deref()),
+        composite,
+        // A composite stream's events differ per stream: not compressed.
+        gzip: !composite && gzip::accepts(head.accept_encoding.as_deref()),
         batch: wants_batch(head, ctx),
         grant,
     }))
@@ -394,6 +402,23 @@ fn stream_cursor(head: &Head, ctx: &Ctx<'_>) -> Result<Option<u64>, Reject> {
                 "bad_cursor",
                 format!("Last-Event-ID {v:?} is not an event id redix gave out"),
             )
+        }),
+    }
+}
+
+/// The resume point of a composite-cursor stream over `channels`
+/// (canonical order): its cursor, or `0` for all the history there is.
+fn composite_cursor(head: &Head, channels: &[Arc<str>]) -> Result<Resume, Reject> {
+    let raw = match &head.last_event_id {
+        Some(v) => Some(v.clone()),
+        None => query_param(&head.query, "lastEventId"),
+    };
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(Resume::Fresh),
+        Some("0") => Ok(Resume::At(0)),
+        Some(v) => cursor::parse(v, channels).map(Resume::Each).map_err(|e| {
+            let shown: String = v.chars().take(64).collect();
+            Reject::new(400, "bad_cursor", format!("Last-Event-ID {shown:?} {e}"))
         }),
     }
 }

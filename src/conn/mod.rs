@@ -6,6 +6,7 @@
 //! read them. State changes go through `mem::replace`, so a failed step
 //! cannot leave a half-moved connection.
 
+pub mod composite;
 mod flags;
 pub mod io;
 pub mod queue;
@@ -24,6 +25,7 @@ use crate::event::Event;
 use crate::limits::IpKey;
 use crate::proto::gzip::{self, Trail};
 use crate::tokens::Grant;
+use composite::Composite;
 pub use flags::{Flag, Flags};
 use io::IoStatus;
 use queue::{Flushed, Pushed, QueueLimits, WriteQueue};
@@ -163,6 +165,9 @@ pub struct SseExtra {
     hold_until: Option<u64>,
     /// Token mode: the stream's token.
     token: Option<Authorized>,
+    /// Redis Cluster mode, several channels: the composite cursor
+    /// (`channels` are then in canonical order).
+    composite: Option<Box<Composite>>,
 }
 
 impl Sse {
@@ -248,16 +253,23 @@ impl Sse {
     }
 
     /// An event in this stream's encoding; the caller records it with
-    /// [`Sse::sent`] once it is queued.
-    pub fn event(&self, ev: &Event, gzip_compressions: &AtomicU64) -> Bytes {
+    /// [`Sse::sent`] once it is queued (or [`Sse::missed`] when dropped).
+    /// A composite-cursor stream writes its own `id:` line (never gzip).
+    pub fn event(&mut self, ev: &Event, gzip_compressions: &AtomicU64) -> Bytes {
+        if let Some((composite, index)) = self.composite_of(&ev.channel) {
+            return composite.event(index, ev.id, &ev.sse);
+        }
         match self.is_gzip() {
             false => ev.sse.clone(),
             true => ev.sse_gzip(gzip_compressions),
         }
     }
 
-    /// Counts a queued event into the gzip trailer.
+    /// Counts a queued event into the gzip trailer or the composite cursor.
     pub fn sent(&mut self, ev: &Event) {
+        if let Some((composite, index)) = self.composite_of(&ev.channel) {
+            return composite.queued(index, ev.id);
+        }
         if let Some(trail) = self.trail() {
             trail.update(&ev.sse);
         }
@@ -334,7 +346,8 @@ impl ConnState {
         }
     }
 
-    /// Counts a queued event into a gzip stream's trailer.
+    /// Counts a queued event into a gzip stream's trailer or its
+    /// composite cursor.
     pub fn sent(&mut self, ev: &Event) {
         if let ConnState::Sse(sse) = self {
             sse.sent(ev);

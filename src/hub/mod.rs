@@ -4,7 +4,9 @@
 //! Invariants:
 //! - Ids come from one counter under the hub lock, so they increase per
 //!   channel and across channels; one id is therefore a cursor for every
-//!   channel of a multi-channel stream.
+//!   channel of a multi-channel stream. (Redis Cluster mode: ids increase
+//!   per channel only, so such a stream resumes from a position per
+//!   channel, [`Resume::Each`], read from a [`cursor`].)
 //! - An event is encoded once, under the lock that gives it its id, and the
 //!   same `Arc<Event>` is handed to every reactor with subscribers, in id
 //!   order (the handoff happens under the lock too).
@@ -23,11 +25,13 @@ use crate::mailbox::{ConnRef, Outbox};
 use dedupe::Dedupe;
 use history::{Delta, History, HistoryLimits};
 
+pub mod cursor;
 pub mod dedupe;
 pub mod history;
 pub mod ids;
 mod remote;
 
+pub use cursor::Resume;
 use remote::SyncState;
 pub use remote::{compact_json, NotReady, Received, RemoteEvent};
 
@@ -351,6 +355,21 @@ impl Hub {
         channels: &[Arc<str>],
         cursor: Option<u64>,
     ) -> Result<Snapshot, NotReady> {
+        let resume = match cursor {
+            Some(id) => Resume::At(id),
+            None => Resume::Fresh,
+        };
+        self.subscribe_from(conn, channels, &resume)
+    }
+
+    /// [`Hub::subscribe`] with a resume point per channel (a composite
+    /// cursor of Redis Cluster mode, in the order of `channels`).
+    pub fn subscribe_from(
+        &self,
+        conn: ConnRef,
+        channels: &[Arc<str>],
+        resume: &Resume,
+    ) -> Result<Snapshot, NotReady> {
         let mut inner = self.lock();
         if self.config.redis {
             self.wait_for_sync(&mut inner, channels, conn)?;
@@ -358,7 +377,8 @@ impl Hub {
         let reactor = conn.reactor;
         let mut snap = Snapshot::default();
         let (forgotten_to, last_id) = (inner.forgotten_to, inner.next_id.saturating_sub(1));
-        for name in channels {
+        for (i, name) in channels.iter().enumerate() {
+            let cursor = resume.of(i);
             let known = inner.channels.contains_key(name);
             let market = name.starts_with(MARKET_PREFIX);
             if market {

@@ -110,6 +110,35 @@ fn resume_replays_after_the_cursor_over_several_channels_in_id_order() {
 }
 
 #[test]
+fn a_position_per_channel_replays_each_channel_from_its_own() {
+    let (hub, _) = hub(1, 2);
+    // a: 100 101 103 104 (keeps 103, 104); b: 102 105
+    for ch in ["a", "a", "b", "a", "a", "b"] {
+        hub.publish(ch, "1", None, 0);
+    }
+    let each = |p: &[u64]| Resume::Each(p.into());
+    let snap = hub
+        .subscribe_from(W, &chans(&["a", "b"]), &each(&[103, 100]))
+        .unwrap();
+    assert_eq!(ids(&snap.replay), vec![102, 104, 105]);
+    assert!(snap.resets.is_empty());
+    assert_eq!(snap.live_from, vec![104, 105]);
+    // a's position is older than its history: a reset for a only.
+    let snap = hub
+        .subscribe_from(W, &chans(&["a", "b"]), &each(&[100, 105]))
+        .unwrap();
+    assert_eq!(snap.resets, chans(&["a"]));
+    assert_eq!(ids(&snap.replay), vec![103, 104]);
+    // 0: everything there is, on that channel only.
+    let snap = hub
+        .subscribe_from(W, &chans(&["a", "b"]), &each(&[104, 0]))
+        .unwrap();
+    assert_eq!(ids(&snap.replay), vec![102, 105]);
+    assert_eq!(Resume::Fresh.of(0), None);
+    assert_eq!(Resume::At(7).of(3), Some(7));
+}
+
+#[test]
 fn a_cursor_older_than_the_history_gets_a_reset() {
     let (hub, _) = hub(1, 2);
     for _ in 0..4 {

@@ -235,7 +235,10 @@ impl Worker {
         let Some(resume) = conn.state.delivery().map(|dl| dl.resume_id(in_progress)) else {
             return false;
         };
-        let resume = resume.map(|id| self.shared.hub.show_id(id));
+        let resume = match &conn.state {
+            ConnState::Sse(sse) if sse.is_composite() => sse.composite_text(),
+            _ => resume.map(|id| self.shared.hub.show_id(id)),
+        };
         if matches!(conn.state, ConnState::Ws(_)) {
             let reason = d.ws_reason(resume.as_deref());
             self.close_ws(key, WS_CLOSE_OPERATOR, &reason, now);
@@ -244,7 +247,8 @@ impl Worker {
         let ConnState::Sse(sse) = &mut conn.state else {
             return false;
         };
-        let keep_queue = sse.is_gzip();
+        // A composite cursor counts every event queued: keep them.
+        let keep_queue = sse.is_gzip() || sse.is_composite();
         let last = sse.last(&d.sse_last(resume.as_deref()));
         self.close_gracefully(key, Some(last), !keep_queue, now);
         true

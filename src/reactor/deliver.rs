@@ -65,7 +65,7 @@ impl Worker {
                 batch_wanted = true;
                 continue;
             }
-            let Some(bytes) = event_bytes(&conn.state, ev, &enc) else {
+            let Some(bytes) = event_bytes(&mut conn.state, ev, &enc) else {
                 continue;
             };
             // A gzip stream's trailer covers every byte queued: no
@@ -75,11 +75,13 @@ impl Worker {
                 true => conn.enqueue_conflated(bytes, ev.id, &ev.channel, self.limits),
                 false => conn.enqueue_event(bytes, ev.id, self.limits, max_warnings),
             };
-            if books.settle(outcome, key, conn) {
-                conn.state.sent(ev);
-                if ev.ends_job && ends_with_job(&conn.state) {
-                    ended.push(key);
-                }
+            if !books.settle(outcome, key, conn) {
+                conn.state.missed(ev);
+                continue;
+            }
+            conn.state.sent(ev);
+            if ev.ends_job && ends_with_job(&conn.state) {
+                ended.push(key);
             }
         }
         let too_slow = books.too_slow;
@@ -158,6 +160,10 @@ impl Worker {
             return;
         };
         let resume = delivery.resume_id(in_progress);
+        let composite = match &conn.state {
+            ConnState::Sse(sse) => sse.composite_text(),
+            _ => None,
+        };
         let (is_ws, peer) = (matches!(conn.state, ConnState::Ws(_)), conn.peer);
         let queued = conn.queue.len_bytes();
         WorkerStats::add(&self.stats().slow_disconnects, 1);
@@ -165,7 +171,7 @@ impl Worker {
             "reactor {}: disconnecting slow consumer {peer} (resume from {resume:?}, {queued} bytes queued)",
             self.id,
         );
-        let resume = resume.map(|id| self.shared.hub.show_id(id));
+        let resume = composite.or_else(|| resume.map(|id| self.shared.hub.show_id(id)));
         if is_ws {
             let reason = resume.unwrap_or_default();
             return self.close_ws(key, close_code::SLOW, &reason, now);
@@ -174,8 +180,10 @@ impl Worker {
             return;
         };
         // A gzip trailer covers every byte queued, so a gzip stream keeps
-        // its queue and sends `slow` after it.
-        let keep_queue = sse.is_gzip();
+        // its queue and sends `slow` after it; so does a composite-cursor
+        // stream, whose cursor counts every event queued (and holds a
+        // channel with a gap where it was).
+        let keep_queue = sse.is_gzip() || sse.is_composite();
         let last = sse.last(&sse::slow(resume.as_deref()));
         self.close_gracefully(key, Some(last), !keep_queue, now);
     }
@@ -225,6 +233,9 @@ impl Worker {
         let done = conn.flush(FLUSH_BUDGET);
         if cold || done.events == 0 {
             conn.queue.release();
+            if conn.queue.is_empty() {
+                conn.state.release_buffers();
+            }
         }
         // The write deadline counts from the last write that moved bytes
         // and then blocked; a write that does not block ends the stall.

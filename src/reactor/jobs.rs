@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::{Waiting, Worker};
 use crate::api::jobs::{JobAsk, JobStart, JobStream};
 use crate::api::StreamStart;
+use crate::hub::Resume;
 use crate::jobs::{Request, JOB_PREFIX};
 use crate::mailbox::{ConnRef, JobReply};
 use crate::metrics::WorkerStats;
@@ -145,7 +146,8 @@ impl Worker {
         let start = StreamStart {
             channels: vec![channel],
             ip_slot: s.ip_slot,
-            cursor: Some(s.cursor.unwrap_or(0)),
+            cursor: Resume::At(s.cursor.unwrap_or(0)),
+            composite: false,
             gzip: s.gzip,
             batch: false,
             // Job streams are open in token mode too (see `api::subscribe`).

@@ -501,7 +501,7 @@ impl Encoding<'_> {
 /// An event in a subscriber's wire format (the shared bytes of the event
 /// or of its compressed variant); `None` for a connection that takes no
 /// events. The caller records it with `ConnState::sent` once queued.
-fn event_bytes(state: &ConnState, ev: &Event, enc: &Encoding<'_>) -> Option<Bytes> {
+fn event_bytes(state: &mut ConnState, ev: &Event, enc: &Encoding<'_>) -> Option<Bytes> {
     match state {
         ConnState::Ws(ws) => Some(ev.ws_frame(ws.deflate(), enc.deflate_min, enc.ws_compressions)),
         ConnState::Sse(sse) => Some(sse.event(ev, enc.gzip_compressions)),

@@ -17,8 +17,9 @@ use super::topics::{shared_name, Subscribers};
 use super::{event_bytes, release_slot, reset_bytes, Encoding, Waiting, Worker};
 use crate::api::answers::redis_unavailable;
 use crate::api::StreamStart;
+use crate::conn::composite::Composite;
 use crate::conn::{ConnState, Phase, SlotKind, Sse, Sub};
-use crate::hub::{NotReady, Snapshot};
+use crate::hub::{cursor, NotReady, Snapshot};
 use crate::proto::gzip as gz;
 use crate::proto::sse;
 
@@ -52,7 +53,7 @@ impl Worker {
             }
         }
         for ev in &snap.replay {
-            let Some(bytes) = event_bytes(&conn.state, ev, &enc) else {
+            let Some(bytes) = event_bytes(&mut conn.state, ev, &enc) else {
                 break;
             };
             conn.queue.push_replay(bytes, ev.id);
@@ -92,7 +93,12 @@ impl Worker {
         let Some(gen) = self.conns.get(key).map(|c| c.gen) else {
             return self.shared.access.sse.release(start.ip_slot);
         };
-        let snap = match self.attach(key, gen, &start.channels, start.cursor) {
+        let conn = self.conn_ref(key, gen);
+        let snap = match self
+            .shared
+            .hub
+            .subscribe_from(conn, &start.channels, &start.cursor)
+        {
             Ok(snap) => snap,
             Err(NotReady::Loading) => return self.park(key, Waiting::Stream(start), now),
             Err(why) => {
@@ -124,6 +130,9 @@ impl Worker {
             })
             .collect();
         let mut sse = Sse::new(subs, start.gzip, start.batch);
+        if start.composite {
+            sse.set_composite(composite(&start, &snap));
+        }
         let mut head = match start.gzip {
             true => [sse::HEAD_GZIP.as_bytes(), &gz::HEADER[..]].concat(),
             false => sse::HEAD.as_bytes().to_vec(),
@@ -172,4 +181,17 @@ fn subs<'a>(channels: &'a [Arc<str>], snap: &'a Snapshot) -> impl Iterator<Item 
             channel: c.clone(),
             live_from,
         })
+}
+
+/// A composite-cursor stream's cursor at its start: each channel's
+/// position from the client's cursor, or, without one, where its live
+/// delivery starts (the client asked for nothing before).
+fn composite(start: &StreamStart, snap: &Snapshot) -> Composite {
+    let positions = (0..start.channels.len())
+        .map(|i| match start.cursor.of(i) {
+            Some(at) => at,
+            None => snap.live_from.get(i).copied().unwrap_or(0),
+        })
+        .collect();
+    Composite::new(cursor::tag(&start.channels), positions)
 }

@@ -85,7 +85,10 @@ impl Worker {
         };
         let d = &sse.delivery;
         let resume = d.resume_id(d.last_queued());
-        let resume = resume.map(|id| self.shared.hub.show_id(id));
+        let resume = match sse.is_composite() {
+            true => sse.composite_text(),
+            false => resume.map(|id| self.shared.hub.show_id(id)),
+        };
         let last = sse.last(&sse::token_expired(resume.as_deref()));
         self.close_gracefully(key, Some(last), false, now);
     }

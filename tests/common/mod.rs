@@ -8,13 +8,16 @@
 //! - [`redis`]: `redis-server`s and Redis-mode nodes; [`fake_redis`]: a
 //!   fake Redis for faults the real one will not produce on demand;
 //! - [`market`]: WebSocket clients of `trades:*`;
-//! - [`churn`]: clients that drop and resume, and the check of what they got.
+//! - [`churn`]: clients that drop and resume, and the check of what they got;
+//! - [`cluster`]: a real Redis Cluster, its channels per shard, nodes on it.
 //!
 //! Test files `use common::*;` and need not know the layout.
 
 // Each test binary uses a subset of the helpers; the rest is not dead.
 #[allow(dead_code)]
 mod churn;
+#[allow(dead_code)]
+mod cluster;
 #[allow(dead_code)]
 pub mod fake_redis;
 #[allow(dead_code)]
@@ -34,4 +37,4 @@ mod ws;
 
 // Likewise, a test binary that needs no WebSocket client leaves `ws::*` unused.
 #[allow(unused_imports)]
-pub use {churn::*, http::*, jobs::*, market::*, redis::*, server::*, sse::*, ws::*};
+pub use {churn::*, cluster::*, http::*, jobs::*, market::*, redis::*, server::*, sse::*, ws::*};
