@@ -490,6 +490,14 @@ impl Conn {
     }
 
     /// Writes what the queue holds, up to about `budget` bytes.
+    /// Writes `bytes` straight to the socket, bypassing the queue (the
+    /// caller checked it is empty); how many were taken, 0 on any error
+    /// (a real one is reported by the next flush of what gets queued).
+    pub fn write_now(&mut self, bytes: &[u8]) -> usize {
+        use std::io::Write as _;
+        self.stream.write(bytes).unwrap_or(0)
+    }
+
     pub fn flush(&mut self, budget: usize) -> Flushed {
         let done = self.queue.flush(&mut self.stream, budget);
         self.flags

@@ -278,6 +278,29 @@ impl Worker {
         }
     }
 
+    /// A heartbeat (SSE `: ping`, a WebSocket ping) to a connection with
+    /// nothing queued is written at once when the socket takes it whole,
+    /// so an idle connection's heartbeat allocates no queue ring. Else (bytes
+    /// queued, a blocked socket, a partial write, an error the next flush
+    /// reports) what is left is queued as a control frame.
+    pub(super) fn send_heartbeat(&mut self, key: usize, bytes: Bytes) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let written = match conn.queue.is_empty() && !conn.flags.has(Flag::Blocked) {
+            true => conn.write_now(&bytes),
+            false => 0,
+        };
+        if written > 0 {
+            let stats = &self.shared.stats[self.id];
+            WorkerStats::add(&stats.bytes_written, written as u64);
+            WorkerStats::add(&stats.write_calls, 1);
+        }
+        if written < bytes.len() {
+            self.push_control(key, bytes.slice(written..));
+        }
+    }
+
     /// Queues a control frame (never dropped) and marks the connection for
     /// this turn's flush.
     pub(super) fn push_control(&mut self, key: usize, bytes: Bytes) {

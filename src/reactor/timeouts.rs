@@ -105,18 +105,18 @@ impl Worker {
         let ConnState::Sse(sse) = &mut conn.state else {
             return;
         };
-        if conn.queue.is_empty() {
-            // A plain stream's ping is the static bytes: no allocation
-            // beyond the queue's ring, every heartbeat of every stream.
-            let ping = match sse.is_gzip() {
-                false => Bytes::from_static(sse::PING),
-                true => sse.control(sse::PING),
-            };
-            conn.queue.push_control(ping);
-            self.mark_dirty(key, gen);
-        }
+        let ping = match (conn.queue.is_empty(), sse.is_gzip()) {
+            // A plain stream's ping is the static bytes, written at once
+            // when nothing is queued: no allocation at all.
+            (true, false) => Some(Bytes::from_static(sse::PING)),
+            (true, true) => Some(sse.control(sse::PING)),
+            (false, _) => None,
+        };
         self.timers
             .schedule(now + heartbeat, key, gen, TimerKind::Heartbeat);
+        if let Some(ping) = ping {
+            self.send_heartbeat(key, ping);
+        }
     }
 
     /// Arms the write deadline of a connection whose writes just stalled.

@@ -451,7 +451,7 @@ impl Worker {
             self.ws_retry(key);
         }
         if ping {
-            self.push_control(key, Bytes::from_static(EMPTY_PING));
+            self.send_heartbeat(key, Bytes::from_static(EMPTY_PING));
         }
     }
 
