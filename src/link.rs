@@ -113,25 +113,42 @@ impl Names {
         format!("{}lost", self.prefix)
     }
 
+    /// A market key: `<prefix>market:<what>`, or (Redis Cluster) in the
+    /// one slot of the `{market}` hash tag, so the lease and interest
+    /// scripts, which touch several of them, run on one master.
+    fn market_key(&self, what: &str) -> String {
+        match self.cluster {
+            true => format!("{}{{market}}:{what}", self.prefix),
+            false => format!("{}market:{what}", self.prefix),
+        }
+    }
+
     /// The market lease: "<node> <fencing token>" of the node holding the
     /// cluster's one upstream connection.
     pub fn market_lease(&self) -> String {
-        format!("{}market:lease", self.prefix)
+        self.market_key("lease")
     }
 
     /// The market lease's fencing counter (only grows).
     pub fn market_fence(&self) -> String {
-        format!("{}market:fence", self.prefix)
+        self.market_key("fence")
     }
 
     /// Every node's market interest: members "<node>|<symbol>".
     pub fn market_interest(&self) -> String {
-        format!("{}market:interest", self.prefix)
+        self.market_key("interest")
     }
 
     /// The market upstream's status, written by the lease holder.
     pub fn market_status(&self) -> String {
-        format!("{}market:status", self.prefix)
+        self.market_key("status")
+    }
+
+    /// Redis Cluster: the highest market fencing token that published on
+    /// a channel, in the channel's slot (the lease's slot is another, so
+    /// the publish script fences there; see `market::lease`).
+    pub fn channel_fence(&self, channel: &str) -> String {
+        format!("{}{{{channel}}}:fence", self.prefix)
     }
 
     /// The prefix itself (the job functions take it as an argument).
@@ -402,6 +419,8 @@ mod tests {
         assert_eq!(n.jobs_done(), "rx:jobs:done");
         assert_eq!(n.seen("a", "p1"), "rx:p:p1");
         assert_eq!(n.last_id_of("a"), "rx:last");
+        assert_eq!(n.market_lease(), "rx:market:lease");
+        assert_eq!(n.market_interest(), "rx:market:interest");
     }
 
     #[test]
@@ -413,6 +432,11 @@ mod tests {
             (n.last_id_of("a:b"), "rx:{a:b}:last"),
             (n.seen("a:b", "p1"), "rx:{a:b}:p:p1"),
             (n.lost_of("a:b"), "rx:{a:b}:lost"),
+            (n.channel_fence("a:b"), "rx:{a:b}:fence"),
+            (n.market_lease(), "rx:{market}:lease"),
+            (n.market_fence(), "rx:{market}:fence"),
+            (n.market_interest(), "rx:{market}:interest"),
+            (n.market_status(), "rx:{market}:status"),
         ];
         for (got, want) in table {
             assert_eq!(got, want);

@@ -236,10 +236,7 @@ fn start_bridges(
             ),
         })?;
     }
-    // Redis Cluster: the market lease's keys are not in one slot yet; no
-    // feed (README "Redis Cluster").
-    let redis_cluster = shared.config.redis.is_cluster();
-    if let Some(link) = shared.market.as_ref().filter(|_| !redis_cluster) {
+    if let Some(link) = shared.market.as_ref() {
         let cluster = shared
             .redis
             .as_ref()

@@ -250,10 +250,6 @@ impl Config {
                 r.prefix.contains(['{', '}']),
                 "redis.prefix must not contain { or } with redis.cluster (they make the hash tag)",
             ),
-            (
-                self.market.enabled(),
-                "market.url is not supported with redis.cluster yet",
-            ),
         ];
         match refusals.iter().find(|(bad, _)| *bad) {
             Some((_, msg)) => Err(invalid(msg.to_string())),

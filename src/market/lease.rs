@@ -21,26 +21,43 @@
 //!   the key expires, trying again right then (it reads the remaining TTL).
 //! - The holder writes the upstream's status (refused symbols, breaker)
 //!   with each renewal; every node tells its own subscribers.
+//! - Redis Cluster: the market keys share the `{market}` hash tag, so the
+//!   lease and interest scripts run on that slot's master. A trade's
+//!   channel is in another slot, so its publish cannot read the lease:
+//!   it is fenced by the channel's highest token instead (`republish`),
+//!   and before a batch the holder reads the lease back (at most every
+//!   [`LEASE_CHECK`]), closing its upstream the moment it sees another
+//!   value; the timing rule above is unchanged.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use redis::{Connection, RedisError, Script};
+use redis::{RedisError, Script};
 use serde_json::json;
 
 use crate::bridge::wire::{self, PublishArgs};
-use crate::bridge::{Master, Retention};
+use crate::bridge::{Master, Quiet, Retention};
 use crate::hub::{Hub, MARKET_PREFIX};
 use crate::link::{MarketLink, Names, Publish};
+use crate::market::republish::{self, Con, Refused};
 
 /// Symbols one node writes into the shared interest, at most.
 const MAX_INTEREST: usize = 4096;
+/// Redis Cluster: the holder reads the lease key back before a batch of
+/// trades when it last did longer ago than this (or a tenth of the
+/// lease, if shorter).
+const LEASE_CHECK: Duration = Duration::from_millis(100);
 
 fn lease_script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(include_str!("scripts/lease.lua")))
+}
+
+fn step_aside_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("scripts/step_aside.lua")))
 }
 
 fn interest_script() -> &'static Script {
@@ -79,8 +96,12 @@ pub struct Status {
 /// connection, opened at the first `trades:*` subscriber).
 pub struct Cluster {
     parts: ClusterParts,
-    con: Option<Connection>,
+    con: Option<Con>,
     held: Option<Held>,
+    /// Redis Cluster: when the lease was last read back as this node's.
+    checked: Option<Instant>,
+    /// Redis Cluster: publishes that failed, logged now and then.
+    quiet: Quiet,
     /// This node's symbols as last written.
     written: HashSet<Arc<str>>,
     /// Every node's symbols as last read.
@@ -101,6 +122,8 @@ impl Cluster {
             parts,
             con: None,
             held: None,
+            checked: None,
+            quiet: Quiet::default(),
             written: HashSet::new(),
             union: BTreeSet::new(),
             own_status: Status::default(),
@@ -162,12 +185,7 @@ impl Cluster {
 
     /// One round of Redis work: interest, then the lease.
     fn exchange(&mut self, take: bool) -> Result<(), RedisError> {
-        if self.con.is_none() {
-            let timeout = self
-                .period()
-                .clamp(Duration::from_millis(100), Duration::from_secs(2));
-            self.con = Some(wire::connect_master(&self.parts.master, timeout)?);
-        }
+        self.connection()?;
         self.write_interest()?;
         self.renew_or_take(take)
     }
@@ -208,7 +226,7 @@ impl Cluster {
             .arg(local.len())
             .arg(local.iter().map(|s| s.as_ref()).collect::<Vec<&str>>())
             .arg(gone.iter().map(|s| s.as_ref()).collect::<Vec<&str>>())
-            .invoke(con)?;
+            .invoke(con.as_mut())?;
         self.written = local.into_iter().collect();
         self.union = members
             .iter()
@@ -237,7 +255,7 @@ impl Cluster {
             .arg(self.parts.lease_ms)
             .arg(take)
             .arg(status)
-            .invoke(con)?;
+            .invoke(con.as_mut())?;
         let link = &self.parts.link;
         link.fence.store(fence_of(&value), Ordering::Relaxed);
         if mine != 1 {
@@ -258,12 +276,15 @@ impl Cluster {
         }
         link.lease_held.store(true, Ordering::Relaxed);
         self.held = Some(Held { value, valid_until });
+        // The renewal read the lease as this node's.
+        self.checked = Some(sent);
         Ok(())
     }
 
     /// The lease is gone: say why; the caller closes the upstream.
     fn lose(&mut self, why: &str) -> String {
         self.held = None;
+        self.checked = None;
         self.parts.link.lease_held.store(false, Ordering::Relaxed);
         log::warn!("{why}: closing the upstream connection");
         why.to_string()
@@ -305,12 +326,22 @@ impl Cluster {
     }
 
     /// Republishes one upstream message's trades (one event per symbol)
-    /// through Redis, fenced by the lease. `Err` ends the upstream
-    /// connection: the lease is lost, or Redis cannot take them.
+    /// through Redis, fenced (see `republish`). `Err` ends the upstream
+    /// connection: the lease is lost, or (one server) Redis cannot take
+    /// them.
     pub fn publish(&mut self, events: Vec<(String, String)>) -> Result<(), String> {
-        let Some(held) = &self.held else {
-            return Err("the market lease is not held".into());
+        let value = match &self.held {
+            Some(held) if Instant::now() < held.valid_until => held.value.clone(),
+            Some(_) => return Err(self.lose("the market lease could not be renewed in time")),
+            None => return Err("the market lease is not held".into()),
         };
+        let clustered = self.parts.names.is_cluster();
+        if clustered {
+            self.check_lease(&value)?;
+        }
+        if let Err(e) = self.connection() {
+            return self.failed(e, clustered);
+        }
         let Some(con) = self.con.as_mut() else {
             return Err("no Redis connection".into());
         };
@@ -326,16 +357,113 @@ impl Cluster {
             names: &self.parts.names,
             retention: self.parts.retention,
         };
-        match wire::publish_fenced(con, &args, &batch, &held.value) {
+        let done = match clustered {
+            true => republish::publish_by_token(con, &args, &batch, fence_of(&value)),
+            false => republish::publish_by_lease(con, &args, &batch, &value),
+        };
+        match done {
             Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("FENCED") => {
-                Err(self.lose("another node holds the market lease"))
+            Err(Refused::Fenced(Some(highest))) => {
+                self.step_aside(&value, highest);
+                Err(self.lose("a newer market lease holder published trades"))
             }
+            Err(Refused::Fenced(None)) => Err(self.lose("another node holds the market lease")),
+            Err(Refused::Failed(e)) => self.failed(e, clustered),
+        }
+    }
+
+    /// Redis Cluster: a channel refused this holder's trades for a higher
+    /// token. The lease is given up (if still this node's) and the counter
+    /// raised past that token, so whoever takes the lease next publishes
+    /// (a lost counter would otherwise fence every holder for good).
+    fn step_aside(&mut self, value: &str, highest: u64) {
+        let names = &self.parts.names;
+        let Some(con) = self.con.as_mut() else {
+            return;
+        };
+        let freed: Result<i64, RedisError> = step_aside_script()
+            .key(names.market_lease())
+            .key(names.market_fence())
+            .arg(value)
+            .arg(highest)
+            .invoke(con.as_mut());
+        match freed {
+            // Free now: the next turn may take it at once.
+            Ok(1) => self.free_at = Some(Instant::now()),
+            Ok(_) => {}
+            Err(e) => log::warn!("market lease: giving it up: {e}"),
+        }
+    }
+
+    /// Redis failed to take trades. One server: the upstream closes. Redis
+    /// Cluster: one shard failing stops its channels' trades, not the
+    /// upstream (the lease turn keeps to the timing rule meanwhile).
+    fn failed(&mut self, e: RedisError, clustered: bool) -> Result<(), String> {
+        if !clustered {
+            self.con = None;
+            return Err(format!("republishing trades through Redis: {e}"));
+        }
+        if wire::link_failed(&e) {
+            self.con = None;
+        }
+        self.quiet.warn(format_args!(
+            "market: republishing trades through Redis Cluster: {e}"
+        ));
+        Ok(())
+    }
+
+    /// Redis Cluster: reads the lease back (at most every [`LEASE_CHECK`]),
+    /// making the connection again if it was lost. `Err` (the upstream
+    /// closes) when it holds another value; a Redis failure leaves the
+    /// decision to the lease turn and its timing rule.
+    fn check_lease(&mut self, value: &str) -> Result<(), String> {
+        let every = LEASE_CHECK.min(Duration::from_millis(self.parts.lease_ms / 10));
+        if self.checked.is_some_and(|t| t.elapsed() < every) {
+            return Ok(());
+        }
+        let began = Instant::now();
+        let key = self.parts.names.market_lease();
+        let read = self.connection().and_then(|con| {
+            redis::cmd("GET")
+                .arg(key)
+                .query::<Option<String>>(con.as_mut())
+        });
+        match read {
+            Ok(Some(v)) if v == value => {
+                self.checked = Some(began);
+                Ok(())
+            }
+            Ok(_) => Err(self.lose("the market lease was taken")),
             Err(e) => {
-                self.con = None;
-                Err(format!("republishing trades through Redis: {e}"))
+                if wire::link_failed(&e) {
+                    self.con = None;
+                }
+                self.quiet
+                    .warn(format_args!("market: reading the lease back: {e}"));
+                Ok(())
             }
         }
+    }
+
+    /// The connection, made first if there is none.
+    fn connection(&mut self) -> Result<&mut Con, RedisError> {
+        if self.con.is_none() {
+            let cluster = self.parts.names.is_cluster();
+            self.con = Some(republish::connect(
+                &self.parts.master,
+                cluster,
+                self.io_timeout(),
+            )?);
+        }
+        self.con
+            .as_mut()
+            .ok_or_else(|| RedisError::from((redis::ErrorKind::Io, "no connection")))
+    }
+
+    /// Connect, read and write timeout of the connection.
+    fn io_timeout(&self) -> Duration {
+        self.period()
+            .clamp(Duration::from_millis(100), Duration::from_secs(2))
     }
 
     /// Fds this coordination holds.

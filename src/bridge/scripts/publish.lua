@@ -21,6 +21,11 @@
 -- ARGV[6]  (optional, market trades) the fencing value of the market lease:
 --          then KEYS[3] is the lease <prefix>market:lease (no publisher id),
 --          and nothing is published unless it still holds that value
+-- ARGV[7]  (optional) 'token' (Redis Cluster, where the lease is in another
+--          slot): ARGV[6] is the holder's fencing token and KEYS[3] the
+--          channel's fence <prefix>{<channel>}:fence, the highest token that
+--          published on it; nothing is published if it holds a higher one
+--          (the error names it), else it is raised to this one
 -- Returns {id, 1 if the publisher id was already seen (nothing published) else 0}.
 -- The pub/sub message is "<id> <data>".
 local stream, last_key, seen_key = KEYS[1], KEYS[2], KEYS[3]
@@ -28,7 +33,14 @@ local notify, data = ARGV[1], ARGV[2]
 local maxlen, max_age, seen_ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local fence = ARGV[6]
 
-if fence then
+if fence and ARGV[7] == 'token' then
+  local token, highest = tonumber(fence), tonumber(redis.call('GET', KEYS[3]) or '0')
+  if not token or (highest and highest > token) then
+    return redis.error_reply('FENCED ' .. tostring(highest) .. ' a newer market lease holder published here')
+  end
+  if highest ~= token then redis.call('SET', KEYS[3], fence) end
+  seen_key = nil
+elseif fence then
   if redis.call('GET', KEYS[3]) ~= fence then
     return redis.error_reply('FENCED the market lease is no longer held by this publisher')
   end
