@@ -90,11 +90,13 @@ fn a_dropped_or_stalled_upstream_is_reconnected_and_resubscribed() {
     next_trade(&mut ws);
     // Dropped: a new connection, both symbols subscribed again.
     sim.drop_all();
+    // Every connection after the drop subscribes both symbols again (on a
+    // starved box the 800 ms silence may end one more link meanwhile).
     wait_until("the resubscribe", || {
         let s = sim.stats();
-        s.accepted == 2
-            && s.subscribes.get("AAPL") == Some(&2)
-            && s.subscribes.get("MSFT") == Some(&2)
+        s.accepted >= 2
+            && s.subscribes.get("AAPL") == Some(&s.accepted)
+            && s.subscribes.get("MSFT") == Some(&s.accepted)
     });
     let (before, _) = next_trade(&mut ws);
     // Stalled: no close, no data, no ping; silence ends the link.
