@@ -1,0 +1,150 @@
+//! Jobs in Redis Cluster mode against a real cluster (three masters, one
+//! replica each) and the real example worker (`--cluster`): an ask
+//! streamed to `done`; summaries accepted on one node and streamed on the
+//! other, their jobs' slots on every shard; the summary cached for every
+//! node; a killed worker's job taken over and completed.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use redix::jobs::{demo, Kind};
+use serde_json::Value;
+
+use common::*;
+
+/// A cluster node whose job engine is set up (functions on every master,
+/// its two connections open).
+fn jobs_node(seeds: &[RedisServer], args: &[&str]) -> Server {
+    let node = cluster_node_with(seeds, args);
+    wait_until("the job engine's Redis connections", || {
+        let (status, body) = get(node.addr, "/debug/fds");
+        let fds: Value = serde_json::from_str(&body).unwrap_or_default();
+        status == 200 && fds["owned"]["jobs"] == 2
+    });
+    node
+}
+
+/// Which third of the slots job `id`'s keys fall in (`redis-cli` gives
+/// each master one third).
+fn shard_of(node: &RedisServer, id: &str) -> usize {
+    let key = format!("rx:{{job:{id}}}:job");
+    let reply = node
+        .command(&["CLUSTER", "KEYSLOT", &key])
+        .expect("KEYSLOT");
+    let slot: usize = reply.trim().trim_start_matches(':').parse().expect("slot");
+    (slot * 3 / 16384).min(2)
+}
+
+/// Reads job `id`'s stream on `addr` to its end; asserts the demo text.
+fn streams_to_done(addr: std::net::SocketAddr, stream: &str, url: &str) {
+    let mut c = SseClient::open(addr, stream, &[]);
+    assert_eq!(c.status, 200, "{}", c.head);
+    let events = read_job(&mut c);
+    let tokens = demo::tokens(Kind::Summarize, url);
+    assert_eq!(text_of(&events), tokens.concat(), "{stream}");
+    assert_eq!(events.len(), tokens.len() + 1, "{stream}");
+    assert_eq!(events.last().map(|e| e.1.as_str()), Some("done"));
+}
+
+#[test]
+fn asks_and_summaries_run_on_every_shard() {
+    let cluster = start_cluster();
+    let seeds = &cluster[..3];
+    let (a, b) = (jobs_node(seeds, &[]), jobs_node(seeds, &[]));
+    let _worker = Worker::start_cluster(&cluster[0], "w1", 5);
+    // An ask, streamed from its first token to `done`.
+    let mut ask = SseClient::open(a.addr, "/api/ask?q=hello", &[]);
+    assert_eq!(ask.status, 200, "{}", ask.head);
+    let asked = read_job(&mut ask);
+    assert_eq!(text_of(&asked), demo::tokens(Kind::Ask, "hello").concat());
+    assert_eq!(asked.last().map(|e| e.1.as_str()), Some("done"));
+    // Summaries accepted by A until their jobs sit on every shard.
+    let mut per_shard: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    for i in 0..64 {
+        let url = format!("https://example.com/{i}");
+        let (status, accepted, _) = summarize(a.addr, &url, "?wait=0");
+        assert_eq!(status, 202, "{accepted}");
+        let id = accepted["jobId"].as_str().expect("jobId");
+        let stream = accepted["stream"].as_str().expect("stream").to_string();
+        per_shard
+            .entry(shard_of(&cluster[0], id))
+            .or_default()
+            .push((stream, url));
+        if per_shard.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(per_shard.len(), 3, "jobs on every shard: {per_shard:?}");
+    let jobs: Vec<(String, String)> = per_shard.values().flatten().cloned().collect();
+    for (stream, url) in &jobs {
+        streams_to_done(b.addr, stream, url);
+    }
+    let created = 1 + jobs.len();
+    println!(
+        "cluster jobs: {} summaries over shards {:?}, 1 ask",
+        jobs.len(),
+        per_shard
+            .iter()
+            .map(|(s, j)| (*s, j.len()))
+            .collect::<Vec<_>>()
+    );
+    wait_until("A to count every job done", || {
+        a.metric("redix_jobs_completed_total") == created as f64
+    });
+    // B finds the summary A's job left in the cache.
+    let url = &jobs[0].1;
+    let (status, again, _) = summarize(b.addr, url, "");
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(
+        again["summary"],
+        demo::tokens(Kind::Summarize, url).concat().as_str()
+    );
+    assert_eq!(b.metric("redix_jobs_submitted_total"), 0.0);
+    // A summary waited for (`?wait`) comes back whole.
+    let fresh = "https://example.com/waited";
+    let (status, whole, _) = summarize(b.addr, fresh, "?wait=10");
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(
+        whole["summary"],
+        demo::tokens(Kind::Summarize, fresh).concat().as_str()
+    );
+}
+
+#[test]
+fn a_killed_worker_s_job_is_taken_over_and_completes() {
+    let cluster = start_cluster();
+    let node = jobs_node(&cluster[..3], &["--set", "jobs.visibility_ms=500"]);
+    let mut slow = Worker::start_cluster(&cluster[0], "slow", 150);
+    let mut c = SseClient::open(node.addr, "/api/ask?q=take%20over", &[]);
+    assert_eq!(c.status, 200, "{}", c.head);
+    let mut events = vec![next_job_event(&mut c).expect("a token from the slow worker")];
+    // The fast worker claims the slow one's entry after each visibility
+    // window but is refused (NOTOWNER): the slow one keeps talking.
+    let _fast = Worker::start_cluster(&cluster[1], "fast", 5);
+    while events.len() < 8 {
+        events.push(next_job_event(&mut c).expect("a token from the slow worker"));
+    }
+    assert!(
+        events.iter().all(|(_, _, d)| d.get("attempt").is_none()),
+        "{events:?}"
+    );
+    slow.kill();
+    events.extend(read_job(&mut c));
+    let (_, last, done) = events.last().expect("events").clone();
+    assert_eq!(last, "done", "{events:?}");
+    let whole = demo::tokens(Kind::Ask, "take over").concat();
+    assert_eq!(done["result"], whole.as_str());
+    assert_eq!(done["attempt"], 2);
+    let retry_at = events
+        .iter()
+        .position(|(_, _, d)| d["attempt"] == 2)
+        .expect("events of the second attempt");
+    assert!(retry_at >= 8, "the first attempt's tokens came first");
+    assert_eq!(text_of(&events[retry_at..]), whole);
+    println!(
+        "cluster takeover: {} events, the second attempt from event {retry_at}",
+        events.len()
+    );
+}
