@@ -2,11 +2,14 @@
 //! replica each) and the real example worker (`--cluster`): an ask
 //! streamed to `done`; summaries accepted on one node and streamed on the
 //! other, their jobs' slots on every shard; the summary cached for every
-//! node; a killed worker's job taken over and completed.
+//! node; a killed worker's job taken over and completed; the worker
+//! protocol by hand (`redis-cli -c`), a quiet job failing
+//! `worker_stalled` and its entry acknowledged by the sweep.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 
 use redix::jobs::{demo, Kind};
 use serde_json::Value;
@@ -147,4 +150,86 @@ fn a_killed_worker_s_job_is_taken_over_and_completes() {
         "cluster takeover: {} events, the second attempt from event {retry_at}",
         events.len()
     );
+}
+
+/// `redis-cli -c` (following `MOVED`) against a cluster node: its output
+/// lines.
+fn cli(node: &RedisServer, args: &[&str]) -> Vec<String> {
+    let out = Command::new("redis-cli")
+        .args(["-c", "-p", &node.port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli on PATH");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// The value after field `name` in a printed stream entry.
+fn field(lines: &[String], name: &str) -> Option<String> {
+    let at = lines.iter().position(|l| l == name)?;
+    lines.get(at + 1).cloned()
+}
+
+#[test]
+fn a_job_run_by_hand_that_goes_quiet_fails_worker_stalled() {
+    let cluster = start_cluster();
+    let node = jobs_node(&cluster[..3], &["--set", "jobs.stall_ms=500"]);
+    let mut c = SseClient::open(node.addr, "/api/ask?q=quiet", &[]);
+    assert_eq!(c.status, 200, "{}", c.head);
+    // The queue's name is in the config; the job's key is in its entry.
+    let queue = cli(&cluster[0], &["HGET", "rx:jobs:config", "queue_ask"]);
+    assert_eq!(queue, ["rx:{jobs}:ask"]);
+    let read = cli(
+        &cluster[0],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "workers",
+            "cli",
+            "COUNT",
+            "1",
+            "STREAMS",
+            &queue[0],
+            ">",
+        ],
+    );
+    let key = field(&read, "key").unwrap_or_else(|| panic!("an entry: {read:?}"));
+    let id = field(&read, "id").expect("the job id");
+    assert_eq!(key, format!("rx:{{job:{id}}}:job"));
+    let event = |kind: &str, body: &str| {
+        let args = ["FCALL", "redix_job_event", "1", &key, "cli", kind, body];
+        cli(&cluster[0], &args).join("\n")
+    };
+    let first = event("token", r#"{"text":"Hm"}"#);
+    assert!(first.contains('-'), "a stream id: {first}");
+    let other = cli(
+        &cluster[0],
+        &[
+            "FCALL",
+            "redix_job_event",
+            "1",
+            &key,
+            "intruder",
+            "token",
+            r#"{"text":"x"}"#,
+        ],
+    );
+    assert!(other.join(" ").starts_with("NOTOWNER"), "{other:?}");
+    let events = read_job(&mut c);
+    let (_, name, data) = events.last().expect("events").clone();
+    assert_eq!((events.len(), name.as_str()), (2, "error"), "{events:?}");
+    assert_eq!(data["code"], "worker_stalled");
+    wait_until("the stall to be counted", || {
+        node.metric("redix_jobs_stalled_total") == 1.0
+            && node.metric("redix_jobs_failed_total") == 1.0
+    });
+    let pending = cli(&cluster[0], &["XPENDING", &queue[0], "workers"]);
+    assert_eq!(
+        pending.first().map(String::as_str),
+        Some("0"),
+        "{pending:?}"
+    );
+    assert!(event("token", r#"{"text":"back"}"#).starts_with("ENDED"));
 }
