@@ -4,7 +4,9 @@
 //! other, their jobs' slots on every shard; the summary cached for every
 //! node; a killed worker's job taken over and completed; the worker
 //! protocol by hand (`redis-cli -c`), a quiet job failing
-//! `worker_stalled` and its entry acknowledged by the sweep.
+//! `worker_stalled` and its entry acknowledged by the sweep; the job
+//! functions loaded again after a `FUNCTION FLUSH`, and jobs on a shard
+//! whose master was killed running on its promoted replica.
 
 mod common;
 
@@ -31,12 +33,32 @@ fn jobs_node(seeds: &[RedisServer], args: &[&str]) -> Server {
 /// Which third of the slots job `id`'s keys fall in (`redis-cli` gives
 /// each master one third).
 fn shard_of(node: &RedisServer, id: &str) -> usize {
+    (slot_of_job(node, id) * 3 / 16384).min(2)
+}
+
+/// The slot of job `id`'s keys.
+fn slot_of_job(node: &RedisServer, id: &str) -> usize {
     let key = format!("rx:{{job:{id}}}:job");
     let reply = node
         .command(&["CLUSTER", "KEYSLOT", &key])
         .expect("KEYSLOT");
-    let slot: usize = reply.trim().trim_start_matches(':').parse().expect("slot");
-    (slot * 3 / 16384).min(2)
+    reply.trim().trim_start_matches(':').parse().expect("slot")
+}
+
+/// The slot ranges `node` serves (its own line of `CLUSTER NODES`).
+fn slots_of(node: &RedisServer) -> Vec<(usize, usize)> {
+    let nodes = node.command(&["CLUSTER", "NODES"]).expect("CLUSTER NODES");
+    let mine = nodes
+        .lines()
+        .find(|l| l.contains("myself"))
+        .expect("its own line");
+    mine.split(' ')
+        .skip(8)
+        .filter_map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Reads job `id`'s stream on `addr` to its end; asserts the demo text.
@@ -232,4 +254,55 @@ fn a_job_run_by_hand_that_goes_quiet_fails_worker_stalled() {
         "{pending:?}"
     );
     assert!(event("token", r#"{"text":"back"}"#).starts_with("ENDED"));
+}
+
+#[test]
+fn jobs_survive_a_function_flush_and_a_master_failover() {
+    let mut cluster = start_cluster();
+    let node = jobs_node(&cluster[..3], &[]);
+    let _worker = Worker::start_cluster(&cluster[1], "w1", 1);
+    // The library gone from every master: redix loads it again.
+    for master in &cluster[..3] {
+        let flushed = master.command(&["FUNCTION", "FLUSH"]).unwrap_or_default();
+        assert!(flushed.starts_with("+OK"), "{flushed}");
+    }
+    let mut ask = SseClient::open(node.addr, "/api/ask?q=hello", &[]);
+    assert_eq!(ask.status, 200, "{}", ask.head);
+    let asked = read_job(&mut ask);
+    assert_eq!(text_of(&asked), demo::tokens(Kind::Ask, "hello").concat());
+    // The first master dies; its replica (with the library, replicated)
+    // takes its slots.
+    let victim = slots_of(&cluster[0]);
+    cluster[0].kill();
+    wait_until("not ready while a master is down", || {
+        get(node.addr, "/readyz").0 == 503
+    });
+    wait_until("a replica to take over the dead master's slots", || {
+        cluster[1]
+            .command(&["CLUSTER", "INFO"])
+            .is_some_and(|r| r.contains("cluster_state:ok"))
+    });
+    wait_until("ready again after the failover", || {
+        get(node.addr, "/readyz").0 == 200
+    });
+    let mut found = None;
+    let mut n = 0;
+    wait_until("a job on the promoted replica's slots", || {
+        n += 1;
+        let url = format!("https://example.com/failover/{n}");
+        let (status, accepted, _) = summarize(node.addr, &url, "?wait=0");
+        let (Some(id), Some(stream)) = (accepted["jobId"].as_str(), accepted["stream"].as_str())
+        else {
+            assert_eq!(status, 503, "{accepted}");
+            return false;
+        };
+        let slot = slot_of_job(&cluster[1], id);
+        if victim.iter().any(|(a, b)| (*a..=*b).contains(&slot)) {
+            found = Some((stream.to_string(), url));
+        }
+        found.is_some()
+    });
+    let (stream, url) = found.expect("a job");
+    streams_to_done(node.addr, &stream, &url);
+    println!("cluster failover: a job found on the promoted shard after {n} submissions");
 }

@@ -24,12 +24,31 @@
 use redis::{ConnectionLike, RedisError, Value};
 use sha2::{Digest, Sha256};
 
-use super::functions::{Settings, Submit, Swept, GROUP, KINDS, SWEEP_LIMIT};
+use super::functions::{self, Settings, Submit, Swept, GROUP, KINDS, SWEEP_LIMIT};
 use crate::config::JobsConfig;
 use crate::jobs::Kind;
 use crate::link::Names;
 
 type Con<'a> = &'a mut dyn ConnectionLike;
+
+/// Runs `op`; when a master answers "Function not found" (one promoted
+/// or added since the library was loaded, or a `FUNCTION FLUSH`), loads
+/// the library on every master again and runs `op` once more.
+pub fn reloading<T>(
+    con: Con<'_>,
+    names: &Names,
+    settings: &Settings,
+    mut op: impl FnMut(&mut dyn ConnectionLike) -> Result<T, RedisError>,
+) -> Result<T, RedisError> {
+    match op(&mut *con) {
+        Err(e) if e.to_string().contains("Function not found") => {
+            log::warn!("jobs: a Redis master lacks the job functions ({e}); loading them again");
+            functions::setup(&mut *con, names, settings)?;
+            op(con)
+        }
+        done => done,
+    }
+}
 
 /// The hex SHA-256 of a URL: its cache and in-flight keys' suffix.
 pub fn url_hash(url: &str) -> String {

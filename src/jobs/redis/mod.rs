@@ -316,7 +316,12 @@ impl Engine {
             return;
         };
         let swept = match self.names.is_cluster() {
-            true => cluster::sweep(link.con.as_mut(), &self.names, &self.parts.config),
+            true => {
+                let (names, settings, config) = (&self.names, &self.settings, &self.parts.config);
+                cluster::reloading(link.con.as_mut(), names, settings, |con| {
+                    cluster::sweep(con, names, config)
+                })
+            }
             false => functions::sweep_cmd(&self.names, &self.parts.config)
                 .query(link.con.as_mut())
                 .and_then(functions::parse_sweep),

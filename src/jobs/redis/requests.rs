@@ -95,8 +95,11 @@ impl Engine {
                 }
                 _ => {
                     let submit = submit_of(request, &id, may_create);
-                    let (settings, max) = (&self.settings, self.parts.config.max_jobs);
-                    cluster::submit(link.con.as_mut(), &self.names, &submit, settings, max)
+                    let (names, settings) = (&self.names, &self.settings);
+                    let max = self.parts.config.max_jobs;
+                    cluster::reloading(link.con.as_mut(), names, settings, |con| {
+                        cluster::submit(con, names, &submit, settings, max)
+                    })
                 }
             };
             if let Err(e) = &answer {
