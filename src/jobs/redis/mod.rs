@@ -19,6 +19,13 @@
 //!   `<prefix>jobs:done`, so summarize requests parked here learn of
 //!   their job's end whoever ended it.
 //!
+//! - Redis Cluster (`redis.cluster`): the connection is the cluster's,
+//!   routing each command by its key; a job's keys carry the tag
+//!   `{job:<id>}` and the queues `{jobs}`, so every function call stays in
+//!   one slot, and what one atomic function does on a single server is a
+//!   sequence of single-slot commands (`cluster`). `FUNCTION LOAD` goes to
+//!   every master, again whenever one answers "Function not found".
+//!
 //! Nothing here blocks a reactor: requests come through the bounded queue
 //! of [`Jobs`], answers go out through mailboxes, and while Redis cannot
 //! be used every request is answered `503 redis_unavailable` at once. The

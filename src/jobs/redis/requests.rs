@@ -72,8 +72,9 @@ impl Engine {
         }
     }
 
-    /// Redis Cluster: each request in turn, its commands routed by key;
-    /// a failed link stops the batch (the rest are answered 503).
+    /// Redis Cluster: each request in turn, its commands routed by key.
+    /// A failed link stops the batch: the requests after it are answered
+    /// 503 (those before keep their answers: their jobs exist).
     fn one_by_one(
         &mut self,
         batch: &[Request],
@@ -81,13 +82,11 @@ impl Engine {
     ) -> Result<Vec<Answer>, RedisError> {
         let mut answers = Vec::with_capacity(batch.len());
         for request in batch {
-            let (id, may_create) = match request {
-                Request::Find { .. } => (String::new(), false),
-                _ => self.prepare(request),
-            };
+            let (id, may_create) = self.prepare(request);
             held.push(may_create);
             let Some(link) = self.link.as_mut() else {
-                return Ok(Vec::new());
+                answers.push(Err(gone()));
+                continue;
             };
             let answer = match request {
                 Request::Find { id, .. } => {
@@ -104,9 +103,7 @@ impl Engine {
             };
             if let Err(e) = &answer {
                 if link_failed(e) {
-                    // Held slots of the rest go back in `settle`.
-                    held.resize(batch.len(), false);
-                    return Err(answer.err().unwrap_or_else(gone));
+                    self.failed("job requests", e);
                 }
             }
             answers.push(answer);
