@@ -5,7 +5,14 @@
 //!
 //! ```text
 //! cargo run --example worker -- --redis redis://127.0.0.1:6379 --prefix redix: --name w1 --token-ms 30
+//! cargo run --example worker -- --cluster --redis redis://127.0.0.1:7000 --prefix redix: --name w1
 //! ```
+//!
+//! The queues' names come from `<prefix>jobs:config` (`queue_summarize`,
+//! `queue_ask`) and the key `redix_job_event` takes from each entry's
+//! field `key`, so with Redis Cluster (`--cluster`, where both differ:
+//! `<prefix>{jobs}:<kind>`, `<prefix>{job:<id>}:job`) the worker computes
+//! nothing new: its cluster connection routes each command by its key.
 //!
 //! Per job: take one (`XAUTOCLAIM` a job whose worker went quiet for
 //! `visibility_ms`, else `XREADGROUP … >`), `FCALL redix_job_event …
@@ -22,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use redis::{Connection, RedisError, RedisResult, Value};
+use redis::{ConnectionLike, RedisError, RedisResult, Value};
 use redix::jobs::{demo, Kind};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -33,6 +40,9 @@ struct Args {
     /// The Redis redix uses.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis: String,
+    /// `--redis` is a seed node of a Redis Cluster.
+    #[arg(long)]
+    cluster: bool,
     /// redix's key prefix (`redis.prefix`).
     #[arg(long, default_value = "redix:")]
     prefix: String,
@@ -53,13 +63,17 @@ const KINDS: [Kind; 2] = [Kind::Summarize, Kind::Ask];
 struct Job {
     entry: String,
     id: String,
+    /// The job's hash, as the entry names it: `redix_job_event`'s key.
+    key: String,
     kind: Kind,
     input: String,
 }
 
 struct Worker {
-    con: Connection,
+    con: Box<dyn ConnectionLike>,
     prefix: String,
+    /// The queue of each kind (summarize, ask), as redix named them.
+    queues: [String; 2],
     name: String,
     token_ms: u64,
     /// A job whose worker said nothing for this long may be taken over
@@ -98,6 +112,24 @@ fn main() {
     eprintln!("worker {name}: stopped");
 }
 
+/// A connection to Redis, or (`--cluster`) to the cluster the seed is
+/// part of. Reads block at most a second (see `next_job`), plus slack.
+fn open(args: &Args) -> RedisResult<Box<dyn ConnectionLike>> {
+    let (connect, reply) = (Duration::from_secs(2), Duration::from_secs(5));
+    if args.cluster {
+        let con = redis::cluster::ClusterClientBuilder::new(vec![args.redis.as_str()])
+            .connection_timeout(connect)
+            .response_timeout(reply)
+            .build()?
+            .get_connection()?;
+        return Ok(Box::new(con));
+    }
+    let client = redis::Client::open(args.redis.as_str())?;
+    let con = client.get_connection_with_timeout(connect)?;
+    con.set_read_timeout(Some(reply))?;
+    Ok(Box::new(con))
+}
+
 /// Serves until `stop`, reconnecting after a Redis failure.
 fn work(args: &Args, name: &str, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
@@ -124,21 +156,24 @@ fn block_stop_signals() {
 
 impl Worker {
     fn connect(args: &Args, name: &str) -> RedisResult<Worker> {
-        let client = redis::Client::open(args.redis.as_str())?;
-        let mut con = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        let visibility: Option<u64> = redis::cmd("HGET")
-            .arg(format!("{}jobs:config", args.prefix))
-            .arg("visibility_ms")
-            .query(&mut con)?;
+        let mut con = open(args)?;
+        let (visibility, summarize, ask): (Option<u64>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(format!("{}jobs:config", args.prefix))
+                .arg(&["visibility_ms", "queue_summarize", "queue_ask"][..])
+                .query(con.as_mut())?;
+        let queue = |kind: &str| format!("{}jobs:{kind}", args.prefix);
         let worker = Worker {
             con,
             prefix: args.prefix.clone(),
+            queues: [
+                summarize.unwrap_or_else(|| queue("summarize")),
+                ask.unwrap_or_else(|| queue("ask")),
+            ],
             name: name.to_string(),
             token_ms: args.token_ms,
             visibility_ms: visibility.unwrap_or(10_000).max(1),
         };
-        // Reads block at most a second (see `next_job`), plus slack.
-        worker.con.set_read_timeout(Some(Duration::from_secs(5)))?;
         eprintln!(
             "worker {name}: ready (visibility {} ms)",
             worker.visibility_ms
@@ -156,8 +191,11 @@ impl Worker {
         Ok(())
     }
 
-    fn queue(&self, kind: Kind) -> String {
-        format!("{}jobs:{}", self.prefix, kind.name())
+    fn queue(&self, kind: Kind) -> &str {
+        match kind {
+            Kind::Summarize => &self.queues[0],
+            Kind::Ask => &self.queues[1],
+        }
     }
 
     /// A job whose worker went quiet first (`XAUTOCLAIM`), else a new one
@@ -172,9 +210,9 @@ impl Worker {
                 .arg("0-0")
                 .arg("COUNT")
                 .arg(1)
-                .query(&mut self.con)?;
+                .query(self.con.as_mut())?;
             if let Value::Array(parts) = &claimed {
-                if let Some(job) = parts.get(1).and_then(|e| entries(e).pop()) {
+                if let Some(job) = parts.get(1).and_then(|e| entries(e, &self.prefix).pop()) {
                     eprintln!("worker {}: took over job {}", self.name, job.id);
                     return Ok(Some(job));
                 }
@@ -194,12 +232,12 @@ impl Worker {
             .arg(self.queue(Kind::Ask))
             .arg(">")
             .arg(">")
-            .query(&mut self.con)?;
+            .query(self.con.as_mut())?;
         let Value::Array(streams) = read else {
             return Ok(None);
         };
         Ok(streams.iter().find_map(|s| match s {
-            Value::Array(pair) => pair.get(1).and_then(|e| entries(e).pop()),
+            Value::Array(pair) => pair.get(1).and_then(|e| entries(e, &self.prefix).pop()),
             _ => None,
         }))
     }
@@ -237,11 +275,11 @@ impl Worker {
         let sent: Result<Value, RedisError> = redis::cmd("FCALL")
             .arg("redix_job_event")
             .arg(1)
-            .arg(format!("{}job:{}", self.prefix, job.id))
+            .arg(&job.key)
             .arg(&self.name)
             .arg(kind)
             .arg(body)
-            .query(&mut self.con);
+            .query(self.con.as_mut());
         let e = match sent {
             Ok(_) => return Ok(true),
             Err(e) => e,
@@ -272,20 +310,20 @@ impl Worker {
             .arg(self.queue(job.kind))
             .arg(GROUP)
             .arg(&job.entry)
-            .query::<i64>(&mut self.con)
+            .query::<i64>(self.con.as_mut())
             .map(|_| ())
     }
 }
 
 /// Stream entries `[[id, [field, value, …]], …]` as jobs (others skipped).
-fn entries(v: &Value) -> Vec<Job> {
+fn entries(v: &Value, prefix: &str) -> Vec<Job> {
     let Value::Array(list) = v else {
         return Vec::new();
     };
-    list.iter().filter_map(job_of).collect()
+    list.iter().filter_map(|e| job_of(e, prefix)).collect()
 }
 
-fn job_of(entry: &Value) -> Option<Job> {
+fn job_of(entry: &Value, prefix: &str) -> Option<Job> {
     let Value::Array(pair) = entry else {
         return None;
     };
@@ -303,9 +341,11 @@ fn job_of(entry: &Value) -> Option<Job> {
         "ask" => Kind::Ask,
         _ => return None,
     };
+    let job_id = field("id")?.to_string();
     Some(Job {
         entry: text(id)?.to_string(),
-        id: field("id")?.to_string(),
+        key: field("key").map_or_else(|| format!("{prefix}job:{job_id}"), str::to_string),
+        id: job_id,
         kind,
         input: field("input")?.to_string(),
     })

@@ -156,14 +156,35 @@ impl Names {
         &self.prefix
     }
 
-    /// The queue stream of one kind of job (`summarize`, `ask`).
+    /// The queue stream of one kind of job (`summarize`, `ask`). Redis
+    /// Cluster: both under the tag `{jobs}`, so a worker reads them with
+    /// one `XREADGROUP`.
     pub fn jobs_queue(&self, kind: &str) -> String {
-        format!("{}jobs:{kind}", self.prefix)
+        match self.cluster {
+            true => format!("{}{{jobs}}:{kind}", self.prefix),
+            false => format!("{}jobs:{kind}", self.prefix),
+        }
     }
 
-    /// A job's state (a hash).
+    /// A job's state (a hash). Redis Cluster: tagged with the job's
+    /// channel `job:<id>`, so the hash and the channel's stream, id and
+    /// pub/sub channel share one slot and `redix_job_event` touches only
+    /// that slot.
     pub fn job(&self, id: &str) -> String {
-        format!("{}job:{id}", self.prefix)
+        match self.cluster {
+            true => format!("{}{{job:{id}}}:job", self.prefix),
+            false => format!("{}job:{id}", self.prefix),
+        }
+    }
+
+    /// Redis Cluster: a URL's summary (`h`: the URL's SHA-256, hex).
+    pub fn jobs_cache(&self, h: &str) -> String {
+        format!("{}jobs:cache:{h}", self.prefix)
+    }
+
+    /// Redis Cluster: the summarize job in flight for a URL.
+    pub fn jobs_inflight(&self, h: &str) -> String {
+        format!("{}jobs:inflight:{h}", self.prefix)
     }
 
     /// The job settings workers and the job functions read.

@@ -269,15 +269,6 @@ fn start_jobs(
     requests: crossbeam_channel::Receiver<jobs::Request>,
     mailboxes: &[Arc<Mailbox>],
 ) -> Result<(), String> {
-    if shared.config.redis.is_cluster() {
-        // Not with Redis Cluster yet (README "Redis Cluster"): the job
-        // functions' keys span slots. Requests find no engine: 503.
-        log::warn!(
-            "jobs are not supported with redis.cluster yet: /api/summarize and /api/ask answer 503"
-        );
-        drop(requests);
-        return Ok(());
-    }
     if let Some(redis) = &shared.redis {
         return jobs::redis::start(jobs::redis::Parts {
             config: shared.config.jobs.clone(),

@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
 use redix::jobs::{demo, Kind};
 use serde_json::Value;
@@ -44,79 +42,6 @@ fn event(redis: &RedisServer, job: &str, worker: &str, kind: &str, body: &str) -
     let key = format!("redix:job:{job}");
     let args = ["FCALL", "redix_job_event", "1", &key, worker, kind, body];
     cli(redis, &args).join("\n")
-}
-
-/// The example worker, built once per test run (a stale build would test
-/// old code; a fresh one is a no-op).
-fn worker_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_BIN_EXE_redix"))
-            .parent()
-            .expect("target dir")
-            .to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--example", "worker"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if dir.ends_with("release") {
-            build.arg("--release");
-        }
-        // What cargo set for this test run: some build scripts rebuild
-        // when they see it change (ring reads CARGO_MANIFEST_DIR).
-        let ours = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_",
-        ];
-        for (key, _) in std::env::vars() {
-            if ours.iter().any(|p| key.starts_with(p)) || key == "CARGO_TARGET_TMPDIR" {
-                build.env_remove(key);
-            }
-        }
-        let status = build.status().expect("cargo build --example worker");
-        assert!(status.success(), "building examples/worker.rs failed");
-        dir.join("examples").join("worker")
-    })
-    .clone()
-}
-
-/// An `examples/worker.rs` process, killed on drop.
-struct Worker(Child);
-
-impl Worker {
-    fn start(redis: &RedisServer, name: &str, token_ms: u64) -> Worker {
-        let child = Command::new(worker_bin())
-            .args([
-                "--redis",
-                &redis.url(),
-                "--prefix",
-                "redix:",
-                "--name",
-                name,
-            ])
-            .args(["--token-ms", &token_ms.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the worker");
-        Worker(child)
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[test]

@@ -1,11 +1,15 @@
 //! Job clients: a summarize request, a job stream read to its end, the
-//! text its tokens make.
+//! text its tokens make; the example worker as a process.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use super::http::{raw_exchange, status_of};
+use super::redis::RedisServer;
 use super::sse::SseClient;
 
 /// One event of a job stream as a client sees it: (id, event name, data).
@@ -59,4 +63,86 @@ pub fn text_of(events: &[JobEvent]) -> String {
         .filter(|(_, kind, _)| kind == "token")
         .map(|(_, _, d)| d["text"].as_str().unwrap_or_default())
         .collect()
+}
+
+/// The example worker, built once per test run (a stale build would test
+/// old code; a fresh one is a no-op).
+pub fn worker_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_BIN_EXE_redix"))
+            .parent()
+            .expect("target dir")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--example", "worker"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        // What cargo set for this test run: some build scripts rebuild
+        // when they see it change (ring reads CARGO_MANIFEST_DIR).
+        let ours = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ];
+        for (key, _) in std::env::vars() {
+            if ours.iter().any(|p| key.starts_with(p)) || key == "CARGO_TARGET_TMPDIR" {
+                build.env_remove(key);
+            }
+        }
+        let status = build.status().expect("cargo build --example worker");
+        assert!(status.success(), "building examples/worker.rs failed");
+        dir.join("examples").join("worker")
+    })
+    .clone()
+}
+
+/// An `examples/worker.rs` process, killed on drop.
+pub struct Worker(Child);
+
+impl Worker {
+    pub fn start(redis: &RedisServer, name: &str, token_ms: u64) -> Worker {
+        Worker::start_with(
+            &["--redis", &redis.url(), "--prefix", "redix:"],
+            name,
+            token_ms,
+        )
+    }
+
+    /// A worker of a Redis Cluster (`seed` one of its nodes), prefix `rx:`.
+    pub fn start_cluster(seed: &RedisServer, name: &str, token_ms: u64) -> Worker {
+        let url = seed.url();
+        let args = ["--cluster", "--redis", &url, "--prefix", "rx:"];
+        Worker::start_with(&args, name, token_ms)
+    }
+
+    fn start_with(args: &[&str], name: &str, token_ms: u64) -> Worker {
+        let child = Command::new(worker_bin())
+            .args(args)
+            .args(["--name", name])
+            .args(["--token-ms", &token_ms.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the worker");
+        Worker(child)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

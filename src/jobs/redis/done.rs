@@ -34,7 +34,9 @@ pub enum Note {
 
 /// The listener's inputs.
 pub struct Listener {
-    /// Where the master is now (read at each connect).
+    /// Where the master is now (read at each connect). Redis Cluster:
+    /// its seeds, tried in turn (a classic PUBLISH reaches every node of
+    /// the cluster, so any one will do).
     pub master: Arc<crate::bridge::Master>,
     /// `<prefix>jobs:done`.
     pub channel: String,
@@ -68,8 +70,8 @@ impl Listener {
     pub fn run(self) {
         let mut backoff = Backoff::new(self.backoff_min_ms, self.backoff_max_ms);
         let mut quiet = Quiet::default();
-        loop {
-            let e = self.session(&mut backoff, &mut quiet);
+        for attempt in 0usize.. {
+            let e = self.session(attempt, &mut backoff, &mut quiet);
             quiet.warn(format_args!(
                 "jobs: the {} subscription failed: {e}; reconnecting",
                 self.channel
@@ -79,8 +81,13 @@ impl Listener {
     }
 
     /// One connection, until it fails.
-    fn session(&self, backoff: &mut Backoff, quiet: &mut Quiet) -> RedisError {
-        let endpoint = match self.master.endpoint() {
+    fn session(&self, attempt: usize, backoff: &mut Backoff, quiet: &mut Quiet) -> RedisError {
+        let seeds = &self.master.seeds;
+        let endpoint = match seeds.get(attempt % seeds.len().max(1)) {
+            Some(seed) => Ok(seed.clone()),
+            None => self.master.endpoint(),
+        };
+        let endpoint = match endpoint {
             Ok(e) => e,
             Err(e) => return RedisError::from((redis::ErrorKind::Io, "no master", e)),
         };

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use redis::{RedisError, Value};
 
+use super::cluster;
 use super::done::Note;
 use super::functions::{self, Ending};
 use super::{Engine, Tracked, MAX_WAITERS};
@@ -32,6 +33,7 @@ impl Engine {
             since_ms: now,
             waiters: Vec::new(),
             waiters_ms: now,
+            url: None,
         });
         t.owner = t.owner.or(created);
         if let Some(w) = waiter.filter(|_| t.waiters.len() < MAX_WAITERS) {
@@ -67,7 +69,14 @@ impl Engine {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        let read: Result<Vec<Value>, RedisError> = pipe.query(&mut link.con);
+        let read: Result<Vec<Value>, RedisError> = match link.con.supports_pipelining() {
+            true => pipe.query(link.con.as_mut()),
+            // A cluster connection: one by one, each to its job's slot.
+            false => waited
+                .iter()
+                .map(|id| functions::ending_cmd(&self.names, id).query(link.con.as_mut()))
+                .collect(),
+        };
         let replies = match read {
             Ok(replies) => replies,
             Err(e) => return self.failed("reading jobs' ends", &e),
@@ -94,12 +103,18 @@ impl Engine {
                 true => stats.failed.fetch_add(1, Ordering::Relaxed),
             };
         }
-        if t.waiters.is_empty() {
+        let url = t
+            .url
+            .filter(|_| t.owner.is_some() && self.names.is_cluster());
+        if t.waiters.is_empty() && url.is_none() {
             return;
         }
         let Some(ending) = ending.or_else(|| self.read_ending(id)) else {
             return;
         };
+        if let Some(url) = url {
+            self.remember(id, &url, &ending);
+        }
         let reply = match ending {
             Ending::Done { input, result } => Reply::Summary {
                 url: input,
@@ -118,6 +133,23 @@ impl Engine {
         }
     }
 
+    /// Redis Cluster: the end of a summary this node created, into the
+    /// URL's cache (the job's function cannot reach that slot).
+    fn remember(&mut self, id: &str, url: &str, ending: &Ending) {
+        let summary = match ending {
+            Ending::Done { result, .. } => Some(result.as_str()),
+            Ending::Failed { .. } => None,
+        };
+        let cache_ttl = self.parts.config.cache_ttl_ms;
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let wrote = cluster::remember(link.con.as_mut(), &self.names, id, url, summary, cache_ttl);
+        if let Err(e) = wrote {
+            self.failed("caching a summary", &e);
+        }
+    }
+
     /// How job `id` ended, if it has and Redis says so now.
     fn read_ending(&mut self, id: &str) -> Option<Ending> {
         if !self.ready() {
@@ -125,7 +157,7 @@ impl Engine {
         }
         let link = self.link.as_mut()?;
         let read = functions::ending_cmd(&self.names, id)
-            .query(&mut link.con)
+            .query(link.con.as_mut())
             .and_then(functions::parse_ending);
         match read {
             Ok(ending) => ending,

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use redis::{Connection, RedisError, Value};
+use redis::{ConnectionLike, RedisError, Value};
 
 use crate::config::JobsConfig;
 use crate::hub::ids;
@@ -67,7 +67,10 @@ impl Settings {
 /// Loads the functions, writes the settings and makes sure each queue and
 /// its group exist (an existing group is kept: `BUSYGROUP` is fine). Run
 /// on every (re)connect: a Redis that restarted empty gets them again.
-pub fn setup(con: &mut Connection, names: &Names, s: &Settings) -> Result<(), RedisError> {
+/// Redis Cluster: the cluster connection sends `FUNCTION LOAD` to every
+/// master of its slot map (replicas copy it), so each shard can run the
+/// job functions; run again after a failover or "Function not found".
+pub fn setup(con: &mut dyn ConnectionLike, names: &Names, s: &Settings) -> Result<(), RedisError> {
     redis::cmd("FUNCTION")
         .arg("LOAD")
         .arg("REPLACE")
@@ -87,6 +90,12 @@ pub fn setup(con: &mut Connection, names: &Names, s: &Settings) -> Result<(), Re
         .arg(s.visibility_ms)
         .arg("max_event_bytes")
         .arg(s.max_event_bytes)
+        // The queues' names, so a worker computes none (Redis Cluster's
+        // differ).
+        .arg("queue_summarize")
+        .arg(names.jobs_queue("summarize"))
+        .arg("queue_ask")
+        .arg(names.jobs_queue("ask"))
         .query::<()>(con)?;
     for kind in KINDS {
         // From 0, not $: entries already in a stream without the group

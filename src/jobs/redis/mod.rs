@@ -19,6 +19,13 @@
 //!   `<prefix>jobs:done`, so summarize requests parked here learn of
 //!   their job's end whoever ended it.
 //!
+//! - Redis Cluster (`redis.cluster`): the connection is the cluster's,
+//!   routing each command by its key; a job's keys carry the tag
+//!   `{job:<id>}` and the queues `{jobs}`, so every function call stays in
+//!   one slot, and what one atomic function does on a single server is a
+//!   sequence of single-slot commands (`cluster`). `FUNCTION LOAD` goes to
+//!   every master, again whenever one answers "Function not found".
+//!
 //! Nothing here blocks a reactor: requests come through the bounded queue
 //! of [`Jobs`], answers go out through mailboxes, and while Redis cannot
 //! be used every request is answered `503 redis_unavailable` at once. The
@@ -30,6 +37,7 @@
 //! jobs at `jobs.max_jobs` entries (`TOOMANY`), and the sweep trims what
 //! workers acknowledged.
 
+mod cluster;
 mod done;
 mod ends;
 pub mod functions;
@@ -41,14 +49,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use redis::{Connection, RedisError};
+use redis::{ConnectionLike, RedisError};
 
 use self::done::{Listener, Note};
 use self::functions::{Settings, Swept};
 use super::embedded::log_breaker;
 use super::owners::InFlight;
 use super::{Jobs, Request};
-use crate::bridge::wire::{connect_master, link_failed};
+use crate::bridge::wire::{connect_cluster, connect_master, link_failed};
 use crate::bridge::{Backoff, Quiet};
 use crate::clock::Clock;
 use crate::config::{JobsConfig, RedisConfig};
@@ -95,14 +103,15 @@ pub fn start(parts: Parts) -> Result<(), String> {
         .map_err(|e| format!("spawn the jobs thread: {e}"))
 }
 
-/// The command connection, counted in `Jobs::fds` while it is open.
+/// The command connection (Redis Cluster: the cluster connection, which
+/// routes each command by its key), counted in `Jobs::fds` while open.
 struct Link {
-    con: Connection,
+    con: Box<dyn ConnectionLike + Send>,
     jobs: Arc<Jobs>,
 }
 
 impl Link {
-    fn new(con: Connection, jobs: &Arc<Jobs>) -> Link {
+    fn new(con: Box<dyn ConnectionLike + Send>, jobs: &Arc<Jobs>) -> Link {
         jobs.fds.fetch_add(1, Ordering::Relaxed);
         Link {
             con,
@@ -126,6 +135,9 @@ struct Tracked {
     /// Summarize requests parked on it, and when the last one came.
     waiters: Vec<ConnRef>,
     waiters_ms: u64,
+    /// Redis Cluster: the URL of a summary this node created, whose
+    /// cache this node writes when it ends.
+    url: Option<String>,
 }
 
 /// What the breaker reads from one sweep to the next.
@@ -169,7 +181,10 @@ impl Engine {
             ..Progress::default()
         };
         Engine {
-            names: Names::new(&r.prefix),
+            names: match r.is_cluster() {
+                true => Names::clustered(&r.prefix),
+                false => Names::new(&r.prefix),
+            },
             settings: Settings::of(&parts.config, parts.max_event_bytes),
             link: None,
             set_up: false,
@@ -223,8 +238,7 @@ impl Engine {
             return false;
         }
         if self.link.is_none() {
-            let timeout = Duration::from_millis(self.parts.redis.timeout_ms);
-            match connect_master(&self.parts.master, timeout) {
+            match self.connect() {
                 Ok(con) => self.link = Some(Link::new(con, &self.parts.jobs)),
                 Err(e) => {
                     self.failed("connection", &e);
@@ -235,7 +249,7 @@ impl Engine {
         let Some(link) = self.link.as_mut() else {
             return false;
         };
-        if let Err(e) = functions::setup(&mut link.con, &self.names, &self.settings) {
+        if let Err(e) = functions::setup(link.con.as_mut(), &self.names, &self.settings) {
             self.failed("setup (FUNCTION LOAD, XGROUP CREATE)", &e);
             return false;
         }
@@ -252,6 +266,17 @@ impl Engine {
             self.start_listener(tx);
         }
         true
+    }
+
+    /// The master's connection, or (Redis Cluster) the cluster's.
+    fn connect(&self) -> Result<Box<dyn ConnectionLike + Send>, RedisError> {
+        let timeout = Duration::from_millis(self.parts.redis.timeout_ms);
+        match self.names.is_cluster() {
+            true => connect_cluster(&self.parts.master.seeds, timeout, timeout)
+                .map(|c| Box::new(c) as Box<dyn ConnectionLike + Send>),
+            false => connect_master(&self.parts.master, timeout)
+                .map(|c| Box::new(c) as Box<dyn ConnectionLike + Send>),
+        }
     }
 
     /// Redis failed `what`: a broken link is dropped; setup runs again
@@ -297,9 +322,17 @@ impl Engine {
         let Some(link) = self.link.as_mut() else {
             return;
         };
-        let swept = functions::sweep_cmd(&self.names, &self.parts.config)
-            .query(&mut link.con)
-            .and_then(functions::parse_sweep);
+        let swept = match self.names.is_cluster() {
+            true => {
+                let (names, settings, config) = (&self.names, &self.settings, &self.parts.config);
+                cluster::reloading(link.con.as_mut(), names, settings, |con| {
+                    cluster::sweep(con, names, config)
+                })
+            }
+            false => functions::sweep_cmd(&self.names, &self.parts.config)
+                .query(link.con.as_mut())
+                .and_then(functions::parse_sweep),
+        };
         match swept {
             Ok(s) => self.account(s, now),
             Err(e) => self.failed("sweep", &e),

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use redis::{RedisError, Value};
 
+use super::cluster;
 use super::functions::{self, Submit, Submitted};
 use super::Engine;
 use crate::bridge::wire::link_failed;
@@ -19,31 +20,16 @@ use crate::mailbox::{ConnRef, Msg};
 type Answer = Result<Value, RedisError>;
 
 impl Engine {
-    /// Answers a batch of requests: one pipeline, or 503 at once when
-    /// Redis cannot be used.
+    /// Answers a batch of requests: one pipeline (Redis Cluster: one
+    /// request after the other), or 503 at once when Redis cannot be used.
     pub(super) fn handle(&mut self, batch: Vec<Request>) {
         if !self.ready() {
             return batch.into_iter().for_each(|r| self.refuse(r));
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
         let mut held = Vec::with_capacity(batch.len());
-        for request in &batch {
-            let (cmd, slot) = match request {
-                Request::Summarize { url, owner, .. } => {
-                    self.submit_cmd(Kind::Summarize, url, *owner)
-                }
-                Request::Ask {
-                    question, owner, ..
-                } => self.submit_cmd(Kind::Ask, question, *owner),
-                Request::Find { id, .. } => (functions::find_cmd(&self.names, id), false),
-            };
-            pipe.add_command(cmd);
-            held.push(slot);
-        }
-        let answers: Result<Vec<Answer>, RedisError> = match self.link.as_mut() {
-            Some(link) => pipe.query(&mut link.con),
-            None => Ok(Vec::new()),
+        let answers = match self.names.is_cluster() {
+            true => self.one_by_one(&batch, &mut held),
+            false => self.pipelined(&batch, &mut held),
         };
         let answers = match answers {
             Ok(answers) if answers.len() == batch.len() => answers,
@@ -59,23 +45,85 @@ impl Engine {
         self.settle_all(batch, held, answers);
     }
 
-    /// The submission of a job that may be new, and whether it holds one
-    /// of its client's slots (it may create the job).
-    fn submit_cmd(&mut self, kind: Kind, input: &str, owner: u64) -> (redis::Cmd, bool) {
+    /// The batch as one pipeline, each request its own command and answer.
+    fn pipelined(
+        &mut self,
+        batch: &[Request],
+        held: &mut Vec<bool>,
+    ) -> Result<Vec<Answer>, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for request in batch {
+            let (cmd, slot) = match request {
+                Request::Find { id, .. } => (functions::find_cmd(&self.names, id), false),
+                _ => {
+                    let (id, may_create) = self.prepare(request);
+                    let submit = submit_of(request, &id, may_create);
+                    let max = self.parts.config.max_jobs;
+                    (functions::submit_cmd(&self.names, &submit, max), may_create)
+                }
+            };
+            pipe.add_command(cmd);
+            held.push(slot);
+        }
+        match self.link.as_mut() {
+            Some(link) => pipe.query(link.con.as_mut()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Redis Cluster: each request in turn, its commands routed by key.
+    /// A failed link stops the batch: the requests after it are answered
+    /// 503 (those before keep their answers: their jobs exist).
+    fn one_by_one(
+        &mut self,
+        batch: &[Request],
+        held: &mut Vec<bool>,
+    ) -> Result<Vec<Answer>, RedisError> {
+        let mut answers = Vec::with_capacity(batch.len());
+        for request in batch {
+            let (id, may_create) = self.prepare(request);
+            held.push(may_create);
+            let Some(link) = self.link.as_mut() else {
+                answers.push(Err(gone()));
+                continue;
+            };
+            let answer = match request {
+                Request::Find { id, .. } => {
+                    functions::find_cmd(&self.names, id).query(link.con.as_mut())
+                }
+                _ => {
+                    let submit = submit_of(request, &id, may_create);
+                    let (names, settings) = (&self.names, &self.settings);
+                    let max = self.parts.config.max_jobs;
+                    cluster::reloading(link.con.as_mut(), names, settings, |con| {
+                        cluster::submit(con, names, &submit, settings, max)
+                    })
+                }
+            };
+            if let Err(e) = &answer {
+                if link_failed(e) {
+                    self.failed("job requests", e);
+                }
+            }
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+
+    /// A new job's id, and whether the request holds one of its client's
+    /// slots (it may create the job).
+    fn prepare(&mut self, request: &Request) -> (String, bool) {
+        let owner = match request {
+            Request::Summarize { owner, .. } | Request::Ask { owner, .. } => *owner,
+            Request::Find { .. } => return (String::new(), false),
+        };
         let cap = self.parts.jobs.in_flight_cap();
         let may_create = self.in_flight.admit(owner, cap).is_ok();
         if may_create {
             self.in_flight.add(owner);
         }
-        let id = new_id();
-        let submit = Submit {
-            kind,
-            input,
-            id: &id,
-            may_create,
-        };
-        let cmd = functions::submit_cmd(&self.names, &submit, self.parts.config.max_jobs);
-        (cmd, may_create)
+        (new_id(), may_create)
     }
 
     fn settle_all(&mut self, batch: Vec<Request>, held: Vec<bool>, answers: Vec<Answer>) {
@@ -150,7 +198,13 @@ impl Engine {
                 self.track(&job_id, Some(to), None);
                 Reply::Accepted { job_id }
             }
-            Ok(Submitted::Created(job_id)) => self.created(&job_id, Some(to), owner),
+            Ok(Submitted::Created(job_id)) => {
+                let reply = self.created(&job_id, Some(to), owner);
+                if let Some(t) = self.tracked.get_mut(&job_id) {
+                    t.url = Some(url);
+                }
+                reply
+            }
             Ok(Submitted::Capped) => self.capped(owner),
             Err(e) => self.refusal(&e),
         }
@@ -217,6 +271,21 @@ impl Engine {
         if let Some(mailbox) = self.parts.mailboxes.get(to.reactor) {
             mailbox.send(Msg::Job { conn: to, reply });
         }
+    }
+}
+
+/// What a summarize or ask request submits.
+fn submit_of<'a>(request: &'a Request, id: &'a str, may_create: bool) -> Submit<'a> {
+    let (kind, input) = match request {
+        Request::Summarize { url, .. } => (Kind::Summarize, url.as_str()),
+        Request::Ask { question, .. } => (Kind::Ask, question.as_str()),
+        Request::Find { id, .. } => (Kind::Ask, id.as_str()),
+    };
+    Submit {
+        kind,
+        input,
+        id,
+        may_create,
     }
 }
 

@@ -6,7 +6,8 @@
 --
 -- Keys (<P> is the prefix, "redix:" by default):
 --   <P>jobs:<kind>        queue stream per kind (summarize, ask), group
---                         `workers`; entry fields id, kind, input
+--                         `workers`; entry fields id, kind, input, key (the
+--                         job's hash: the key redix_job_event takes)
 --   <P>job:<id>           hash: kind input state (queued|running|done|
 --                         failed) created updated entry attempt worker
 --                         end result code message
@@ -18,8 +19,18 @@
 --   <P>jobs:progress      counter of worker calls (the breaker's progress)
 --   <P>jobs:done          pub/sub: "<id> done" or "<id> failed" at the end
 --
+-- Redis Cluster (every function touches one slot): <P>{jobs}:<kind> the
+-- queues (one tag, so one XREADGROUP reads both), <P>{job:<id>}:job the
+-- hash (plus the settings ttl_ms max_events max_attempts max_event_bytes
+-- visibility_ms), the channel job:<id> as <P>{job:<id>}:s, :last, :c;
+-- <P>jobs:cache:<h> and <P>jobs:inflight:<h> (h: SHA-256) and the queues
+-- are used by redix with single-key commands; no progress counter.
+--
 -- Functions:
 --   redix_job_event  1 <P>job:<id> <consumer> token|done|error|heartbeat <json object>
+--                      (Redis Cluster: 1 <P>{job:<id>}:job, the entry's field `key`)
+--   redix_job_create 1 <P>{job:<id>}:job <kind> <input> <settings…>   (redix, Cluster)
+--   redix_job_check  1 <P>{job:<id>}:job <stall ms>                   (redix, Cluster)
 --   redix_job_submit 0 <P> <kind> <input> <new id> <max jobs> <may create 1|0>   (redix)
 --   redix_jobs_sweep 0 <P> <stall ms> <visibility ms> <max attempts> <limit>   (redix)
 -- Times are Redis's clock (TIME), so nodes and workers need not agree on one.
@@ -50,40 +61,61 @@ local function config(prefix)
   }
 end
 
--- One event on the job's channel; its stream lives as long as the job.
-local function emit(prefix, id, cfg, data)
+-- Where a job's keys are: its hash, its channel's names (publish.lua's
+-- KEYS and ARGV[1]) and the prefix. A single server's are as above; with
+-- Redis Cluster every key of job <id> carries the tag {job:<id>} (the
+-- hash <P>{job:<id>}:job, the channel job:<id> as <P>{job:<id>}:s, :last,
+-- :c), so one slot holds them all.
+local function single_job(prefix, id)
   local channel = 'job:' .. id
-  local r = publish({prefix .. 's:' .. channel, prefix .. 'last'},
-    {prefix .. 'c:' .. channel, data, cfg.max_events, cfg.ttl, 0})
+  return {prefix = prefix, id = id, hash = prefix .. 'job:' .. id,
+    stream = prefix .. 's:' .. channel, last = prefix .. 'last', notify = prefix .. 'c:' .. channel}
+end
+
+local function cluster_job(key)
+  local prefix, id = string.match(key or '', '^(.*){job:([%w_%-]+)}:job$')
+  if not prefix then return nil end
+  local tag = prefix .. '{job:' .. id .. '}'
+  return {prefix = prefix, id = id, hash = key, cluster = true,
+    stream = tag .. ':s', last = tag .. ':last', notify = tag .. ':c'}
+end
+
+-- One event on the job's channel; its stream lives as long as the job.
+local function emit(j, cfg, data)
+  local r = publish({j.stream, j.last}, {j.notify, data, cfg.max_events, cfg.ttl, 0})
   return r[1]
 end
 
 -- The job ended with the event `end_id`: its state, then everything that
--- waited on it (cache, in-flight marker, queue entry, the nodes).
-local function finish(prefix, id, cfg, state, end_id, fields, now)
-  local job = prefix .. 'job:' .. id
+-- waited on it (cache, in-flight marker, queue entry, the nodes). With
+-- Redis Cluster those live in other slots: the worker acknowledges the
+-- entry, the node that created the job writes the cache.
+local function finish(j, cfg, state, end_id, fields, now)
+  local prefix, id, job = j.prefix, j.id, j.hash
   redis.call('HSET', job, 'state', state, 'end', end_id, 'updated', now, unpack(fields))
   redis.call('PEXPIRE', job, cfg.ttl)
-  local h = redis.call('HMGET', job, 'kind', 'input', 'entry', 'result')
-  local kind, input, entry, result = h[1], h[2], h[3], h[4]
-  if kind == 'summarize' and input then
-    local key = redis.sha1hex(input)
-    local inflight = prefix .. 'jobs:inflight:' .. key
-    if redis.call('GET', inflight) == id then redis.call('DEL', inflight) end
-    if state == 'done' and result and cfg.cache_ttl > 0 then
-      redis.call('SET', prefix .. 'jobs:cache:' .. key, result, 'PX', cfg.cache_ttl)
+  if not j.cluster then
+    local h = redis.call('HMGET', job, 'kind', 'input', 'entry', 'result')
+    local kind, input, entry, result = h[1], h[2], h[3], h[4]
+    if kind == 'summarize' and input then
+      local key = redis.sha1hex(input)
+      local inflight = prefix .. 'jobs:inflight:' .. key
+      if redis.call('GET', inflight) == id then redis.call('DEL', inflight) end
+      if state == 'done' and result and cfg.cache_ttl > 0 then
+        redis.call('SET', prefix .. 'jobs:cache:' .. key, result, 'PX', cfg.cache_ttl)
+      end
     end
+    if kind and entry then redis.call('XACK', prefix .. 'jobs:' .. kind, GROUP, entry) end
   end
-  if kind and entry then redis.call('XACK', prefix .. 'jobs:' .. kind, GROUP, entry) end
   redis.call('PUBLISH', prefix .. 'jobs:done', id .. ' ' .. state)
 end
 
 -- Ends a job with `event: error` (redix's own verdicts: stalled, exhausted).
-local function fail(prefix, id, cfg, code, message, now)
+local function fail(j, cfg, code, message, now)
   local data = '{"type":"error","code":' .. cjson.encode(code) ..
     ',"message":' .. cjson.encode(message) .. '}'
-  local end_id = emit(prefix, id, cfg, data)
-  finish(prefix, id, cfg, 'failed', end_id, {'code', code, 'message', message}, now)
+  local end_id = emit(j, cfg, data)
+  finish(j, cfg, 'failed', end_id, {'code', code, 'message', message}, now)
 end
 
 local function ended(state)
@@ -117,12 +149,115 @@ local function check_body(kind, body, cfg)
   return obj
 end
 
+-- A checked event of the job's worker: on the channel, and its end.
+local function send(j, cfg, kind, attempt, body, obj, now)
+  local end_id = emit(j, cfg, event_json(kind, attempt, body))
+  if kind == 'done' then
+    finish(j, cfg, 'done', end_id, {'result', obj.result}, now)
+  elseif kind == 'error' then
+    local code = type(obj.code) == 'string' and obj.code or 'worker_error'
+    local message = type(obj.message) == 'string' and obj.message or ''
+    finish(j, cfg, 'failed', end_id, {'code', code, 'message', message}, now)
+  end
+  return end_id
+end
+
+-- Redis Cluster: the settings a job carries in its hash (redix writes
+-- them at creation; the config hash is in another slot).
+local function job_config(job)
+  local c = redis.call('HMGET', job, 'ttl_ms', 'max_events', 'max_attempts',
+    'max_event_bytes', 'visibility_ms')
+  return {
+    ttl = tonumber(c[1]) or 600000, cache_ttl = 0,
+    max_events = tonumber(c[2]) or 2000, max_attempts = tonumber(c[3]) or 3,
+    max_bytes = tonumber(c[4]) or 65536, visibility = tonumber(c[5]) or 10000,
+  }
+end
+
+-- Redis Cluster: redix_job_event on one slot. The queue is elsewhere, so
+-- who holds the job is the hash's `worker`: the first consumer to call
+-- takes it, and another may take it over (attempt + 1) only once the
+-- holder has been quiet for visibility_ms, as XAUTOCLAIM would.
+local function cluster_event(j, worker, kind, body)
+  local h = redis.call('HMGET', j.hash, 'state', 'worker', 'updated', 'attempt')
+  if not h[1] then
+    return redis.error_reply('NOJOB no such job (or it expired): XACK its entry and take the next')
+  end
+  local cfg = job_config(j.hash)
+  local obj, why = check_body(kind, body, cfg)
+  if not obj then return redis.error_reply('BADEVENT ' .. why) end
+  if ended(h[1]) then
+    return redis.error_reply('ENDED the job has ended: XACK its entry and take the next')
+  end
+  local now = now_ms()
+  local attempt = tonumber(h[4]) or 0
+  if h[2] ~= worker then
+    if h[2] and now - (tonumber(h[3]) or 0) < cfg.visibility then
+      return redis.error_reply('NOTOWNER another consumer holds this job now: drop it without XACK')
+    end
+    attempt = attempt + 1
+  end
+  if attempt > cfg.max_attempts then
+    fail(j, cfg, 'attempts_exhausted',
+      'the job was delivered ' .. attempt .. ' times; at most ' .. cfg.max_attempts, now)
+    return redis.error_reply('ENDED the job ran out of attempts: XACK its entry and take the next')
+  end
+  redis.call('HSET', j.hash, 'state', 'running', 'updated', now, 'attempt', attempt, 'worker', worker)
+  redis.call('PEXPIRE', j.hash, cfg.ttl)
+  if kind == 'heartbeat' then return attempt end
+  return send(j, cfg, kind, attempt, body, obj, now)
+end
+
+-- redix_job_create 1 <P>{job:<id>}:job <kind> <input> <ttl ms> <max events>
+--   <max attempts> <max event bytes> <visibility ms>            (redix, Redis Cluster)
+-- The job's hash, queued, with the settings its events read.
+local function job_create(keys, args)
+  local j = cluster_job(keys[1])
+  local kind, input, ttl = args[1], args[2], tonumber(args[3])
+  if not j or not (kind == 'summarize' or kind == 'ask') or not input or not ttl or #args < 7 then
+    return redis.error_reply('BADSUBMIT redix_job_create 1 <prefix>{job:<id>}:job <kind> <input> <ttl> <max events> <max attempts> <max bytes> <visibility>')
+  end
+  if redis.call('EXISTS', j.hash) == 1 then return redis.error_reply('BADSUBMIT the job id is taken') end
+  local now = now_ms()
+  redis.call('HSET', j.hash, 'kind', kind, 'input', input, 'state', 'queued',
+    'created', now, 'updated', now, 'attempt', 0, 'ttl_ms', ttl, 'max_events', args[4],
+    'max_attempts', args[5], 'max_event_bytes', args[6], 'visibility_ms', args[7])
+  redis.call('PEXPIRE', j.hash, ttl)
+  return now
+end
+
+-- redix_job_check 1 <P>{job:<id>}:job <stall ms>                 (redix, Redis Cluster)
+-- The sweep's verdict on a delivered job: 'gone', 'ended', 'running', or
+-- 'stalled' / 'exhausted' (then it failed here, now).
+local function job_check(keys, args)
+  local j, stall = cluster_job(keys[1]), tonumber(args[1])
+  if not j or not stall then
+    return redis.error_reply('BADSWEEP redix_job_check 1 <prefix>{job:<id>}:job <stall ms>')
+  end
+  local h = redis.call('HMGET', j.hash, 'state', 'updated', 'attempt')
+  if not h[1] then return 'gone' end
+  if ended(h[1]) then return 'ended' end
+  local cfg, now = job_config(j.hash), now_ms()
+  local quiet, attempt = now - (tonumber(h[2]) or 0), tonumber(h[3]) or 0
+  if attempt >= cfg.max_attempts and quiet >= cfg.visibility then
+    fail(j, cfg, 'attempts_exhausted', 'the job was delivered ' .. attempt ..
+      ' times (at most ' .. cfg.max_attempts .. ') and its worker went quiet', now)
+    return 'exhausted'
+  elseif quiet >= stall then
+    fail(j, cfg, 'worker_stalled', 'the worker sent nothing for ' .. quiet .. ' ms', now)
+    return 'stalled'
+  end
+  return 'running'
+end
+
 -- redix_job_event 1 <P>job:<id> <consumer> <kind> <json object>
 -- Errors a worker must act on: NOJOB / ENDED (XACK the entry, take the
 -- next), NOTOWNER (another consumer holds the job now: drop it, no XACK).
 local function job_event(keys, args)
-  local prefix, id = string.match(keys[1] or '', '^(.*)job:([%w_%-]+)$')
   local worker, kind, body = args[1], args[2], args[3] or '{}'
+  local cj = cluster_job(keys[1])
+  if cj and worker and EVENTS[kind] then return cluster_event(cj, worker, kind, body) end
+  local prefix, id = string.match(keys[1] or '', '^(.*)job:([%w_%-]+)$')
   if not prefix or not worker or not EVENTS[kind] then
     return redis.error_reply('BADEVENT call FCALL redix_job_event 1 <prefix>job:<id> <consumer> token|done|error|heartbeat <json object>')
   end
@@ -147,7 +282,7 @@ local function job_event(keys, args)
   local attempt = tonumber(held[4])
   local now = now_ms()
   if attempt > cfg.max_attempts then
-    fail(prefix, id, cfg, 'attempts_exhausted',
+    fail(single_job(prefix, id), cfg, 'attempts_exhausted',
       'the job was delivered ' .. attempt .. ' times; at most ' .. cfg.max_attempts, now)
     return redis.error_reply('ENDED the job ran out of attempts: XACK its entry and take the next')
   end
@@ -158,15 +293,7 @@ local function job_event(keys, args)
   redis.call('HSET', job, 'state', 'running', 'updated', now, 'attempt', attempt, 'worker', worker)
   redis.call('PEXPIRE', job, cfg.ttl)
   if kind == 'heartbeat' then return attempt end
-  local end_id = emit(prefix, id, cfg, event_json(kind, attempt, body))
-  if kind == 'done' then
-    finish(prefix, id, cfg, 'done', end_id, {'result', obj.result}, now)
-  elseif kind == 'error' then
-    local code = type(obj.code) == 'string' and obj.code or 'worker_error'
-    local message = type(obj.message) == 'string' and obj.message or ''
-    finish(prefix, id, cfg, 'failed', end_id, {'code', code, 'message', message}, now)
-  end
-  return end_id
+  return send(single_job(prefix, id), cfg, kind, attempt, body, obj, now)
 end
 
 -- redix_job_submit 0 <P> <kind> <input> <new id> <max jobs> <may create>
@@ -200,7 +327,7 @@ local function job_submit(keys, args)
   end
   if redis.call('EXISTS', job) == 1 then return redis.error_reply('BADSUBMIT the job id is taken') end
   local now = now_ms()
-  local entry = redis.call('XADD', stream, '*', 'id', id, 'kind', kind, 'input', input)
+  local entry = redis.call('XADD', stream, '*', 'id', id, 'kind', kind, 'input', input, 'key', job)
   redis.call('HSET', job, 'kind', kind, 'input', input, 'state', 'queued',
     'created', now, 'updated', now, 'entry', entry, 'attempt', 0)
   -- Bounded before it ends too: a job nobody takes is gone after the ttl.
@@ -242,7 +369,7 @@ local function sweep_queue(prefix, kind, opts, cfg, now, out)
       local id = e and fields(e[2])['id']
       local state = id and redis.call('HGET', prefix .. 'job:' .. id, 'state')
       if state and not ended(state) then
-        fail(prefix, id, cfg, verdict[2], verdict[3], now)
+        fail(single_job(prefix, id), cfg, verdict[2], verdict[3], now)
         table.insert(verdict[1], id)
       end
       redis.call('XACK', stream, GROUP, entry)
@@ -285,3 +412,5 @@ end
 redis.register_function('redix_job_event', job_event)
 redis.register_function('redix_job_submit', job_submit)
 redis.register_function('redix_jobs_sweep', jobs_sweep)
+redis.register_function('redix_job_create', job_create)
+redis.register_function('redix_job_check', job_check)
