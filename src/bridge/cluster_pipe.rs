@@ -326,7 +326,11 @@ mod tests {
             assert_eq!(hash_tag(key), tag, "{key}");
         }
         let mut publish = redis::cmd("EVALSHA");
-        publish.arg("abc").arg(2).arg("rx:{news}:s").arg("rx:{news}:last");
+        publish
+            .arg("abc")
+            .arg(2)
+            .arg("rx:{news}:s")
+            .arg("rx:{news}:last");
         assert_eq!(first_key(&publish), Some("rx:{news}:s"));
         let mut no_keys = redis::cmd("EVALSHA");
         no_keys.arg("abc").arg(0).arg("x");
@@ -340,8 +344,14 @@ mod tests {
         for (wire, again) in [
             (&b"-MOVED 3999 127.0.0.1:6381\r\n"[..], true),
             (b"-ASK 3999 127.0.0.1:6381\r\n", true),
-            (b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n", true),
-            (b"-READONLY You can't write against a read only replica.\r\n", true),
+            (
+                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+                true,
+            ),
+            (
+                b"-READONLY You can't write against a read only replica.\r\n",
+                true,
+            ),
             (b"-NOSCRIPT No matching script.\r\n", false),
             (b"-ERR bad\r\n", false),
         ] {
