@@ -42,7 +42,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr
 use redis::{Cmd, Connection, ConnectionLike, RedisError, RetryMethod, Value};
 
 use super::shards::slots::{self, slot_of, Addr, SlotMap};
-use super::wire::{connect, connect_cluster, link_failed, wait_replicas, Link, Reply};
+use super::wire::{connect, connect_cluster, link_failed, packed, wait_replicas, Link, Reply};
 use super::Endpoint;
 
 /// The command connection of Redis Cluster mode.
@@ -133,13 +133,10 @@ impl ClusterLink {
     fn run_groups(&mut self, cmds: &[Cmd], groups: &[(Addr, Vec<usize>)], out: &mut [Reply]) {
         let mut sent = Vec::with_capacity(groups.len());
         for (addr, at) in groups {
-            let mut pipe = redis::pipe();
-            for i in at {
-                pipe.add_command(cmds[*i].clone());
-            }
+            let bytes = packed(at.iter().map(|i| &cmds[*i]));
             let wrote = self
                 .master(addr)
-                .and_then(|con| con.send_packed_command(&pipe.get_packed_pipeline()));
+                .and_then(|con| con.send_packed_command(&bytes));
             match wrote {
                 Ok(()) => sent.push((addr, at)),
                 Err(e) => self.fail(addr, at, out, e),

@@ -358,13 +358,18 @@ impl Link for Connection {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-        }
-        pipe.query(self)
+        let replies = self.req_packed_commands(&packed(cmds.iter()), 0, cmds.len())?;
+        Ok(replies.into_iter().map(Value::extract_error).collect())
     }
+}
+
+/// Commands written one after another, as a pipeline goes on the wire.
+pub(super) fn packed<'a>(cmds: impl Iterator<Item = &'a redis::Cmd>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for cmd in cmds {
+        cmd.write_packed_command(&mut out);
+    }
+    out
 }
 
 /// `WAIT needed timeout_ms`: how many replicas have every write this
