@@ -98,11 +98,16 @@ impl ClusterLink {
         Ok(link)
     }
 
-    /// Reads the slot map (from the masters known, then the seeds); on
-    /// failure keeps the old one, and commands it cannot place run alone.
+    /// Reads the slot map (asking the masters we hold a connection to,
+    /// then the seeds, then the other masters of the old map: a dead
+    /// master last); on failure keeps the old one, and commands it cannot
+    /// place run alone.
     fn refresh_map(&mut self) {
-        let mut nodes = self.map.masters();
+        let mut nodes: Vec<Addr> = self.masters.keys().cloned().collect();
         nodes.extend(self.seeds.iter().cloned());
+        nodes.extend(self.map.masters());
+        let mut seen = std::collections::HashSet::new();
+        nodes.retain(|n| seen.insert(n.clone()));
         match slots::fetch(&nodes, &self.template, self.timeout, &|| {}) {
             Ok(map) => {
                 self.masters.retain(|addr, _| map.masters().contains(addr));

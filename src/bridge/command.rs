@@ -1,5 +1,8 @@
 //! The command thread: one blocking Redis connection (the `redis` crate)
-//! for publishes, history loads and the readiness canary.
+//! for publishes, history loads and the readiness canary; with Redis
+//! Cluster, the crate's cluster connection plus one connection per master
+//! for pipelines (`cluster_pipe`). Each turn's publishes go out as one
+//! pipeline (one per master a batch touches), then one of history loads.
 //!
 //! While the connection is down, publishes are answered with a failure at
 //! once and loads wait (they are retried after the reconnect); a command
