@@ -381,11 +381,12 @@ pub fn render_redis(out: &mut String, r: &RedisFigures) {
 /// Redis Cluster: one series per shard (labelled by its master's
 /// address, so as many as the cluster has masters) for each of these.
 #[rustfmt::skip]
-const SHARD_SERIES: [(&str, &str, &str); 4] = [
+const SHARD_SERIES: [(&str, &str, &str); 5] = [
     ("redix_redis_shard_up", "gauge", "1 while this shard's pub/sub link is up and its canary returns."),
     ("redix_redis_shard_channels", "gauge", "Channels SSUBSCRIBEd on this shard's link."),
     ("redix_redis_shard_reconnects_total", "counter", "This shard's pub/sub link lost (or refused) and tried again."),
     ("redix_redis_shard_redirects_total", "counter", "Slot moves the subscriber followed away from this shard: MOVED/ASK answers to SSUBSCRIBE and sunsubscribe pushed by Redis."),
+    ("redix_redis_shard_publish_pipelines_total", "counter", "Pipelines of publishes this node sent to this shard's master, one round trip each (publishes per pipeline: redix_redis_shard_publish_seconds_count over this)."),
 ];
 
 /// Appends the per-shard metrics of Redis Cluster mode.
@@ -393,7 +394,13 @@ pub fn render_shards(out: &mut String, rows: &[(String, ShardFigures)]) {
     for (i, (name, kind, help)) in SHARD_SERIES.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (shard, r) in rows {
-            let value = [u64::from(r.up), r.channels, r.reconnects, r.redirects][i];
+            let value = [
+                u64::from(r.up),
+                r.channels,
+                r.reconnects,
+                r.redirects,
+                r.publish_pipelines,
+            ][i];
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
         }
     }

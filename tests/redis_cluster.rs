@@ -3,6 +3,8 @@
 //! channels whose slots land on every shard.
 
 mod common;
+#[path = "redis_cluster/pipeline.rs"]
+mod pipeline;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

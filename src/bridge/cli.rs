@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::RedisError;
 
-use super::wire::{ack_wait_of, connect, connect_cluster, publish_once, Link, PublishArgs};
+use super::wire::{ack_wait_of, connect, publish_once, ClusterLink, Link, PublishArgs};
 use super::{Master, Retention};
 use crate::link::{Names, Publish};
 
@@ -35,7 +35,7 @@ pub fn publish_cli(
     let (mut con, names): (Box<dyn Link>, Names) = match config.redis.is_cluster() {
         true => (
             Box::new(
-                connect_cluster(&master.seeds, timeout, timeout + ack_wait_of(&config.redis))
+                ClusterLink::open(&master.seeds, timeout, timeout + ack_wait_of(&config.redis))
                     .map_err(where_)?,
             ),
             Names::clustered(&config.redis.prefix),

@@ -1,5 +1,8 @@
 //! The command thread: one blocking Redis connection (the `redis` crate)
-//! for publishes, history loads and the readiness canary.
+//! for publishes, history loads and the readiness canary; with Redis
+//! Cluster, the crate's cluster connection plus one connection per master
+//! for pipelines (`cluster_pipe`). Each turn's publishes go out as one
+//! pipeline (one per master a batch touches), then one of history loads.
 //!
 //! While the connection is down, publishes are answered with a failure at
 //! once and loads wait (they are retried after the reconnect); a command
@@ -17,8 +20,8 @@ use redis::RedisError;
 pub use super::cli::publish_cli;
 use super::shards::slots::slot_of;
 use super::wire::{
-    check_data_kept, link_failed, load_cmd, load_once, load_script, open, parse_load, publish_each,
-    publish_once, publish_pipelined, publish_script, query_each, Link, PublishArgs, PUBLISH_BATCH,
+    check_data_kept, link_failed, load_cmd, load_once, load_pipelined, load_script, open,
+    parse_load, publish_once, publish_pipelined, publish_script, Link, PublishArgs, PUBLISH_BATCH,
 };
 use super::{Backoff, Parts, Retention};
 use crate::clock::Clock;
@@ -246,13 +249,12 @@ impl CommandThread {
             retention: self.retention,
         };
         let publishes = batch.iter().map(|p| &p.publish);
-        let sent = match redis.names.is_cluster() {
-            true => {
-                let mut took = |p: &Publish, d| redis.shards.publish_took(slot_of(&p.channel), d);
-                Ok(publish_each(&mut **con, &args, publishes, &mut took))
-            }
-            false => publish_pipelined(&mut **con, &args, publishes),
-        };
+        let started = Instant::now();
+        let sent = publish_pipelined(&mut **con, &args, publishes);
+        if redis.names.is_cluster() && sent.is_ok() {
+            let slots: Vec<u16> = batch.iter().map(|p| slot_of(&p.publish.channel)).collect();
+            redis.shards.publish_batch(&slots, started.elapsed());
+        }
         let results = match sent {
             Ok(results) => results,
             Err(e) => {
@@ -317,9 +319,9 @@ impl CommandThread {
                 link.publish_errors.fetch_add(1, Ordering::Relaxed);
                 log::warn!("publish to {} failed: {e}", publish.channel);
                 // `READONLY`: a demoted master. A wire failure here (Redis
-                // Cluster publishes one by one) is a node gone: the new
-                // connection reads the slot map again, so a promoted
-                // replica is found.
+                // Cluster: one master's pipeline failed, the others'
+                // answers stand) is a node gone: the new connection reads
+                // the slot map again, so a promoted replica is found.
                 let lost = link_failed(&e).then(|| e.clone());
                 (PublishReply::Failed(format!("Redis: {e}")), lost)
             }
@@ -415,10 +417,11 @@ impl CommandThread {
             };
             let n = self.waiting_loads.len().min(LOAD_BATCH);
             let batch: Vec<_> = self.waiting_loads.drain(..n).collect();
-            let cmds = batch
+            let cmds: Vec<redis::Cmd> = batch
                 .iter()
-                .map(|(channel, _, after)| load_cmd(&redis.names, channel, max(channel), *after));
-            let replies = match query_each(&mut **con, cmds, redis.names.is_cluster()) {
+                .map(|(channel, _, after)| load_cmd(&redis.names, channel, max(channel), *after))
+                .collect();
+            let replies = match load_pipelined(&mut **con, &cmds) {
                 Ok(replies) => replies,
                 Err(e) => {
                     for item in batch.into_iter().rev() {

@@ -26,6 +26,7 @@
 //! server state, and imports nothing from `reactor/`.
 
 mod cli;
+mod cluster_pipe;
 pub mod command;
 pub mod master;
 pub mod pubsub;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use redis::{Connection, ConnectionLike, RedisError, Script, Value};
 
+pub(super) use super::cluster_pipe::ClusterLink;
 use super::{Endpoint, Master, Retention};
 use crate::hub::{ids, Hub, RemoteEvent};
 use crate::link::{Names, Publish, Redis};
@@ -149,54 +150,23 @@ pub fn publish_once(
     Ok((id, seen == 1))
 }
 
-/// Runs publishes in one pipeline, one answer each. `Err` when the wire
-/// failed (then nothing is known about any of them).
+/// Runs publishes in one pipeline (Redis Cluster: one per master), one
+/// answer each. `Err` when the wire failed (then nothing is known about
+/// any of them).
 pub(super) fn publish_pipelined<'a>(
-    con: &mut dyn ConnectionLike,
+    con: &mut dyn Link,
     args: &PublishArgs<'a>,
     batch: impl Iterator<Item = &'a Publish>,
 ) -> Result<Vec<PublishResult>, RedisError> {
-    if args.names.is_cluster() {
-        return Ok(publish_each(con, args, batch, &mut |_, _| {}));
-    }
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for p in batch {
-        pipe.add_command(publish_cmd(args, p));
-    }
-    let results: Vec<Result<(String, i64), RedisError>> = pipe.query(con)?;
-    Ok(results
+    let cmds: Vec<redis::Cmd> = batch.map(|p| publish_cmd(args, p)).collect();
+    let replies = con.pipeline(&cmds)?;
+    Ok(replies
         .into_iter()
-        .map(|r| r.map(|(id, seen)| (id, seen == 1)))
-        .collect())
-}
-
-/// Redis Cluster: a pipeline goes to one node, so each publish runs
-/// alone, sent to its channel's slot owner (the cluster connection follows
-/// `MOVED`, `ASK` and `TRYAGAIN`). A wire failure ends the batch: the
-/// publishes after it answer with it. `took` hears how long each
-/// publish that ran took (redirects followed included).
-pub(super) fn publish_each<'a>(
-    con: &mut dyn ConnectionLike,
-    args: &PublishArgs<'a>,
-    batch: impl Iterator<Item = &'a Publish>,
-    took: &mut dyn FnMut(&Publish, Duration),
-) -> Vec<PublishResult> {
-    let mut failed: Option<RedisError> = None;
-    batch
-        .map(|p| {
-            if let Some(e) = &failed {
-                return Err(e.clone());
-            }
-            let started = std::time::Instant::now();
-            let result: Result<(String, i64), RedisError> = publish_cmd(args, p).query(con);
-            took(p, started.elapsed());
-            if let Err(e) = &result {
-                failed = link_failed(e).then(|| e.clone());
-            }
-            result.map(|(id, seen)| (id, seen == 1))
+        .map(|r| {
+            let (id, seen): (String, i64) = redis::from_redis_value(r?)?;
+            Ok((id, seen == 1))
         })
-        .collect()
+        .collect())
 }
 
 /// Reads a channel's history from its stream, oldest first: on a first
@@ -363,30 +333,43 @@ pub(super) fn lost_script() -> &'static Script {
     })
 }
 
-/// A command connection: one server's, or a Redis Cluster's.
+/// One command's answer (an error answer is an `Err`).
+pub(super) type Reply = Result<Value, RedisError>;
+
+/// A command connection: one server's, or a Redis Cluster's
+/// ([`ClusterLink`]).
 pub trait Link: ConnectionLike + Send {
     /// `WAIT needed timeout_ms` on the server that holds `key` (the only
     /// one, or the master of the key's slot): how many of its replicas
     /// have every write this connection made there.
     fn wait_for(&mut self, key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError>;
+
+    /// Runs `cmds` pipelined, one answer each, in order. `Err` when the
+    /// wire failed (then nothing is known about any of them).
+    fn pipeline(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<Reply>, RedisError>;
 }
 
 impl Link for Connection {
     fn wait_for(&mut self, _key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError> {
         wait_replicas(self, needed, timeout_ms)
     }
+
+    fn pipeline(&mut self, cmds: &[redis::Cmd]) -> Result<Vec<Reply>, RedisError> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replies = self.req_packed_commands(&packed(cmds.iter()), 0, cmds.len())?;
+        Ok(replies.into_iter().map(Value::extract_error).collect())
+    }
 }
 
-impl Link for redis::cluster::ClusterConnection {
-    fn wait_for(&mut self, key: &str, needed: u32, timeout_ms: u64) -> Result<u64, RedisError> {
-        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-        let owner = Route::with_key(key, SlotAddr::Master);
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(owner));
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(needed).arg(timeout_ms);
-        let reply = self.route_command(&wait, routing)?;
-        Ok(redis::from_redis_value(reply)?)
+/// Commands written one after another, as a pipeline goes on the wire.
+pub(super) fn packed<'a>(cmds: impl Iterator<Item = &'a redis::Cmd>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for cmd in cmds {
+        cmd.write_packed_command(&mut out);
     }
+    out
 }
 
 /// `WAIT needed timeout_ms`: how many replicas have every write this
@@ -416,8 +399,8 @@ pub(super) fn open(redis: &Redis, timeout: Duration) -> Result<Box<dyn Link>, Re
     if redis.names.is_cluster() {
         // A publish's reply may wait for its `WAIT`.
         let reply_within = timeout + ack_wait(redis);
-        let con = connect_cluster(&redis.master.seeds, timeout, reply_within)?;
-        return Ok(Box::new(con));
+        let link = ClusterLink::open(&redis.master.seeds, timeout, reply_within)?;
+        return Ok(Box::new(link));
     }
     let con = connect_master(&redis.master, timeout)?;
     // A publish's reply comes after its `WAIT`.
@@ -425,30 +408,19 @@ pub(super) fn open(redis: &Redis, timeout: Duration) -> Result<Box<dyn Link>, Re
     Ok(Box::new(con))
 }
 
-/// Runs commands, one answer each: in one pipeline, or (Redis Cluster,
-/// where a pipeline goes to one node) one by one. `Err` when the wire
-/// failed.
-pub(super) fn query_each(
-    con: &mut dyn ConnectionLike,
-    cmds: impl Iterator<Item = redis::Cmd>,
-    cluster: bool,
-) -> Result<Vec<Result<Value, RedisError>>, RedisError> {
-    if cluster {
-        let mut replies = Vec::new();
-        for cmd in cmds {
-            match cmd.query::<Value>(con) {
-                Err(e) if link_failed(&e) => return Err(e),
-                reply => replies.push(reply),
-            }
-        }
-        return Ok(replies);
+/// Runs history loads pipelined (Redis Cluster: one pipeline per
+/// master), one answer each; a wire failure of any of them is the
+/// batch's (loads only read: they all run again after the reconnect).
+pub(super) fn load_pipelined(
+    con: &mut dyn Link,
+    cmds: &[redis::Cmd],
+) -> Result<Vec<Reply>, RedisError> {
+    let replies = con.pipeline(cmds)?;
+    let wire = replies.iter().filter_map(|r| r.as_ref().err());
+    match wire.into_iter().find(|e| link_failed(e)) {
+        Some(e) => Err(e.clone()),
+        None => Ok(replies),
     }
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for cmd in cmds {
-        pipe.add_command(cmd);
-    }
-    pipe.query(con)
 }
 
 /// How much longer than a plain command a publish may take: its `WAIT`.

@@ -34,6 +34,9 @@ pub struct ShardFigures {
     pub latency_buckets: [u64; LATENCY_BUCKETS_MS.len() + 1],
     pub latency_sum_us: u64,
     pub latency_count: u64,
+    /// Pipelines of publishes sent to the shard's master (one round
+    /// trip each).
+    pub publish_pipelines: u64,
 }
 
 #[derive(Debug, Default)]
@@ -87,24 +90,32 @@ impl ShardStats {
         }
     }
 
-    /// A publish to a channel of `slot` took `took` (counted on the
-    /// slot's master as the map last said).
-    pub fn publish_took(&self, slot: u16, took: Duration) {
+    /// A batch of publishes to channels of `slots` took `took` in all
+    /// (one pipeline per master): each is timed at that, and each master
+    /// the batch touched (as the map last said) counts one pipeline.
+    pub fn publish_batch(&self, slots: &[u16], took: Duration) {
         let mut t = self.lock();
-        let Some(addr) = t.map.owner(slot).cloned() else {
-            return;
-        };
-        let Some(row) = t.rows.get_mut(&addr) else {
-            return;
-        };
-        let ms = took.as_millis() as u64;
-        let at = LATENCY_BUCKETS_MS
-            .iter()
-            .position(|le| ms < *le)
-            .unwrap_or(LATENCY_BUCKETS_MS.len());
-        row.latency_buckets[at] += 1;
-        row.latency_sum_us += took.as_micros() as u64;
-        row.latency_count += 1;
+        let mut touched: Vec<Addr> = Vec::new();
+        for slot in slots {
+            let Some(addr) = t.map.owner(*slot).cloned() else {
+                continue;
+            };
+            let Some(row) = t.rows.get_mut(&addr) else {
+                continue;
+            };
+            let ms = took.as_millis() as u64;
+            let at = LATENCY_BUCKETS_MS
+                .iter()
+                .position(|le| ms < *le)
+                .unwrap_or(LATENCY_BUCKETS_MS.len());
+            row.latency_buckets[at] += 1;
+            row.latency_sum_us += took.as_micros() as u64;
+            row.latency_count += 1;
+            if !touched.contains(&addr) {
+                row.publish_pipelines += 1;
+                touched.push(addr);
+            }
+        }
     }
 
     /// Every row, by address.
@@ -131,9 +142,9 @@ mod tests {
         };
         stats.set_map(&map(&[(0, 8191, "h:1"), (8192, 16383, "h:2")]));
         stats.update("h:1", |r| r.reconnects += 1);
-        stats.publish_took(10, Duration::from_micros(1500));
-        stats.publish_took(10, Duration::from_millis(3000));
-        stats.publish_took(9000, Duration::from_micros(200));
+        stats.publish_batch(&[10], Duration::from_micros(1500));
+        stats.publish_batch(&[10, 9000], Duration::from_millis(3000));
+        stats.publish_batch(&[9000], Duration::from_micros(200));
         let rows = stats.rows();
         assert_eq!(rows.len(), 2);
         let (_, one) = &rows[0];
@@ -143,6 +154,8 @@ mod tests {
         );
         assert_eq!(one.latency_buckets, [0, 1, 0, 0, 0, 0, 0, 1]);
         assert_eq!(rows[1].1.latency_buckets[0], 1);
+        // One pipeline per master a batch touched.
+        assert_eq!((one.publish_pipelines, rows[1].1.publish_pipelines), (2, 2));
         // h:2 fails over to h:3, which takes over its row.
         stats.update("h:2", |r| r.reconnects += 2);
         stats.set_map(&map(&[(0, 8191, "h:1"), (8192, 16383, "h:3")]));
@@ -150,7 +163,7 @@ mod tests {
         let addrs: Vec<&str> = rows.iter().map(|(a, _)| a.as_str()).collect();
         assert_eq!(addrs, ["h:1", "h:3"]);
         assert_eq!((rows[0].1.reconnects, rows[1].1.reconnects), (1, 2));
-        assert_eq!(rows[1].1.latency_count, 1);
+        assert_eq!(rows[1].1.latency_count, 2);
         stats.update("h:2", |r| r.reconnects += 1);
         assert_eq!(stats.rows().len(), 2);
         // A master new to the map with slots no gone master had: a fresh row.
