@@ -62,8 +62,8 @@ fn limit(r: &ModeResult) -> String {
     let per_node = r.rate() / r.nodes.len().max(1) as f64;
     let trips = match r.mode {
         crate::cli::Mode::Cluster => format!(
-            "each node's command thread has one publish at a time on the wire (no pipelining \
-             in cluster mode), one every {:.0} µs, busy at most {command:.0} % of a core",
+            "each node's command thread writes a batch as one pipeline per master it touches \
+             (a publish every {:.0} µs per node), busy at most {command:.0} % of a core",
             1e6 / per_node.max(1.0)
         ),
         crate::cli::Mode::Single => String::new(),
