@@ -93,7 +93,7 @@ pub const DEFAULT_QUEUE_MAX_BYTES: usize = 256 * 1024;
 /// Overflow warnings after which a slow consumer is disconnected.
 pub const DEFAULT_SLOW_WARNINGS: u32 = 10;
 /// Under load, a stream is written at most once per this window.
-pub const DEFAULT_COALESCE_MS: u64 = 20;
+pub const DEFAULT_COALESCE_MS: u64 = 40;
 /// Deliveries/s per reactor from which writes coalesce.
 pub const DEFAULT_COALESCE_ABOVE: u64 = 100_000;
 /// How long a shutdown waits for queued bytes to drain.
