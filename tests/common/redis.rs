@@ -168,6 +168,12 @@ impl RedisServer {
         wait_until("the replica to be online", || {
             master.online_replicas() > before
         });
+        // The master marks it online once the snapshot is sent; the replica
+        // answers acknowledgements (WAIT) only after loading it.
+        wait_until("the replica's link up and its sync done", || {
+            let info = r.command(&["INFO", "replication"]).unwrap_or_default();
+            info.contains("master_link_status:up") && info.contains("master_sync_in_progress:0")
+        });
         r
     }
 
