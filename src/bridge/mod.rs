@@ -28,6 +28,7 @@
 mod cli;
 mod cluster_pipe;
 pub mod command;
+mod loads;
 pub mod master;
 pub mod pubsub;
 pub mod sentinel;

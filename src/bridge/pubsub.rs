@@ -32,11 +32,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::loads::Unsent;
 use super::Backoff;
 use crate::clock::Clock;
 use crate::health::Beat;
 use crate::hub::{ids, Hub, RemoteEvent};
-use crate::link::{Command, Redis};
+use crate::link::Redis;
 use crate::proto::resp::{self, Value};
 
 /// How long the loop waits for bytes, so channel changes go out promptly.
@@ -111,7 +112,7 @@ struct Session<'a> {
     subscribed: HashSet<Arc<str>>,
     canary: String,
     /// Loads the command queue had no room for; retried every turn.
-    unsent: Vec<(Arc<str>, u64, Option<u64>)>,
+    unsent: Unsent,
     /// When the last canary came back, on the hub clock.
     canary_seen_ms: u64,
     /// A canary came back on this connection: the link worked.
@@ -149,7 +150,7 @@ impl<'a> Session<'a> {
             buf: Vec::with_capacity(64 * 1024),
             subscribed: HashSet::new(),
             canary: redis.names.canary(&redis.node),
-            unsent: Vec::new(),
+            unsent: Unsent::default(),
             canary_seen_ms: ps.clock.now_ms(),
             worked: false,
             generation,
@@ -263,26 +264,11 @@ impl<'a> Session<'a> {
     }
 
     fn start_load(&mut self, channel: Arc<str>) {
-        if let Some((token, after)) = self.hub.begin_sync(&channel) {
-            // A newer load of the channel replaces one not sent yet.
-            self.unsent.retain(|(c, _, _)| *c != channel);
-            self.unsent.push((channel, token, after));
-            self.retry_unsent();
-        }
+        self.unsent.start(self.hub, self.redis, channel);
     }
 
     fn retry_unsent(&mut self) {
-        while let Some((channel, token, after)) = self.unsent.pop() {
-            let cmd = Command::Load {
-                channel: channel.clone(),
-                token,
-                after,
-            };
-            if self.redis.submit(cmd).is_err() {
-                self.unsent.push((channel, token, after));
-                return;
-            }
-        }
+        self.unsent.retry(self.redis);
     }
 
     fn drain_messages(&mut self) -> Result<(), String> {

@@ -42,12 +42,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 
+use super::loads::Unsent;
 use super::pubsub::{parse_payload, Chunk, MAX_BACKLOG, READ_TIMEOUT};
 use super::{Backoff, Endpoint, Quiet};
 use crate::clock::Clock;
 use crate::health::Beat;
 use crate::hub::{ids, Hub};
-use crate::link::{Command, Redis};
+use crate::link::Redis;
 use link::{Heard, ShardLink};
 use slots::{Addr, SlotMap};
 
@@ -91,7 +92,7 @@ struct Thread<'a> {
     refreshed_at: Instant,
     refresh_backoff: Backoff,
     /// Loads the command queue had no room for; retried every turn.
-    unsent: Vec<(Arc<str>, u64, Option<u64>)>,
+    unsent: Unsent,
     canary: String,
 }
 
@@ -116,7 +117,7 @@ impl ShardedPubSub {
             refresh_at: Some(Instant::now()),
             refreshed_at: Instant::now(),
             refresh_backoff: backoff(),
-            unsent: Vec::new(),
+            unsent: Unsent::default(),
             canary: redis.names.canary(&redis.node),
         };
         self.hub.take_changes();
@@ -373,26 +374,11 @@ impl Thread<'_> {
     }
 
     fn start_load(&mut self, channel: Arc<str>) {
-        if let Some((token, after)) = self.hub.begin_sync(&channel) {
-            // A newer load of the channel replaces one not sent yet.
-            self.unsent.retain(|(c, _, _)| *c != channel);
-            self.unsent.push((channel, token, after));
-            self.retry_unsent();
-        }
+        self.unsent.start(self.hub, self.redis, channel);
     }
 
     fn retry_unsent(&mut self) {
-        while let Some((channel, token, after)) = self.unsent.pop() {
-            let cmd = Command::Load {
-                channel: channel.clone(),
-                token,
-                after,
-            };
-            if self.redis.submit(cmd).is_err() {
-                self.unsent.push((channel, token, after));
-                return;
-            }
-        }
+        self.unsent.retry(self.redis);
     }
 
     /// The next chunk any link read, waiting [`READ_TIMEOUT`] at most.
