@@ -343,20 +343,7 @@ impl<'a> Session<'a> {
             }
             return;
         }
-        let Some(channel) = self.redis.names.channel_of(name) else {
-            return;
-        };
-        link.received.fetch_add(1, Ordering::Relaxed);
-        let Some(ev) = parse_payload(payload) else {
-            log::warn!("pub/sub message on {name} is not \"<stream id> <data>\"; ignored");
-            return;
-        };
-        let sent_ms = ev.id >> ids::SEQ_BITS;
-        link.lag_ms.store(
-            crate::link::wall_ms().saturating_sub(sent_ms),
-            Ordering::Relaxed,
-        );
-        self.hub.receive(channel, ev, now);
+        receive(self.redis, self.hub, name, payload, now);
     }
 
     /// Bytes waiting in the socket plus bytes read but not handled.
@@ -467,6 +454,24 @@ fn read_loop(stream: Arc<TcpStream>, tx: Sender<Chunk>, queued: Arc<AtomicU64>) 
             return;
         }
     }
+}
+
+/// A channel's announcement (`<stream id> <data>` on its pub/sub name)
+/// handed to the hub; the figures the link reports counted on the way.
+/// The one server's connection and the shard links both end here.
+pub(super) fn receive(redis: &Redis, hub: &Hub, name: &str, payload: &[u8], now: u64) {
+    let Some(channel) = redis.names.channel_of(name) else {
+        return;
+    };
+    redis.link.received.fetch_add(1, Ordering::Relaxed);
+    let Some(ev) = parse_payload(payload) else {
+        log::warn!("pub/sub message on {name} is not \"<stream id> <data>\"; ignored");
+        return;
+    };
+    let sent_ms = ev.id >> ids::SEQ_BITS;
+    let lag = crate::link::wall_ms().saturating_sub(sent_ms);
+    redis.link.lag_ms.store(lag, Ordering::Relaxed);
+    hub.receive(channel, ev, now);
 }
 
 /// Reads `"<id> <data>"`; the id must be a stream id.

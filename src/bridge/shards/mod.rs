@@ -43,11 +43,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select};
 
 use super::loads::Unsent;
-use super::pubsub::{parse_payload, Chunk, MAX_BACKLOG, READ_TIMEOUT};
+use super::pubsub::{receive, Chunk, MAX_BACKLOG, READ_TIMEOUT};
 use super::{Backoff, Endpoint, Quiet};
 use crate::clock::Clock;
 use crate::health::Beat;
-use crate::hub::{ids, Hub};
+use crate::hub::Hub;
 use crate::link::Redis;
 use link::{Heard, ShardLink};
 use slots::{Addr, SlotMap};
@@ -491,18 +491,7 @@ impl Thread<'_> {
             }
             return;
         }
-        let Some(channel) = self.redis.names.channel_of(name) else {
-            return;
-        };
-        link.received.fetch_add(1, Ordering::Relaxed);
-        let Some(ev) = parse_payload(payload) else {
-            log::warn!("pub/sub message on {name} is not \"<stream id> <data>\"; ignored");
-            return;
-        };
-        let sent_ms = ev.id >> ids::SEQ_BITS;
-        let lag = crate::link::wall_ms().saturating_sub(sent_ms);
-        link.lag_ms.store(lag, Ordering::Relaxed);
-        self.hub.receive(channel, ev, now);
+        receive(self.redis, self.hub, name, payload, now);
     }
 
     /// A link whose canary stops coming back while the command side is
