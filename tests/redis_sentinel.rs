@@ -124,6 +124,8 @@ fn watch_readiness(
         if stopping {
             return changes;
         }
+        // The sampling interval of this recorder (nothing waits on it:
+        // the test waits on its own conditions and then stops it).
         std::thread::sleep(Duration::from_millis(10));
     }
 }
